@@ -1,0 +1,2 @@
+from . import manager
+from .config import Config

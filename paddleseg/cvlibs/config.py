@@ -1,0 +1,269 @@
+"""PaddleSeg-format YAML configs: ``_base_`` inheritance, ``--opts`` overrides and the
+objects the config describes (model, datasets, transforms, losses, optimizer, schedule)."""
+import codecs
+import copy
+import os
+
+import yaml
+
+from paddleseg.cvlibs import manager
+from paddleseg.utils.errors import UserError
+
+# managers searched, in order, when a config dict names a component by ``type``
+_MANAGERS = (manager.MODELS, manager.BACKBONES, manager.DATASETS, manager.TRANSFORMS,
+             manager.LOSSES)
+
+
+class ConfigError(UserError):
+    """A config file or override the user must fix."""
+
+
+def read_yaml(path):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with codecs.open(path, "r", "utf-8") as f:
+            dic = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"malformed YAML in {path}{where}: {getattr(e, 'problem', e)}") from None
+    if dic is None:
+        return {}
+    if not isinstance(dic, dict):
+        raise ConfigError(f"{path} must hold a YAML mapping (key: value), got {type(dic).__name__}")
+    return dic
+
+
+def merge_config(base, update):
+    """Recursively lay ``update`` over ``base``; a dict with ``_inherited_: False`` replaces."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) \
+                and value.get("_inherited_", True):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+        if isinstance(out[key], dict):
+            out[key].pop("_inherited_", None)
+    return out
+
+
+def load_config_dict(path):
+    """The config at ``path`` with its ``_base_`` chain resolved (paths relative to the file)."""
+    dic = read_yaml(path)
+    base = dic.pop("_base_", None)
+    if base is None:
+        return dic
+    bases = base if isinstance(base, list) else [base]
+    merged = {}
+    for b in bases:
+        base_path = os.path.join(os.path.dirname(path), b)
+        if not os.path.isfile(base_path):
+            raise ConfigError(f"_base_ file '{b}' named in {path} not found: {base_path}")
+        merged = merge_config(merged, load_config_dict(base_path))
+    return merge_config(merged, dic)
+
+
+def parse_opts(opts):
+    """``['a.b=1', 'c=x']`` -> nested dict, values parsed as YAML scalars/lists."""
+    out = {}
+    for item in opts or []:
+        if "=" not in item:
+            raise ConfigError(f"--opts item '{item}' must look like key.sub=value")
+        key, value = item.split("=", 1)
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            pass
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return out
+
+
+def component_class(type_name):
+    for mgr in _MANAGERS:
+        if type_name in mgr:
+            return mgr[type_name]
+    names = sorted(n for mgr in _MANAGERS for n in mgr.components_dict)
+    raise ConfigError(f"unknown type '{type_name}'; registered types: {', '.join(names)}")
+
+
+def build_component(cfg):
+    """Instantiate a ``{type: Name, ...}`` dict, building nested component dicts first."""
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise ConfigError(f"expected a mapping with a 'type' key, got {cfg!r}")
+    cfg = dict(cfg)
+    cls = component_class(cfg.pop("type"))
+    kwargs = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict) and "type" in value:
+            value = build_component(value)
+        elif isinstance(value, list) and value and all(isinstance(v, dict) and "type" in v for v in value):
+            value = [build_component(v) for v in value]
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"cannot build {cls.__name__}: {e}") from None
+
+
+class Config:
+    """A training configuration in PaddleSeg's format.
+
+    >>> cfg = Config('configs/quick_start/bisenet_optic_disc_512x512_1k.yml')
+    >>> model, train_dataset, loss = cfg.model, cfg.train_dataset, cfg.loss
+    """
+
+    def __init__(self, path, learning_rate=None, batch_size=None, iters=None, opts=None):
+        if not path:
+            raise ConfigError("please give a config file (--config)")
+        self.path = path
+        dic = load_config_dict(path)
+        dic = merge_config(dic, parse_opts(opts))
+        if learning_rate is not None:
+            dic.setdefault("lr_scheduler", {})["learning_rate"] = learning_rate
+        if batch_size is not None:
+            dic["batch_size"] = batch_size
+        if iters is not None:
+            dic["iters"] = iters
+        self.dic = dic
+        self._model = None
+        self._datasets = {}
+        self._check()
+
+    def _check(self):
+        for key in ("model",):
+            if key not in self.dic:
+                raise ConfigError(f"{self.path}: the config has no '{key}' section")
+        if "iters" in self.dic and (not isinstance(self.dic["iters"], int) or self.dic["iters"] < 1):
+            raise ConfigError(f"{self.path}: iters must be a positive integer, got {self.dic['iters']!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"{self.path}: batch_size must be a positive integer, got {self.batch_size!r}")
+
+    # -- plain values -------------------------------------------------------------------
+    @property
+    def batch_size(self):
+        return self.dic.get("batch_size", 1)
+
+    @property
+    def iters(self):
+        if "iters" not in self.dic:
+            raise ConfigError(f"{self.path}: no 'iters' in the config; add it or pass --iters")
+        return self.dic["iters"]
+
+    @property
+    def model_config(self):
+        return copy.deepcopy(self.dic["model"])
+
+    @property
+    def train_dataset_config(self):
+        return copy.deepcopy(self.dic.get("train_dataset", {}))
+
+    @property
+    def val_dataset_config(self):
+        return copy.deepcopy(self.dic.get("val_dataset", {}))
+
+    @property
+    def loss_config(self):
+        return copy.deepcopy(self.dic.get("loss", {}))
+
+    # -- built objects --------------------------------------------------------------------
+    def _dataset(self, key):
+        if key not in self._datasets:
+            cfg = copy.deepcopy(self.dic.get(key))
+            self._datasets[key] = build_component(cfg) if cfg else None
+        return self._datasets[key]
+
+    @property
+    def train_dataset(self):
+        return self._dataset("train_dataset")
+
+    @property
+    def val_dataset(self):
+        return self._dataset("val_dataset")
+
+    @property
+    def num_classes(self):
+        num = self.dic["model"].get("num_classes")
+        if num is None:
+            for key in ("train_dataset", "val_dataset"):
+                num = (self.dic.get(key) or {}).get("num_classes") or num
+        if num is None:
+            for ds in (self.train_dataset, self.val_dataset):
+                if ds is not None:
+                    return ds.num_classes
+            raise ConfigError(f"{self.path}: cannot tell num_classes; set model.num_classes")
+        return num
+
+    def build_model(self):
+        """A fresh model from the config (``model`` is the cached one)."""
+        cfg = self.model_config
+        cfg.setdefault("num_classes", self.num_classes)
+        return build_component(cfg)
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self.build_model()
+        return self._model
+
+    @property
+    def loss(self):
+        cfg = self.loss_config
+        if not cfg:
+            raise ConfigError(f"{self.path}: the config has no 'loss' section")
+        types = cfg.get("types") or []
+        coef = cfg.get("coef") or []
+        if len(types) != len(coef):
+            raise ConfigError(f"{self.path}: loss has {len(types)} types but {len(coef)} coef")
+        return {"types": [build_component(t) for t in types], "coef": list(coef)}
+
+    def lr_scheduler(self):
+        import paddle
+        cfg = copy.deepcopy(self.dic.get("lr_scheduler") or {})
+        if not cfg:
+            raise ConfigError(f"{self.path}: the config has no 'lr_scheduler' section")
+        name = cfg.pop("type", "PolynomialDecay")
+        warmup_iters = cfg.pop("warmup_iters", 0)
+        warmup_start_lr = cfg.pop("warmup_start_lr", 1.0e-6)
+        if name == "PolynomialDecay":
+            cfg.setdefault("decay_steps", self.iters - warmup_iters)
+            cfg.setdefault("end_lr", 0)
+            cfg.setdefault("power", 1.0)
+        cls = getattr(paddle.optimizer.lr, name, None)
+        if cls is None or not isinstance(cls, type):
+            raise ConfigError(f"{self.path}: unknown lr_scheduler type '{name}'")
+        try:
+            sched = cls(**cfg)
+        except TypeError as e:
+            raise ConfigError(f"{self.path}: cannot build lr_scheduler {name}: {e}") from None
+        if warmup_iters > 0:
+            sched = paddle.optimizer.lr.LinearWarmup(sched, warmup_iters, warmup_start_lr,
+                                                     cfg.get("learning_rate"))
+        return sched
+
+    def optimizer(self, model, lr=None):
+        """The optimizer over ``model``'s parameters (``lr``: a scheduler or float to use)."""
+        import paddle
+        cfg = copy.deepcopy(self.dic.get("optimizer") or {"type": "sgd"})
+        name = str(cfg.pop("type", "sgd")).lower()
+        lr = self.lr_scheduler() if lr is None else lr
+        wd = cfg.pop("weight_decay", None)
+        if isinstance(wd, (int, float)):
+            wd = paddle.regularizer.L2Decay(float(wd)) if name in ("sgd", "momentum") else float(wd)
+        params = model.parameters()
+        if name in ("sgd", "momentum"):
+            return paddle.optimizer.Momentum(lr, parameters=params, momentum=cfg.pop("momentum", 0.9),
+                                             weight_decay=wd, **cfg)
+        if name == "adam":
+            return paddle.optimizer.Adam(lr, parameters=params, weight_decay=wd, **cfg)
+        if name == "adamw":
+            return paddle.optimizer.AdamW(lr, parameters=params, weight_decay=wd or 0.01, **cfg)
+        raise ConfigError(f"{self.path}: unknown optimizer type '{name}' (use sgd, adam or adamw)")
+
+    def __str__(self):
+        return yaml.safe_dump(self.dic, sort_keys=False)

@@ -1,0 +1,18 @@
+"""Process-wide set-up that must happen before paddle is imported.
+
+cv2 goes first: paddle 2.6's libpaddle exports an old zlib, and importing cv2 after it has
+segfaulted (see the stack notes). Paddle's C++ logging is noisy at INFO.
+"""
+import logging
+import os
+import warnings
+
+os.environ.setdefault("GLOG_minloglevel", "2")
+os.environ.setdefault("FLAGS_call_stack_level", "0")
+
+import cv2  # noqa: E402,F401
+
+warnings.filterwarnings("ignore", message=".*always track global mean.*")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+for _name in ("paddleslim", "paddle2onnx"):
+    logging.getLogger(_name).setLevel(logging.WARNING)

@@ -1,0 +1,3 @@
+"""Segmentation models, one per file; each registers itself in ``manager.MODELS``."""
+from . import backbones, layers, losses
+from .losses import *  # noqa: F401,F403  (PaddleSeg exposes losses here too)

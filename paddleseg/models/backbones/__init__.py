@@ -1,0 +1,1 @@
+"""Backbones, registered in ``manager.BACKBONES``."""

@@ -1,0 +1,1 @@
+from .layer_libs import ConvBN, ConvBNReLU, SeparableConvBNReLU, DepthwiseConvBN, AuxLayer

@@ -1,0 +1,55 @@
+"""Building blocks shared by the models: conv + BatchNorm (+ ReLU) and friends."""
+import paddle.nn as nn
+
+
+class ConvBN(nn.Layer):
+    """Conv2D followed by BatchNorm2D; 'same' padding by default for odd kernels."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, padding="same", **kwargs):
+        super().__init__()
+        if padding == "same":
+            padding = kernel_size // 2 if isinstance(kernel_size, int) else [k // 2 for k in kernel_size]
+        self._conv = nn.Conv2D(in_channels, out_channels, kernel_size, padding=padding,
+                               **kwargs)
+        self._batch_norm = nn.BatchNorm2D(out_channels)
+
+    def forward(self, x):
+        return self._batch_norm(self._conv(x))
+
+
+class ConvBNReLU(ConvBN):
+    def forward(self, x):
+        return nn.functional.relu(super().forward(x))
+
+
+class DepthwiseConvBN(ConvBN):
+    def __init__(self, in_channels, out_channels, kernel_size, padding="same", **kwargs):
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding,
+                         groups=in_channels, **kwargs)
+
+
+class SeparableConvBNReLU(nn.Layer):
+    """Depthwise conv + BN, then pointwise conv + BN + ReLU."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, padding="same", **kwargs):
+        super().__init__()
+        self.depthwise_conv = ConvBN(in_channels, in_channels, kernel_size, padding=padding,
+                                     groups=in_channels, **kwargs)
+        self.piontwise_conv = ConvBNReLU(in_channels, out_channels, kernel_size=1, groups=1,
+                                         bias_attr=False)
+
+    def forward(self, x):
+        return self.piontwise_conv(self.depthwise_conv(x))
+
+
+class AuxLayer(nn.Layer):
+    """Auxiliary segmentation head: 3x3 ConvBNReLU, dropout, 1x1 classifier."""
+
+    def __init__(self, in_channels, inter_channels, out_channels, dropout_prob=0.1, **kwargs):
+        super().__init__()
+        self.conv_bn_relu = ConvBNReLU(in_channels, inter_channels, 3, padding=1, **kwargs)
+        self.dropout = nn.Dropout(p=dropout_prob)
+        self.conv = nn.Conv2D(inter_channels, out_channels, 1)
+
+    def forward(self, x):
+        return self.conv(self.dropout(self.conv_bn_relu(x)))
