@@ -218,6 +218,8 @@ class Config:
             raise ConfigError(f"{self.path}: the config has no 'loss' section")
         types = cfg.get("types") or []
         coef = cfg.get("coef") or []
+        if len(types) == 1 and len(coef) > 1:  # PaddleSeg: one type serves every coef
+            types = types * len(coef)
         if len(types) != len(coef):
             raise ConfigError(f"{self.path}: loss has {len(types)} types but {len(coef)} coef")
         return {"types": [build_component(t) for t in types], "coef": list(coef)}

@@ -18,8 +18,9 @@ class ConvBN(nn.Layer):
 
 
 class ConvBNReLU(ConvBN):
+    # no super().forward(): paddle.jit.to_static cannot trace super() calls
     def forward(self, x):
-        return nn.functional.relu(super().forward(x))
+        return nn.functional.relu(self._batch_norm(self._conv(x)))
 
 
 class DepthwiseConvBN(ConvBN):
@@ -29,14 +30,16 @@ class DepthwiseConvBN(ConvBN):
 
 
 class SeparableConvBNReLU(nn.Layer):
-    """Depthwise conv + BN, then pointwise conv + BN + ReLU."""
+    """Depthwise conv + BN, then pointwise conv + BN + ReLU (``piontwise`` is PaddleSeg's
+    spelling, kept so its checkpoints load by name)."""
 
-    def __init__(self, in_channels, out_channels, kernel_size, padding="same", **kwargs):
+    def __init__(self, in_channels, out_channels, kernel_size, padding="same", pointwise_bias=None,
+                 **kwargs):
         super().__init__()
         self.depthwise_conv = ConvBN(in_channels, in_channels, kernel_size, padding=padding,
                                      groups=in_channels, **kwargs)
         self.piontwise_conv = ConvBNReLU(in_channels, out_channels, kernel_size=1, groups=1,
-                                         bias_attr=False)
+                                         bias_attr=pointwise_bias)
 
     def forward(self, x):
         return self.piontwise_conv(self.depthwise_conv(x))

@@ -1,0 +1,3 @@
+from .train import train
+from .val import evaluate
+from . import metrics

@@ -1,0 +1,20 @@
+"""Model prediction mapped back to the original label size."""
+import paddle.nn.functional as F
+
+
+def reverse_transform(logit, trans_info):
+    """Undo, newest first, the resizes and paddings the transforms recorded."""
+    for op, (h, w) in reversed(trans_info):
+        if op == "resize":
+            logit = F.interpolate(logit, size=[h, w], mode="bilinear")
+        elif op == "padding":
+            logit = logit[:, :, :h, :w]
+        else:
+            raise ValueError(f"unknown transform record {op!r}")
+    return logit
+
+
+def inference(model, img, trans_info=()):
+    """Logits [N, C, H, W] at the original image size for a batch of one image."""
+    logit = model(img)[0]
+    return reverse_transform(logit, trans_info)

@@ -1,0 +1,3 @@
+from .dataset import Dataset, DatasetError
+from .optic_disc_seg import OpticDiscSeg
+from .cityscapes import Cityscapes

@@ -1,0 +1,104 @@
+"""The generic list-file dataset every other dataset builds on."""
+import os
+
+import cv2
+import numpy as np
+import paddle
+
+from paddleseg.cvlibs import manager
+from paddleseg.transforms import Compose
+from paddleseg.utils.errors import UserError
+
+IGNORE_INDEX = 255
+
+
+class DatasetError(UserError):
+    pass
+
+
+@manager.DATASETS.add_component
+class Dataset(paddle.io.Dataset):
+    """Images and labels named in list files, one ``image_path label_path`` pair per line,
+    relative to ``dataset_root`` (or absolute).
+
+    Labels are single-channel PNGs with class ids; 255 is ignored.
+    """
+
+    def __init__(self, mode, dataset_root, transforms, num_classes, img_channels=3,
+                 train_path=None, val_path=None, test_path=None, separator=" ",
+                 ignore_index=IGNORE_INDEX, edge=False):
+        self.mode = str(mode).lower()
+        if self.mode not in ("train", "val", "test"):
+            raise DatasetError(f"mode must be train, val or test, got {mode!r}")
+        self.dataset_root = dataset_root
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.edge = edge
+        self.transforms = Compose(transforms, img_channels=img_channels)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise DatasetError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if dataset_root is None or not os.path.isdir(dataset_root):
+            raise DatasetError(f"dataset_root not found: {dataset_root}")
+        list_path = {"train": train_path, "val": val_path, "test": test_path}[self.mode]
+        if list_path is None:
+            raise DatasetError(f"no {self.mode}_path given for the {self.mode} split of {dataset_root}")
+        self.file_list = self.read_list_file(list_path, separator)
+
+    def resolve(self, path):
+        return path if os.path.isabs(path) else os.path.join(self.dataset_root, path)
+
+    def read_list_file(self, list_path, separator):
+        if not os.path.isfile(list_path):
+            list_path_in_root = self.resolve(list_path)
+            if not os.path.isfile(list_path_in_root):
+                raise DatasetError(f"list file not found: {list_path}")
+            list_path = list_path_in_root
+        pairs = []
+        with open(list_path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                line = line.strip()
+                if not line:
+                    continue
+                items = line.split(separator)
+                if len(items) == 1 and self.mode == "test":
+                    items = [items[0], None]
+                if len(items) != 2:
+                    raise DatasetError(f"{list_path}:{lineno}: expected 'image{separator}label', got {line!r}")
+                pairs.append(tuple(self.resolve(p) if p else None for p in items))
+        if not pairs:
+            raise DatasetError(f"list file {list_path} names no images")
+        for img, label in pairs:
+            for p in (img, label):
+                if p is not None and not os.path.isfile(p):
+                    raise DatasetError(f"{list_path} names a missing file: {p}")
+        return pairs
+
+    def read_label(self, path):
+        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if label is None:
+            raise DatasetError(f"cannot read label {path}")
+        if label.ndim == 3:
+            raise DatasetError(f"label {path} has {label.shape[2]} channels; labels must be "
+                               "single-channel PNGs of class ids")
+        bad = (label >= self.num_classes) & (label != self.ignore_index)
+        if bad.any():
+            raise DatasetError(f"label {path} has value {int(label[bad].max())} but num_classes is "
+                               f"{self.num_classes} (valid: 0..{self.num_classes - 1} and {self.ignore_index})")
+        return label
+
+    def __getitem__(self, idx):
+        img_path, label_path = self.file_list[idx]
+        data = {"img": img_path, "img_path": img_path, "label_path": label_path,
+                "trans_info": [], "gt_fields": []}
+        if label_path is not None:
+            data["label"] = self.read_label(label_path)
+            # in val/test the label stays at its original size; predictions are mapped back
+            if self.mode == "train":
+                data["gt_fields"].append("label")
+        data = self.transforms(data)
+        if "label" in data:
+            data["label"] = data["label"].astype(np.int64)
+        return data
+
+    def __len__(self):
+        return len(self.file_list)

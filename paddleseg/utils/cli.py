@@ -1,0 +1,59 @@
+"""Shared command-line plumbing: one-line errors, --debug, --opts, device selection."""
+import argparse
+import os
+import sys
+
+from .errors import UserError
+
+
+def add_common_args(parser):
+    parser.add_argument("--opts", nargs="+", default=None, metavar="KEY=VALUE",
+                        help="override config entries, e.g. --opts train_dataset.dataset_root=data/x")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    return parser
+
+
+def set_device(name):
+    import paddle
+    if name == "gpu" and not paddle.is_compiled_with_cuda():
+        raise UserError("--device gpu asked, but this Paddle build has no CUDA; "
+                        "install paddlepaddle-gpu==2.6.2 or use --device cpu")
+    paddle.set_device(name)
+
+
+def run(main, argv=None):
+    """Call ``main(argv)``; bad input -> one line on stderr and exit 2, unless --debug."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        code = main(argv)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # an unexpected failure still gets one line first
+        if debug:
+            raise
+        msg = str(e).strip().splitlines()
+        print(f"error: {type(e).__name__}: {msg[-1] if msg else ''} (run with --debug for the traceback)",
+              file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code or 0)
+
+
+def existing_file(path, what):
+    if not path or not os.path.exists(path):
+        raise UserError(f"{what} not found: {path}")
+    return path
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse that reports bad flags in one line through UserError-style exit 2."""
+
+    def error(self, message):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)

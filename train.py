@@ -1,0 +1,63 @@
+"""Train a segmentation model from a PaddleSeg-format config."""
+import paddleseg  # noqa: F401  (import order: cv2 before paddle)
+from paddleseg.utils import cli
+
+
+def parse_args(argv):
+    p = cli.ArgumentParser(description=__doc__)
+    p.add_argument("--config", required=True, help="YAML config file")
+    p.add_argument("--do_eval", action="store_true", help="evaluate at every save and keep best_model/")
+    p.add_argument("--use_vdl", action="store_true", help="write VisualDL logs under save_dir")
+    p.add_argument("--save_interval", type=int, default=1000, help="iterations between checkpoints")
+    p.add_argument("--save_dir", default="output", help="where checkpoints go")
+    p.add_argument("--iters", type=int, default=None, help="total iterations (overrides the config)")
+    p.add_argument("--batch_size", type=int, default=None, help="batch size per card (overrides the config)")
+    p.add_argument("--learning_rate", type=float, default=None, help="overrides lr_scheduler.learning_rate")
+    p.add_argument("--resume_model", default=None, help="save_dir/iter_N to continue from")
+    p.add_argument("--num_workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible run")
+    p.add_argument("--log_iters", type=int, default=10, help="iterations between log lines")
+    p.add_argument("--keep_checkpoint_max", type=int, default=5, help="iter_N checkpoints kept")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="run on cpu or gpu")
+    cli.add_common_args(p)
+    args = p.parse_args(argv)
+    for name in ("save_interval", "iters", "batch_size", "log_iters"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise paddleseg.utils.UserError(f"--{name} must be >= 1, got {value}")
+    if args.num_workers < 0 or args.keep_checkpoint_max < 0:
+        raise paddleseg.utils.UserError("--num_workers and --keep_checkpoint_max must be >= 0")
+    return args
+
+
+def main(argv):
+    args = parse_args(argv)
+    from paddleseg.cvlibs import Config
+    from paddleseg.core import train
+    from paddleseg.core.train import set_seed
+    from paddleseg.utils import logger
+    import paddleseg.models  # noqa: F401  (registers components)
+    import paddleseg.datasets  # noqa: F401
+
+    cli.set_device(args.device)
+    set_seed(args.seed)
+    cfg = Config(args.config, learning_rate=args.learning_rate, batch_size=args.batch_size,
+                 iters=args.iters, opts=args.opts)
+    train_dataset = cfg.train_dataset
+    if train_dataset is None:
+        raise paddleseg.utils.UserError(f"{args.config} has no train_dataset")
+    val_dataset = cfg.val_dataset if args.do_eval else None
+    if args.do_eval and val_dataset is None:
+        raise paddleseg.utils.UserError(f"--do_eval needs a val_dataset in {args.config}")
+    logger.info(f"config {args.config}: {type(cfg.model).__name__}, {len(train_dataset)} train images, "
+                f"batch {cfg.batch_size}, {cfg.iters} iters")
+    train(cfg.model, train_dataset, val_dataset=val_dataset, optimizer=cfg.optimizer(cfg.model),
+          save_dir=args.save_dir, iters=cfg.iters, batch_size=cfg.batch_size,
+          resume_model=args.resume_model, save_interval=args.save_interval, log_iters=args.log_iters,
+          num_workers=args.num_workers, use_vdl=args.use_vdl, losses=cfg.loss,
+          keep_checkpoint_max=args.keep_checkpoint_max, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
