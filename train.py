@@ -36,8 +36,6 @@ def main(argv):
     from paddleseg.core import train
     from paddleseg.core.train import set_seed
     from paddleseg.utils import logger
-    import paddleseg.models  # noqa: F401  (registers components)
-    import paddleseg.datasets  # noqa: F401
 
     cli.set_device(args.device)
     set_seed(args.seed)

@@ -22,8 +22,6 @@ def main(argv):
     from paddleseg.core.model_loader import build_and_load
     from paddleseg.core.val import evaluate_metrics
     from paddleseg.utils.fileio import write_json
-    import paddleseg.models  # noqa: F401
-    import paddleseg.datasets  # noqa: F401
 
     cli.set_device(args.device)
     cfg = Config(args.config, opts=args.opts)

@@ -84,7 +84,15 @@ def parse_opts(opts):
     return out
 
 
+def register_builtin_components():
+    """Import the packages whose modules register our models, datasets, transforms and losses."""
+    import paddleseg.datasets  # noqa: F401
+    import paddleseg.models  # noqa: F401
+    import paddleseg.transforms  # noqa: F401
+
+
 def component_class(type_name):
+    register_builtin_components()
     for mgr in _MANAGERS:
         if type_name in mgr:
             return mgr[type_name]

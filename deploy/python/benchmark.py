@@ -1,0 +1,91 @@
+"""Model-prediction latency of exported models (no image decoding, pre- or post-processing).
+
+    python deploy/python/benchmark.py output/fastscnn_export output/fastscnn_pruned_export \
+        --input_shape 1 3 1024 2048 --cpu_threads 2
+
+For each export: mean, median and p90 latency over ``--repeats`` runs after ``--warmup`` runs,
+its pruning ratio (``pruning_ratio`` in a ``report.json`` in the export directory or its parent;
+"-" when there is none, which counts as unpruned) and its speedup over the unpruned export of
+the same model (``model_name`` in report.json, else deploy.yaml's ``model_type``). Prints a
+Markdown table and writes it with the raw numbers to ``--save_md`` / ``--save_json``.
+
+Other code calls :func:`paddleseg.core.export.benchmark_predictor` (one export) or
+:func:`paddleseg.core.export.benchmark_models` (several, with speedups) directly.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+import paddleseg  # noqa: E402,F401  (import order: cv2 before paddle)
+from paddleseg.utils import cli  # noqa: E402
+
+# re-exported for callers that import this script's module
+from paddleseg.core.export import (benchmark_models, benchmark_predictor,  # noqa: E402,F401
+                                   markdown_table, parse_input_shape)
+
+
+def parse_args(argv):
+    p = cli.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model_dirs", nargs="+", metavar="MODEL_DIR", help="exported model directories")
+    p.add_argument("--input_shape", nargs="+", type=int, default=[1, 3, 1024, 2048], metavar="N C H W",
+                   help="input shape (default 1 3 1024 2048)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs first (default 10)")
+    p.add_argument("--repeats", type=int, default=50, help="timed runs (default 50)")
+    p.add_argument("--backend", choices=["paddle", "onnxruntime"], default="paddle",
+                   help="Paddle Inference, or ONNX Runtime on CPU via paddle2onnx")
+    p.add_argument("--device", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--use_trt", action="store_true", help="TensorRT subgraphs (GPU builds only)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="fp16 needs --device gpu")
+    p.add_argument("--cpu_threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--enable_mkldnn", action=argparse.BooleanOptionalAction, default=True,
+                   help="oneDNN for the Paddle CPU predictor (default on; --no-enable_mkldnn turns it off)")
+    p.add_argument("--onnx_cache_dir", default=None, help="where converted ONNX models are kept "
+                   "(default: <tmp>/paddleseg_onnx)")
+    p.add_argument("--save_dir", default=".", help="folder for the default report files")
+    p.add_argument("--save_json", default=None, help="JSON report (default SAVE_DIR/benchmark.json)")
+    p.add_argument("--save_md", default=None, help="Markdown report (default SAVE_DIR/benchmark.md)")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    args = p.parse_args(argv)
+    args.input_shape = parse_input_shape(args.input_shape)
+    if args.warmup < 0 or args.repeats < 1 or args.cpu_threads < 1:
+        raise paddleseg.utils.UserError("--warmup must be >= 0, --repeats and --cpu_threads >= 1")
+    return args
+
+
+def main(argv):
+    args = parse_args(argv)
+    from paddleseg.utils import UserError
+    from paddleseg.utils.fileio import write_json, write_text
+
+    def report(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    settings = dict(input_shape=args.input_shape, warmup=args.warmup, repeats=args.repeats,
+                    device=args.device, use_trt=args.use_trt, precision=args.precision,
+                    cpu_threads=args.cpu_threads, enable_mkldnn=args.enable_mkldnn,
+                    backend=args.backend, onnx_cache_dir=args.onnx_cache_dir)
+    rows = benchmark_models(args.model_dirs, report_error=report, **settings)
+    if not rows:
+        raise UserError("no model could be benchmarked (see the lines above)")
+
+    engine = args.backend if args.backend == "onnxruntime" else \
+        f"paddle-inference {args.device}" + (" tensorrt" if args.use_trt else "") + \
+        (" onednn" if args.device == "cpu" and args.enable_mkldnn else "")
+    header = (f"Input {'x'.join(map(str, args.input_shape))}, {engine}, {args.precision}, "
+              f"{args.cpu_threads} CPU thread(s), {args.warmup} warmup + {args.repeats} timed runs")
+    table = markdown_table(rows)
+    print(header)
+    print(table, end="")
+    json_path = args.save_json or os.path.join(args.save_dir, "benchmark.json")
+    md_path = args.save_md or os.path.join(args.save_dir, "benchmark.md")
+    write_json(json_path, {"settings": {k: v for k, v in settings.items() if k != "onnx_cache_dir"},
+                           "results": rows})
+    write_text(md_path, f"{header}\n\n{table}")
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

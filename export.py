@@ -1,0 +1,48 @@
+"""Export a trained or pruned model for deployment: model.pdmodel, model.pdiparams, deploy.yaml."""
+import paddleseg  # noqa: F401  (import order: cv2 before paddle)
+from paddleseg.utils import cli
+
+
+def parse_args(argv):
+    p = cli.ArgumentParser(description=__doc__)
+    p.add_argument("--config", required=True, help="YAML config file the model was trained with")
+    p.add_argument("--model_path", required=True,
+                   help="model.pdparams (or its directory); a pruned one needs its prune_plan.json beside it")
+    p.add_argument("--save_dir", default="output/inference_model", help="where the exported model goes")
+    p.add_argument("--input_shape", nargs="+", type=int, default=None, metavar="N C H W",
+                   help="export with a fixed input shape, e.g. 1 3 512 1024 (default: any batch and size)")
+    p.add_argument("--output_op", choices=["argmax", "softmax", "none"], default="argmax",
+                   help="op appended to the logits: argmax (int32 labels), softmax or none")
+    cli.add_common_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv):
+    args = parse_args(argv)
+    from paddleseg.core.export import export_model, parse_input_shape
+    from paddleseg.core.model_loader import build_and_load, plan_path_for
+    from paddleseg.cvlibs import Config
+    from paddleseg.utils import logger, UserError
+    import paddleseg.models  # noqa: F401  (registers components)
+    import paddleseg.datasets  # noqa: F401
+    import os
+
+    shape = parse_input_shape(args.input_shape)
+    cli.set_device("cpu")
+    cfg = Config(args.config, opts=args.opts)
+    transforms = cfg.val_dataset_config.get("transforms")
+    if not transforms:
+        raise UserError(f"{args.config} has no val_dataset.transforms; deploy.yaml needs them "
+                        "for the deploy-side preprocessing")
+    model = build_and_load(cfg, args.model_path)
+    pruned = os.path.isfile(plan_path_for(args.model_path))
+    export_model(model, args.save_dir, input_shape=shape, output_op=args.output_op,
+                 val_transforms_config=transforms, model_type=cfg.model_config.get("type"),
+                 extra_deploy_info={"pruned": pruned})
+    logger.info(f"exported {'pruned ' if pruned else ''}{cfg.model_config.get('type')} "
+                f"({args.output_op}) to {args.save_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,200 @@
+"""deploy/python/infer.py and benchmark.py, and the ONNX Runtime backend, on tiny exports."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import paddle
+import pytest
+from PIL import Image
+
+import paddleseg.models  # noqa: F401  (registers the models)
+from paddleseg.core import export as ex
+from paddleseg.utils import UserError, cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VAL_TRANSFORMS = [{"type": "Resize", "target_size": [64, 64]}, {"type": "Normalize"}]
+
+
+def load_script(name):
+    path = os.path.join(ROOT, "deploy", "python", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"deploy_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+infer = load_script("infer")
+benchmark = load_script("benchmark")
+
+
+def tiny_model(seed):
+    paddle.seed(seed)
+    model = paddleseg.models.FastSCNN(num_classes=2)
+    model.eval()
+    return model
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """An unpruned argmax export, a 'pruned' one (another instance plus a report.json in its
+    parent, as a pruning run would leave) and an output_op=none export."""
+    root = tmp_path_factory.mktemp("deploy")
+    base = str(root / "fastscnn")
+    ex.export_model(tiny_model(0), base, val_transforms_config=VAL_TRANSFORMS, model_type="FastSCNN")
+    pruned_run = root / "fastscnn_pruned"
+    pruned_run.mkdir()
+    (pruned_run / "report.json").write_text(json.dumps({"model_name": "FastSCNN", "pruning_ratio": 0.3}))
+    pruned = str(pruned_run / "export")
+    ex.export_model(tiny_model(1), pruned, val_transforms_config=VAL_TRANSFORMS)
+    logits = str(root / "logits")
+    ex.export_model(tiny_model(0), logits, output_op="none", val_transforms_config=VAL_TRANSFORMS)
+    return {"root": root, "base": base, "pruned": pruned, "logits": logits}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.RandomState(0)
+    sizes = {"a.jpg": (50, 70), "b.png": (64, 64), "c.bmp": (90, 40)}
+    for name, (h, w) in sizes.items():
+        cv2.imwrite(str(folder / name), rng.randint(0, 255, (h, w, 3)).astype(np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    return folder, sizes
+
+
+def run_main(mod, argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.run(mod.main, argv)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("which,batch", [("base", 2), ("logits", 1)])
+def test_infer_writes_one_png_per_image_at_image_size(exports, images, tmp_path, capsys, which, batch):
+    folder, sizes = images
+    out_dir = tmp_path / "result"
+    code, out, err = run_main(infer, ["--config", os.path.join(exports[which], "deploy.yaml"),
+                                      "--image_path", str(folder), "--save_dir", str(out_dir),
+                                      "--batch_size", str(batch), "--benchmark"], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(out_dir)) == ["a.png", "b.png", "c.png"]
+    for name, (h, w) in sizes.items():
+        png = Image.open(out_dir / (os.path.splitext(name)[0] + ".png"))
+        assert png.mode == "P" and png.size == (w, h)
+        assert np.asarray(png).max() <= 1  # palette PNG: pixel values are the class ids
+    assert "benchmark:" in out and "ms/img" in out
+
+
+def test_infer_single_image_and_palette(exports, images, tmp_path, capsys):
+    folder, _ = images
+    code, _, err = run_main(infer, ["--config", exports["base"], "--image_path", str(folder / "b.png"),
+                                    "--save_dir", str(tmp_path)], capsys)
+    assert code == 0, err
+    assert os.listdir(tmp_path) == ["b.png"]
+    cmap = infer.color_map()
+    assert cmap[0].tolist() == [0, 0, 0] and cmap[1].tolist() == [128, 0, 0]
+    assert len({tuple(c) for c in cmap}) == 256
+
+
+def test_benchmark_cli_prints_table_with_speedup_and_writes_reports(exports, tmp_path, capsys):
+    code, out, err = run_main(benchmark, [exports["base"], exports["pruned"], "--input_shape", "1", "3", "64", "64",
+                                          "--warmup", "1", "--repeats", "3", "--save_dir", str(tmp_path)],
+                              capsys)
+    assert code == 0, err
+    assert "| Model | Pruning ratio | Mean (ms) | Median (ms) | P90 (ms) | Speedup |" in out
+    rows = [ln for ln in out.splitlines() if ln.startswith("| FastSCNN")]
+    assert len(rows) == 2
+    assert rows[0].split("|")[2].strip() == "-" and rows[0].rstrip("| ").endswith("1.00x")
+    assert rows[1].split("|")[2].strip() == "0.30" and rows[1].split("|")[6].strip().endswith("x")
+    report = json.loads((tmp_path / "benchmark.json").read_text())
+    assert [r["pruning_ratio"] for r in report["results"]] == [None, 0.3]
+    for r in report["results"]:
+        assert r["mean_ms"] > 0 and r["median_ms"] > 0 and r["p90_ms"] >= r["median_ms"]
+        assert r["speedup"] > 0 and len(r["times_ms"]) == 3
+    assert "| Speedup |" in (tmp_path / "benchmark.md").read_text()
+
+
+def test_benchmark_skips_unavailable_backends_in_one_line(exports, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ex, "_have", lambda name: name != "onnxruntime")
+    code, out, err = run_main(benchmark, [exports["base"], "--backend", "onnxruntime",
+                                          "--save_dir", str(tmp_path)], capsys)
+    assert code == 2
+    assert "onnxruntime is not installed" in err and "Traceback" not in err
+    lines = []
+    rows = ex.benchmark_models([exports["base"], str(tmp_path / "absent"), exports["pruned"]],
+                               report_error=lines.append, input_shape=[1, 3, 64, 64], warmup=0,
+                               repeats=1, device="gpu" if not paddle.is_compiled_with_cuda() else "cpu")
+    if not paddle.is_compiled_with_cuda():
+        assert rows == [] and len(lines) == 3 and all("no CUDA" in ln or "not found" in ln for ln in lines)
+
+
+def test_benchmark_predictor_result_fields(exports):
+    r = ex.benchmark_predictor(exports["pruned"], input_shape=[1, 3, 64, 64], warmup=0, repeats=2,
+                               cpu_threads=1, enable_mkldnn=False)
+    assert r["model_name"] == "FastSCNN" and r["pruning_ratio"] == 0.3
+    assert r["input_shape"] == [1, 3, 64, 64] and r["repeats"] == 2 and r["enable_mkldnn"] is False
+    assert r["min_ms"] <= r["median_ms"] <= max(r["times_ms"])
+
+
+def test_speedups_pair_each_model_with_its_unpruned_export():
+    rows = [{"model_name": "A", "pruning_ratio": 0.5, "mean_ms": 5.0, "model_dir": "a50"},
+            {"model_name": "A", "pruning_ratio": None, "mean_ms": 10.0, "model_dir": "a"},
+            {"model_name": "A", "pruning_ratio": 0.0, "mean_ms": 8.0, "model_dir": "a0"},
+            {"model_name": "B", "pruning_ratio": 0.3, "mean_ms": 4.0, "model_dir": "b30"}]
+    ex.add_speedups(rows)
+    assert [r["speedup"] for r in rows] == [1.6, 0.8, 1.0, None]
+    table = ex.markdown_table([dict(r, median_ms=1, p90_ms=2) for r in rows])
+    assert "| A | 0.50 | 5.00 | 1.00 | 2.00 | 1.60x |" in table
+    assert "| B | 0.30 | 4.00 | 1.00 | 2.00 | - |" in table
+
+
+def test_onnxruntime_matches_paddle_inference(exports, tmp_path):
+    # Fast-SCNN's pyramid pooling needs >= 6x6 features at 1/32 scale to become ONNX pools
+    shape = [1, 3, 192, 192]
+    x = np.random.RandomState(5).standard_normal(shape).astype(np.float32)
+    ref = ex.run_predictor(ex.create_predictor(exports["logits"]), x)
+    session = ex.create_onnx_session(exports["logits"], shape, cpu_threads=2, cache_dir=str(tmp_path))
+    out = ex.run_onnx_session(session, x)
+    assert out.shape == ref.shape == (1, 2, 192, 192)
+    assert np.abs(out - ref).max() <= 1e-4
+    assert paddle.in_dynamic_mode()  # the shape-fixing pass gave the global mode back
+    r = ex.benchmark_predictor(exports["logits"], input_shape=shape, warmup=1, repeats=2,
+                               backend="onnxruntime", onnx_cache_dir=str(tmp_path))
+    assert r["backend"] == "onnxruntime" and r["mean_ms"] > 0
+
+
+def test_bad_deploy_inputs_give_one_line_errors(exports, images, tmp_path, capsys):
+    folder, _ = images
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (infer, ["--config", str(tmp_path / "nothing"), "--image_path", str(folder)], "deploy.yaml not found"),
+        (infer, ["--config", str(tmp_path), "--image_path", str(folder)], "has no deploy.yaml"),
+        (infer, ["--config", exports["base"], "--image_path", str(tmp_path / "none.jpg")], "--image_path not found"),
+        (infer, ["--config", exports["base"], "--image_path", str(tmp_path / "empty")], "no images"),
+        (infer, ["--config", exports["base"], "--image_path", str(folder), "--batch_size", "0"], ">= 1"),
+        (benchmark, [exports["base"], "--input_shape", "1", "3", "64"], "four positive integers"),
+        (benchmark, [exports["base"], "--repeats", "0"], "--repeats"),
+        (benchmark, [str(tmp_path / "nothing"), "--save_dir", str(tmp_path)], "no model could be benchmarked"),
+    ]
+    for mod, argv, expected in cases:
+        code, _, err = run_main(mod, argv, capsys)
+        assert code == 2, argv
+        assert expected in err and "Traceback" not in err, err
+        assert len(err.strip().splitlines()) <= 2, err  # benchmark: the skipped line + the error
+    with pytest.raises(UserError, match="no 'Deploy' section"):
+        (tmp_path / "bad").mkdir()
+        (tmp_path / "bad" / "deploy.yaml").write_text("foo: 1\n")
+        ex.load_deploy_config(str(tmp_path / "bad"))
+
+
+def test_infer_script_error_has_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "deploy", "python", "infer.py"),
+                           "--config", str(tmp_path / "deploy.yaml"), "--image_path", str(tmp_path)],
+                          capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"error: deploy.yaml not found: {tmp_path / 'deploy.yaml'} (export the model first with export.py)"]
