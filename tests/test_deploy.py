@@ -129,7 +129,12 @@ def test_benchmark_skips_unavailable_backends_in_one_line(exports, tmp_path, cap
                                report_error=lines.append, input_shape=[1, 3, 64, 64], warmup=0,
                                repeats=1, device="gpu" if not paddle.is_compiled_with_cuda() else "cpu")
     if not paddle.is_compiled_with_cuda():
-        assert rows == [] and len(lines) == 3 and all("no CUDA" in ln or "not found" in ln for ln in lines)
+        assert rows == [] and len(lines) == 1 and "no CUDA" in lines[0]
+    lines = []
+    rows = ex.benchmark_models([exports["base"], str(tmp_path / "absent"), exports["pruned"]],
+                               report_error=lines.append, input_shape=[1, 3, 64, 64], warmup=0, repeats=1)
+    assert [r["pruning_ratio"] for r in rows] == [None, 0.3]
+    assert len(lines) == 1 and "absent" in lines[0] and "deploy.yaml not found" in lines[0]
 
 
 def test_benchmark_predictor_result_fields(exports):

@@ -18,6 +18,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import export as export_cli  # noqa: E402
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*always track global mean")
+
 VAL_TRANSFORMS = [{"type": "Resize", "target_size": [64, 64]}, {"type": "Normalize"}]
 CONFIG = {
     "batch_size": 2,
@@ -166,3 +168,45 @@ def test_export_cli_error_has_no_traceback(trained, tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: model file not found: "
                                                f"{tmp_path / 'missing' / 'model.pdparams'}"]
+
+
+@pytest.fixture(scope="module")
+def pruned(trained):
+    """The tiny model with 30% of every prunable group's channels removed, saved as a pruned
+    checkpoint (model.pdparams + prune_plan.json)."""
+    slim = pytest.importorskip("paddleseg.slim")
+    model = tiny_model()
+    analysis = slim.build_groups(model, (1, 3, 64, 64))
+    slim.prune_model(model, analysis, {g.id: 0.3 for g in analysis.groups})
+    model.eval()
+    ckpt = trained["root"] / "pruned_model"
+    slim.save_pruned(model, str(ckpt))
+    return {"model": model, "model_path": str(ckpt / "model.pdparams")}
+
+
+def test_pruned_model_exports_and_matches_dygraph(pruned, trained, tmp_path):
+    model = pruned["model"]
+    export_model(model, str(tmp_path / "p"), output_op="none", val_transforms_config=VAL_TRANSFORMS)
+    x = np.random.RandomState(4).standard_normal([1, 3, 64, 64]).astype(np.float32)
+    with paddle.no_grad():
+        ref = model(paddle.to_tensor(x))[0].numpy()
+    out = run_predictor(create_predictor(str(tmp_path / "p")), x)
+    assert np.abs(out - ref).max() <= 1e-4
+    n_params = lambda m: sum(int(np.prod(p.shape)) for p in m.parameters())  # noqa: E731
+    assert n_params(model) < 0.8 * n_params(trained["model"])
+
+
+def test_export_cli_loads_a_pruned_checkpoint(pruned, trained, tmp_path, capsys):
+    from paddleseg import slim
+    if not hasattr(slim, "apply_plan_file"):
+        pytest.skip("paddleseg.core.model_loader calls paddleseg.slim.apply_plan_file, "
+                    "which paddleseg.slim does not provide yet")
+    code, _, err = run_cli(["--config", trained["config"], "--model_path", pruned["model_path"],
+                            "--save_dir", str(tmp_path / "e"), "--output_op", "none"], capsys)
+    assert code == 0, err
+    x = np.random.RandomState(6).standard_normal([1, 3, 64, 64]).astype(np.float32)
+    with paddle.no_grad():
+        ref = pruned["model"](paddle.to_tensor(x))[0].numpy()
+    out = run_predictor(create_predictor(str(tmp_path / "e")), x)
+    assert np.abs(out - ref).max() <= 1e-4
+    assert yaml.safe_load((tmp_path / "e" / "deploy.yaml").read_text())["Deploy"]["pruned"] is True

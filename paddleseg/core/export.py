@@ -432,6 +432,21 @@ def run_onnx_session(session, batch):
 # --------------------------------------------------------------------------------------------
 # latency benchmark
 # --------------------------------------------------------------------------------------------
+def check_backend(backend, device="cpu", use_trt=False, precision="fp32"):
+    """UserError (one line) when this machine cannot run ``backend`` on ``device`` as asked."""
+    if backend not in BACKENDS:
+        raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnxruntime":
+        if device != "cpu" or use_trt or precision != "fp32":
+            raise UserError("the onnxruntime backend runs on CPU in fp32 only (CPUExecutionProvider)")
+        for module, pin in (("onnxruntime", "onnxruntime"), ("paddle2onnx", "paddle2onnx==1.3.1")):
+            if not _have(module):
+                raise UserError(f"{module} is not installed (pip install {pin}); "
+                                "the onnxruntime backend cannot run")
+    else:
+        _check_device(device, use_trt, precision)
+
+
 def benchmark_predictor(model_dir, input_shape=(1, 3, 1024, 2048), warmup=10, repeats=50,
                         device="cpu", use_trt=False, precision="fp32", cpu_threads=2,
                         enable_mkldnn=True, backend="paddle", onnx_cache_dir=None, seed=0):
@@ -452,13 +467,9 @@ def benchmark_predictor(model_dir, input_shape=(1, 3, 1024, 2048), warmup=10, re
     shape = parse_input_shape(input_shape)
     if int(warmup) < 0 or int(repeats) < 1:
         raise UserError(f"warmup must be >= 0 and repeats >= 1, got {warmup} and {repeats}")
-    if backend not in BACKENDS:
-        raise UserError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    check_backend(backend, device, use_trt, precision)
     info = read_model_info(model_dir)
     if backend == "onnxruntime":
-        if device != "cpu" or use_trt or precision != "fp32":
-            raise UserError("the onnxruntime backend runs here on CPU in fp32 only "
-                            "(CPUExecutionProvider)")
         session = create_onnx_session(model_dir, shape, cpu_threads=cpu_threads,
                                       cache_dir=onnx_cache_dir)
 
@@ -523,6 +534,12 @@ def benchmark_models(model_dirs, report_error=None, **kwargs):
     through ``report_error(msg)`` (default: a logged warning) and skipped. Returns the rows
     with speedups (see :func:`add_speedups`)."""
     report_error = report_error or logger.warning
+    try:  # a missing GPU / TensorRT / onnxruntime is said once, not once per model
+        check_backend(kwargs.get("backend", "paddle"), kwargs.get("device", "cpu"),
+                      kwargs.get("use_trt", False), kwargs.get("precision", "fp32"))
+    except UserError as e:
+        report_error(f"skipped all models: {e}")
+        return []
     rows = []
     for model_dir in model_dirs:
         try:

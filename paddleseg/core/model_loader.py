@@ -19,8 +19,8 @@ def build_and_load(cfg, model_path=None):
         return model
     if not os.path.exists(model_path):
         raise CheckpointError(f"model file not found: {model_path}")
-    plan = plan_path_for(model_path)
-    if os.path.isfile(plan):
-        from paddleseg.slim import apply_plan_file
-        apply_plan_file(model, plan)
+    if os.path.isfile(plan_path_for(model_path)):
+        from paddleseg.slim import load_pruned
+        load_pruned(model, model_path)
+        return model
     return load_model_weights(model, model_path)

@@ -83,9 +83,24 @@ class GroupAnalysis:
     frozen: list = field(default_factory=list)    # [(first conv path or origin, [reasons])]
     unknown_ops: Counter = field(default_factory=Counter)
     coverage: dict = field(default_factory=dict)
+    seconds: float = 0.0                # time build_groups took
 
     def by_id(self):
         return {g.id: g for g in self.groups}
+
+    def summary(self):
+        """A few lines for logs: group count, coverage, why the rest is frozen."""
+        c = self.coverage
+        lines = [f"{c['groups']} prunable channel groups; {c['prunable_convs']} of {c['convs']} "
+                 f"convs ({c['flops_coverage']:.1%} of conv FLOPs) have prunable outputs "
+                 f"[traced {'+'.join(self.traced.modes)} in {self.seconds:.1f}s]"]
+        reasons = Counter(r for _, rs in self.frozen for r in rs)
+        for reason, n in reasons.most_common(8):
+            lines.append(f"  frozen ({n}x): {reason}")
+        if self.unknown_ops:
+            lines.append("  ops not understood (their channels are frozen): " +
+                         ", ".join(f"{k} x{v}" for k, v in self.unknown_ops.most_common()))
+        return "\n".join(lines)
 
 
 class _Spaces:
@@ -270,7 +285,9 @@ def _conv(a, op, transpose=False):
     if path is None:
         return a.generic(op, f"{op.type} without a known layer")
     lin = a.get(x)
-    cin, cout = a.shape(x)[1], a.shape(y)[1]
+    if lin is None or not a.is_map(y):
+        return a.generic(op, f"{op.type} on a tensor of unknown channels")
+    cin, cout = _channels(lin), a.shape(y)[1]
     groups = int(op.attr("groups", 1) or 1)
     if path in a.conv_seen:  # a layer called again: same channels both times
         prev_in, prev_out = a.conv_seen[path]

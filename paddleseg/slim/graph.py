@@ -22,6 +22,8 @@ _SKIP_ATTRS = {"op_callstack", "op_namescope", "op_role", "op_role_var", "op_dev
 
 CONV_TYPES = (nn.Conv2D, nn.Conv2DTranspose)
 LINEAR_TYPES = (nn.Linear,)
+STATEFUL_TYPES = (nn.layer.norm._BatchNormBase, nn.BatchNorm, nn.Dropout, nn.Dropout2D,
+                  nn.Dropout3D, nn.AlphaDropout)
 
 
 @dataclass
@@ -59,6 +61,7 @@ class TracedModel:
     outputs: list                  # fetch var names
     calls: dict = field(default_factory=dict)   # layer path -> [LayerCall] (eval forward)
     input_shape: tuple = ()
+    modes: tuple = ()              # the forward modes actually traced
 
     def param_ref(self, var_name):
         return self.params.get(var_name)
@@ -151,7 +154,13 @@ def trace_program(model, input_shape, training=False, prefix=""):
     spec = [paddle.static.InputSpec(list(input_shape), "float32", name="x")]
     with training_mode(model, training), _forwards_kept(model):
         static = paddle.jit.to_static(wrapper, input_spec=spec, full_graph=True)
-        program = static.forward.concrete_program
+        try:
+            program = static.forward.concrete_program
+        except Exception as e:
+            mode = "train" if training else "eval"
+            raise RuntimeError(
+                f"cannot trace {type(model).__name__} in {mode} mode with paddle.jit.to_static "
+                f"(needed for the channel analysis; paddle.jit.save would fail too): {e}") from e
     main = program.main_program
 
     def rename(name):
@@ -176,8 +185,19 @@ def trace_program(model, input_shape, training=False, prefix=""):
     return ops, shapes, inputs, outputs
 
 
-def record_calls(model, input_shape, layer_types=CONV_TYPES + LINEAR_TYPES):
-    """Run one eval forward on zeros and record the in/out shapes of each layer call."""
+def _frozen_statistics(model):
+    """Put BatchNorm and Dropout layers in eval mode (inside a train-mode forward)."""
+    for _, layer in model.named_sublayers(include_self=True):
+        if isinstance(layer, STATEFUL_TYPES):
+            layer.training = False
+
+
+def record_calls(model, input_shape, layer_types=CONV_TYPES + LINEAR_TYPES, training=False):
+    """Run one forward on zeros and record the in/out shapes of each layer call.
+
+    ``training=True`` runs the training branches (auxiliary heads) but keeps batch-norm
+    statistics and dropout as in eval mode, so the model's state is not changed.
+    """
     calls = {}
     handles = []
     for path, layer in model.named_sublayers():
@@ -187,7 +207,9 @@ def record_calls(model, input_shape, layer_types=CONV_TYPES + LINEAR_TYPES):
                     LayerCall(tuple(inputs[0].shape), tuple(output.shape)))
             handles.append(layer.register_forward_post_hook(hook))
     try:
-        with training_mode(model, False), paddle.no_grad():
+        with training_mode(model, training), paddle.no_grad():
+            if training:
+                _frozen_statistics(model)
             model(paddle.zeros(list(input_shape), dtype="float32"))
     finally:
         for h in handles:
@@ -196,8 +218,17 @@ def record_calls(model, input_shape, layer_types=CONV_TYPES + LINEAR_TYPES):
 
 
 def trace(model, input_shape=(1, 3, 64, 64), modes=("eval", "train")):
-    """Trace ``model`` in the given modes and record its eval-mode layer calls."""
+    """Trace ``model`` in the given modes and record its eval-mode layer calls.
+
+    A train-mode trace is skipped when a train-mode forward calls no conv or linear layer
+    that the eval forward does not (no training-only branch): tracing is the slow part.
+    """
     input_shape = tuple(int(v) for v in input_shape)
+    calls = record_calls(model, input_shape)
+    if "train" in modes and "eval" in modes:
+        train_calls = record_calls(model, input_shape, training=True)
+        if set(train_calls) <= set(calls):
+            modes = [m for m in modes if m != "train"]
     all_ops, all_shapes, inputs, outputs = [], {}, [], []
     for i, mode in enumerate(modes):
         ops, shapes, ins, outs = trace_program(model, input_shape, training=(mode == "train"),
@@ -208,8 +239,8 @@ def trace(model, input_shape=(1, 3, 64, 64), modes=("eval", "train")):
         outputs += outs
     return TracedModel(ops=all_ops, shapes=all_shapes, params=param_map(model),
                        layers=dict(model.named_sublayers(include_self=True)),
-                       inputs=inputs, outputs=outputs,
-                       calls=record_calls(model, input_shape), input_shape=input_shape)
+                       inputs=inputs, outputs=outputs, calls=calls, input_shape=input_shape,
+                       modes=tuple(modes))
 
 
 def numel(shape):

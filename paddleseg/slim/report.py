@@ -1,0 +1,72 @@
+"""The pruning report: a sensitivity plot and a Markdown summary."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+TOP_LAYERS = 8  # labelled curves; the rest are drawn thin and grey
+
+
+def decisive_layers(sens, plan, k=TOP_LAYERS):
+    """The groups that decide the result: the most sensitive ones and those pruned hardest."""
+    worst = sorted(sens, key=lambda g: -max(sens[g].values(), default=0))[:k // 2]
+    hardest = [g for g, _ in sorted(plan.items(), key=lambda x: -x[1]) if g not in worst]
+    return worst + hardest[:k - len(worst)]
+
+
+def plot_sensitivity(sens, plan, path):
+    """Relative mIoU loss against pruning ratio, one curve per group."""
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    labelled = decisive_layers(sens, plan)
+    for gid, curve in sens.items():
+        if gid in labelled or not curve:
+            continue
+        rs = sorted(curve)
+        ax.plot(rs, [curve[r] for r in rs], color="0.8", linewidth=0.8)
+    for gid in labelled:
+        rs = sorted(sens[gid])
+        chosen = f" (pruned {plan[gid]:.0%})" if gid in plan else " (kept)"
+        ax.plot(rs, [sens[gid][r] for r in rs], marker="o", linewidth=1.6, label=gid + chosen)
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("pruning ratio of the layer (its group) alone")
+    ax.set_ylabel("relative mIoU loss")
+    ax.set_title(f"Sensitivity of {len(sens)} prunable groups (grey: the rest)")
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110, format="png")
+    plt.close(fig)
+
+
+def render_markdown(r):
+    cov = r["coverage"]
+    lines = [
+        f"# Pruning report: {r['model_name']}",
+        "",
+        f"Config `{r['config']}`, weights `{r['model_path']}`, criterion {r['criterion']}, "
+        f"target FLOPs reduction {r['pruning_ratio']}, input {r['input_shape']}.",
+        "",
+        "| | before | after |",
+        "|-|-|-|",
+        f"| GFLOPs | {r['flops_before'] / 1e9:.4f} | {r['flops_after'] / 1e9:.4f} |",
+        f"| params | {r['params_before']:,} | {r['params_after']:,} |",
+        "",
+        f"Realized FLOPs reduction: {r['flops_reduction']:.3f}"
+        + ("" if r["target_reachable"] else
+           f" (target not reachable; largest reachable {r['max_reachable_ratio']:.3f})"),
+        "",
+        "| mIoU | value |",
+        "|-|-|",
+        f"| baseline | {r['miou_baseline']:.4f} |",
+        f"| right after pruning | {r['miou_pruned']:.4f} |",
+        f"| after {r['retraining_iters']} retraining iterations | {r['miou_retrained']:.4f} |",
+        "",
+        f"Coverage: {cov['prunable_convs']} of {cov['convs']} convs prunable, "
+        f"{cov['flops_coverage']:.1%} of conv FLOPs in prunable groups.",
+        "",
+        "| phase | seconds |",
+        "|-|-|",
+    ]
+    lines += [f"| {name} | {sec} |" for name, sec in r["seconds"].items()]
+    lines += ["", "| layer (group) | ratio |", "|-|-|"]
+    lines += [f"| `{gid}` | {ratio:.3f} |" for gid, ratio in r["layer_ratios"].items()]
+    return "\n".join(lines) + "\n"
