@@ -19,3 +19,83 @@ def shared_dataset(name):
     if not os.path.isdir(path):
         pytest.skip(f"{path} is absent (development data, not in a fresh clone)")
     return path
+
+
+# --- a tiny synthetic optic-disc set and config (test_datasets/test_cli/test_train) ------------
+TINY_SIZE = 64
+
+TINY_CONFIG = """\
+batch_size: 2
+iters: 5
+
+train_dataset:
+  type: OpticDiscSeg
+  dataset_root: {root}
+  transforms:
+    - type: Resize
+      target_size: [64, 64]
+{extra_train}    - type: Normalize
+  mode: train
+
+val_dataset:
+  type: OpticDiscSeg
+  dataset_root: {root}
+  transforms:
+    - type: Resize
+      target_size: [64, 64]
+    - type: Normalize
+  mode: val
+
+optimizer:
+  type: sgd
+  momentum: 0.9
+  weight_decay: 4.0e-5
+
+lr_scheduler:
+  type: PolynomialDecay
+  learning_rate: 0.01
+  end_lr: 0
+  power: 0.9
+
+loss:
+  types:
+    - type: CrossEntropyLoss
+  coef: [1, 1, 1, 1, 1]
+
+model:
+  type: {model}
+  num_classes: 2
+"""
+
+
+def make_tiny_optic(save_dir, num_train=4, num_val=2, seed=0):
+    """Write a synthetic OpticDiscSeg-layout set of TINY_SIZE images; returns its path."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "make_synthetic_optic_disc", os.path.join(ROOT, "tools", "make_synthetic_optic_disc.py"))
+    syn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(syn)
+    return syn.make_dataset(str(save_dir), num_train=num_train, num_val=num_val, size=TINY_SIZE,
+                            seed=seed)
+
+
+def write_tiny_config(path, dataset_root, flip=True, model="BiSeNetV2"):
+    """A hand-written PaddleSeg-format config: OpticDiscSeg at 64x64, BiSeNetV2 with 2 classes.
+
+    ``flip=False`` leaves out RandomHorizontalFlip (no randomness in the data)."""
+    extra = "    - type: RandomHorizontalFlip\n" if flip else ""
+    with open(path, "w") as f:
+        f.write(TINY_CONFIG.format(root=dataset_root, extra_train=extra, model=model))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_optic_root(tmp_path_factory):
+    """A synthetic OpticDiscSeg set (4 train + 2 val, 64x64), shared: do not modify it."""
+    return make_tiny_optic(tmp_path_factory.mktemp("tiny_optic") / "optic_disc_seg")
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tiny_optic_root, tmp_path_factory):
+    """Path of the tiny config (with RandomHorizontalFlip) over ``tiny_optic_root``."""
+    return write_tiny_config(tmp_path_factory.mktemp("tiny_config") / "tiny.yml", tiny_optic_root)

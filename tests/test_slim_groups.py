@@ -112,3 +112,24 @@ def test_building_groups_leaves_the_model_untouched(tmp_path):
     paddle.jit.save(model, str(tmp_path / "m"),
                     input_spec=[paddle.static.InputSpec([None, 3, None, None], "float32")])
     np.testing.assert_allclose(paddle.jit.load(str(tmp_path / "m"))(x).numpy(), y, atol=1e-5)
+
+
+def test_group_ids_are_stable_across_builds():
+    first = slim.build_groups(build_toy("Concat"), SHAPE).groups
+    again = slim.build_groups(build_toy("Concat", seed=3), SHAPE).groups
+    assert [(g.id, g.channels, g.members) for g in first] == \
+        [(g.id, g.channels, g.members) for g in again]
+
+
+def test_summary_names_the_reasons():
+    text = slim.build_groups(build_toy("Grouped"), SHAPE).summary()
+    assert "1 prunable channel groups" in text and "grouped conv grouped.conv" in text
+
+
+def test_ops_not_understood_freeze_the_channels_they_touch():
+    a = slim.build_groups(build_toy("Shuffle"), SHAPE)
+    assert [g.id for g in a.groups] == ["left.conv", "mid.conv"]
+    assert any(r.startswith("op reshape2") for r in dict(a.frozen)["stem.conv"])
+    assert a.unknown_ops["reshape2"] >= 1 and a.unknown_ops["split"] == 1
+    # left.conv's output sits in a concat with frozen channels: its own slice stays prunable
+    assert ("mid.conv", "conv_in", 0, 1) in members(a, "left.conv")

@@ -4,9 +4,9 @@ Every net returns a list of logits at input size, like the real models; in train
 ``WithAux`` returns an auxiliary logit too.
 """
 import paddle
-import pytest
 import paddle.nn as nn
 import paddle.nn.functional as F
+import pytest
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
 
@@ -142,9 +142,28 @@ class WithAux(nn.Layer):
         return out
 
 
+class Shuffle(nn.Layer):
+    """Channel shuffle (reshape + transpose) and a channel split: ops the analysis freezes."""
+
+    def __init__(self, num_classes=2):
+        super().__init__()
+        self.stem = CBR(3, 16, stride=2)
+        self.left = CBR(8, 8)
+        self.mid = CBR(16, 24)
+        self.cls = nn.Conv2D(24, num_classes, 1)
+
+    def forward(self, x):
+        s = self.stem(x)
+        n, c, h, w = s.shape
+        s = s.reshape([0, 4, 4, h, w]).transpose([0, 2, 1, 3, 4]).reshape([0, 16, h, w])
+        a, b = paddle.split(s, 2, axis=1)
+        y = paddle.concat([self.left(a), b], axis=1)
+        return [_up(self.cls(self.mid(y)), x)]
+
+
 TOYS = {"Residual": Residual, "Concat": Concat, "Separable": Separable,
         "GatherExpand": GatherExpand, "Grouped": Grouped, "WithAux": WithAux,
-        "ConcatTranspose": lambda: Concat(transpose=True)}
+        "ConcatTranspose": lambda: Concat(transpose=True), "Shuffle": Shuffle}
 
 
 def build_toy(name, seed=0):

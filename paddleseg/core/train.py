@@ -1,5 +1,6 @@
 """The training loop: PaddleSeg's ``train`` with atomic checkpoints and exact resume."""
 import os
+import pickle
 import random
 import shutil
 import time
@@ -26,9 +27,54 @@ def set_seed(seed):
 
 def collate(batch):
     """Stack images and labels; the rest of each sample (paths, transform records) is dropped."""
+    for b in batch:
+        if isinstance(b, _ReadFailure):  # a 1-D "image batch"; the label bytes hold the error
+            return np.zeros([1], np.float32), np.frombuffer(b.pickled, np.uint8).copy()
     imgs = np.stack([b["img"] for b in batch])
     labels = np.stack([b["label"] for b in batch])
     return imgs, labels
+
+
+class _ReadFailure:
+    def __init__(self, exc):
+        try:
+            self.pickled = pickle.dumps(exc)
+        except Exception:  # noqa: BLE001  (an unpicklable exception still gets its message)
+            self.pickled = pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
+
+
+class _CatchReadErrors(paddle.io.Dataset):
+    """A sample that raises becomes a _ReadFailure batch, re-raised by _RaisingLoader.
+
+    paddle's DataLoader reads in a thread: an exception there kills the thread and leaves the
+    training loop waiting forever (num_workers=0) or fails with an unrelated SystemError and a
+    worker traceback (num_workers>0)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, idx):
+        try:
+            return self.dataset[idx]
+        except Exception as e:  # noqa: BLE001  (re-raised by _RaisingLoader)
+            return _ReadFailure(e)
+
+
+class _RaisingLoader:
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            if len(images.shape) == 1:
+                raise pickle.loads(labels.numpy().tobytes())
+            yield images, labels
 
 
 def make_loader(dataset, batch_size, num_workers, seed=None, shuffle=True):
@@ -39,8 +85,10 @@ def make_loader(dataset, batch_size, num_workers, seed=None, shuffle=True):
         np.random.seed((seed or 0) + worker_id)
         random.seed((seed or 0) + worker_id)
 
-    return paddle.io.DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers,
-                                collate_fn=collate, worker_init_fn=init_worker, return_list=True)
+    loader = paddle.io.DataLoader(_CatchReadErrors(dataset), batch_sampler=sampler,
+                                  num_workers=num_workers, collate_fn=collate,
+                                  worker_init_fn=init_worker, return_list=True)
+    return _RaisingLoader(loader)
 
 
 def loss_computation(logits_list, labels, losses):
@@ -137,6 +185,7 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
             loss.backward()
             optimizer.step()
             optimizer.clear_grad()
+            lr = current_lr(optimizer)  # the rate this iteration used (PaddleSeg logs this one)
             lr_sched = optimizer._learning_rate
             if isinstance(lr_sched, paddle.optimizer.lr.LRScheduler):
                 lr_sched.step()
@@ -150,13 +199,13 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
                 per_iter = (time.time() - run_start) / max(it - run_start_iter, 1)
                 if local_rank == 0:
                     logger.info(f"[TRAIN] iter {it}/{iters}, loss {avg_loss / n:.4f}, "
-                                f"lr {current_lr(optimizer):.6f}, batch_cost {batch_cost / n:.4f}s, "
+                                f"lr {lr:.6f}, batch_cost {batch_cost / n:.4f}s, "
                                 f"reader_cost {reader_cost / n:.5f}s, "
                                 f"ips {batch_size / max(batch_cost / n, 1e-9):.2f} samples/s, "
                                 f"ETA {format_seconds(per_iter * (iters - it))}")
                     if writer:
                         writer.add_scalar("Train/loss", avg_loss / n, it)
-                        writer.add_scalar("Train/lr", current_lr(optimizer), it)
+                        writer.add_scalar("Train/lr", lr, it)
                         writer.add_scalar("Train/batch_cost", batch_cost / n, it)
                 avg_loss, reader_cost, batch_cost = 0.0, 0.0, 0.0
             if (it % save_interval == 0 or it == iters) and local_rank == 0:

@@ -266,13 +266,16 @@ class Config:
         if isinstance(wd, (int, float)):
             wd = paddle.regularizer.L2Decay(float(wd)) if name in ("sgd", "momentum") else float(wd)
         params = model.parameters()
-        if name in ("sgd", "momentum"):
-            return paddle.optimizer.Momentum(lr, parameters=params, momentum=cfg.pop("momentum", 0.9),
-                                             weight_decay=wd, **cfg)
-        if name == "adam":
-            return paddle.optimizer.Adam(lr, parameters=params, weight_decay=wd, **cfg)
-        if name == "adamw":
-            return paddle.optimizer.AdamW(lr, parameters=params, weight_decay=wd or 0.01, **cfg)
+        try:
+            if name in ("sgd", "momentum"):
+                return paddle.optimizer.Momentum(lr, parameters=params, momentum=cfg.pop("momentum", 0.9),
+                                                 weight_decay=wd, **cfg)
+            if name == "adam":
+                return paddle.optimizer.Adam(lr, parameters=params, weight_decay=wd, **cfg)
+            if name == "adamw":
+                return paddle.optimizer.AdamW(lr, parameters=params, weight_decay=wd or 0.01, **cfg)
+        except TypeError as e:  # e.g. momentum left over from a _base_ sgd optimizer
+            raise ConfigError(f"{self.path}: cannot build optimizer {name}: {e}") from None
         raise ConfigError(f"{self.path}: unknown optimizer type '{name}' (use sgd, adam or adamw)")
 
     def __str__(self):

@@ -20,7 +20,8 @@ Modules: ``graph`` (static trace), ``dependency`` (groups), ``criteria`` (l1/fpg
 """
 import time
 
-from . import allocate, apply, criteria, dependency, flops, graph, sensitivity, storage  # noqa: F401
+from . import (allocate, apply, criteria, dependency, flops, graph,  # noqa: F401
+               sensitivity, storage)
 from .allocate import Allocation, TargetUnreachable, allocate_ratios  # noqa: F401
 from .apply import channel_plan, rebuild_from_plan  # noqa: F401
 from .dependency import GroupAnalysis, Member, PruneGroup  # noqa: F401
@@ -46,6 +47,8 @@ def prune_model(model, analysis, plan, criterion="l1"):
 
     ``analysis`` (or a list of groups) must come from :func:`build_groups` on the model as it
     is now; a ratio removes ``round(ratio * channels)`` channels and always keeps one.
+    ``criterion``: "l1" or "fpgm". Touched parameters are replaced by new, smaller ones, so
+    create the optimizer after pruning.
     """
     groups = analysis.groups if isinstance(analysis, GroupAnalysis) else analysis
     removed, _ = apply.prune(model, groups, plan, criterion)

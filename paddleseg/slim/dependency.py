@@ -246,6 +246,10 @@ class _Analyzer:
             self.unknown[op.type] += 1
 
 
+def _generic(a, op):
+    a.generic(op)
+
+
 def _pass_through(a, op):
     src = None
     for slot in ("X", "Input", "x"):
@@ -517,6 +521,8 @@ def _collect(a):
         reasons = list(s.reasons[root])
         if not reasons and not any(p in a.t.calls for p in producers):
             reasons.append("only used in training (no eval-mode producer)")
+        if not reasons and s.length[root] < 2:
+            reasons.append("a single channel")
         if reasons:
             frozen.append((producers[0], sorted(set(reasons))))
             continue

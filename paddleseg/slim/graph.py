@@ -6,9 +6,12 @@ with ``paddle.jit.to_static`` (AST mode) on a throw-away wrapper, so the model i
 untouched, and we run one eval-mode forward with hooks to record what every conv computes
 (its spatial sizes, for FLOPs).
 
-A model is traced in eval mode and, by default, in train mode too: training-only branches
-(auxiliary heads) read feature maps that pruning shrinks, so their convs must be in the analysis
-as consumers. The two traces share parameters, which the analysis uses to tie them together.
+A model is traced in eval mode and, when a train-mode forward calls layers the eval forward
+does not, in train mode too: training-only branches (auxiliary heads) read feature maps that
+pruning shrinks, so their convs must be in the analysis as consumers. The two traces share
+parameters, which the analysis uses to tie them together. dy2static rebinds every sublayer's
+``forward`` while it converts; that is undone afterwards, so the model stays a plain dygraph
+model (``paddle.jit.save`` on it keeps working).
 """
 import contextlib
 from dataclasses import dataclass, field
@@ -63,16 +66,17 @@ class TracedModel:
     input_shape: tuple = ()
     modes: tuple = ()              # the forward modes actually traced
 
-    def param_ref(self, var_name):
-        return self.params.get(var_name)
-
     def layer_of(self, var_name):
         ref = self.params.get(var_name)
         return (ref[0], self.layers[ref[0]]) if ref else (None, None)
 
 
-class _FirstOutput(nn.Layer):
-    """Wraps a model so that tracing returns its outputs as a flat list of tensors."""
+class _Wrapper(nn.Layer):
+    """A throw-away parent for tracing: to_static replaces the traced layer's ``forward``.
+
+    All outputs are kept (not just the first logit): every one of them is a model output whose
+    channels (num_classes) must stay.
+    """
 
     def __init__(self, model):
         super().__init__()
@@ -150,7 +154,7 @@ def trace_program(model, input_shape, training=False, prefix=""):
     ``prefix`` so that several traces can live side by side.
     """
     params = param_map(model)
-    wrapper = _FirstOutput(model)
+    wrapper = _Wrapper(model)
     spec = [paddle.static.InputSpec(list(input_shape), "float32", name="x")]
     with training_mode(model, training), _forwards_kept(model):
         static = paddle.jit.to_static(wrapper, input_spec=spec, full_graph=True)

@@ -11,9 +11,10 @@ the unpruned model's metric, also stored in the file.
 """
 import json
 import os
+import pickle
 
 from ..utils.errors import UserError
-from ..utils.fileio import write_json
+from ..utils.fileio import atomic_path, write_json
 from . import apply as _apply
 from .criteria import num_pruned
 
@@ -52,13 +53,34 @@ def _describe_difference(old, new):
     return "; ".join(parts)
 
 
+def _is_pickle(sen_file):
+    # PaddleSlim's tutorials name the file sen.pickle; honour the extension, JSON otherwise
+    return sen_file.endswith((".pickle", ".pkl"))
+
+
+def save(sen_file, data):
+    if not _is_pickle(sen_file):
+        write_json(sen_file, data)
+        return
+    with atomic_path(sen_file) as tmp:
+        with open(tmp, "wb") as f:
+            pickle.dump(data, f)
+
+
 def load(sen_file):
     """The raw contents of a sensitivity file, or None if there is none."""
     if not os.path.exists(sen_file):
         return None
-    with open(sen_file, encoding="utf-8") as f:
-        data = json.load(f)
-    if data.get("format") != FORMAT:
+    try:
+        if _is_pickle(sen_file):
+            with open(sen_file, "rb") as f:
+                data = pickle.load(f)
+        else:
+            with open(sen_file, encoding="utf-8") as f:
+                data = json.load(f)
+    except (OSError, ValueError, pickle.UnpicklingError, EOFError) as e:
+        raise SensitivityMismatch(f"cannot read sensitivity file {sen_file}: {e}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise SensitivityMismatch(f"{sen_file} is not a sensitivity file of this version")
     return data
 
@@ -88,14 +110,14 @@ def analyze(model, groups, eval_fn, ratios, sen_file, criterion="l1", progress=N
     fp = fingerprint(model, groups, criterion, ratios, extra)
     data = load(sen_file)
     if data is not None and data.get("fingerprint") != fp:
-        raise SensitivityMismatch(
-            f"{sen_file} was made for a different setup ({_describe_difference(data.get('fingerprint', {}), fp)}); "
-            "delete it or choose another file")
+        diff = _describe_difference(data.get("fingerprint", {}), fp)
+        raise SensitivityMismatch(f"{sen_file} was made for a different setup ({diff}); "
+                                  "delete it or choose another file")
     if data is None:
         data = {"format": FORMAT, "fingerprint": fp, "base": None, "losses": {}}
     if data["base"] is None:
         data["base"] = float(eval_fn())
-        write_json(sen_file, data)
+        save(sen_file, data)
     base = data["base"]
     by_id = {g.id: g for g in groups}
     for k, g in enumerate(groups, 1):
@@ -115,5 +137,5 @@ def analyze(model, groups, eval_fn, ratios, sen_file, criterion="l1", progress=N
                 finally:
                     undo.restore()
                 done[key] = relative_loss(base, metric)
-            write_json(sen_file, data)
+            save(sen_file, data)
     return _losses_of(data, groups, ratios)

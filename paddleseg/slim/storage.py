@@ -9,6 +9,7 @@ import os
 
 import paddle
 
+from ..utils.checkpoint import check_state_dict
 from ..utils.errors import UserError
 from ..utils.fileio import atomic_path, write_json
 from .apply import channel_plan, rebuild_from_plan
@@ -26,11 +27,16 @@ def save_pruned(model, save_dir, info=None):
     os.makedirs(save_dir, exist_ok=True)
     with atomic_path(os.path.join(save_dir, PARAMS_FILE)) as tmp:
         paddle.save(model.state_dict(), tmp)
+    write_plan(model, os.path.join(save_dir, PLAN_FILE), info)
+    return save_dir
+
+
+def write_plan(model, path, info=None):
+    """Write the channel plan of ``model`` (as pruned now) to ``path``."""
     plan = {"format": FORMAT, "model": type(model).__name__, "layers": channel_plan(model)}
     if info:
         plan["info"] = info
-    write_json(os.path.join(save_dir, PLAN_FILE), plan)
-    return save_dir
+    write_json(path, plan)
 
 
 def _paths(path):
@@ -49,24 +55,6 @@ def read_plan(path):
     if plan.get("format") != FORMAT or "layers" not in plan:
         raise UserError(f"{plan_file} is not a prune plan this version can read")
     return plan
-
-
-def check_state_matches(model, state, source):
-    """Raise unless ``state`` has exactly the model's keys and shapes."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    shapes = [f"{k}: checkpoint {list(state[k].shape)} vs model {list(own[k].shape)}"
-              for k in own if k in state and list(state[k].shape) != list(own[k].shape)]
-    if missing or extra or shapes:
-        lines = [f"{source} does not match the model structure"]
-        if missing:
-            lines.append(f"missing {len(missing)} keys, e.g. {missing[:3]}")
-        if extra:
-            lines.append(f"unexpected {len(extra)} keys, e.g. {extra[:3]}")
-        if shapes:
-            lines.append(f"{len(shapes)} shape mismatches, e.g. {shapes[:3]}")
-        raise UserError("; ".join(lines))
 
 
 def load_pruned(model, path):
@@ -88,6 +76,6 @@ def load_pruned(model, path):
         except ValueError as e:
             raise UserError(str(e)) from None
     state = paddle.load(params_file)
-    check_state_matches(model, state, params_file)
+    check_state_dict(model, state, params_file)
     model.set_state_dict(state)
     return plan
