@@ -14,3 +14,18 @@ echo "== 1/5 train BiSeNetV2 ($CFG)"
 
 echo "== 2/5 evaluate best_model"
 "$PY" val.py --config "$CFG" --model_path "$OUT/train/best_model/model.pdparams"
+
+echo "== 3/5 prune 30% of the FLOPs (sensitivity analysis, FPGM), retrain 60 iterations"
+"$PY" slim/prune/prune.py --config "$CFG" --model_path "$OUT/train/best_model/model.pdparams" \
+    --pruning_ratio 0.3 --retraining_iters 60 --sen_ratios 0.2 0.4 0.6 --sen_eval_num 5 \
+    --seed 0 --save_dir "$OUT/pruned"
+
+echo "== 4/5 export the unpruned model (prune.py exported the pruned one to $OUT/pruned/export)"
+"$PY" export.py --config "$CFG" --model_path "$OUT/train/best_model/model.pdparams" \
+    --save_dir "$OUT/unpruned_export"
+
+echo "== 5/5 latency, Paddle Inference on CPU (oneDNN, 2 threads), input 1x3x512x1024"
+"$PY" deploy/python/benchmark.py "$OUT/unpruned_export" "$OUT/pruned/export" \
+    --input_shape 1 3 512 1024 --warmup 3 --repeats 10 --cpu_threads 2 --save_dir "$OUT"
+
+echo "== done: pruning report $OUT/pruned/report.md, sensitivity plot $OUT/pruned/sensitivity.png"

@@ -116,8 +116,34 @@ def resume(model, optimizer, resume_dir):
     opt_path = os.path.join(resume_dir, "model.pdopt")
     if not os.path.isfile(opt_path):
         raise CheckpointError(f"{opt_path} is missing; cannot resume the optimizer state")
-    optimizer.set_state_dict(paddle.load(opt_path))
+    optimizer.set_state_dict(_rename_optimizer_state(paddle.load(opt_path), state, model))
     return iteration_of(resume_dir)
+
+
+def _rename_optimizer_state(opt_state, saved_params, model):
+    """Re-key optimizer state to ``model``'s parameter names.
+
+    The state is keyed by parameter *names* (``conv2d_3.w_0_velocity_0``), which depend on how
+    many layers the process had built before the model; a model built later in the same process
+    has other names and paddle would refuse the state. The saved parameters keep their old
+    names, so the structured keys both share give the mapping."""
+    own = model.state_dict()
+    renames = {}
+    for key, tensor in saved_params.items():
+        old = getattr(tensor, "name", None)
+        if key in own and old and old != own[key].name:
+            renames[old] = own[key].name
+    if not renames:
+        return opt_state
+    olds = sorted(renames, key=len, reverse=True)
+    out = {}
+    for k, v in opt_state.items():
+        for old in olds:
+            if k.startswith(old + "_"):
+                k = renames[old] + k[len(old):]
+                break
+        out[k] = v
+    return out
 
 
 def prune_old_checkpoints(save_dir, queue, keep_max):

@@ -44,15 +44,21 @@ class _Curve:
 
     SLOPE = 1e-6
 
-    def __init__(self, channels, losses):
+    def __init__(self, channels, losses, step=1):
         pts = sorted((float(r), float(v)) for r, v in losses.items())
         self.channels = channels
+        # channels are removed in multiples of ``step`` so that what remains keeps the
+        # alignment CPU kernels like (oneDNN packs channels in blocks of 8 or 16)
+        self.step = step if channels % step == 0 and channels >= 2 * step else 1
         self.rs, self.ls = [0.0], [0.0]
         for r, v in pts:
             self.rs.append(r)
             self.ls.append(max(self.ls[-1], v) + self.SLOPE * (r - self.rs[-2]))
         self.rmax = self.rs[-1]
-        self.cap = max(0, min(int(math.floor(self.rmax * channels + 1e-9)), channels - 1))
+        self.cap = self._align(max(0, min(int(math.floor(self.rmax * channels + 1e-9)), channels - 1)))
+
+    def _align(self, n):
+        return n - n % self.step
 
     def loss(self, r):
         for i in range(1, len(self.rs)):
@@ -72,21 +78,23 @@ class _Curve:
                     l0, l1 = self.ls[i - 1], self.ls[i]
                     r = self.rs[i - 1] + (self.rs[i] - self.rs[i - 1]) * (t - l0) / (l1 - l0)
                     break
-        return max(0, min(int(math.floor(r * self.channels + 1e-9)), self.cap))
+        return self._align(max(0, min(int(math.floor(r * self.channels + 1e-9)), self.cap)))
 
     def next_loss(self, n):
-        return self.loss((n + 1) / self.channels)
+        return self.loss((n + self.step) / self.channels)
 
 
-def allocate_ratios(groups, sensitivities, flops_model, target, tolerance=0.01):
+def allocate_ratios(groups, sensitivities, flops_model, target, tolerance=0.01, channel_step=8):
     """Choose {group id: ratio} so the predicted FLOPs reduction is ``target`` (+-tolerance).
 
     ``groups``: PruneGroups; ``sensitivities``: {group id: {ratio: loss}} (groups without
-    measurements are left unpruned); ``flops_model``: a :class:`~paddleseg.slim.FlopsModel`.
+    measurements are left unpruned); ``flops_model``: a :class:`~paddleseg.slim.FlopsModel`;
+    ``channel_step``: remove channels in multiples of this from groups whose size it divides
+    (1 disables it).
     """
     if not 0.0 < target < 1.0:
         raise UserError(f"the FLOPs reduction target must lie in (0, 1), got {target}")
-    curves = {g.id: _Curve(g.channels, sensitivities[g.id]) for g in groups
+    curves = {g.id: _Curve(g.channels, sensitivities[g.id], channel_step) for g in groups
               if sensitivities.get(g.id)}
     if not curves:
         raise UserError("no prunable group has sensitivity measurements")
@@ -115,14 +123,14 @@ def allocate_ratios(groups, sensitivities, flops_model, target, tolerance=0.01):
             n = counts[gid]
             if n >= c.cap:
                 continue
-            counts[gid] = n + 1
+            counts[gid] = n + c.step
             r = flops_model.reduction(counts)
             counts[gid] = n
             if r <= target + tolerance and (best is None or c.next_loss(n) < best[0]):
                 best = (c.next_loss(n), gid, r)
         if best is None:
             break
-        counts[best[1]] += 1
+        counts[best[1]] += curves[best[1]].step
         red = best[2]
     high = counts_at(hi)
     high_red = flops_model.reduction(high)

@@ -38,6 +38,7 @@ class PruneOptions:
     sen_eval_num: int = None
     sen_ratios: tuple = DEFAULT_RATIOS
     num_workers: int = 0
+    channel_step: int = 8
     seed: int = None
     export: bool = True
     timings: dict = field(default_factory=dict)
@@ -52,6 +53,8 @@ def check_options(o):
         raise UserError(f"--criterion must be l1 or fpgm, got {o.criterion}")
     if not o.sen_ratios or not all(0.0 < r < 1.0 for r in o.sen_ratios):
         raise UserError(f"--sen_ratios must all lie in (0, 1), got {list(o.sen_ratios)}")
+    if o.channel_step < 1:
+        raise UserError(f"--channel_step must be >= 1, got {o.channel_step}")
     if o.sen_eval_num is not None and o.sen_eval_num < 1:
         raise UserError(f"--sen_eval_num must be >= 1, got {o.sen_eval_num}")
     if o.model_path and not os.path.exists(o.model_path):
@@ -106,15 +109,17 @@ def miou(model, dataset, max_images=None):
     return evaluate_metrics(model, dataset, max_images, print_detail=False)["mIoU"]
 
 
-def allocate(analysis, sens, flops_model, target):
+def allocate(analysis, sens, flops_model, target, channel_step):
     """Per-group ratios for ``target``; an unreachable target falls back to the largest
     reachable reduction and says so."""
     try:
-        return allocate_ratios(analysis.groups, sens, flops_model, target), None
+        return allocate_ratios(analysis.groups, sens, flops_model, target,
+                               channel_step=channel_step), None
     except TargetUnreachable as e:
         logger.warning(f"{e}; pruning at the largest reachable reduction {e.max_reduction:.3f} instead")
         reachable = e.max_reduction - 1e-9
-        return allocate_ratios(analysis.groups, sens, flops_model, reachable), e.max_reduction
+        return allocate_ratios(analysis.groups, sens, flops_model, reachable,
+                               channel_step=channel_step), e.max_reduction
 
 
 def retrain(o, cfg, model, work_dir):
@@ -170,7 +175,7 @@ def _run(o, cfg, t, stage):
                                 extra=config_fingerprint(cfg, o.model_path, eval_num))
     with Phase(t, "pruning"):
         flops_model = FlopsModel(analysis)
-        alloc, reachable = allocate(analysis, sens, flops_model, o.pruning_ratio)
+        alloc, reachable = allocate(analysis, sens, flops_model, o.pruning_ratio, o.channel_step)
         prune_model(model, analysis, alloc.plan, o.criterion)
         flops1, params1 = count_flops_params(model, shape)
         pruned_miou = miou(model, val_dataset)
@@ -183,7 +188,7 @@ def _run(o, cfg, t, stage):
         final = evaluate_metrics(model, val_dataset, print_detail=True)
     report = {
         "model_name": type(model).__name__, "config": cfg.path, "model_path": o.model_path,
-        "criterion": o.criterion, "pruning_ratio": o.pruning_ratio,
+        "criterion": o.criterion, "pruning_ratio": o.pruning_ratio, "channel_step": o.channel_step,
         "target_reachable": reachable is None, "max_reachable_ratio": round(alloc.max_reduction, 4),
         "input_shape": shape,
         "flops_before": flops0, "flops_after": flops1, "flops_reduction": round(1 - flops1 / flops0, 4),

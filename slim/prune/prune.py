@@ -31,6 +31,9 @@ def parse_args(argv):
                    help="evaluate sensitivity on the first N val images (default: all)")
     p.add_argument("--sen_ratios", type=float, nargs="+", default=None,
                    help="the ratio grid of the sensitivity analysis (default: 0.1 ... 0.9)")
+    p.add_argument("--channel_step", type=int, default=8,
+                   help="remove channels in multiples of this where a layer's width allows, so "
+                        "pruned widths stay aligned for fast CPU/GPU kernels (1: any count)")
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="run on cpu or gpu")
     cli.add_common_args(p)
@@ -52,7 +55,8 @@ def main(argv):
                            save_dir=args.save_dir, criterion=args.criterion, sen_file=args.sen_file,
                            sen_eval_num=args.sen_eval_num,
                            sen_ratios=tuple(args.sen_ratios or DEFAULT_RATIOS),
-                           num_workers=args.num_workers, seed=args.seed)
+                           num_workers=args.num_workers, seed=args.seed,
+                           channel_step=args.channel_step)
     check_options(options)  # before any slow work
     cli.set_device(args.device)
     # the retraining schedule spans --retraining_iters, as a fresh training run of that length

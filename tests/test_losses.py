@@ -1,0 +1,120 @@
+"""Losses: ignored pixels, finite values, lower on a perfect prediction."""
+import numpy as np
+import paddle
+import pytest
+
+from paddleseg.models.losses import CrossEntropyLoss, DiceLoss, OhemCrossEntropyLoss
+
+
+def make(seed=0, n=2, c=3, h=4, w=5, ignore_frac=0.3):
+    rng = np.random.RandomState(seed)
+    logit = rng.randn(n, c, h, w).astype(np.float32) * 2
+    label = rng.randint(0, c, (n, h, w)).astype(np.int64)
+    label[rng.rand(n, h, w) < ignore_frac] = 255
+    return logit, label
+
+
+def numpy_ce(logit, label, ignore=255):
+    """Mean softmax cross entropy over the pixels whose label is not ``ignore``."""
+    shifted = logit - logit.max(axis=1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    n, h, w = np.nonzero(label != ignore)
+    return float(-logp[n, label[n, h, w], h, w].mean())
+
+
+def perfect_logit(label, c, margin=20.0):
+    safe = np.where(label == 255, 0, label)
+    return (np.eye(c, dtype=np.float32)[safe].transpose(0, 3, 1, 2) * margin)
+
+
+def test_cross_entropy_equals_the_mean_over_kept_pixels():
+    logit, label = make()
+    assert (label == 255).sum() > 0 and (label != 255).sum() > 0
+    got = float(CrossEntropyLoss()(paddle.to_tensor(logit), paddle.to_tensor(label)))
+    assert got == pytest.approx(numpy_ce(logit, label), rel=1e-5)
+    # the mean over all pixels, 255 replaced by a class, would be another number
+    assert got != pytest.approx(numpy_ce(logit, np.where(label == 255, 0, label)), rel=1e-3)
+
+
+def test_cross_entropy_does_not_see_ignored_pixels():
+    logit, label = make(1)
+    loss = CrossEntropyLoss()
+    base = float(loss(paddle.to_tensor(logit), paddle.to_tensor(label)))
+    changed = logit.copy()
+    changed[np.broadcast_to((label == 255)[:, None], changed.shape)] = 1000.0
+    assert float(loss(paddle.to_tensor(changed), paddle.to_tensor(label))) == pytest.approx(base, rel=1e-6)
+    # and a label of shape [N, 1, H, W] is accepted
+    assert float(loss(paddle.to_tensor(logit), paddle.to_tensor(label[:, None]))) == pytest.approx(base, rel=1e-6)
+
+
+def test_cross_entropy_no_gradient_on_ignored_pixels():
+    logit, label = make(2)
+    x = paddle.to_tensor(logit, stop_gradient=False)
+    CrossEntropyLoss()(x, paddle.to_tensor(label)).backward()
+    grad = x.grad.numpy()
+    ignored = np.broadcast_to((label == 255)[:, None], grad.shape)
+    assert np.all(grad[ignored] == 0)
+    assert np.abs(grad[~ignored]).sum() > 0
+
+
+def test_cross_entropy_all_ignored_is_finite_zero():
+    logit, _ = make()
+    label = np.full((2, 4, 5), 255, np.int64)
+    value = float(CrossEntropyLoss()(paddle.to_tensor(logit), paddle.to_tensor(label)))
+    assert np.isfinite(value) and value == 0.0
+
+
+@pytest.mark.parametrize("loss_fn", [
+    CrossEntropyLoss(),
+    OhemCrossEntropyLoss(thresh=0.7, min_kept=10),
+    OhemCrossEntropyLoss(thresh=0.7, min_kept=10000),  # more than there are pixels
+    DiceLoss(),
+], ids=["ce", "ohem", "ohem-min_kept-large", "dice"])
+def test_finite_and_lower_on_a_perfect_prediction(loss_fn):
+    logit, label = make(3)
+    random_loss = float(loss_fn(paddle.to_tensor(logit), paddle.to_tensor(label)))
+    perfect = float(loss_fn(paddle.to_tensor(perfect_logit(label, 3)), paddle.to_tensor(label)))
+    assert np.isfinite(random_loss) and np.isfinite(perfect)
+    assert random_loss > 0.1
+    assert 0 <= perfect < random_loss
+    assert perfect < 0.05 * random_loss
+
+
+@pytest.mark.parametrize("loss_fn", [OhemCrossEntropyLoss(min_kept=10), DiceLoss()],
+                         ids=["ohem", "dice"])
+def test_gradient_descent_lowers_the_loss(loss_fn):
+    logit, label = make(4)
+    x = paddle.create_parameter(logit.shape, "float32",
+                                default_initializer=paddle.nn.initializer.Assign(logit))
+    opt = paddle.optimizer.SGD(learning_rate=1.0, parameters=[x])
+    values = []
+    for _ in range(5):
+        loss = loss_fn(x, paddle.to_tensor(label))
+        values.append(float(loss))
+        loss.backward()
+        opt.step()
+        opt.clear_grad()
+    assert all(np.isfinite(values))
+    assert values[-1] < values[0]
+
+
+def test_ohem_keeps_only_hard_pixels():
+    # all pixels confidently right except one clearly wrong: OHEM with a low min_kept
+    # averages over that hard pixel only, so it is much larger than the plain mean
+    label = np.zeros((1, 4, 4), np.int64)
+    logit = perfect_logit(label, 2, margin=5.0)
+    logit[0, :, 0, 0] = [-5.0, 5.0]
+    lg, lb = paddle.to_tensor(logit), paddle.to_tensor(label)
+    ce = float(CrossEntropyLoss()(lg, lb))
+    ohem = float(OhemCrossEntropyLoss(thresh=0.7, min_kept=1)(lg, lb))
+    assert ohem == pytest.approx(numpy_ce(logit[:, :, :1, :1], label[:, :1, :1]), rel=1e-4)
+    assert ohem > 10 * ce
+
+
+def test_ohem_and_dice_ignore_255():
+    logit, label = make(5)
+    for loss_fn in (OhemCrossEntropyLoss(min_kept=5), DiceLoss()):
+        base = float(loss_fn(paddle.to_tensor(logit), paddle.to_tensor(label)))
+        changed = logit.copy()
+        changed[np.broadcast_to((label == 255)[:, None], changed.shape)] = -50.0
+        assert float(loss_fn(paddle.to_tensor(changed), paddle.to_tensor(label))) == pytest.approx(base, rel=1e-5)
