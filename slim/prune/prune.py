@@ -9,7 +9,7 @@ import paddleseg  # noqa: E402,F401  (import order: cv2 before paddle)
 from paddleseg.utils import cli  # noqa: E402
 
 
-def parse_args(argv):
+def build_parser():
     p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--pruning_ratio", type=float, required=True,
                    help="the pruning ratio: target FLOPs reduction, in (0, 1)")
@@ -37,7 +37,11 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="run on cpu or gpu")
     cli.add_common_args(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv):
+    args = build_parser().parse_args(argv)
     if args.batch_size is not None and args.batch_size < 1:
         raise paddleseg.utils.UserError(f"--batch_size must be >= 1, got {args.batch_size}")
     if args.learning_rate is not None and args.learning_rate <= 0:
