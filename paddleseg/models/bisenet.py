@@ -1,4 +1,11 @@
-"""BiSeNetV2 (Yu et al., "BiSeNet V2: Bilateral Network with Guided Aggregation for Real-time Semantic Segmentation", IJCV 2021, arXiv:2004.02147)."""
+"""BiSeNetV2 (Yu et al., "BiSeNet V2: Bilateral Network with Guided Aggregation for Real-time Semantic Segmentation", IJCV 2021, arXiv:2004.02147).
+
+Sub-layer names and container layout follow PaddleSeg (release/2.6,
+paddleseg/models/bisenet.py), so ``model.state_dict()`` has exactly PaddleSeg's keys and
+shapes and its checkpoints load by name. Containers are ``nn.Sequential`` wherever PaddleSeg
+uses one; parameter-free entries (pools, dropout, sigmoid) keep their slots so the indices of
+the following entries match.
+"""
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -13,81 +20,85 @@ def _resize(x, size, align_corners):
 
 
 class DetailBranch(nn.Layer):
-    """Wide and shallow: three stages of 3x3 ConvBNReLU, each starting with stride 2 (1/8 output)."""
+    """Wide and shallow: three stages of 3x3 ConvBNReLU, each starting with stride 2 (1/8 output).
+
+    Keys: ``convs.{0..7}._conv`` / ``convs.{0..7}._batch_norm``.
+    """
 
     def __init__(self, in_channels, channels):
         super().__init__()
         c1, c2, c3 = channels
-        # stage 1 (1/2)
-        self.conv1 = ConvBNReLU(in_channels, c1, 3, stride=2)
-        self.conv2 = ConvBNReLU(c1, c1, 3)
-        # stage 2 (1/4)
-        self.conv3 = ConvBNReLU(c1, c2, 3, stride=2)
-        self.conv4 = ConvBNReLU(c2, c2, 3)
-        self.conv5 = ConvBNReLU(c2, c2, 3)
-        # stage 3 (1/8)
-        self.conv6 = ConvBNReLU(c2, c3, 3, stride=2)
-        self.conv7 = ConvBNReLU(c3, c3, 3)
-        self.conv8 = ConvBNReLU(c3, c3, 3)
+        self.convs = nn.Sequential(
+            # stage 1 (1/2)
+            ConvBNReLU(in_channels, c1, 3, stride=2),
+            ConvBNReLU(c1, c1, 3),
+            # stage 2 (1/4)
+            ConvBNReLU(c1, c2, 3, stride=2),
+            ConvBNReLU(c2, c2, 3),
+            ConvBNReLU(c2, c2, 3),
+            # stage 3 (1/8)
+            ConvBNReLU(c2, c3, 3, stride=2),
+            ConvBNReLU(c3, c3, 3),
+            ConvBNReLU(c3, c3, 3),
+        )
 
     def forward(self, x):
-        for i in range(1, 9):
-            x = getattr(self, f"conv{i}")(x)
-        return x
+        return self.convs(x)
 
 
 class StemBlock(nn.Layer):
-    """Fast 4x downsampling: a strided conv, then a conv path and a max-pool path, concatenated and fused."""
+    """Fast 4x downsampling: a strided conv, then a conv path (``left``) and a max-pool path
+    (``right``), concatenated and fused."""
 
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.conv = ConvBNReLU(in_channels, out_channels, 3, stride=2)
-        self.left_reduce = ConvBNReLU(out_channels, out_channels // 2, 1)
-        self.left_down = ConvBNReLU(out_channels // 2, out_channels, 3, stride=2)
-        self.right_pool = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
+        self.left = nn.Sequential(
+            ConvBNReLU(out_channels, out_channels // 2, 1),
+            ConvBNReLU(out_channels // 2, out_channels, 3, stride=2))
+        self.right = nn.MaxPool2D(kernel_size=3, stride=2, padding=1)
         self.fuse = ConvBNReLU(out_channels * 2, out_channels, 3)
 
     def forward(self, x):
         x = self.conv(x)
-        left = self.left_down(self.left_reduce(x))
-        right = self.right_pool(x)
-        return self.fuse(paddle.concat([left, right], axis=1))
+        return self.fuse(paddle.concat([self.left(x), self.right(x)], axis=1))
 
 
-class GatherExpansion(nn.Layer):
+class GatherAndExpansionLayer1(nn.Layer):
     """Gather-and-expansion layer, stride 1: 3x3 conv, depthwise 3x3 with channel multiplier
-    ``expand``, 1x1 projection, identity shortcut."""
+    ``expand``, 1x1 projection (all in ``conv``), identity shortcut."""
 
     def __init__(self, in_channels, out_channels, expand=6):
         super().__init__()
         mid = in_channels * expand
-        self.conv = ConvBNReLU(in_channels, in_channels, 3)
-        self.dwconv = DepthwiseConvBN(in_channels, mid, 3)
-        self.project = ConvBN(mid, out_channels, 1)
+        self.conv = nn.Sequential(
+            ConvBNReLU(in_channels, in_channels, 3),
+            DepthwiseConvBN(in_channels, mid, 3),
+            ConvBN(mid, out_channels, 1))
 
     def forward(self, x):
-        y = self.project(self.dwconv(self.conv(x)))
-        return F.relu(y + x)
+        return F.relu(self.conv(x) + x)
 
 
-class GatherExpansionDown(nn.Layer):
-    """Gather-and-expansion layer, stride 2: the expanding depthwise conv is strided and followed by
-    a second depthwise conv; the shortcut is a strided depthwise conv plus a 1x1 projection."""
+class GatherAndExpansionLayer2(nn.Layer):
+    """Gather-and-expansion layer, stride 2. ``branch_1``: 3x3 conv, strided expanding depthwise
+    conv, second depthwise conv, 1x1 projection. ``branch_2`` (shortcut): strided depthwise conv,
+    1x1 projection."""
 
     def __init__(self, in_channels, out_channels, expand=6):
         super().__init__()
         mid = in_channels * expand
-        self.conv = ConvBNReLU(in_channels, in_channels, 3)
-        self.dwconv_down = DepthwiseConvBN(in_channels, mid, 3, stride=2)
-        self.dwconv = DepthwiseConvBN(mid, mid, 3)
-        self.project = ConvBN(mid, out_channels, 1)
-        self.shortcut_dw = DepthwiseConvBN(in_channels, in_channels, 3, stride=2)
-        self.shortcut_proj = ConvBN(in_channels, out_channels, 1)
+        self.branch_1 = nn.Sequential(
+            ConvBNReLU(in_channels, in_channels, 3),
+            DepthwiseConvBN(in_channels, mid, 3, stride=2),
+            DepthwiseConvBN(mid, mid, 3),
+            ConvBN(mid, out_channels, 1))
+        self.branch_2 = nn.Sequential(
+            DepthwiseConvBN(in_channels, in_channels, 3, stride=2),
+            ConvBN(in_channels, out_channels, 1))
 
     def forward(self, x):
-        y = self.project(self.dwconv(self.dwconv_down(self.conv(x))))
-        shortcut = self.shortcut_proj(self.shortcut_dw(x))
-        return F.relu(y + shortcut)
+        return F.relu(self.branch_1(x) + self.branch_2(x))
 
 
 class ContextEmbeddingBlock(nn.Layer):
@@ -97,12 +108,12 @@ class ContextEmbeddingBlock(nn.Layer):
         super().__init__()
         self.gap = nn.AdaptiveAvgPool2D(1)
         self.bn = nn.BatchNorm2D(in_channels)
-        self.conv_gap = ConvBNReLU(in_channels, out_channels, 1)
-        self.conv_out = nn.Conv2D(out_channels, out_channels, 3, stride=1, padding=1)
+        self.conv_1x1 = ConvBNReLU(in_channels, out_channels, 1)
+        self.conv_3x3 = nn.Conv2D(out_channels, out_channels, 3, stride=1, padding=1)
 
     def forward(self, x):
-        context = self.conv_gap(self.bn(self.gap(x)))
-        return self.conv_out(context + x)
+        context = self.conv_1x1(self.bn(self.gap(x)))
+        return self.conv_3x3(context + x)
 
 
 class SemanticBranch(nn.Layer):
@@ -113,22 +124,24 @@ class SemanticBranch(nn.Layer):
         super().__init__()
         c1, c3, c4, c5 = channels
         self.stem = StemBlock(in_channels, c1)
-        self.stage3_1 = GatherExpansionDown(c1, c3, expand)
-        self.stage3_2 = GatherExpansion(c3, c3, expand)
-        self.stage4_1 = GatherExpansionDown(c3, c4, expand)
-        self.stage4_2 = GatherExpansion(c4, c4, expand)
-        self.stage5_1 = GatherExpansionDown(c4, c5, expand)
-        self.stage5_2 = GatherExpansion(c5, c5, expand)
-        self.stage5_3 = GatherExpansion(c5, c5, expand)
-        self.stage5_4 = GatherExpansion(c5, c5, expand)
+        self.stage3 = nn.Sequential(
+            GatherAndExpansionLayer2(c1, c3, expand),
+            GatherAndExpansionLayer1(c3, c3, expand))
+        self.stage4 = nn.Sequential(
+            GatherAndExpansionLayer2(c3, c4, expand),
+            GatherAndExpansionLayer1(c4, c4, expand))
+        self.stage5_4 = nn.Sequential(
+            GatherAndExpansionLayer2(c4, c5, expand),
+            GatherAndExpansionLayer1(c5, c5, expand),
+            GatherAndExpansionLayer1(c5, c5, expand),
+            GatherAndExpansionLayer1(c5, c5, expand))
         self.ce = ContextEmbeddingBlock(c5, c5)
 
     def forward(self, x):
         s2 = self.stem(x)
-        s3 = self.stage3_2(self.stage3_1(s2))
-        s4 = self.stage4_2(self.stage4_1(s3))
-        s5 = self.stage5_1(s4)
-        s5 = self.stage5_4(self.stage5_3(self.stage5_2(s5)))
+        s3 = self.stage3(s2)
+        s4 = self.stage4(s3)
+        s5 = self.stage5_4(s4)
         return s2, s3, s4, s5, self.ce(s5)
 
 
@@ -140,43 +153,48 @@ class BGA(nn.Layer):
         super().__init__()
         self.align_corners = align_corners
         # detail branch, kept at 1/8
-        self.detail_dw = DepthwiseConvBN(channels, channels, 3)
-        self.detail_pw = nn.Conv2D(channels, channels, 1)
+        self.db_branch_keep = nn.Sequential(
+            DepthwiseConvBN(channels, channels, 3),
+            nn.Conv2D(channels, channels, 1))
         # detail branch, brought down to 1/32
-        self.detail_down = ConvBN(channels, channels, 3, stride=2)
-        self.detail_pool = nn.AvgPool2D(kernel_size=3, stride=2, padding=1)
+        self.db_branch_down = nn.Sequential(
+            ConvBN(channels, channels, 3, stride=2),
+            nn.AvgPool2D(kernel_size=3, stride=2, padding=1))
         # semantic branch, kept at 1/32 (sigmoid gate)
-        self.semantic_dw = DepthwiseConvBN(channels, channels, 3)
-        self.semantic_pw = nn.Conv2D(channels, channels, 1)
-        # semantic branch, brought up to 1/8 (sigmoid gate)
-        self.semantic_up = ConvBN(channels, channels, 3)
-        self.fuse = ConvBN(channels, channels, 3)
+        self.sb_branch_keep = nn.Sequential(
+            DepthwiseConvBN(channels, channels, 3),
+            nn.Conv2D(channels, channels, 1),
+            nn.Sigmoid())
+        # semantic branch, brought up to 1/8 (sigmoid gate, applied after the resize)
+        self.sb_branch_up = ConvBN(channels, channels, 3)
+        self.conv = ConvBN(channels, channels, 3)
 
     def forward(self, dfm, sfm):
-        detail_keep = self.detail_pw(self.detail_dw(dfm))
-        detail_down = self.detail_pool(self.detail_down(dfm))
-        semantic_keep = F.sigmoid(self.semantic_pw(self.semantic_dw(sfm)))
-        semantic_up = self.semantic_up(sfm)
+        detail_keep = self.db_branch_keep(dfm)
+        detail_down = self.db_branch_down(dfm)
+        semantic_keep = self.sb_branch_keep(sfm)
+        semantic_up = self.sb_branch_up(sfm)
         semantic_up = F.sigmoid(
             _resize(semantic_up, paddle.shape(detail_keep)[2:], self.align_corners))
 
         high = detail_keep * semantic_up
         low = detail_down * semantic_keep
         low = _resize(low, paddle.shape(high)[2:], self.align_corners)
-        return self.fuse(high + low)
+        return self.conv(high + low)
 
 
 class SegHead(nn.Layer):
-    """3x3 ConvBNReLU, dropout 0.1, 1x1 classifier."""
+    """3x3 ConvBNReLU + dropout 0.1 (``conv_3x3``), 1x1 classifier (``conv_1x1``)."""
 
     def __init__(self, in_channels, mid_channels, num_classes):
         super().__init__()
-        self.conv = ConvBNReLU(in_channels, mid_channels, 3)
-        self.dropout = nn.Dropout(0.1)
-        self.cls = nn.Conv2D(mid_channels, num_classes, 1)
+        self.conv_3x3 = nn.Sequential(
+            ConvBNReLU(in_channels, mid_channels, 3),
+            nn.Dropout(0.1))
+        self.conv_1x1 = nn.Conv2D(mid_channels, num_classes, 1, 1)
 
     def forward(self, x):
-        return self.cls(self.dropout(self.conv(x)))
+        return self.conv_1x1(self.conv_3x3(x))
 
 
 @manager.MODELS.add_component
@@ -198,14 +216,15 @@ class BiSeNetV2(nn.Layer):
         sb_channels = (int(64 * lambd), int(128 * lambd), 64, 128)
         mid_channels = 128
 
+        # same creation order as PaddleSeg, so state_dict() lists the keys in the same order
         self.db = DetailBranch(in_channels, db_channels)
         self.sb = SemanticBranch(in_channels, sb_channels)
         self.bga = BGA(mid_channels, align_corners)
-        self.head = SegHead(mid_channels, mid_channels, num_classes)
         self.aux_head1 = SegHead(sb_channels[0], sb_channels[0], num_classes)
         self.aux_head2 = SegHead(sb_channels[1], sb_channels[1], num_classes)
         self.aux_head3 = SegHead(sb_channels[2], sb_channels[2], num_classes)
         self.aux_head4 = SegHead(sb_channels[3], sb_channels[3], num_classes)
+        self.head = SegHead(mid_channels, mid_channels, num_classes)
         self.align_corners = align_corners
 
         self._init_weights()

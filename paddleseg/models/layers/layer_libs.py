@@ -23,10 +23,16 @@ class ConvBNReLU(ConvBN):
         return nn.functional.relu(self._batch_norm(self._conv(x)))
 
 
-class DepthwiseConvBN(ConvBN):
+class DepthwiseConvBN(nn.Layer):
+    """Depthwise conv + BN, the ConvBN held in ``depthwise_conv`` as PaddleSeg names it."""
+
     def __init__(self, in_channels, out_channels, kernel_size, padding="same", **kwargs):
-        super().__init__(in_channels, out_channels, kernel_size, padding=padding,
-                         groups=in_channels, **kwargs)
+        super().__init__()
+        self.depthwise_conv = ConvBN(in_channels, out_channels, kernel_size, padding=padding,
+                                     groups=in_channels, **kwargs)
+
+    def forward(self, x):
+        return self.depthwise_conv(x)
 
 
 class SeparableConvBNReLU(nn.Layer):

@@ -1,0 +1,329 @@
+"""slim/prune/prune.py end to end on the five models (tiny synthetic optic-disc set, 64x64):
+outputs, FLOPs targets, exported model, resume after a kill, and bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import paddle
+import pytest
+import yaml
+
+import paddleseg.models  # noqa: F401  (registers the models)
+from paddleseg import slim
+from paddleseg.slim import sensitivity
+from paddleseg.slim.criteria import num_pruned
+from test_models import SPECS, build
+
+pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRUNE = os.path.join(ROOT, "slim", "prune", "prune.py")
+VAL = os.path.join(ROOT, "val.py")
+SHAPE = (1, 3, 64, 64)
+MODELS = list(SPECS)
+# loss coefs per model, as in configs/*/*_optic_disc_512x512_1k.yml (one per training logit)
+COEFS = {"BiSeNetV2": [1, 1, 1, 1, 1], "FCN": [1], "FastSCNN": [1.0, 0.4], "HarDNet": [1],
+         "UNet": [1]}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def model_config(name):
+    kwargs, _, n_logits = SPECS[name]
+    assert len(COEFS[name]) == n_logits
+    return dict(type=name, num_classes=2, **kwargs)
+
+
+def write_config(path, root, model, coef):
+    def dataset(mode):
+        return {"type": "OpticDiscSeg", "dataset_root": str(root), "mode": mode,
+                "transforms": [{"type": "Resize", "target_size": [64, 64]}, {"type": "Normalize"}]}
+    cfg = {"batch_size": 2, "iters": 2,
+           "train_dataset": dataset("train"), "val_dataset": dataset("val"),
+           "optimizer": {"type": "sgd", "momentum": 0.9, "weight_decay": 4.0e-5},
+           "lr_scheduler": {"type": "PolynomialDecay", "learning_rate": 0.01, "end_lr": 0,
+                            "power": 0.9},
+           "loss": {"types": [{"type": "CrossEntropyLoss"}] * len(coef), "coef": list(coef)},
+           "model": model}
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("prune")
+
+
+@pytest.fixture(scope="module")
+def configs(workdir, tiny_optic_root):
+    """{model name: tiny config path} over the shared 4 train + 2 val 64x64 set."""
+    return {name: write_config(workdir / f"{name}.yml", tiny_optic_root, model_config(name),
+                               COEFS[name]) for name in MODELS}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(configs, workdir):
+    """checkpoint(name): model.pdparams of the model trained 2 iterations (once per module)."""
+    from paddleseg.core.train import train
+    from paddleseg.cvlibs import Config
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cfg = Config(configs[name])
+            model = cfg.model
+            save_dir = str(workdir / f"train_{name}")
+            train(model, cfg.train_dataset, optimizer=cfg.optimizer(model), save_dir=save_dir,
+                  iters=2, batch_size=2, save_interval=2, log_iters=1, losses=cfg.loss,
+                  keep_checkpoint_max=1, seed=0)
+            path = os.path.join(save_dir, "iter_2", "model.pdparams")
+            assert os.path.isfile(path)
+            cache[name] = path
+        return cache[name]
+    return get
+
+
+def run_script(script, *args, timeout=600):
+    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def prune_args(config, model_path, save_dir, ratio=0.3, iters=2, criterion="fpgm",
+               sen_ratios=(0.3, 0.6), extra=()):
+    args = ["--config", config, "--pruning_ratio", ratio, "--retraining_iters", iters,
+            "--save_dir", save_dir, "--criterion", criterion, "--sen_ratios", *sen_ratios,
+            "--sen_eval_num", 1, *extra]
+    if model_path is not None:
+        args += ["--model_path", model_path]
+    return args
+
+
+def failure(proc):
+    return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+
+
+def predict(model_dir, x):
+    from paddleseg.core.export import create_predictor, run_predictor
+    return run_predictor(create_predictor(model_dir), x)
+
+
+# --- 1. the whole pipeline per model and criterion ---------------------------------------------
+CASES = [(name, "fpgm") for name in MODELS] + [(name, "l1") for name in MODELS]
+
+
+@pytest.mark.parametrize("name,criterion", CASES)
+def test_prune_cli_end_to_end(name, criterion, configs, checkpoint, tmp_path):
+    config = configs[name]
+    save_dir = tmp_path / "out"
+    proc = run_script(PRUNE, *prune_args(config, checkpoint(name), save_dir, criterion=criterion))
+    assert proc.returncode == 0, failure(proc)
+
+    names = set(os.listdir(save_dir))
+    for f in ("model.pdparams", "prune_plan.json", "report.json", "report.md", "sensitivity.png",
+              "export"):
+        assert f in names, f"{f} missing from {sorted(names)}"
+    leftovers = [n for n in names if n.startswith((".staging", ".tmp"))]
+    assert not leftovers, leftovers
+    for f in ("model.pdmodel", "model.pdiparams", "deploy.yaml"):
+        assert os.path.isfile(save_dir / "export" / f), f
+    with open(save_dir / "sensitivity.png", "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+
+    report = json.loads((save_dir / "report.json").read_text())
+    assert report["model_name"] == name
+    assert report["criterion"] == criterion
+    assert report["flops_after"] < report["flops_before"]
+    assert abs(report["flops_reduction"] - 0.3) <= 0.03, report["flops_reduction"]
+    assert abs(1 - report["flops_after"] / report["flops_before"] - 0.3) <= 0.03
+    assert report["coverage"]["flops_coverage"] >= 0.70, report["coverage"]
+
+    # the saved pruned model evaluates with val.py
+    proc = run_script(VAL, "--config", config, "--model_path", save_dir / "model.pdparams")
+    assert proc.returncode == 0, failure(proc)
+    assert "mIoU" in proc.stdout, failure(proc)
+
+    # reloaded in dygraph: the pruned structure and the exported model's outputs
+    from paddleseg.core.export import export_model
+    from paddleseg.core.model_loader import build_and_load
+    from paddleseg.cvlibs import Config
+    cfg = Config(config)
+    model = build_and_load(cfg, str(save_dir / "model.pdparams"))
+    model.eval()
+    assert slim.count_flops(model, SHAPE) == report["flops_after"]
+    x = np.random.RandomState(0).rand(*SHAPE).astype("float32")
+    with paddle.no_grad():
+        logits = model(paddle.to_tensor(x))[0].numpy()
+    assert logits.shape == (1, 2, 64, 64)
+
+    deploy = yaml.safe_load((save_dir / "export" / "deploy.yaml").read_text())["Deploy"]
+    out = predict(str(save_dir / "export"), x)
+    if deploy.get("output_op", "argmax") == "argmax":
+        assert out.shape == (1, 64, 64)
+        agree = float((out == logits.argmax(axis=1)).mean())
+        assert agree >= 0.999, f"exported argmax agrees with dygraph on {agree:.4%} of pixels"
+        raw_dir = str(tmp_path / "export_none")
+        export_model(model, raw_dir, output_op="none",
+                     val_transforms_config=cfg.val_dataset_config.get("transforms"))
+        raw = predict(raw_dir, x)
+    else:
+        raw = out
+    assert raw.shape == logits.shape
+    diff = float(np.abs(raw - logits).max())
+    assert diff <= 1e-4, f"exported logits differ from dygraph by {diff}"
+
+
+# --- 2. realized FLOPs reduction of the allocation, per target --------------------------------
+@pytest.mark.parametrize("name", MODELS)
+def test_allocation_hits_flops_targets(name):
+    paddle.seed(0)
+    model = build(name, 2)
+    analysis = slim.build_groups(model, SHAPE)
+    flops_model = slim.FlopsModel(analysis)
+    rng = np.random.RandomState(0)
+    weights = {g.id: float(rng.uniform(0.1, 1.0)) for g in sorted(analysis.groups, key=lambda g: g.id)}
+    ratios = [round(0.1 * i, 1) for i in range(1, 10)]
+    sens = {gid: {r: r * w for r in ratios} for gid, w in weights.items()}
+    for target in (0.1, 0.2, 0.3):
+        alloc = slim.allocate_ratios(analysis.groups, sens, flops_model, target)
+        paddle.seed(0)
+        fresh = build(name, 2)
+        fresh.eval()
+        before = slim.count_flops(fresh, SHAPE)
+        slim.prune_model(fresh, analysis, alloc.plan, "l1")
+        after = slim.count_flops(fresh, SHAPE)
+        realized = 1 - after / before
+        assert abs(realized - target) <= 0.03, f"{name}: target {target}, realized {realized:.4f}"
+
+
+# --- 3. a killed sensitivity analysis resumes where it stopped ---------------------------------
+def evaluated(groups, ratios):
+    """{(group id, ratio key)} of the points the analysis evaluates (those removing a channel)."""
+    return {(g.id, sensitivity.ratio_key(r)) for g in groups for r in ratios
+            if num_pruned(g.channels, r) > 0}
+
+
+def test_sensitivity_resumes_after_kill(configs, checkpoint, tmp_path):
+    name = "FastSCNN"
+    ratios = (0.2, 0.4, 0.6)
+    save_dir = tmp_path / "out"
+    sen_file = str(save_dir / "sen.pickle")
+    args = prune_args(configs[name], checkpoint(name), save_dir, iters=0, sen_ratios=ratios)
+
+    paddle.seed(0)
+    groups = slim.build_groups(build(name, 2), SHAPE).groups
+    points = evaluated(groups, ratios)
+    assert len(points) > 3
+
+    def done(data):
+        return {(gid, key) for gid, losses in data["losses"].items() for key in losses} & points
+
+    proc = subprocess.Popen([sys.executable, PRUNE, *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                data = sensitivity.load(sen_file)
+            except sensitivity.SensitivityMismatch:
+                data = None    # tolerate a read racing a write; the checks below are strict
+            if data is not None and 0 < len(done(data)) < len(points):
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+    data = sensitivity.load(sen_file)   # still a valid file after the kill
+    assert data is not None and data["base"] is not None
+    assert [g for g, _ in data["fingerprint"]["groups"]] == sorted(g.id for g in groups)
+    finished = done(data)
+    assert 0 < len(finished) < len(points)
+
+    proc = run_script(PRUNE, *args)
+    assert proc.returncode == 0, failure(proc)
+    lines = [ln for ln in proc.stdout.splitlines() if "sensitivity: layer" in ln]
+    assert len(lines) == len(points) - len(finished)
+    assert done(sensitivity.load(sen_file)) == points
+    assert os.path.isfile(save_dir / "model.pdparams")
+
+
+# --- 4. bad input: one error line, nothing written --------------------------------------------
+def foreign_sen_file(path, configs):
+    """A sensitivity file made for FastSCNN (while the run prunes BiSeNetV2)."""
+    paddle.seed(0)
+    model = build("FastSCNN", 2)
+    groups = slim.build_groups(model, SHAPE).groups
+    sensitivity.analyze(model, groups, lambda: 0.5, [0.5], str(path), "fpgm",
+                        extra="another config")
+    return str(path)
+
+
+BAD = {
+    "ratio 0": dict(ratio=0),
+    "ratio 1": dict(ratio=1),
+    "ratio 1.5": dict(ratio=1.5),
+    "retraining -1": dict(iters=-1),
+    "model_path missing": dict(model_path="missing"),
+    "model_path of another model": dict(model_path="UNet"),
+    "foreign sen_file": dict(sen_file=True),
+    "unknown model type": dict(model={"type": "NoSuchNet", "num_classes": 2}),
+    "bad constructor argument": dict(model={"type": "BiSeNetV2", "num_classes": 2,
+                                            "no_such_argument": 3}),
+}
+
+
+def check_failed_cleanly(proc):
+    assert proc.returncode != 0, failure(proc)
+    assert "Traceback" not in proc.stderr + proc.stdout, failure(proc)
+    lines = proc.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error:"), failure(proc)
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_fails_cleanly(case, configs, checkpoint, tiny_optic_root, tmp_path):
+    spec = BAD[case]
+    config = configs["BiSeNetV2"]
+    if "model" in spec:
+        config = write_config(tmp_path / "bad.yml", tiny_optic_root, spec["model"],
+                              COEFS["BiSeNetV2"])
+    model_path = spec.get("model_path", "BiSeNetV2")
+    if model_path == "missing":
+        model_path = str(tmp_path / "no_such_model.pdparams")
+    else:
+        model_path = checkpoint(model_path)
+    extra = []
+    foreign = None
+    if spec.get("sen_file"):
+        foreign = foreign_sen_file(tmp_path / "foreign.pickle", configs)
+        with open(foreign, "rb") as f:
+            foreign_bytes = f.read()
+        extra = ["--sen_file", foreign]
+
+    save_dir = tmp_path / "out"
+    save_dir.mkdir()
+    (save_dir / "notes.txt").write_text("the user's file\n")
+    proc = run_script(PRUNE, *prune_args(config, model_path, save_dir, ratio=spec.get("ratio", 0.3),
+                                         iters=spec.get("iters", 2), extra=extra))
+    check_failed_cleanly(proc)
+    assert sorted(os.listdir(save_dir)) == ["notes.txt"]
+    assert (save_dir / "notes.txt").read_text() == "the user's file\n"
+    if foreign:
+        with open(foreign, "rb") as f:
+            assert f.read() == foreign_bytes
+        assert "different setup" in proc.stderr
+
+
+def test_bad_input_leaves_no_new_save_dir(configs, checkpoint, tmp_path):
+    save_dir = tmp_path / "never"
+    proc = run_script(PRUNE, *prune_args(configs["BiSeNetV2"], checkpoint("UNet"), save_dir))
+    check_failed_cleanly(proc)
+    assert not save_dir.exists() or not os.listdir(save_dir), os.listdir(save_dir)
