@@ -53,6 +53,9 @@ def parse_args(argv):
     p.add_argument("--work_dir", default=os.path.join("benchmarks", "work"))
     p.add_argument("--out_dir", default="benchmarks", help="where RESULTS.md and speedup.png go")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--phase", choices=["all", "prepare", "latency"], default="all",
+                   help="prepare: train/prune/export only; latency: time what is prepared (on a "
+                        "quiet machine) and write the results; all: both")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     if not all(0 < r < 1 for r in args.ratios):
@@ -88,15 +91,22 @@ def model_config(name, dataset, args):
 def train_or_reuse(name, cfg, out, args):
     best = os.path.join(out, "best_model", "model.pdparams")
     if os.path.isfile(best):
-        return best, None
+        return best
+    if args.phase == "latency":
+        raise paddleseg.utils.UserError(f"{best} is missing: run --phase prepare first")
     from paddleseg.core.train import set_seed, train
     set_seed(args.seed)
     model = cfg.model
+    from paddleseg.utils.fileio import write_json
     start = time.time()
     train(model, cfg.train_dataset, val_dataset=cfg.val_dataset, optimizer=cfg.optimizer(model),
           save_dir=out, iters=cfg.iters, batch_size=cfg.batch_size,
           save_interval=max(cfg.iters // 3, 1), log_iters=20, losses=cfg.loss, seed=args.seed)
-    return best, time.time() - start
+    seconds = time.time() - start
+    write_json(os.path.join(out, "train_info.json"),
+               {"iters": cfg.iters, "batch_size": cfg.batch_size, "seconds": round(seconds, 1),
+                "seconds_per_iter": round(seconds / cfg.iters, 3), "machine": machine()})
+    return best
 
 
 def export_unpruned(name, cfg, ckpt, out, shape):
@@ -195,7 +205,7 @@ def main(argv):
         cfg_path, opts, cfg = model_config(name, dataset, args)
         base = os.path.join(args.work_dir, dataset, MODELS[name][1])
         logger.info(f"==== {name}: train / reuse ({cfg_path})")
-        ckpt, train_seconds = train_or_reuse(name, cfg, os.path.join(base, "train"), args)
+        ckpt = train_or_reuse(name, cfg, os.path.join(base, "train"), args)
         variants = [(0.0, export_unpruned(name, cfg, ckpt, os.path.join(base, "unpruned"), shape),
                      os.path.join(base, "unpruned", "export"))]
         for ratio in args.ratios:
@@ -204,15 +214,18 @@ def main(argv):
             report = prune_or_reuse(name, cfg_path, opts, ckpt, ratio, out,
                                     os.path.join(base, f"sen_{args.criterion}.pickle"), args)
             variants.append((ratio, report, os.path.join(out, "export")))
+        if args.phase == "prepare":
+            continue
         logger.info(f"==== {name}: latency at {args.input_shape}, {args.repeats} interleaved repeats")
         samples = interleaved_latency([v[2] for v in variants], args.input_shape, args.warmup,
                                       args.repeats, args.cpu_threads)
         base_ms = samples[0].mean()
         for (ratio, report, _), t in zip(variants, samples):
             rows.append(result_row(name, ratio, report, t, base_ms))
-        top = rows[-1]
-        if top["speedup"] < 1.3:
+        if rows[-1]["speedup"] < 1.3:
             notes[name] = slowest_layers(cfg, variants[-1][2], args.input_shape)
+    if args.phase == "prepare":
+        return 0
     write_results(rows, notes, args, dataset)
     return 0
 

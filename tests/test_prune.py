@@ -112,7 +112,10 @@ def predict(model_dir, x):
 
 
 # --- 1. the whole pipeline per model and criterion ---------------------------------------------
-CASES = [(name, "fpgm") for name in MODELS] + [(name, "l1") for name in MODELS]
+# fpgm (the default) on every model; l1 on the two quickest only, to keep the file within a few
+# minutes on two busy cores (the criterion changes which channels go, not the graph handling)
+L1_MODELS = ["FastSCNN", "BiSeNetV2"]
+CASES = [(name, "fpgm") for name in MODELS] + [(name, "l1") for name in L1_MODELS]
 
 
 @pytest.mark.parametrize("name,criterion", CASES)
