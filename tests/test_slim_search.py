@@ -129,9 +129,24 @@ def test_the_least_sensitive_groups_are_pruned_first():
     flops = slim.FlopsModel(analysis)
     sens = {g.id: {r: r * (10.0 if g.id == "head.conv" else 0.1) for r in RATIOS}
             for g in analysis.groups}
-    alloc = slim.allocate_ratios(analysis.groups, sens, flops, 0.2)
+    # channel_step=1: whole-channel steps, so the ordering is not blurred by 8-channel blocks
+    alloc = slim.allocate_ratios(analysis.groups, sens, flops, 0.2, channel_step=1)
     assert alloc.plan.get("head.conv", 0) < min(v for k, v in alloc.plan.items()
                                                  if k != "head.conv")
+
+
+def test_channel_step_keeps_pruned_widths_aligned():
+    model = wide_toy()
+    analysis = slim.build_groups(model, SHAPE)
+    flops = slim.FlopsModel(analysis)
+    sens = {g.id: {r: r for r in RATIOS} for g in analysis.groups}
+    alloc = slim.allocate_ratios(analysis.groups, sens, flops, 0.3, channel_step=8)
+    sizes = {g.id: g.channels for g in analysis.groups}
+    assert alloc.pruned
+    for gid, n in alloc.pruned.items():
+        if sizes[gid] % 8 == 0 and sizes[gid] >= 16:
+            assert n % 8 == 0 and (sizes[gid] - n) % 8 == 0, (gid, sizes[gid], n)
+    assert abs(alloc.reduction - 0.3) <= 0.03
 
 
 def test_an_unreachable_target_says_how_far_it_can_go():
