@@ -150,25 +150,6 @@ def read_json(path):
         return json.load(f)
 
 
-def interleaved_latency(model_dirs, shape, warmup, repeats, threads):
-    """Per export: latency samples (ms) taken one run of each export in turn."""
-    import numpy as np
-    from paddleseg.core.export import create_predictor, run_predictor
-    preds = [create_predictor(d, cpu_threads=threads, min_shape=shape, max_shape=shape,
-                              opt_shape=shape) for d in model_dirs]
-    x = np.random.RandomState(0).standard_normal(shape).astype("float32")
-    for p in preds:
-        for _ in range(warmup):
-            run_predictor(p, x)
-    times = [[] for _ in preds]
-    for _ in range(repeats):
-        for p, t in zip(preds, times):
-            start = time.perf_counter()
-            run_predictor(p, x)
-            t.append((time.perf_counter() - start) * 1000)
-    return [np.asarray(t) for t in times]
-
-
 def conv_time_profile(model, shape, top=5):
     """The convs that take the most dygraph time on ``shape``: [(layer path, share)]."""
     import paddle
@@ -198,6 +179,7 @@ def main(argv):
         sys.path.insert(0, os.path.join(ROOT, "tools"))
         from make_synthetic_optic_disc import make_dataset
         make_dataset(args.synthetic_root)
+    from paddleseg.deploy.benchmark import interleaved_latency
     from paddleseg.utils import logger
     rows, notes = [], {}
     shape = [1, 3, args.size, args.size]

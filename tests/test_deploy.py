@@ -13,6 +13,8 @@ from PIL import Image
 
 import paddleseg.models  # noqa: F401  (registers the models)
 from paddleseg.core import export as ex
+from paddleseg.deploy import benchmark as bench
+from paddleseg.deploy import predictor as pred
 from paddleseg.utils import UserError, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,27 +121,27 @@ def test_benchmark_cli_prints_table_with_speedup_and_writes_reports(exports, tmp
 
 
 def test_benchmark_skips_unavailable_backends_in_one_line(exports, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(ex, "_have", lambda name: name != "onnxruntime")
+    monkeypatch.setattr(pred, "_have", lambda name: name != "onnxruntime")
     code, out, err = run_main(benchmark, [exports["base"], "--backend", "onnxruntime",
                                           "--save_dir", str(tmp_path)], capsys)
     assert code == 2
     assert "onnxruntime is not installed" in err and "Traceback" not in err
     lines = []
-    rows = ex.benchmark_models([exports["base"], str(tmp_path / "absent"), exports["pruned"]],
-                               report_error=lines.append, input_shape=[1, 3, 64, 64], warmup=0,
-                               repeats=1, device="gpu" if not paddle.is_compiled_with_cuda() else "cpu")
+    rows = bench.benchmark_models([exports["base"], str(tmp_path / "absent"), exports["pruned"]],
+                                  report_error=lines.append, input_shape=[1, 3, 64, 64], warmup=0,
+                                  repeats=1, device="gpu" if not paddle.is_compiled_with_cuda() else "cpu")
     if not paddle.is_compiled_with_cuda():
         assert rows == [] and len(lines) == 1 and "no CUDA" in lines[0]
     lines = []
-    rows = ex.benchmark_models([exports["base"], str(tmp_path / "absent"), exports["pruned"]],
-                               report_error=lines.append, input_shape=[1, 3, 64, 64], warmup=0, repeats=1)
+    rows = bench.benchmark_models([exports["base"], str(tmp_path / "absent"), exports["pruned"]],
+                                  report_error=lines.append, input_shape=[1, 3, 64, 64], warmup=0, repeats=1)
     assert [r["pruning_ratio"] for r in rows] == [None, 0.3]
     assert len(lines) == 1 and "absent" in lines[0] and "deploy.yaml not found" in lines[0]
 
 
 def test_benchmark_predictor_result_fields(exports):
-    r = ex.benchmark_predictor(exports["pruned"], input_shape=[1, 3, 64, 64], warmup=0, repeats=2,
-                               cpu_threads=1, enable_mkldnn=False)
+    r = bench.benchmark_predictor(exports["pruned"], input_shape=[1, 3, 64, 64], warmup=0, repeats=2,
+                                  cpu_threads=1, enable_mkldnn=False)
     assert r["model_name"] == "FastSCNN" and r["pruning_ratio"] == 0.3
     assert r["input_shape"] == [1, 3, 64, 64] and r["repeats"] == 2 and r["enable_mkldnn"] is False
     assert r["min_ms"] <= r["median_ms"] <= max(r["times_ms"])
@@ -150,9 +152,9 @@ def test_speedups_pair_each_model_with_its_unpruned_export():
             {"model_name": "A", "pruning_ratio": None, "mean_ms": 10.0, "model_dir": "a"},
             {"model_name": "A", "pruning_ratio": 0.0, "mean_ms": 8.0, "model_dir": "a0"},
             {"model_name": "B", "pruning_ratio": 0.3, "mean_ms": 4.0, "model_dir": "b30"}]
-    ex.add_speedups(rows)
+    bench.add_speedups(rows)
     assert [r["speedup"] for r in rows] == [1.6, 0.8, 1.0, None]
-    table = ex.markdown_table([dict(r, median_ms=1, p90_ms=2) for r in rows])
+    table = bench.markdown_table([dict(r, median_ms=1, p90_ms=2) for r in rows])
     assert "| A | 0.50 | 5.00 | 1.00 | 2.00 | 1.60x |" in table
     assert "| B | 0.30 | 4.00 | 1.00 | 2.00 | - |" in table
 
@@ -161,14 +163,14 @@ def test_onnxruntime_matches_paddle_inference(exports, tmp_path):
     # Fast-SCNN's pyramid pooling needs >= 6x6 features at 1/32 scale to become ONNX pools
     shape = [1, 3, 192, 192]
     x = np.random.RandomState(5).standard_normal(shape).astype(np.float32)
-    ref = ex.run_predictor(ex.create_predictor(exports["logits"]), x)
-    session = ex.create_onnx_session(exports["logits"], shape, cpu_threads=2, cache_dir=str(tmp_path))
-    out = ex.run_onnx_session(session, x)
+    ref = pred.run_predictor(pred.create_predictor(exports["logits"]), x)
+    session = pred.create_onnx_session(exports["logits"], shape, cpu_threads=2, cache_dir=str(tmp_path))
+    out = pred.run_onnx_session(session, x)
     assert out.shape == ref.shape == (1, 2, 192, 192)
     assert np.abs(out - ref).max() <= 1e-4
     assert paddle.in_dynamic_mode()  # the shape-fixing pass gave the global mode back
-    r = ex.benchmark_predictor(exports["logits"], input_shape=shape, warmup=1, repeats=2,
-                               backend="onnxruntime", onnx_cache_dir=str(tmp_path))
+    r = bench.benchmark_predictor(exports["logits"], input_shape=shape, warmup=1, repeats=2,
+                                  backend="onnxruntime", onnx_cache_dir=str(tmp_path))
     assert r["backend"] == "onnxruntime" and r["mean_ms"] > 0
 
 

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 import paddleseg.models  # noqa: F401  (registers the models)
-from paddleseg.core.export import (create_predictor, export_model, load_deploy_config,
-                                   parse_input_shape, run_predictor)
+from paddleseg.core.export import export_model, load_deploy_config, parse_input_shape
+from paddleseg.deploy.predictor import create_predictor, run_predictor
 from paddleseg.utils import UserError, cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -197,10 +197,6 @@ def test_pruned_model_exports_and_matches_dygraph(pruned, trained, tmp_path):
 
 
 def test_export_cli_loads_a_pruned_checkpoint(pruned, trained, tmp_path, capsys):
-    from paddleseg import slim
-    if not hasattr(slim, "apply_plan_file"):
-        pytest.skip("paddleseg.core.model_loader calls paddleseg.slim.apply_plan_file, "
-                    "which paddleseg.slim does not provide yet")
     code, _, err = run_cli(["--config", trained["config"], "--model_path", pruned["model_path"],
                             "--save_dir", str(tmp_path / "e"), "--output_op", "none"], capsys)
     assert code == 0, err

@@ -9,8 +9,8 @@ its pruning ratio (``pruning_ratio`` in a ``report.json`` in the export director
 the same model (``model_name`` in report.json, else deploy.yaml's ``model_type``). Prints a
 Markdown table and writes it with the raw numbers to ``--save_md`` / ``--save_json``.
 
-Other code calls :func:`paddleseg.core.export.benchmark_predictor` (one export) or
-:func:`paddleseg.core.export.benchmark_models` (several, with speedups) directly.
+Other code calls :func:`paddleseg.deploy.benchmark.benchmark_predictor` (one export) or
+:func:`paddleseg.deploy.benchmark.benchmark_models` (several, with speedups) directly.
 """
 import argparse
 import os
@@ -22,8 +22,9 @@ import paddleseg  # noqa: E402,F401  (import order: cv2 before paddle)
 from paddleseg.utils import cli  # noqa: E402
 
 # re-exported for callers that import this script's module
-from paddleseg.core.export import (benchmark_models, benchmark_predictor,  # noqa: E402,F401
-                                   markdown_table, parse_input_shape)
+from paddleseg.core.export import parse_input_shape  # noqa: E402
+from paddleseg.deploy.benchmark import (benchmark_models, benchmark_predictor,  # noqa: E402,F401
+                                        markdown_table)
 
 
 def parse_args(argv):

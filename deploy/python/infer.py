@@ -120,7 +120,8 @@ class Timer:
 def main(argv):
     args = parse_args(argv)
     import numpy as np
-    from paddleseg.core.export import create_predictor, load_deploy_config, run_predictor
+    from paddleseg.core.export import load_deploy_config
+    from paddleseg.deploy.predictor import create_predictor, run_predictor
     from paddleseg.cvlibs.config import build_component
     from paddleseg.transforms import Compose
     from paddleseg.utils import logger

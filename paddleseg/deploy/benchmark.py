@@ -1,0 +1,159 @@
+"""Model-prediction latency of exports and the tables built from it.
+
+One export at a time (:func:`benchmark_predictor`, over several with speedups:
+:func:`benchmark_models`, :func:`markdown_table`), or several side by side
+(:func:`interleaved_latency`). Both time runs with :func:`_time_runs`.
+"""
+import os
+import time
+
+import numpy as np
+
+from paddleseg.core.export import parse_input_shape, read_model_info
+from paddleseg.deploy.predictor import (check_backend, create_onnx_session, create_predictor,
+                                        run_onnx_session, run_predictor)
+from paddleseg.utils import logger
+from paddleseg.utils.errors import UserError
+
+
+def _random_input(shape, seed):
+    return np.random.RandomState(seed).standard_normal(shape).astype(np.float32)
+
+
+def _paddle_runner(model_dir, shape, **predictor_kwargs):
+    """``run(x)`` on a Paddle Inference predictor whose TensorRT shapes are all ``shape``."""
+    predictor = create_predictor(model_dir, min_shape=shape, max_shape=shape, opt_shape=shape,
+                                 **predictor_kwargs)
+
+    def run(x):
+        return run_predictor(predictor, x)
+    return run
+
+
+def _time_runs(runs, x, warmup, repeats):
+    """Latency samples (ms) per callable in ``runs``, each called on ``x``.
+
+    Each gets ``warmup`` untimed calls first; then each repeat times one call of each in turn,
+    so that machine noise during the measurement hits all of them alike.
+    """
+    for run in runs:
+        for _ in range(int(warmup)):
+            run(x)
+    times = [[] for _ in runs]
+    for _ in range(int(repeats)):
+        for run, t in zip(runs, times):
+            start = time.perf_counter()
+            run(x)
+            t.append((time.perf_counter() - start) * 1000.0)
+    return [np.asarray(t) for t in times]
+
+
+def interleaved_latency(model_dirs, input_shape, warmup, repeats, cpu_threads):
+    """Per export: latency samples (ms) taken one run of each export in turn."""
+    runs = [_paddle_runner(d, input_shape, cpu_threads=cpu_threads) for d in model_dirs]
+    return _time_runs(runs, _random_input(input_shape, 0), warmup, repeats)
+
+
+def benchmark_predictor(model_dir, input_shape=(1, 3, 1024, 2048), warmup=10, repeats=50,
+                        device="cpu", use_trt=False, precision="fp32", cpu_threads=2,
+                        enable_mkldnn=True, backend="paddle", onnx_cache_dir=None, seed=0):
+    """Model-prediction latency of one export (no image decoding, pre- or post-processing).
+
+    One timed run = input copy in, ``run``, output copy out, on a fixed random input of
+    ``input_shape``, after ``warmup`` untimed runs.
+
+    Returns:
+        dict: ``model_dir, model_name, pruning_ratio, backend, device, use_trt, precision,
+        enable_mkldnn, cpu_threads, input_shape, warmup, repeats, mean_ms, median_ms, p90_ms,
+        min_ms, times_ms``.
+
+    Raises:
+        UserError: bad arguments, a missing export, or a backend/device that is not available
+            here (no CUDA, no TensorRT, no onnxruntime) - one line, for the caller to report.
+    """
+    shape = parse_input_shape(input_shape)
+    if int(warmup) < 0 or int(repeats) < 1:
+        raise UserError(f"warmup must be >= 0 and repeats >= 1, got {warmup} and {repeats}")
+    check_backend(backend, device, use_trt, precision)
+    info = read_model_info(model_dir)
+    if backend == "onnxruntime":
+        session = create_onnx_session(model_dir, shape, cpu_threads=cpu_threads,
+                                      cache_dir=onnx_cache_dir)
+
+        def run(x):
+            return run_onnx_session(session, x)
+    else:
+        run = _paddle_runner(model_dir, shape, device=device, use_trt=use_trt, precision=precision,
+                             enable_mkldnn=enable_mkldnn, cpu_threads=cpu_threads)
+
+    times, = _time_runs([run], _random_input(shape, seed), warmup, repeats)
+    return {
+        "model_dir": os.path.abspath(model_dir if os.path.isdir(model_dir) else os.path.dirname(model_dir)),
+        "model_name": info["model_name"],
+        "pruning_ratio": info["pruning_ratio"],
+        "backend": backend,
+        "device": device,
+        "use_trt": bool(use_trt),
+        "precision": precision,
+        "enable_mkldnn": bool(enable_mkldnn) if backend == "paddle" and device == "cpu" else None,
+        "cpu_threads": int(cpu_threads),
+        "input_shape": shape,
+        "warmup": int(warmup),
+        "repeats": int(repeats),
+        "mean_ms": float(times.mean()),
+        "median_ms": float(np.median(times)),
+        "p90_ms": float(np.percentile(times, 90)),
+        "min_ms": float(times.min()),
+        "times_ms": [round(float(t), 4) for t in times],
+    }
+
+
+def add_speedups(rows):
+    """Set ``speedup`` on each row: the latency of the unpruned row of the same model name
+    (pruning ratio 0 or none) divided by the row's; None where there is no such baseline."""
+    baselines = {}
+    for ratio_wanted in (0.0, None):  # an explicit 0 wins over "no report"
+        for row in rows:
+            ratio = row.get("pruning_ratio")
+            if (ratio is None if ratio_wanted is None else ratio == 0.0):
+                baselines.setdefault(row["model_name"], row)
+    for row in rows:
+        base = baselines.get(row["model_name"])
+        row["speedup"] = (base["mean_ms"] / row["mean_ms"]) if base and row["mean_ms"] > 0 else None
+        row["baseline_dir"] = base["model_dir"] if base else None
+    return rows
+
+
+def benchmark_models(model_dirs, report_error=None, **kwargs):
+    """:func:`benchmark_predictor` over several exports; a failing one is reported in one line
+    through ``report_error(msg)`` (default: a logged warning) and skipped. Returns the rows
+    with speedups (see :func:`add_speedups`)."""
+    report_error = report_error or logger.warning
+    try:  # a missing GPU / TensorRT / onnxruntime is said once, not once per model
+        check_backend(kwargs.get("backend", "paddle"), kwargs.get("device", "cpu"),
+                      kwargs.get("use_trt", False), kwargs.get("precision", "fp32"))
+    except UserError as e:
+        report_error(f"skipped all models: {e}")
+        return []
+    rows = []
+    for model_dir in model_dirs:
+        try:
+            rows.append(benchmark_predictor(model_dir, **kwargs))
+        except UserError as e:
+            report_error(f"skipped {model_dir}: {e}")
+    return add_speedups(rows)
+
+
+def _fmt_ratio(ratio):
+    return "-" if ratio is None else f"{ratio:.2f}"
+
+
+def markdown_table(rows):
+    """The results as a Markdown table (Model | Pruning ratio | Mean | Median | P90 | Speedup)."""
+    lines = ["| Model | Pruning ratio | Mean (ms) | Median (ms) | P90 (ms) | Speedup |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        speedup = "-" if r.get("speedup") is None else f"{r['speedup']:.2f}x"
+        lines.append(f"| {r['model_name']} | {_fmt_ratio(r.get('pruning_ratio'))} | {r['mean_ms']:.2f} "
+                     f"| {r['median_ms']:.2f} | {r['p90_ms']:.2f} | {speedup} |")
+    return "\n".join(lines) + "\n"
