@@ -263,7 +263,7 @@ def test_sensitivity_resumes_after_kill(configs, checkpoint, tmp_path):
 
 
 # --- 4. bad input: one error line, nothing written --------------------------------------------
-def foreign_sen_file(path, configs):
+def foreign_sen_file(path):
     """A sensitivity file made for FastSCNN (while the run prunes BiSeNetV2)."""
     paddle.seed(0)
     model = build("FastSCNN", 2)
@@ -309,7 +309,7 @@ def test_bad_input_fails_cleanly(case, configs, checkpoint, tiny_optic_root, tmp
     extra = []
     foreign = None
     if spec.get("sen_file"):
-        foreign = foreign_sen_file(tmp_path / "foreign.pickle", configs)
+        foreign = foreign_sen_file(tmp_path / "foreign.pickle")
         with open(foreign, "rb") as f:
             foreign_bytes = f.read()
         extra = ["--sen_file", foreign]
