@@ -30,6 +30,16 @@ def _apply_to_labels(data, fn):
         data[key] = fn(data[key])
 
 
+def _resize_sample(data, size_wh, interp=cv2.INTER_LINEAR, record=True):
+    """Resize the image (``interp``) and its labels (nearest) to ``size_wh``; ``record`` notes
+    the old size so predictions can be mapped back."""
+    if record:
+        data["trans_info"].append(("resize", data["img"].shape[:2]))
+    data["img"] = F.resize(data["img"], size_wh, interp)
+    _apply_to_labels(data, lambda lab: F.resize(lab, size_wh, cv2.INTER_NEAREST))
+    return data
+
+
 class Compose:
     """Read the image (and label) and run the transforms; returns the data dict with the image
     as a CHW float32 array."""
@@ -76,15 +86,12 @@ class Resize:
 
     def __call__(self, data):
         h, w = data["img"].shape[:2]
-        data["trans_info"].append(("resize", (h, w)))
         tw, th = self.target_size
         if self.keep_ratio:
             scale = min(tw / w, th / h)
             tw, th = int(round(w * scale)), int(round(h * scale))
         interp = random.choice(list(F.INTERP.values())) if self.interp == "RANDOM" else F.INTERP[self.interp]
-        data["img"] = F.resize(data["img"], (tw, th), interp)
-        _apply_to_labels(data, lambda lab: F.resize(lab, (tw, th), cv2.INTER_NEAREST))
-        return data
+        return _resize_sample(data, (tw, th), interp)
 
 
 @manager.TRANSFORMS.add_component
@@ -96,12 +103,8 @@ class ResizeByLong:
 
     def __call__(self, data):
         h, w = data["img"].shape[:2]
-        data["trans_info"].append(("resize", (h, w)))
         scale = self.long_size / max(h, w)
-        size = (int(round(w * scale)), int(round(h * scale)))
-        data["img"] = F.resize(data["img"], size)
-        _apply_to_labels(data, lambda lab: F.resize(lab, size, cv2.INTER_NEAREST))
-        return data
+        return _resize_sample(data, (int(round(w * scale)), int(round(h * scale))))
 
 
 @manager.TRANSFORMS.add_component
@@ -126,10 +129,8 @@ class ResizeStepScaling:
     def __call__(self, data):
         factor = self._factor()
         h, w = data["img"].shape[:2]
-        size = (int(round(w * factor)), int(round(h * factor)))
-        data["img"] = F.resize(data["img"], size)
-        _apply_to_labels(data, lambda lab: F.resize(lab, size, cv2.INTER_NEAREST))
-        return data
+        # a training-time augmentation: nothing to map back
+        return _resize_sample(data, (int(round(w * factor)), int(round(h * factor))), record=False)
 
 
 @manager.TRANSFORMS.add_component
