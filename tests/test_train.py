@@ -255,3 +255,10 @@ def test_keep_checkpoint_max_counts_the_dirs_of_a_resumed_run(tmp_path, noflip_c
     api_train(cfg, model, opt, out, save_interval=1, keep_checkpoint_max=2,
               resume_model=str(out / "iter_2"))
     assert sorted(os.listdir(out)) == ["iter_2", "iter_3"]
+
+
+def test_use_vdl_writes_visualdl_records(tmp_path, noflip_config):
+    cfg, model, opt = build(noflip_config, seed=0, iters=2, batch_size=2)
+    api_train(cfg, model, opt, tmp_path / "out", use_vdl=True)
+    records = [f for f in os.listdir(tmp_path / "out") if f.startswith("vdlrecords")]
+    assert records and os.path.getsize(tmp_path / "out" / records[0]) > 0
