@@ -73,6 +73,14 @@ def test_optic_disc_missing_root_offline_names_the_generator(tmp_path, monkeypat
     assert os.listdir(tmp_path / "data") == []  # and no leftover zip / temp dirs
 
 
+def test_optic_disc_never_downloads_into_a_folder_named_otherwise(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, *a, **k: calls.append(url))
+    with pytest.raises(DatasetError, match="dataset_root not found"):
+        OpticDiscSeg(dataset_root=str(tmp_path / "membrane_seg"), transforms=[])
+    assert calls == [] and not (tmp_path / "membrane_seg").exists()
+
+
 def test_download_failure_on_a_bad_zip(tmp_path, monkeypatch):
     import io
 

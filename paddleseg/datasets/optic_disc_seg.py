@@ -40,13 +40,18 @@ def download_optic_disc(dataset_root, url=URL):
 class OpticDiscSeg(Dataset):
     """The optic-disc segmentation set PaddleSeg's quick start uses (2 classes).
 
-    ``dataset_root`` missing -> the public zip is downloaded there.
+    ``dataset_root`` not given, or a missing folder named ``optic_disc_seg`` -> the public zip
+    is downloaded there.
     """
     NUM_CLASSES = 2
 
     def __init__(self, dataset_root=None, transforms=None, mode="train", edge=False):
         root = dataset_root or DEFAULT_ROOT
         if not os.path.isdir(root):
+            # only a folder meant for this data set is filled by downloading
+            if os.path.basename(os.path.normpath(root)) != os.path.basename(DEFAULT_ROOT):
+                raise DatasetError(f"dataset_root not found: {root} (OpticDiscSeg downloads "
+                                   f"only into a folder named {os.path.basename(DEFAULT_ROOT)})")
             download_optic_disc(root)
         super().__init__(mode, root, transforms or [], self.NUM_CLASSES,
                          train_path=os.path.join(root, "train_list.txt"),
