@@ -181,7 +181,7 @@ def main(argv):
         make_dataset(args.synthetic_root)
     from paddleseg.deploy.benchmark import interleaved_latency
     from paddleseg.utils import logger
-    rows, notes = [], {}
+    rows, notes, training = [], {}, {}
     shape = [1, 3, args.size, args.size]
     for name in args.models:
         cfg_path, opts, cfg = model_config(name, dataset, args)
@@ -204,17 +204,19 @@ def main(argv):
         base_ms = samples[0].mean()
         for (ratio, report, _), t in zip(variants, samples):
             rows.append(result_row(name, ratio, report, t, base_ms))
+        training[name] = read_json(os.path.join(base, "train", "train_info.json"))
         if rows[-1]["speedup"] < 1.3:
             notes[name] = slowest_layers(cfg, variants[-1][2], args.input_shape)
     if args.phase == "prepare":
         return 0
-    write_results(rows, notes, args, dataset)
+    write_results(rows, notes, training, args, dataset)
     return 0
 
 
 def result_row(name, ratio, report, t, base_ms):
     import numpy as np
     return {"model": name, "ratio": ratio, "gflops": report["flops_after"] / 1e9,
+            "retraining_iters": report.get("retraining_iters", 0),
             "params": report["params_after"], "miou": report["miou_retrained"],
             "flops_reduction": report.get("flops_reduction", 0.0),
             "miou_baseline": report.get("miou_baseline", report["miou_retrained"]),
@@ -229,11 +231,13 @@ def slowest_layers(cfg, export_dir, input_shape):
     return conv_time_profile(model, input_shape)
 
 
-def write_results(rows, notes, args, dataset):
+def write_results(rows, notes, training, args, dataset):
     from paddleseg.utils.fileio import write_json, write_text
     write_json(os.path.join(args.out_dir, "results.json"),
-               {"rows": rows, "slowest_layers": notes, "args": vars(args), "machine": machine()})
-    write_text(os.path.join(args.out_dir, "RESULTS.md"), results_markdown(rows, notes, args, dataset))
+               {"rows": rows, "slowest_layers": notes, "training": training, "args": vars(args),
+                "machine": machine()})
+    write_text(os.path.join(args.out_dir, "RESULTS.md"),
+               results_markdown(rows, notes, training, args, dataset))
     plot_speedup(rows, os.path.join(args.out_dir, "speedup.png"))
 
 
@@ -247,7 +251,7 @@ def machine():
     return f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}"
 
 
-def results_markdown(rows, notes, args, dataset):
+def results_markdown(rows, notes, training, args, dataset):
     data = "../shared/data/membrane_seg (ISBI-2012 EM, 24 train / 6 val)" if dataset == "membrane" \
         else f"synthetic optic-disc set at {args.synthetic_root}"
     lines = [
@@ -255,9 +259,12 @@ def results_markdown(rows, notes, args, dataset):
         f"Machine: {machine()}. Paddle Inference 2.6.2 on CPU, oneDNN on, {args.cpu_threads} threads.",
         f"Latency input {' x '.join(map(str, args.input_shape))}; {args.warmup} warm-up runs, then "
         f"{args.repeats} timed runs per export, interleaved across the exports of one model.",
-        f"Data: {data}, images resized to {args.size}x{args.size}; models trained {args.train_iters} "
-        f"iterations (batch 4), pruned with {args.criterion} (sensitivity grid {args.sen_ratios} on "
-        f"{args.sen_eval_num} val images), retrained {args.retraining_iters} iterations.",
+        f"Data: {data}, images resized to {args.size}x{args.size}. Pruned with {args.criterion} "
+        f"(sensitivity grid {args.sen_ratios} on {args.sen_eval_num} val images).",
+        "Training (batch 4, seconds on this machine while other jobs shared it) and retraining: "
+        + "; ".join(f"{m} {t['iters']} iters in {t['seconds']:.0f} s, retrained "
+                    f"{next(r['retraining_iters'] for r in rows if r['model'] == m and r['ratio'] > 0)}"
+                    for m, t in training.items()) + ".",
         f"GFLOPs and params at 1x3x{args.size}x{args.size}; mIoU on the val split.",
         f"Command: `python benchmarks/prune_speedup.py {' '.join(sys.argv[1:])}`", "",
         "| Model | Ratio | GFLOPs | Params | mIoU | FLOPs cut | Mean (ms) | Median (ms) | P90 (ms) | Speedup |",

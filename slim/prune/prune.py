@@ -68,7 +68,8 @@ def main(argv):
                             batch_size=args.batch_size,
                             iters=args.retraining_iters or None, opts=args.opts)
     report = run(options)
-    print(f"pruned {report['model_name']}: FLOPs -{report['flops_reduction']:.1%}, "
+    cut = 1 - report["flops_after"] / report["flops_before"]
+    print(f"pruned {report['model_name']}: FLOPs -{cut:.1%}, "
           f"mIoU {report['miou_baseline']:.4f} -> {report['miou_pruned']:.4f} (pruned) -> "
           f"{report['miou_retrained']:.4f} (retrained); saved to {args.save_dir}")
     return 0
