@@ -79,3 +79,37 @@ def test_loss_falls_on_a_fixed_batch(name):
         opt.clear_grad()
         losses.append(float(loss))
     assert losses[-1] < losses[0], losses
+
+
+# the repository's optic-disc config of each model, run through the command lines
+OPTIC_CONFIGS = {
+    "BiSeNetV2": "configs/bisenetv2/bisenet_optic_disc_512x512_1k.yml",
+    "FCN": "configs/fcn/fcn_hrnetw18_optic_disc_512x512_1k.yml",
+    "FastSCNN": "configs/fastscnn/fastscnn_optic_disc_512x512_1k.yml",
+    "HarDNet": "configs/hardnet/hardnet_optic_disc_512x512_1k.yml",
+    "UNet": "configs/unet/unet_optic_disc_512x512_1k.yml",
+}
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_train_5_iterations_then_val_from_the_command_line(name, tiny_optic_root, tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    resize = "{type: Resize, target_size: [64, 64]}"
+    opts = ["--opts", f"train_dataset.dataset_root={tiny_optic_root}",
+            f"val_dataset.dataset_root={tiny_optic_root}",
+            f"train_dataset.transforms=[{resize}, {{type: Normalize}}]",
+            f"val_dataset.transforms=[{resize}, {{type: Normalize}}]"]
+    config = OPTIC_CONFIGS[name]
+    out = tmp_path / "out"
+    train = subprocess.run([sys.executable, "train.py", "--config", config, "--iters", "5",
+                            "--batch_size", "2", "--save_interval", "5", "--save_dir", str(out),
+                            "--seed", "0", *opts], cwd=ROOT, capture_output=True, text=True)
+    assert train.returncode == 0, train.stderr[-2000:]
+    ckpt = out / "iter_5" / "model.pdparams"
+    assert ckpt.is_file() and (out / "iter_5" / "model.pdopt").is_file()
+    val = subprocess.run([sys.executable, "val.py", "--config", config, "--model_path", str(ckpt),
+                          *opts], cwd=ROOT, capture_output=True, text=True)
+    assert val.returncode == 0, val.stderr[-2000:]
+    assert '"mIoU"' in val.stdout.strip().splitlines()[-1]
