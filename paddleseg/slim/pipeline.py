@@ -14,7 +14,7 @@ from ..core.train import set_seed, train
 from ..core.val import evaluate_metrics
 from ..utils import logger
 from ..utils.errors import UserError
-from ..utils.fileio import atomic_path, write_json, write_text
+from ..utils.fileio import atomic_path, remove_stale_temporaries, write_json, write_text
 from ..utils.progress import format_seconds
 from . import sensitivity as sens_mod
 from .allocate import TargetUnreachable, allocate_ratios
@@ -147,43 +147,14 @@ def run(o):
     try:
         report = _run(o, cfg, t, stage)
         publish(stage, o.save_dir)
-        remove_leftovers(o.save_dir)
+        remove_stale_temporaries(o.save_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         if created and not os.listdir(o.save_dir):
             os.rmdir(o.save_dir)  # a failed run leaves no save_dir it made (sen.pickle stays)
         raise
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
+    shutil.rmtree(stage, ignore_errors=True)
     return report
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. another user's process
-        return True
-    return True
-
-
-def remove_leftovers(save_dir):
-    """Delete the staging dirs and temporary files (``.staging.PID``, ``.tmp.NAME.PID``) of
-    killed runs, whose process is gone: a resumed run then leaves save_dir clean."""
-    for name in os.listdir(save_dir):
-        if not name.startswith((".staging.", ".tmp.")):
-            continue
-        pid = name.rsplit(".", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            path = os.path.join(save_dir, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                try:
-                    os.remove(path)
-                except OSError:
-                    pass
 
 
 def _run(o, cfg, t, stage):

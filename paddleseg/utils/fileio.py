@@ -31,6 +31,26 @@ def atomic_path(path):
         _remove(tmp)
 
 
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder):
+    """Delete ``.staging.PID`` / ``.tmp.NAME.PID`` entries whose process is gone (left by a
+    killed run), so that a resumed run leaves the folder clean; live runs' entries stay."""
+    for name in os.listdir(folder):
+        pid = name.rsplit(".", 1)[-1]
+        if name.startswith((".staging.", ".tmp.")) and pid.isdigit() \
+                and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            _remove(os.path.join(folder, name))
+
+
 def _remove(path):
     if os.path.isdir(path):
         shutil.rmtree(path)
