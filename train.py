@@ -64,7 +64,7 @@ def main(argv):
         extra_files = {PLAN_FILE: lambda path: write_plan(model, path)}
     logger.info(f"config {args.config}: {type(model).__name__}, {len(train_dataset)} train images, "
                 f"batch {cfg.batch_size}, {cfg.iters} iters")
-    train(model, train_dataset, val_dataset=val_dataset, optimizer=cfg.optimizer(model),
+    train(model, train_dataset, val_dataset=val_dataset, optimizer=cfg.build_optimizer(model),
           save_dir=args.save_dir, iters=cfg.iters, batch_size=cfg.batch_size,
           resume_model=args.resume_model, save_interval=args.save_interval, log_iters=args.log_iters,
           num_workers=args.num_workers, use_vdl=args.use_vdl, losses=cfg.loss,

@@ -99,7 +99,7 @@ def train_or_reuse(name, cfg, out, args):
     model = cfg.model
     from paddleseg.utils.fileio import write_json
     start = time.time()
-    train(model, cfg.train_dataset, val_dataset=cfg.val_dataset, optimizer=cfg.optimizer(model),
+    train(model, cfg.train_dataset, val_dataset=cfg.val_dataset, optimizer=cfg.build_optimizer(model),
           save_dir=out, iters=cfg.iters, batch_size=cfg.batch_size,
           save_interval=max(cfg.iters // 3, 1), log_iters=20, losses=cfg.loss, seed=args.seed)
     seconds = time.time() - start

@@ -167,7 +167,7 @@ def test_learning_rate_batch_size_iters_overrides(base_cfg):
     # the explicit flags win over --opts, like PaddleSeg's
     assert cfg.dic["lr_scheduler"]["learning_rate"] == 0.25
     assert cfg.batch_size == 8 and cfg.iters == 20
-    sched = cfg.lr_scheduler()
+    sched = cfg.build_lr_scheduler()
     assert sched.base_lr == pytest.approx(0.25)
     assert sched.decay_steps == 20
 
@@ -202,7 +202,7 @@ def test_several_loss_types_and_mismatch(tmp_path, base_cfg):
 def test_optimizer_momentum_with_l2decay_and_polynomial_decay(base_cfg):
     cfg = Config(base_cfg, iters=40)
     layer = paddle.nn.Conv2D(3, 2, 1)
-    opt = cfg.optimizer(layer)
+    opt = cfg.build_optimizer(layer)
     assert isinstance(opt, paddle.optimizer.Momentum)
     assert opt._momentum == pytest.approx(0.9)
     assert opt._regularization_method == "l2_decay"
@@ -223,7 +223,7 @@ def test_optimizer_momentum_with_l2decay_and_polynomial_decay(base_cfg):
 def test_warmup_wraps_the_decay(base_cfg):
     cfg = Config(base_cfg, iters=50, opts=["lr_scheduler.warmup_iters=10",
                                            "lr_scheduler.warmup_start_lr=0.001"])
-    sched = cfg.lr_scheduler()
+    sched = cfg.build_lr_scheduler()
     assert isinstance(sched, paddle.optimizer.lr.LinearWarmup)
     assert sched() == pytest.approx(0.001)
     assert sched.learning_rate.decay_steps == 40  # iters - warmup_iters
@@ -231,13 +231,13 @@ def test_warmup_wraps_the_decay(base_cfg):
 
 def test_adam_and_unknown_optimizer(base_cfg):
     layer = paddle.nn.Conv2D(3, 2, 1)
-    opt = Config(base_cfg, opts=["optimizer={type: adam, _inherited_: false}"]).optimizer(layer)
+    opt = Config(base_cfg, opts=["optimizer={type: adam, _inherited_: false}"]).build_optimizer(layer)
     assert isinstance(opt, paddle.optimizer.Adam)
     # merged over the base's sgd settings, adam gets a momentum it does not take
     with pytest.raises(ConfigError, match="cannot build optimizer adam.*momentum"):
-        Config(base_cfg, opts=["optimizer.type=adam"]).optimizer(layer)
+        Config(base_cfg, opts=["optimizer.type=adam"]).build_optimizer(layer)
     with pytest.raises(ConfigError, match="unknown optimizer type 'rmsnope'"):
-        Config(base_cfg, opts=["optimizer={type: rmsnope}"]).optimizer(layer)
+        Config(base_cfg, opts=["optimizer={type: rmsnope}"]).build_optimizer(layer)
 
 
 def test_model_built_with_num_classes(base_cfg):

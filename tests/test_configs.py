@@ -122,11 +122,11 @@ def test_model_loss_and_schedule_build(name, synthetic_optic_disc):
     total = sum(c * fn(l, label) for fn, c, l in zip(loss["types"], loss["coef"], logits))
     assert np.isfinite(float(total))
 
-    sched = cfg.lr_scheduler()
+    sched = cfg.build_lr_scheduler()
     assert isinstance(sched, paddle.optimizer.lr.LRScheduler)
     lr0 = cfg.dic["lr_scheduler"]["learning_rate"]
     assert sched.get_lr() == pytest.approx(lr0)
-    opt = cfg.optimizer(model, sched)
+    opt = cfg.build_optimizer(model, sched)
     assert isinstance(opt, paddle.optimizer.Optimizer)
 
 

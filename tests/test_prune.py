@@ -77,7 +77,7 @@ def checkpoint(configs, workdir):
             cfg = Config(configs[name])
             model = cfg.model
             save_dir = str(workdir / f"train_{name}")
-            train(model, cfg.train_dataset, optimizer=cfg.optimizer(model), save_dir=save_dir,
+            train(model, cfg.train_dataset, optimizer=cfg.build_optimizer(model), save_dir=save_dir,
                   iters=2, batch_size=2, save_interval=2, log_iters=1, losses=cfg.loss,
                   keep_checkpoint_max=1, seed=0)
             path = os.path.join(save_dir, "iter_2", "model.pdparams")

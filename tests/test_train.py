@@ -62,7 +62,7 @@ def build(config, seed, iters=4, batch_size=4):
     for layer in model.sublayers():
         if isinstance(layer, paddle.nn.Dropout):
             layer.p = 0.0
-    return cfg, model, cfg.optimizer(model)
+    return cfg, model, cfg.build_optimizer(model)
 
 
 def api_train(cfg, model, optimizer, save_dir, **kw):

@@ -141,6 +141,8 @@ class Config:
         self.dic = dic
         self._model = None
         self._datasets = {}
+        self._lr_scheduler = None
+        self._optimizer = None
         self._check()
 
     def _check(self):
@@ -232,7 +234,22 @@ class Config:
             raise ConfigError(f"{self.path}: loss has {len(types)} types but {len(coef)} coef")
         return {"types": [build_component(t) for t in types], "coef": list(coef)}
 
+    @property
     def lr_scheduler(self):
+        """The config's learning-rate schedule (one per config, as in PaddleSeg)."""
+        if self._lr_scheduler is None:
+            self._lr_scheduler = self.build_lr_scheduler()
+        return self._lr_scheduler
+
+    @property
+    def optimizer(self):
+        """The optimizer over ``self.model`` with ``self.lr_scheduler`` (PaddleSeg's API)."""
+        if self._optimizer is None:
+            self._optimizer = self.build_optimizer(self.model, self.lr_scheduler)
+        return self._optimizer
+
+    def build_lr_scheduler(self):
+        """A fresh learning-rate schedule from the config."""
         import paddle
         cfg = copy.deepcopy(self.dic.get("lr_scheduler") or {})
         if not cfg:
@@ -256,12 +273,13 @@ class Config:
                                                      cfg.get("learning_rate"))
         return sched
 
-    def optimizer(self, model, lr=None):
-        """The optimizer over ``model``'s parameters (``lr``: a scheduler or float to use)."""
+    def build_optimizer(self, model, lr=None):
+        """A fresh optimizer over ``model``'s parameters (``lr``: a scheduler or float; default
+        a fresh schedule from the config)."""
         import paddle
         cfg = copy.deepcopy(self.dic.get("optimizer") or {"type": "sgd"})
         name = str(cfg.pop("type", "sgd")).lower()
-        lr = self.lr_scheduler() if lr is None else lr
+        lr = self.build_lr_scheduler() if lr is None else lr
         wd = cfg.pop("weight_decay", None)
         if isinstance(wd, (int, float)):
             wd = paddle.regularizer.L2Decay(float(wd)) if name in ("sgd", "momentum") else float(wd)

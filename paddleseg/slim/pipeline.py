@@ -127,7 +127,7 @@ def retrain(o, cfg, model, work_dir):
     --retraining_iters, --batch_size and --learning_rate into the config."""
     if o.retraining_iters == 0:
         return
-    train(model, cfg.train_dataset, optimizer=cfg.optimizer(model), save_dir=work_dir,
+    train(model, cfg.train_dataset, optimizer=cfg.build_optimizer(model), save_dir=work_dir,
           iters=o.retraining_iters, batch_size=cfg.batch_size, save_interval=o.retraining_iters,
           log_iters=max(1, min(10, o.retraining_iters)), num_workers=o.num_workers,
           losses=cfg.loss, keep_checkpoint_max=1, seed=o.seed)
