@@ -53,9 +53,11 @@ def parse_args(argv):
     p.add_argument("--work_dir", default=os.path.join("benchmarks", "work"))
     p.add_argument("--out_dir", default="benchmarks", help="where RESULTS.md and speedup.png go")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--phase", choices=["all", "prepare", "latency"], default="all",
-                   help="prepare: train/prune/export only; latency: time what is prepared (on a "
-                        "quiet machine) and write the results; all: both")
+    p.add_argument("--phase", choices=["all", "prepare", "control", "latency"], default="all",
+                   help="prepare: train/prune/export only; control: fine-tune the unpruned model "
+                        "as long as the pruned ones were retrained (the fair mIoU reference); "
+                        "latency: time what is prepared (on a quiet machine) and write the "
+                        "results; all: prepare, control and latency")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     if not all(0 < r < 1 for r in args.ratios):
@@ -144,6 +146,29 @@ def prune_or_reuse(name, cfg_path, opts, ckpt, ratio, out, sen_file, args):
                             sen_ratios=tuple(args.sen_ratios), seed=args.seed))
 
 
+def control_or_reuse(cfg_path, opts, ckpt, iters, out, args):
+    """mIoU of the unpruned model trained ``iters`` more iterations with the retraining
+    schedule: what the pruned models' retrained mIoU should be compared with."""
+    if os.path.isfile(out):
+        return read_json(out)
+    from paddleseg.core.model_loader import build_and_load
+    from paddleseg.core.train import set_seed, train
+    from paddleseg.core.val import evaluate_metrics
+    from paddleseg.cvlibs import Config
+    from paddleseg.utils.fileio import write_json
+    import tempfile
+    set_seed(args.seed)
+    cfg = Config(cfg_path, iters=iters, opts=opts)
+    model = build_and_load(cfg, ckpt)
+    with tempfile.TemporaryDirectory() as work:
+        train(model, cfg.train_dataset, optimizer=cfg.build_optimizer(model), save_dir=work,
+              iters=iters, batch_size=cfg.batch_size, save_interval=iters, log_iters=10,
+              losses=cfg.loss, keep_checkpoint_max=1, seed=args.seed)
+    result = {"iters": iters, "miou": evaluate_metrics(model, cfg.val_dataset)["mIoU"]}
+    write_json(out, result)
+    return result
+
+
 def read_json(path):
     import json
     with open(path, encoding="utf-8") as f:
@@ -196,7 +221,10 @@ def main(argv):
             report = prune_or_reuse(name, cfg_path, opts, ckpt, ratio, out,
                                     os.path.join(base, f"sen_{args.criterion}.pickle"), args)
             variants.append((ratio, report, os.path.join(out, "export")))
-        if args.phase == "prepare":
+        if args.phase in ("all", "control"):
+            control_or_reuse(cfg_path, opts, ckpt, variants[1][1]["retraining_iters"],
+                             os.path.join(base, "control.json"), args)
+        if args.phase in ("prepare", "control"):
             continue
         logger.info(f"==== {name}: latency at {args.input_shape}, {args.repeats} interleaved repeats")
         samples = interleaved_latency([v[2] for v in variants], args.input_shape, args.warmup,
@@ -205,9 +233,12 @@ def main(argv):
         for (ratio, report, _), t in zip(variants, samples):
             rows.append(result_row(name, ratio, report, t, base_ms))
         training[name] = read_json(os.path.join(base, "train", "train_info.json"))
+        control = os.path.join(base, "control.json")
+        if os.path.isfile(control):
+            training[name]["control"] = read_json(control)
         if rows[-1]["speedup"] < 1.3:
             notes[name] = slowest_layers(cfg, variants[-1][2], args.input_shape)
-    if args.phase == "prepare":
+    if args.phase in ("prepare", "control"):
         return 0
     write_results(rows, notes, training, args, dataset)
     return 0
@@ -281,8 +312,12 @@ def results_markdown(rows, notes, training, args, dataset):
         base = next(b for b in rows if b["model"] == r["model"] and b["ratio"] == 0.0)
         drop = (base["miou"] - r["miou"]) * 100
         ok = r["speedup"] >= 1.3 and drop <= 1.0
+        control = training.get(r["model"], {}).get("control")
+        fair = (f"; the unpruned model trained the same {control['iters']} extra iterations "
+                f"reaches {control['miou']:.4f} ({(r['miou'] - control['miou']) * 100:+.2f} points "
+                "for the pruned one)") if control else ""
         lines.append(f"- {r['model']}: {r['speedup']:.2f}x, mIoU {base['miou']:.4f} -> {r['miou']:.4f} "
-                     f"({-drop:+.2f} points): {'meets' if ok else 'misses'} the goal.")
+                     f"({-drop:+.2f} points){fair}: {'meets' if ok else 'misses'} the goal.")
         if r["model"] in notes:
             top = ", ".join(f"`{n}` {s:.0%}" for n, s in notes[r["model"]])
             lines.append(f"  Convs that keep the time in the pruned model (dygraph share): {top}.")
