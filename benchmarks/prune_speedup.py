@@ -54,8 +54,8 @@ def parse_args(argv):
     p.add_argument("--out_dir", default="benchmarks", help="where RESULTS.md and speedup.png go")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--phase", choices=["all", "prepare", "control", "latency"], default="all",
-                   help="prepare: train/prune/export only; control: fine-tune the unpruned model "
-                        "as long as the pruned ones were retrained (the fair mIoU reference); "
+                   help="prepare: train/prune/export only; control: fine-tune the trained, "
+                        "unpruned model --retraining_iters more (the fair mIoU reference); "
                         "latency: time what is prepared (on a quiet machine) and write the "
                         "results; all: prepare, control and latency")
     p.add_argument("--debug", action="store_true")
@@ -215,16 +215,20 @@ def main(argv):
         ckpt = train_or_reuse(name, cfg, os.path.join(base, "train"), args)
         variants = [(0.0, export_unpruned(name, cfg, ckpt, os.path.join(base, "unpruned"), shape),
                      os.path.join(base, "unpruned", "export"))]
+        if args.phase == "control":  # only the reference run; the pruned runs may be in flight
+            control_or_reuse(cfg_path, opts, ckpt, args.retraining_iters,
+                             os.path.join(base, "control.json"), args)
+            continue
         for ratio in args.ratios:
             out = os.path.join(base, f"ratio_{ratio:g}")
             logger.info(f"==== {name}: prune {ratio}")
             report = prune_or_reuse(name, cfg_path, opts, ckpt, ratio, out,
                                     os.path.join(base, f"sen_{args.criterion}.pickle"), args)
             variants.append((ratio, report, os.path.join(out, "export")))
-        if args.phase in ("all", "control"):
-            control_or_reuse(cfg_path, opts, ckpt, variants[1][1]["retraining_iters"],
+        if args.phase == "all":
+            control_or_reuse(cfg_path, opts, ckpt, args.retraining_iters,
                              os.path.join(base, "control.json"), args)
-        if args.phase in ("prepare", "control"):
+        if args.phase == "prepare":
             continue
         logger.info(f"==== {name}: latency at {args.input_shape}, {args.repeats} interleaved repeats")
         samples = interleaved_latency([v[2] for v in variants], args.input_shape, args.warmup,

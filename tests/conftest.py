@@ -99,3 +99,12 @@ def tiny_optic_root(tmp_path_factory):
 def tiny_config(tiny_optic_root, tmp_path_factory):
     """Path of the tiny config (with RandomHorizontalFlip) over ``tiny_optic_root``."""
     return write_tiny_config(tmp_path_factory.mktemp("tiny_config") / "tiny.yml", tiny_optic_root)
+
+
+def tiny_model(seed):
+    """A small real model (Fast-SCNN, 2 classes) in eval mode, for export and deploy tests."""
+    from paddleseg.models import FastSCNN
+    paddle.seed(seed)
+    model = FastSCNN(num_classes=2)
+    model.eval()
+    return model

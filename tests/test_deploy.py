@@ -16,6 +16,7 @@ from paddleseg.core import export as ex
 from paddleseg.deploy import benchmark as bench
 from paddleseg.deploy import predictor as pred
 from paddleseg.utils import UserError, cli
+from conftest import tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VAL_TRANSFORMS = [{"type": "Resize", "target_size": [64, 64]}, {"type": "Normalize"}]
@@ -32,12 +33,6 @@ def load_script(name):
 infer = load_script("infer")
 benchmark = load_script("benchmark")
 
-
-def tiny_model(seed):
-    paddle.seed(seed)
-    model = paddleseg.models.FastSCNN(num_classes=2)
-    model.eval()
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from paddleseg.utils import UserError, cli
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import export as export_cli  # noqa: E402
+from conftest import tiny_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*always track global mean")
 
@@ -30,12 +31,6 @@ CONFIG = {
 }
 
 
-def tiny_model(seed=0):
-    paddle.seed(seed)
-    model = paddleseg.models.FastSCNN(num_classes=2)
-    model.eval()
-    return model
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -43,7 +38,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     cfg = root / "fastscnn.yml"
     cfg.write_text(yaml.safe_dump(CONFIG))
-    model = tiny_model()
+    model = tiny_model(0)
     ckpt = root / "best_model"
     ckpt.mkdir()
     paddle.save(model.state_dict(), str(ckpt / "model.pdparams"))
@@ -175,7 +170,7 @@ def pruned(trained):
     """The tiny model with 30% of every prunable group's channels removed, saved as a pruned
     checkpoint (model.pdparams + prune_plan.json)."""
     slim = pytest.importorskip("paddleseg.slim")
-    model = tiny_model()
+    model = tiny_model(0)
     analysis = slim.build_groups(model, (1, 3, 64, 64))
     slim.prune_model(model, analysis, {g.id: 0.3 for g in analysis.groups})
     model.eval()
