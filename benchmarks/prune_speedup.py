@@ -333,7 +333,8 @@ def plot_speedup(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 5))
-    xs = [i / 100 for i in range(0, 61)]
+    top = max(r["flops_reduction"] for r in rows) + 0.05
+    xs = [top * i / 50 for i in range(51)]
     ax.plot(xs, [1 / (1 - x) for x in xs], "k--", linewidth=1, label="ideal: 1 / (1 - FLOPs cut)")
     for model in dict.fromkeys(r["model"] for r in rows):
         pts = sorted((r["flops_reduction"], r["speedup"]) for r in rows if r["model"] == model)
