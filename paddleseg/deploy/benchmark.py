@@ -1,8 +1,8 @@
 """Model-prediction latency of exports and the tables built from it.
 
-One export at a time (:func:`benchmark_predictor`, over several with speedups:
-:func:`benchmark_models`, :func:`markdown_table`), or several side by side
-(:func:`interleaved_latency`). Both time runs with :func:`_time_runs`.
+One export (:func:`benchmark_predictor`) or several side by side, with speedups
+(:func:`benchmark_models`, :func:`markdown_table`; :func:`interleaved_latency` for raw samples).
+All time runs with :func:`_time_runs`.
 """
 import os
 import time
@@ -54,26 +54,9 @@ def interleaved_latency(model_dirs, input_shape, warmup, repeats, cpu_threads):
     return _time_runs(runs, _random_input(input_shape, 0), warmup, repeats)
 
 
-def benchmark_predictor(model_dir, input_shape=(1, 3, 1024, 2048), warmup=10, repeats=50,
-                        device="cpu", use_trt=False, precision="fp32", cpu_threads=2,
-                        enable_mkldnn=True, backend="paddle", onnx_cache_dir=None, seed=0):
-    """Model-prediction latency of one export (no image decoding, pre- or post-processing).
-
-    One timed run = input copy in, ``run``, output copy out, on a fixed random input of
-    ``input_shape``, after ``warmup`` untimed runs.
-
-    Returns:
-        dict: ``model_dir, model_name, pruning_ratio, backend, device, use_trt, precision,
-        enable_mkldnn, cpu_threads, input_shape, warmup, repeats, mean_ms, median_ms, p90_ms,
-        min_ms, times_ms``.
-
-    Raises:
-        UserError: bad arguments, a missing export, or a backend/device that is not available
-            here (no CUDA, no TensorRT, no onnxruntime) - one line, for the caller to report.
-    """
-    shape = parse_input_shape(input_shape)
-    if int(warmup) < 0 or int(repeats) < 1:
-        raise UserError(f"warmup must be >= 0 and repeats >= 1, got {warmup} and {repeats}")
+def _prepare(model_dir, shape, device="cpu", use_trt=False, precision="fp32", cpu_threads=2,
+             enable_mkldnn=True, backend="paddle", onnx_cache_dir=None):
+    """(``run(x)``, the result row without timings) for one export."""
     check_backend(backend, device, use_trt, precision)
     info = read_model_info(model_dir)
     if backend == "onnxruntime":
@@ -85,9 +68,7 @@ def benchmark_predictor(model_dir, input_shape=(1, 3, 1024, 2048), warmup=10, re
     else:
         run = _paddle_runner(model_dir, shape, device=device, use_trt=use_trt, precision=precision,
                              enable_mkldnn=enable_mkldnn, cpu_threads=cpu_threads)
-
-    times, = _time_runs([run], _random_input(shape, seed), warmup, repeats)
-    return {
+    row = {
         "model_dir": os.path.abspath(model_dir if os.path.isdir(model_dir) else os.path.dirname(model_dir)),
         "model_name": info["model_name"],
         "pruning_ratio": info["pruning_ratio"],
@@ -98,6 +79,12 @@ def benchmark_predictor(model_dir, input_shape=(1, 3, 1024, 2048), warmup=10, re
         "enable_mkldnn": bool(enable_mkldnn) if backend == "paddle" and device == "cpu" else None,
         "cpu_threads": int(cpu_threads),
         "input_shape": shape,
+    }
+    return run, row
+
+
+def _add_times(row, times, warmup, repeats):
+    row.update({
         "warmup": int(warmup),
         "repeats": int(repeats),
         "mean_ms": float(times.mean()),
@@ -105,7 +92,37 @@ def benchmark_predictor(model_dir, input_shape=(1, 3, 1024, 2048), warmup=10, re
         "p90_ms": float(np.percentile(times, 90)),
         "min_ms": float(times.min()),
         "times_ms": [round(float(t), 4) for t in times],
-    }
+    })
+    return row
+
+
+def _check_counts(warmup, repeats):
+    if int(warmup) < 0 or int(repeats) < 1:
+        raise UserError(f"warmup must be >= 0 and repeats >= 1, got {warmup} and {repeats}")
+
+
+def benchmark_predictor(model_dir, input_shape=(1, 3, 1024, 2048), warmup=10, repeats=50,
+                        seed=0, **options):
+    """Model-prediction latency of one export (no image decoding, pre- or post-processing).
+
+    One timed run = input copy in, ``run``, output copy out, on a fixed random input of
+    ``input_shape``, after ``warmup`` untimed runs. ``options``: device, use_trt, precision,
+    cpu_threads, enable_mkldnn, backend, onnx_cache_dir.
+
+    Returns:
+        dict: ``model_dir, model_name, pruning_ratio, backend, device, use_trt, precision,
+        enable_mkldnn, cpu_threads, input_shape, warmup, repeats, mean_ms, median_ms, p90_ms,
+        min_ms, times_ms``.
+
+    Raises:
+        UserError: bad arguments, a missing export, or a backend/device that is not available
+            here (no CUDA, no TensorRT, no onnxruntime) - one line, for the caller to report.
+    """
+    shape = parse_input_shape(input_shape)
+    _check_counts(warmup, repeats)
+    run, row = _prepare(model_dir, shape, **options)
+    times, = _time_runs([run], _random_input(shape, seed), warmup, repeats)
+    return _add_times(row, times, warmup, repeats)
 
 
 def add_speedups(rows):
@@ -124,24 +141,31 @@ def add_speedups(rows):
     return rows
 
 
-def benchmark_models(model_dirs, report_error=None, **kwargs):
-    """:func:`benchmark_predictor` over several exports; a failing one is reported in one line
-    through ``report_error(msg)`` (default: a logged warning) and skipped. Returns the rows
-    with speedups (see :func:`add_speedups`)."""
+def benchmark_models(model_dirs, report_error=None, input_shape=(1, 3, 1024, 2048), warmup=10,
+                     repeats=50, seed=0, **options):
+    """Latency of several exports measured side by side (one run of each in turn, so machine
+    noise hits them alike); a failing export is reported in one line through
+    ``report_error(msg)`` (default: a logged warning) and skipped. Returns the rows with
+    speedups (see :func:`add_speedups`)."""
     report_error = report_error or logger.warning
+    shape = parse_input_shape(input_shape)
+    _check_counts(warmup, repeats)
     try:  # a missing GPU / TensorRT / onnxruntime is said once, not once per model
-        check_backend(kwargs.get("backend", "paddle"), kwargs.get("device", "cpu"),
-                      kwargs.get("use_trt", False), kwargs.get("precision", "fp32"))
+        check_backend(options.get("backend", "paddle"), options.get("device", "cpu"),
+                      options.get("use_trt", False), options.get("precision", "fp32"))
     except UserError as e:
         report_error(f"skipped all models: {e}")
         return []
-    rows = []
+    prepared = []
     for model_dir in model_dirs:
         try:
-            rows.append(benchmark_predictor(model_dir, **kwargs))
+            prepared.append(_prepare(model_dir, shape, **options))
         except UserError as e:
             report_error(f"skipped {model_dir}: {e}")
-    return add_speedups(rows)
+    if not prepared:
+        return []
+    samples = _time_runs([run for run, _ in prepared], _random_input(shape, seed), warmup, repeats)
+    return add_speedups([_add_times(row, t, warmup, repeats) for (_, row), t in zip(prepared, samples)])
 
 
 def _fmt_ratio(ratio):
