@@ -23,8 +23,6 @@ def main(argv):
     from paddleseg.core.model_loader import build_and_load, plan_path_for
     from paddleseg.cvlibs import Config
     from paddleseg.utils import logger, UserError
-    import paddleseg.models  # noqa: F401  (registers components)
-    import paddleseg.datasets  # noqa: F401
     import os
 
     shape = parse_input_shape(args.input_shape)

@@ -75,7 +75,6 @@ def _export_wrapper(model, output_op):
 def check_transforms(transforms):
     """Build each ``{type: ...}`` transform once, so a bad deploy.yaml fails at export time."""
     from paddleseg.cvlibs.config import build_component
-    import paddleseg.transforms  # noqa: F401  (registers the transforms)
     if not isinstance(transforms, list):
         raise UserError(f"transforms must be a list of {{type: ...}} mappings, got {transforms!r}")
     return [build_component(copy.deepcopy(t)) for t in transforms]

@@ -1,4 +1,5 @@
 """The training loop: PaddleSeg's ``train`` with atomic checkpoints and exact resume."""
+import json
 import os
 import pickle
 import random
@@ -146,7 +147,7 @@ def _rename_optimizer_state(opt_state, saved_params, model):
     return out
 
 
-def prune_old_checkpoints(save_dir, queue, keep_max):
+def prune_old_checkpoints(queue, keep_max):
     while keep_max and len(queue) > keep_max:
         shutil.rmtree(queue.popleft(), ignore_errors=True)
 
@@ -188,7 +189,6 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
     best_miou, best_iter = -1.0, -1
     best_info = os.path.join(save_dir, "best_model", "model_info.json")
     if os.path.isfile(best_info):
-        import json
         with open(best_info) as f:
             info = json.load(f)
         best_miou, best_iter = info.get("mIoU", -1.0), info.get("iter", -1)
@@ -239,7 +239,7 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
                 save_checkpoint(ckpt, model, optimizer, extra_files)
                 if ckpt not in saved:
                     saved.append(ckpt)
-                prune_old_checkpoints(save_dir, saved, keep_checkpoint_max)
+                prune_old_checkpoints(saved, keep_checkpoint_max)
                 if val_dataset is not None:
                     result = evaluate_metrics(model, val_dataset, eval_max_images)
                     model.train()

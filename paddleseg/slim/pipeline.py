@@ -7,7 +7,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 
-import paddle
 
 from ..core.model_loader import build_and_load
 from ..core.train import set_seed, train

@@ -1,7 +1,6 @@
 """Model and optimizer state on disk, checked against the model before loading."""
 import os
 
-import numpy as np
 import paddle
 
 from .errors import UserError
@@ -78,6 +77,3 @@ def save_checkpoint(save_dir, model, optimizer=None, extra_files=None):
         for name, writer in (extra_files or {}).items():
             writer(os.path.join(tmp, name))
 
-
-def state_dict_equal(a, b):
-    return a.keys() == b.keys() and all(np.array_equal(np.asarray(a[k]), np.asarray(b[k])) for k in a)
