@@ -22,7 +22,7 @@ class FastSCNN(nn.Layer):
     Args:
         num_classes (int): number of target classes.
         enable_auxiliary_loss (bool): add an auxiliary head on the 1/8 stem features; its
-            logit is returned second in training mode. Default: True.
+            logit is returned second. Default: True.
         align_corners (bool): passed to F.interpolate for the fusion and output resizes.
         pretrained (str, optional): path of weights to load leniently.
     """
@@ -55,8 +55,8 @@ class FastSCNN(nn.Layer):
         low_res = self.global_feature_extractor(high_res)
         fused = self.feature_fusion(high_res, low_res)
         logits = [self._to_input_size(self.classifier(fused), size)]
-        # The auxiliary logit only feeds the training loss.
-        if self.enable_auxiliary_loss and self.training:
+        # PaddleSeg returns the auxiliary logit in eval mode too (inference reads logits[0]).
+        if self.enable_auxiliary_loss:
             logits.append(self._to_input_size(self.auxlayer(high_res), size))
         return logits
 

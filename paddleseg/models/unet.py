@@ -34,7 +34,9 @@ class UNet(nn.Layer):
         super().__init__()
         self.encode = Encoder(in_channels)
         self.decode = Decoder(align_corners, use_deconv=use_deconv)
-        self.cls = nn.Conv2D(64, num_classes, 3, stride=1, padding=1)
+        # One classifier under two names, as PaddleSeg registers it: its checkpoints hold both
+        # ``cls.*`` and ``conv.*`` (the same tensors), so ours load them by name unchanged.
+        self.cls = self.conv = nn.Conv2D(64, num_classes, 3, stride=1, padding=1)
         self.pretrained = pretrained
         if pretrained is not None:
             utils.load_pretrained_model(self, pretrained)
@@ -86,10 +88,9 @@ class Decoder(nn.Layer):
 class UpSampling(nn.Layer):
     """Bring x to the skip's resolution, concatenate [x, skip], double conv.
 
-    Bilinear mode resizes to the skip's exact shape (any input size works). Deconv mode
-    uses a 2x2 stride-2 transpose conv to out/2 channels, then the same resize, which is the
-    identity when shapes already agree and fixes the odd-size case (a floor-divided max-pool
-    leaves the skip one pixel larger than twice the coarse map)."""
+    Bilinear mode resizes to the skip's exact shape (any input size works). Deconv mode uses a
+    2x2 stride-2 transpose conv to out/2 channels and no resize, as PaddleSeg does: it needs
+    input sides divisible by 16, like PaddleSeg's."""
 
     def __init__(self, in_channels, out_channels, align_corners, use_deconv=False):
         super().__init__()
@@ -106,8 +107,7 @@ class UpSampling(nn.Layer):
     def forward(self, x, short_cut):
         if self.use_deconv:
             x = self.deconv(x)
-        # Resizing is a no-op in shape when the deconv already matches; it also fixes the
-        # odd-size case without Python branching on tensor shapes.
-        x = F.interpolate(x, paddle.shape(short_cut)[2:], mode="bilinear",
-                          align_corners=self.align_corners)
+        else:
+            x = F.interpolate(x, paddle.shape(short_cut)[2:], mode="bilinear",
+                              align_corners=self.align_corners)
         return self.double_conv(paddle.concat([x, short_cut], axis=1))

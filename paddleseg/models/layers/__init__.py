@@ -1,1 +1,1 @@
-from .layer_libs import ConvBN, ConvBNReLU, SeparableConvBNReLU, DepthwiseConvBN, AuxLayer
+from .layer_libs import SyncBatchNorm, ConvBN, ConvBNReLU, SeparableConvBNReLU, DepthwiseConvBN, AuxLayer

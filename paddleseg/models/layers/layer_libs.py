@@ -1,17 +1,28 @@
-"""Building blocks shared by the models: conv + BatchNorm (+ ReLU) and friends."""
+"""Building blocks shared by the models: conv + BatchNorm (+ ReLU) and friends.
+
+Padding defaults to Paddle's ``'same'`` exactly as PaddleSeg passes it: for a stride-2 conv
+with an odd input size Paddle pads asymmetrically (more at the bottom/right), and weights
+trained in PaddleSeg only give PaddleSeg's logits with that same padding."""
+import paddle
 import paddle.nn as nn
 
 
+def SyncBatchNorm(num_features, **kwargs):  # noqa: N802  (PaddleSeg's name for this factory)
+    """BatchNorm2D on one process, SyncBatchNorm when several ranks train together (data
+    parallel); both keep the same parameter names, so checkpoints move between the two."""
+    if paddle.distributed.get_world_size() > 1 and paddle.get_device() != "cpu":
+        return nn.SyncBatchNorm(num_features, **kwargs)
+    return nn.BatchNorm2D(num_features, **kwargs)
+
+
 class ConvBN(nn.Layer):
-    """Conv2D followed by BatchNorm2D; 'same' padding by default for odd kernels."""
+    """Conv2D followed by BatchNorm."""
 
     def __init__(self, in_channels, out_channels, kernel_size, padding="same", **kwargs):
         super().__init__()
-        if padding == "same":
-            padding = kernel_size // 2 if isinstance(kernel_size, int) else [k // 2 for k in kernel_size]
         self._conv = nn.Conv2D(in_channels, out_channels, kernel_size, padding=padding,
                                **kwargs)
-        self._batch_norm = nn.BatchNorm2D(out_channels)
+        self._batch_norm = SyncBatchNorm(out_channels)
 
     def forward(self, x):
         return self._batch_norm(self._conv(x))
