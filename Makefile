@@ -2,18 +2,31 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# DEVICE=gpu installs paddlepaddle-gpu (CUDA 11.8, cuDNN 8.6; TensorRT 8.x for --use_trt) in
+# place of the CPU wheel; both give the same `paddle` module, so nothing else changes.
+DEVICE ?= cpu
+PADDLE_VERSION := 2.6.2
+PADDLE_PKG_cpu := paddlepaddle
+PADDLE_PKG_gpu := paddlepaddle-gpu
+PADDLE_PKG := $(PADDLE_PKG_$(DEVICE))
+STAMP := $(VENV)/.installed-$(DEVICE)
 DATA ?= data/optic_disc_seg
 DEMO_DIR ?= demo_output
 
 .PHONY: demo test install data clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
+	@test -n "$(PADDLE_PKG)" || { echo "error: DEVICE must be cpu or gpu, got '$(DEVICE)'"; exit 2; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	# the other device's wheel would shadow this one's `paddle` module
+	$(PY) -m pip uninstall -q -y $(filter-out $(PADDLE_PKG),$(PADDLE_PKG_cpu) $(PADDLE_PKG_gpu)) 2>/dev/null || true
+	$(PY) -m pip install -q -r requirements.txt $(PADDLE_PKG)==$(PADDLE_VERSION)
 	# paddleslim pins opencv-python==4.6 (a numpy-1-only cv2 beside ours): take it without deps
 	$(PY) -m pip install -q --no-deps paddleslim==2.6.0
+	# our own package, editable: `import paddleseg` works from any folder
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -118,3 +118,29 @@ def test_ohem_and_dice_ignore_255():
         changed = logit.copy()
         changed[np.broadcast_to((label == 255)[:, None], changed.shape)] = -50.0
         assert float(loss_fn(paddle.to_tensor(changed), paddle.to_tensor(label))) == pytest.approx(base, rel=1e-5)
+
+
+def _paddleseg_loss_inputs():
+    import numpy as np
+    import paddle
+    rng = np.random.default_rng(0)
+    logit = paddle.to_tensor(rng.normal(0, 2, (2, 5, 16, 24)).astype("float32"))
+    label = rng.integers(0, 5, (2, 16, 24))
+    label[0, :3] = 255
+    return logit, paddle.to_tensor(label.astype("int64"))
+
+
+# Values computed by PaddleSeg release/2.6's own loss classes on _paddleseg_loss_inputs().
+@pytest.mark.parametrize("min_k,loss_th,expected", [(50, 0.3, 3.0564606), (300, 0.3, 2.9950666),
+                                                    (10, 5.0, 6.2398996)])
+def test_bootstrapped_cross_entropy_matches_paddleseg(min_k, loss_th, expected):
+    from paddleseg.models.losses import BootstrappedCrossEntropyLoss
+    logit, label = _paddleseg_loss_inputs()
+    assert float(BootstrappedCrossEntropyLoss(min_k, loss_th)(logit, label)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_mixed_ce_dice_matches_paddleseg():
+    from paddleseg.models.losses import CrossEntropyLoss, DiceLoss, MixedLoss
+    logit, label = _paddleseg_loss_inputs()
+    mixed = MixedLoss([CrossEntropyLoss(), DiceLoss()], [0.8, 0.2])
+    assert float(mixed(logit, label)) == pytest.approx(2.4417486, rel=1e-5)
