@@ -13,6 +13,5 @@ os.environ.setdefault("FLAGS_call_stack_level", "0")
 import cv2  # noqa: E402,F401
 
 warnings.filterwarnings("ignore", message=".*always track global mean.*")
-warnings.filterwarnings("ignore", category=DeprecationWarning)
 for _name in ("paddleslim", "paddle2onnx"):
     logging.getLogger(_name).setLevel(logging.WARNING)

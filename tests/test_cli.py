@@ -143,3 +143,57 @@ def test_val_corrupt_checkpoint(tmp_path, tiny_config):
     path.write_bytes(b"this is not a pickle")
     proc = run("val.py", "--config", tiny_config, "--model_path", path)
     assert_user_error(proc, "cannot read", str(path))
+
+
+# -- issue 9: more bad input, and a failed run leaves no empty folder it made -----------------
+
+@pytest.mark.parametrize("lr", ["-0.01", "0"])
+def test_learning_rate_must_be_positive(tmp_path, tiny_config, lr):
+    proc = run("train.py", "--config", tiny_config, "--iters", 1, "--learning_rate", lr,
+               "--save_dir", tmp_path / "out")
+    assert_user_error(proc, "--learning_rate must be > 0", lr)
+    assert not (tmp_path / "out").exists()
+
+
+def test_save_dir_that_is_a_file(tmp_path, tiny_config):
+    a_file = tmp_path / "out"
+    a_file.write_text("keep")
+    proc = run("train.py", "--config", tiny_config, "--iters", 1, "--save_dir", a_file)
+    assert_user_error(proc, str(a_file), "is an existing file, not a folder")
+    assert a_file.read_text() == "keep"
+
+
+def test_unknown_opts_key_and_base_cycle(tmp_path, tiny_config):
+    proc = run("train.py", "--config", tiny_config, "--opts", "iter=1", "--save_dir", tmp_path / "o")
+    assert_user_error(proc, "unknown top-level key 'iter'")
+    (tmp_path / "a.yml").write_text("_base_: b.yml\n")
+    (tmp_path / "b.yml").write_text("_base_: a.yml\n")
+    proc = run("train.py", "--config", tmp_path / "a.yml", "--save_dir", tmp_path / "o")
+    assert_user_error(proc, "_base_ cycle", "a.yml -> ", "b.yml -> ")
+    assert not (tmp_path / "o").exists()
+
+
+def test_label_of_another_size_is_named_and_no_empty_save_dir_is_left(tmp_path, tiny_optic_root):
+    root = tmp_path / "optic"
+    shutil.copytree(tiny_optic_root, root)
+    bad = root / "Annotations" / "syn_0002.png"
+    label = cv2.imread(str(bad), cv2.IMREAD_UNCHANGED)
+    cv2.imwrite(str(bad), label[:-5])
+    cfg = write_tiny_config(tmp_path / "c.yml", root)
+    save_dir = tmp_path / "runs" / "first"
+    # batch 4 = the whole set, so the bad label is read in the first batch
+    proc = run("train.py", "--config", cfg, "--iters", 1, "--batch_size", 4, "--save_dir", save_dir)
+    assert_user_error(proc, str(bad), str(root / "JPEGImages" / "syn_0002.jpg"))
+    assert not (tmp_path / "runs").exists()  # train made runs/first, then failed in the first batch
+
+
+def test_import_leaves_deprecation_warnings_alone():
+    """`import paddleseg` must not change the caller's warning filters process-wide."""
+    import subprocess
+    import sys
+    code = ("import warnings; before = list(warnings.filters); import paddleseg, paddleseg.models; "
+            "added = [f for f in warnings.filters if f not in before]; "
+            "print(any(f[2] is DeprecationWarning and f[0] == 'ignore' for f in added))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-1000:]
+    assert out.stdout.strip() == "False"

@@ -2,6 +2,7 @@
 import argparse
 import os
 import sys
+import warnings
 
 from .errors import UserError
 
@@ -21,10 +22,19 @@ def set_device(name):
     paddle.set_device(name)
 
 
+def quiet_library_deprecations():
+    """Paddle 2.6 and its dependencies emit DeprecationWarnings on every run that a user of our
+    command lines cannot act on. Silenced here, in the CLIs' process only: importing
+    ``paddleseg`` as a library leaves the caller's warning filters alone."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
 def run(main, argv=None):
     """Call ``main(argv)``; bad input -> one line on stderr and exit 2, unless --debug."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    if not debug:
+        quiet_library_deprecations()
     try:
         code = main(argv)
     except KeyboardInterrupt:
