@@ -53,3 +53,24 @@ def test_paddleseg_config_builds_model(path, offline):
     # HarDNet's and the quick start's model blocks omit num_classes: it comes from the dataset
     # class (Cityscapes 19, OpticDiscSeg 2) without opening any data
     assert cfg.num_classes == cfg.dic["model"].get("num_classes", 19 if "hardnet" in path else 2)
+
+
+def test_cityscapes_model_exports_without_cityscapes_data(tmp_path, offline):
+    """PaddleSeg's HarDNet Cityscapes config omits model.num_classes; building and exporting the
+    model reads Cityscapes.NUM_CLASSES and never looks for the data set on disk."""
+    import subprocess
+    import sys
+
+    import paddle
+    config = os.path.join(ROOT, "configs", "hardnet", "hardnet_cityscapes_1024x1024_160k.yml")
+    cfg = Config(config)
+    assert not os.path.exists(os.path.join(tmp_path, cfg.dic["train_dataset"]["dataset_root"]))
+    weights = tmp_path / "model.pdparams"
+    paddle.save(cfg.model.state_dict(), str(weights))
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "export.py"), "--config", config,
+                          "--model_path", str(weights), "--save_dir", str(tmp_path / "export"),
+                          "--input_shape", "1", "3", "64", "64"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "export" / "deploy.yaml").is_file()
+    assert any(p.suffix == ".pdiparams" for p in (tmp_path / "export").iterdir())
