@@ -1,13 +1,13 @@
 """Datasets: OpticDiscSeg on the synthetic set, list-file datasets, Cityscapes, bad data."""
 import os
 import shutil
-import urllib.request
 
 import cv2
 import numpy as np
 import pytest
 
 import paddleseg.datasets.optic_disc_seg as optic_mod
+import paddleseg.utils.download as download_mod
 from conftest import TINY_SIZE, shared_dataset
 from paddleseg import transforms as T
 from paddleseg.datasets import Cityscapes, Dataset, DatasetError, OpticDiscSeg
@@ -59,41 +59,37 @@ def test_optic_disc_missing_root_offline_names_the_generator(tmp_path, monkeypat
 
     def no_network(url, *args, **kwargs):
         calls.append(url)
-        raise OSError("network is unreachable")
+        raise download_mod.DownloadError(f"cannot download {url} (network is unreachable)")
 
-    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(download_mod, "download_file", no_network)
     root = tmp_path / "data" / "optic_disc_seg"
     with pytest.raises(DatasetError) as info:
         OpticDiscSeg(dataset_root=str(root), transforms=[])
     msg = str(info.value)
     assert calls == [optic_mod.URL]
     assert "tools/make_synthetic_optic_disc.py" in msg
-    assert str(root) in msg and "OSError" in msg
+    assert str(root) in msg and "network is unreachable" in msg
     assert not root.exists()  # nothing half-made under the final name
     assert os.listdir(tmp_path / "data") == []  # and no leftover zip / temp dirs
 
 
 def test_optic_disc_never_downloads_into_a_folder_named_otherwise(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, *a, **k: calls.append(url))
+    monkeypatch.setattr(download_mod, "download_file", lambda url, *a, **k: calls.append(url))
     with pytest.raises(DatasetError, match="dataset_root not found"):
         OpticDiscSeg(dataset_root=str(tmp_path / "membrane_seg"), transforms=[])
     assert calls == [] and not (tmp_path / "membrane_seg").exists()
 
 
 def test_download_failure_on_a_bad_zip(tmp_path, monkeypatch):
-    import io
+    def fake_download(url, path, sha256=None):
+        with open(path, "wb") as f:
+            f.write(b"not a zip")
+        return "0" * 64
 
-    class FakeResponse(io.BytesIO):
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-    monkeypatch.setattr(urllib.request, "urlopen", lambda *a, **k: FakeResponse(b"not a zip"))
+    monkeypatch.setattr(download_mod, "download_file", fake_download)
     root = tmp_path / "optic_disc_seg"
-    with pytest.raises(DatasetError, match="BadZipFile"):
+    with pytest.raises(DatasetError, match="not a readable zip archive"):
         optic_mod.download_optic_disc(str(root))
     assert not root.exists() and os.listdir(tmp_path) == []
 
@@ -196,6 +192,21 @@ def test_color_label_is_refused(tmp_path):
                  train_path=write_list(tmp_path / "train.txt", pairs))
     with pytest.raises(DatasetError, match="single-channel"):
         ds[0]
+
+
+@pytest.mark.parametrize("mode", ["train", "val"])
+def test_label_of_another_size_than_its_image_names_the_pair(tmp_path, mode):
+    root = str(tmp_path / "set")
+    pairs = make_pairs(root, n=2)
+    cv2.imwrite(os.path.join(root, "ann", "1.png"), np.zeros((6, 9), np.uint8))  # image is 8 wide
+    ds = Dataset(mode=mode, dataset_root=root, transforms=[T.Resize(target_size=[4, 4])],
+                 num_classes=3, **{f"{mode}_path": write_list(tmp_path / "list.txt", pairs)})
+    ds[0]
+    with pytest.raises(DatasetError) as info:
+        ds[1]  # training resized both to 4x4 without a word; evaluation named no file
+    msg = str(info.value)
+    assert os.path.join(root, "ann/1.png") in msg and os.path.join(root, "img/1.png") in msg
+    assert "9x6" in msg and "8x6" in msg
 
 
 def test_bad_dataset_arguments(tmp_path):

@@ -1,8 +1,16 @@
-"""Model and optimizer state on disk, checked against the model before loading."""
+"""Model and optimizer state on disk, checked against the model before loading.
+
+Every ``.pdparams`` / ``.pdopt`` is read through :func:`safe_load_state_dict`: Paddle's format is
+a pickle, and a plain unpickler runs whatever code a crafted file names.
+"""
+import io
+import json
 import os
+import pickle
 
 import paddle
 
+from .download import fetch_pretrained, is_url
 from .errors import UserError
 from .fileio import atomic_dir
 from . import logger
@@ -10,6 +18,80 @@ from . import logger
 
 class CheckpointError(UserError):
     pass
+
+
+class _ForbiddenGlobal(pickle.UnpicklingError):
+    pass
+
+
+def _latin1_bytes(text, encoding):
+    # pickle protocol 2 (paddle.save(..., protocol=2)) writes bytes as _codecs.encode(s, 'latin1')
+    if encoding not in ("latin1", "latin-1"):
+        raise _ForbiddenGlobal(f"_codecs.encode(..., {encoding!r})")
+    return text.encode("latin1")
+
+
+def _allowed_globals():
+    import collections
+    import numpy as np
+    allowed = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("collections", "OrderedDict"): collections.OrderedDict,
+               ("_codecs", "encode"): _latin1_bytes}
+    # numpy >= 2 pickles its array helpers from numpy._core; files from either load here
+    reconstruct, scalar = np.core.multiarray._reconstruct, np.core.multiarray.scalar
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = reconstruct
+        allowed[(module, "scalar")] = scalar
+    return allowed
+
+
+class _StateDictUnpickler(pickle.Unpickler):
+    """Admits only what paddle.save writes for a state dict: dicts, lists, tuples, str, bytes,
+    numbers, None and numpy arrays, dtypes and scalars. Any other callable is refused before it
+    is looked up, so nothing in the file runs."""
+    ALLOWED = None
+
+    def find_class(self, module, name):
+        if _StateDictUnpickler.ALLOWED is None:
+            _StateDictUnpickler.ALLOWED = _allowed_globals()
+        try:
+            return _StateDictUnpickler.ALLOWED[(module, name)]
+        except KeyError:
+            raise _ForbiddenGlobal(f"{module}.{name}") from None
+
+    def persistent_load(self, pid):
+        raise _ForbiddenGlobal("a persistent id")
+
+
+def restricted_unpickle(data):
+    """``pickle.loads`` limited to plain data and numpy arrays (see :class:`_StateDictUnpickler`);
+    raises ``pickle.UnpicklingError`` for anything else."""
+    return _StateDictUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+def safe_load_state_dict(path):
+    """``paddle.load(path)`` for a state dict (``.pdparams``) or optimizer state (``.pdopt``),
+    refusing any file that would run code: ``not a Paddle checkpoint: PATH (...)``."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        content = restricted_unpickle(data)
+    except _ForbiddenGlobal as e:
+        raise CheckpointError(f"not a Paddle checkpoint: {path} (it would call {e}, which no "
+                              "Paddle state dict does; refused without running it)") from None
+    except Exception as e:  # truncated or foreign bytes fail in many ways
+        raise CheckpointError(f"not a Paddle checkpoint: {path} (cannot read it as Paddle "
+                              f"parameters: {type(e).__name__}: {e})") from None
+    if not isinstance(content, dict):
+        raise CheckpointError(f"not a Paddle checkpoint: {path} (it holds a "
+                              f"{type(content).__name__}, not a state dict)")
+    del content
+    # These bytes are now known to name nothing beyond the globals above, so paddle's own
+    # loader may read them: it restores tensors and their parameter names as paddle.load does.
+    return paddle.load(io.BytesIO(data))
 
 
 def read_state_dict(path):
@@ -20,10 +102,7 @@ def read_state_dict(path):
         if not os.path.isfile(candidate):
             raise CheckpointError(f"{path} is a directory without model.pdparams")
         path = candidate
-    try:
-        return paddle.load(path)
-    except Exception as e:  # paddle raises many kinds on a corrupt or foreign file
-        raise CheckpointError(f"cannot read {path} as Paddle parameters: {type(e).__name__}: {e}") from None
+    return safe_load_state_dict(path)
 
 
 def check_state_dict(model, state, path):
@@ -52,28 +131,92 @@ def load_model_weights(model, path):
 
 
 def load_pretrained_model(model, pretrained):
-    """Lenient load for ``pretrained`` (backbone) weights: matching keys only, with a warning."""
+    """Lenient load of ``pretrained`` weights (a .pdparams file, a folder holding model.pdparams,
+    or an http(s) URL, downloaded once into the cache): tensors whose name and shape match are
+    loaded, and one log line counts them and names the ones that were not."""
     if not pretrained:
         return model
-    if pretrained.startswith(("http://", "https://")):
-        raise CheckpointError(f"pretrained URL {pretrained} cannot be downloaded here; "
-                              "download it yourself and give its local path")
-    state = read_state_dict(pretrained)
+    path = fetch_pretrained(pretrained) if is_url(pretrained) else pretrained
+    try:
+        state = read_state_dict(path)
+    except CheckpointError as e:
+        if path is pretrained:
+            raise
+        raise CheckpointError(f"{e}; delete {os.path.dirname(path)} to download it again") from None
     own = model.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and list(v.shape) == list(own[k].shape)}
+    usable, skipped = match_state_dict(own, state)
     if not usable:
-        raise CheckpointError(f"pretrained weights {pretrained} share no parameter with the model")
-    model.set_state_dict(usable)
-    logger.info(f"loaded {len(usable)}/{len(own)} pretrained tensors from {pretrained}")
+        raise CheckpointError(f"pretrained weights {pretrained} share no parameter with "
+                              f"{type(model).__name__} ({skipped})")
+    model.set_state_dict({**own, **usable})  # complete: paddle warns once per absent key
+    logger.info(f"loaded {len(usable)}/{len(own)} pretrained tensors into {type(model).__name__} "
+                f"from {pretrained}" + (f"; not loaded: {skipped}" if skipped else ""))
     return model
+
+
+def match_state_dict(own, state, shown=5):
+    """(the tensors of ``state`` that fit ``own`` by name and shape, a short text naming the
+    missing / unexpected / shape-mismatched ones, empty when all fit)."""
+    def shape(v):  # a foreign file may hold plain values beside its arrays
+        return list(getattr(v, "shape", [None]))
+
+    usable = {k: v for k, v in state.items() if k in own and shape(v) == shape(own[k])}
+    groups = [("missing", [k for k in own if k not in state]),
+              ("unexpected", [k for k in state if k not in own]),
+              ("shape mismatch", [f"{k} {shape(state[k])} vs {shape(own[k])}"
+                                  for k in own if k in state and k not in usable])]
+
+    def listed(items):
+        more = f", ... {len(items) - shown} more" if len(items) > shown else ""
+        return ", ".join(items[:shown]) + more
+
+    return usable, "; ".join(f"{len(items)} {what} ({listed(items)})"
+                             for what, items in groups if items)
+
+
+# what a checkpoint folder of ours may hold: an older one is replaced, a folder with anything
+# else is refused (never deleted)
+CHECKPOINT_FILES = ("model.pdparams", "model.pdopt", "model_info.json", "prune_plan.json",
+                    "train_state.json")
 
 
 def save_checkpoint(save_dir, model, optimizer=None, extra_files=None):
     """Write ``save_dir/model.pdparams`` (+ ``model.pdopt``) atomically as a directory."""
-    with atomic_dir(save_dir) as tmp:
+    with atomic_dir(save_dir, own_names=CHECKPOINT_FILES + tuple(extra_files or ())) as tmp:
         paddle.save(model.state_dict(), os.path.join(tmp, "model.pdparams"))
         if optimizer is not None:
             paddle.save(optimizer.state_dict(), os.path.join(tmp, "model.pdopt"))
         for name, writer in (extra_files or {}).items():
             writer(os.path.join(tmp, name))
 
+
+
+# -- where a resumed run continues: train_state.json beside model.pdopt --------------------------
+TRAIN_STATE_FILE = "train_state.json"
+TRAIN_STATE_KEYS = ("seed", "epoch", "batches_done")
+
+
+def read_train_state(checkpoint_dir):
+    """The {seed, epoch, batches_done} saved in ``checkpoint_dir``, or None when the checkpoint
+    has none (written before the file existed)."""
+    path = os.path.join(checkpoint_dir, TRAIN_STATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path}: {e}") from None
+    if not isinstance(state, dict) or not all(
+            type(state.get(k)) is int and state[k] >= 0 for k in TRAIN_STATE_KEYS):
+        raise CheckpointError(f"{path} is not a training state: it needs non-negative integers "
+                              f"{', '.join(TRAIN_STATE_KEYS)}")
+    return {k: state[k] for k in TRAIN_STATE_KEYS}
+
+
+def checkpoint_iteration(checkpoint_dir):
+    """N of a ``save_dir/iter_N`` checkpoint directory."""
+    name = os.path.basename(os.path.normpath(checkpoint_dir))
+    if not name.startswith("iter_") or not name[5:].isdigit():
+        raise CheckpointError(f"--resume_model must be a save_dir/iter_N directory, got {checkpoint_dir}")
+    return int(name[5:])
