@@ -32,11 +32,21 @@ def parse_args(argv):
             raise paddleseg.utils.UserError(f"--{name} must be >= 1, got {value}")
     if args.num_workers < 0 or args.keep_checkpoint_max < 0:
         raise paddleseg.utils.UserError("--num_workers and --keep_checkpoint_max must be >= 0")
+    if args.learning_rate is not None and not args.learning_rate > 0:  # also refuses nan
+        raise paddleseg.utils.UserError(f"--learning_rate must be > 0, got {args.learning_rate}")
+    from paddleseg.utils.fileio import check_folder_target
+    check_folder_target(args.save_dir)
     return args
 
 
 def main(argv):
     args = parse_args(argv)
+    from paddleseg.utils.fileio import removed_if_left_empty
+    with removed_if_left_empty(args.save_dir):
+        return run_training(args)
+
+
+def run_training(args):
     from paddleseg.cvlibs import Config
     from paddleseg.core import train
     from paddleseg.core.train import set_seed

@@ -4,7 +4,9 @@ import paddle
 import pytest
 
 from paddleseg import slim
-from test_slim_nets import build_toy
+from paddleseg.slim import graph
+from paddleseg.utils.errors import UserError
+from test_slim_nets import IndexOutput, build_toy
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
 
@@ -133,3 +135,84 @@ def test_ops_not_understood_freeze_the_channels_they_touch():
     assert a.unknown_ops["reshape2"] >= 1 and a.unknown_ops["split"] == 1
     # left.conv's output sits in a concat with frozen channels: its own slice stays prunable
     assert ("mid.conv", "conv_in", 0, 1) in members(a, "left.conv")
+
+
+def test_same_padding_convs_are_prunable_and_counted():
+    model = build_toy("SamePadding")
+    assert model.stem[0]._padding_algorithm == "SAME"
+    a = slim.build_groups(model, SHAPE)
+    assert [g.id for g in a.groups] == ["stem.0"]
+    assert ("dw.0", "depthwise", 0, 1) in members(a, "stem.0")
+    assert ("body.0", "conv_out", 0, 1) in members(a, "stem.0")
+    assert a.coverage["flops_coverage"] > 0.99
+    assert a.coverage["conv_flops"] == slim.count_flops(model, SHAPE)
+
+
+INDEX_OPS = {
+    "argmax": lambda y: paddle.argmax(y, axis=1, keepdim=True),
+    "argmin": lambda y: paddle.argmin(y, axis=1),
+    "topk": lambda y: paddle.topk(y, 2, axis=1)[1],
+    "argsort": lambda y: paddle.argsort(y, axis=1),
+    "gather": lambda y: paddle.gather(y, paddle.to_tensor([2, 0]), axis=1),
+}
+
+
+@pytest.mark.parametrize("op", sorted(INDEX_OPS))
+def test_channels_read_by_an_index_valued_op_are_frozen(op):
+    paddle.seed(0)
+    a = slim.build_groups(IndexOutput(op=INDEX_OPS[op]), SHAPE)
+    # the classifier's 4 channels are what argmax numbers: pruning one renames the classes
+    assert [g.id for g in a.groups] == ["stem.conv", "head.conv"]
+    assert "cls" in dict(a.frozen)
+
+
+def test_argmax_is_a_deliberate_freeze_with_its_cost_reported():
+    paddle.seed(0)
+    model = IndexOutput()
+    a = slim.build_groups(model, SHAPE)
+    assert dict(a.frozen)["cls"] == ["arg_max output indexes channels"]
+    assert not a.unknown_ops                # understood, not a gap in the analysis
+    flops = {p: slim.dependency.conv_flops(model.cls, c) for p, c in a.traced.calls.items()
+             if p == "cls"}
+    share = flops["cls"] / a.coverage["conv_flops"]
+    assert a.coverage["frozen_by_ops"] == {"arg_max": {"ops": 1, "flops_share": share}}
+
+
+def test_ops_not_understood_are_named_with_the_flops_they_cost():
+    model = build_toy("Shuffle")
+    a = slim.build_groups(model, SHAPE)
+    cov = a.coverage
+    stem = slim.dependency.conv_flops(model.stem.conv, a.traced.calls["stem.conv"])
+    # the channel shuffle freezes stem.conv; the split after it reads no conv's own channels
+    assert cov["frozen_by_ops"]["reshape2"] == {"ops": 1, "flops_share": stem / cov["conv_flops"]}
+    assert cov["frozen_by_ops"]["split"]["flops_share"] == 0
+    assert cov["frozen_by_ops_share"] == stem / cov["conv_flops"]
+    line = a.frozen_by_ops_text()
+    assert f"cost {stem / cov['conv_flops']:.1%} of conv FLOPs" in line and "reshape2 x1" in line
+    assert line in a.summary()
+    assert slim.build_groups(build_toy("Residual"), SHAPE).coverage["frozen_by_ops"] == {}
+
+
+def test_too_little_coverage_fails_with_one_line_naming_the_ops():
+    a = slim.build_groups(build_toy("Shuffle"), SHAPE)
+    a.require_coverage(0.5)
+    with pytest.raises(UserError) as e:
+        a.require_coverage(0.95)
+    message = str(e.value)
+    assert "\n" not in message and "below --min_coverage 0.95" in message
+    assert "reshape2 x1" in message
+
+
+@pytest.mark.parametrize("version", ["3.0.0", "2.5.2", "0.0.0", "2.60.0"])
+def test_engine_refuses_other_paddle_versions(version, monkeypatch):
+    monkeypatch.setattr(paddle, "__version__", version)
+    with pytest.raises(UserError, match=f"needs PaddlePaddle 2.6.x .* found {version}"):
+        slim.build_groups(build_toy("Residual"), SHAPE)
+    with pytest.raises(UserError, match="needs PaddlePaddle 2.6.x"):
+        slim.rebuild_from_plan(build_toy("Residual"), {})
+
+
+def test_engine_accepts_paddle_2_6():
+    assert paddle.__version__.startswith("2.6.")
+    for version in ("2.6.0", "2.6.2", "2.6.1.post112"):
+        graph.check_paddle_version(version)

@@ -1,5 +1,7 @@
-"""The pruning engine on the five real models at 64x64: coverage, build time, a 0.3 prune."""
-import time
+"""The pruning engine on the five real models at 64x64: coverage and a 0.3 prune (the time to
+build the groups is a benchmark figure, not a unit-test assertion)."""
+
+That pruning keeps what these models compute is checked in test_slim_function.py."""
 
 import numpy as np
 import paddle
@@ -28,15 +30,15 @@ def build(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_real_model_is_mostly_prunable_and_prunes(name, tmp_path):
     model = build(name)
-    start = time.time()
     analysis = slim.build_groups(model, SHAPE)
-    seconds = time.time() - start
     cov = analysis.coverage
-    print(f"{name}: groups built in {seconds:.1f}s, {cov['prunable_convs']}/{cov['convs']} "
-          f"convs, {cov['flops_coverage']:.3f} of conv FLOPs prunable")
-    assert seconds < 30
-    assert cov["flops_coverage"] >= 0.7
+    print(f"{name}: {cov['prunable_convs']}/{cov['convs']} convs, "
+          f"{cov['flops_coverage']:.3f} of conv FLOPs prunable")
+    # every conv but the classifier (and a few tiny 1x1s) prunable, ConvBN's padding='same'
+    # (asymmetric on stride-2 convs) included; no op the engine does not understand
+    assert cov["flops_coverage"] >= 0.99
     assert not analysis.unknown_ops, analysis.unknown_ops
+    assert not cov["frozen_by_ops"], analysis.frozen_by_ops_text()
 
     predicted = slim.FlopsModel(analysis)
     flops0 = slim.count_flops(model, SHAPE)

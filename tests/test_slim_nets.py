@@ -161,9 +161,46 @@ class Shuffle(nn.Layer):
         return [_up(self.cls(self.mid(y)), x)]
 
 
+class SamePadding(nn.Layer):
+    """Convs with padding='same' as ConvBN builds them: Paddle pads a stride-2 one unevenly
+    (more at the bottom and right); a residual add and a depthwise conv on top."""
+
+    def __init__(self, num_classes=2):
+        super().__init__()
+
+        def conv_bn(cin, cout, stride=1, groups=1):
+            return nn.Sequential(nn.Conv2D(cin, cout, 3, stride=stride, padding="same",
+                                           groups=groups, bias_attr=False), nn.BatchNorm2D(cout))
+        self.stem = conv_bn(3, 16, stride=2)
+        self.dw = conv_bn(16, 16, stride=2, groups=16)
+        self.body = conv_bn(16, 16)
+        self.cls = nn.Conv2D(16, num_classes, 1)
+
+    def forward(self, x):
+        y = F.relu(self.dw(F.relu(self.stem(x))))
+        y = F.relu(y + self.body(y))
+        return [_up(self.cls(y), x)]
+
+
+class IndexOutput(nn.Layer):
+    """Ends in an op whose output indexes channels (argmax by default): the classifier's
+    channels must stay, or class k would come out as another number."""
+
+    def __init__(self, num_classes=4, op=None):
+        super().__init__()
+        self.stem = CBR(3, 16, stride=2)
+        self.head = CBR(16, 8)
+        self.cls = nn.Conv2D(8, num_classes, 1)
+        self.op = op or (lambda y: paddle.argmax(y, axis=1, keepdim=True))
+
+    def forward(self, x):
+        return [self.op(_up(self.cls(self.head(self.stem(x))), x))]
+
+
 TOYS = {"Residual": Residual, "Concat": Concat, "Separable": Separable,
         "GatherExpand": GatherExpand, "Grouped": Grouped, "WithAux": WithAux,
-        "ConcatTranspose": lambda: Concat(transpose=True), "Shuffle": Shuffle}
+        "ConcatTranspose": lambda: Concat(transpose=True), "Shuffle": Shuffle,
+        "SamePadding": SamePadding}
 
 
 def build_toy(name, seed=0):

@@ -1,5 +1,7 @@
 """Sensitivity analysis (resumable, fingerprinted) and ratio allocation to a FLOPs target."""
 import json
+import os
+import pickle
 
 import numpy as np
 import paddle
@@ -7,7 +9,7 @@ import pytest
 
 from paddleseg import slim
 from paddleseg.slim import sensitivity
-from paddleseg.slim.allocate import TargetUnreachable
+from paddleseg.slim.allocate import TargetUnreachable, reachable_reduction
 from test_slim_nets import build_toy
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
@@ -157,3 +159,107 @@ def test_an_unreachable_target_says_how_far_it_can_go():
     with pytest.raises(TargetUnreachable, match="reachable") as err:
         slim.allocate_ratios(analysis.groups, sens, flops, 0.6)
     assert 0 < err.value.max_reduction < 0.6
+
+
+def test_the_reachable_maximum_is_known_before_measuring():
+    model = wide_toy()
+    analysis = slim.build_groups(model, SHAPE)
+    flops = slim.FlopsModel(analysis)
+    grid = [0.1, 0.2]
+    most = reachable_reduction(analysis.groups, grid, flops, channel_step=8)
+    sens = {g.id: {0.1: 0.01, 0.2: 0.02} for g in analysis.groups}
+    with pytest.raises(TargetUnreachable) as err:
+        slim.allocate_ratios(analysis.groups, sens, flops, 0.6)
+    assert 0 < most == pytest.approx(err.value.max_reduction)
+    alloc = slim.allocate_ratios(analysis.groups, sens, flops, most - 1e-9)
+    assert alloc.reduction == pytest.approx(most)
+
+
+# --- sensitivity files: JSON, or a pickle that is read without running code -------------------
+class WritesAFile:
+    """Unpickling this calls open(path, "w"): what a crafted sensitivity file could do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_crafted_pickle_is_refused_without_running_it(tmp_path):
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(WritesAFile(str(probe)))).close()
+    assert probe.exists()  # the payload works on a plain unpickler
+    marker = tmp_path / "marker"
+    evil = tmp_path / "sen.pickle"
+    evil.write_bytes(pickle.dumps(WritesAFile(str(marker))))
+    with pytest.raises(sensitivity.SensitivityMismatch, match="refused without running") as err:
+        sensitivity.load(str(evil))
+    assert "\n" not in str(err.value)
+    model = build_toy("Residual")
+    groups = slim.build_groups(model, SHAPE).groups
+    ev = Similarity(model)
+    with pytest.raises(sensitivity.SensitivityMismatch):
+        sensitivity.analyze(model, groups, ev, [0.5], str(evil), "l1")
+    assert ev.calls == 0
+    assert not marker.exists()
+
+
+PADDLESLIM_SENS = {"conv2d_0.w_0": {np.round(np.float64(0.1), 2): np.float32(0.02), 0.2: 0.05},
+                   "conv2d_1.w_0": {np.round(np.float64(0.1), 2): 0.0}}
+
+
+@pytest.mark.filterwarnings("ignore:pkg_resources is deprecated",
+                            "ignore:Setuptools is replacing distutils")  # importing paddleslim
+def test_paddleslim_sensitivity_pickles_are_read_and_refused_with_the_reason(tmp_path):
+    path = tmp_path / "sen.pickle"   # paddleslim.prune.sensitivity: {parameter: {ratio: loss}}
+    path.write_bytes(pickle.dumps(PADDLESLIM_SENS))
+    # the message quotes a parameter name from the file: it was read, not refused unread
+    with pytest.raises(sensitivity.SensitivityMismatch, match="PaddleSlim.*'conv2d_0.w_0'"):
+        sensitivity.load(str(path))
+    from paddleslim.dygraph.prune.filter_pruner import Status
+    status = Status()  # what PaddleSlim's dygraph pruners (PaddleSeg 2.6's prune.py) pickle
+    status.sensitivies = PADDLESLIM_SENS
+    path.write_bytes(pickle.dumps(status))
+    with pytest.raises(sensitivity.SensitivityMismatch, match="PaddleSlim sensitivities"):
+        sensitivity.load(str(path))
+
+
+def test_a_pickle_name_is_written_as_pickle_and_resumes(tmp_path):
+    model = build_toy("Residual")
+    groups = slim.build_groups(model, SHAPE).groups
+    sen_file = tmp_path / "sen.pickle"
+    sens = sensitivity.analyze(model, groups, Similarity(model), [0.5], str(sen_file), "l1")
+    assert sen_file.read_bytes()[:1] == b"\x80"   # a pickle, as the name asks
+    again = Similarity(model)
+    assert sensitivity.analyze(model, groups, again, [0.5], str(sen_file), "l1") == sens
+    assert again.calls == 0
+
+
+@pytest.mark.parametrize("name,content", [
+    ("s.json", b'{"format": 1, "base"'),
+    ("s.json", b"\xff\xfe not text"),
+    ("s.json", b"[1, 2]"),
+    ("s.json", b'{"format": 1, "fingerprint": {}, "base": null, "losses": [1]}'),
+    ("s.pickle", pickle.dumps({"format": 1, "losses": {}})[:12]),
+])
+def test_a_damaged_sensitivity_file_gives_one_line(name, content, tmp_path):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(sensitivity.SensitivityMismatch) as err:
+        sensitivity.load(str(path))
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_every_sensitivity_update_reaches_the_disk(tmp_path, monkeypatch):
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    sen_file = tmp_path / "s.json"
+    sensitivity.save(str(sen_file), {"format": 1, "base": 0.5})
+    assert [os.path.basename(p) for p in synced] == [f".tmp.s.json.{os.getpid()}", tmp_path.name]
+    assert json.loads(sen_file.read_text())["base"] == 0.5

@@ -20,7 +20,7 @@ import yaml
 
 from paddleseg.utils import logger
 from paddleseg.utils.errors import UserError
-from paddleseg.utils.fileio import atomic_dir
+from paddleseg.utils.fileio import atomic_dir, check_replaceable_folder
 
 OUTPUT_OPS = ("argmax", "softmax", "none")
 DEPLOY_FILE = "deploy.yaml"
@@ -28,6 +28,10 @@ MODEL_FILE = "model.pdmodel"
 PARAMS_FILE = "model.pdiparams"
 REPORT_FILE = "report.json"
 INPUT_NAME = "x"  # the InputSpec name; PaddleSeg exports use the same, TRT shape info keys on it
+# everything an export folder holds (paddle.jit.save adds the .info file): a folder with only
+# these is a previous export, which a new one may replace; any other folder is left alone
+EXPORT_FILES = (MODEL_FILE, PARAMS_FILE, PARAMS_FILE + ".info", DEPLOY_FILE)
+IMAGE_CHANNELS = 3  # every model here takes RGB images
 
 
 # --------------------------------------------------------------------------------------------
@@ -43,10 +47,18 @@ def parse_input_shape(shape, what="--input_shape"):
             and all(float(v) == int(float(v)) for v in shape)
     except (TypeError, ValueError):
         ok = False
+    shown = " ".join(str(v) for v in shape) if isinstance(shape, (list, tuple)) else repr(shape)
     if not ok:
-        shown = " ".join(str(v) for v in shape) if isinstance(shape, (list, tuple)) else repr(shape)
         raise UserError(f"{what} needs four positive integers N C H W (e.g. 1 3 512 512), got: {shown}")
+    if values[1] != IMAGE_CHANNELS:
+        raise UserError(f"{what} needs C = {IMAGE_CHANNELS} (the models take RGB images), got: {shown}")
     return values
+
+
+def check_export_target(save_dir, what="--save_dir"):
+    """UserError unless ``save_dir`` is absent, empty or a previous export (which is replaced)."""
+    check_replaceable_folder(save_dir, EXPORT_FILES, kind="an export (deploy.yaml and model files)",
+                             what=what)
 
 
 def _export_wrapper(model, output_op):
@@ -88,7 +100,8 @@ def export_model(model, save_dir, input_shape=None, output_op="argmax", val_tran
         model (paddle.nn.Layer): a segmentation model whose eval-mode forward returns a list of
             logits; the first is exported.
         save_dir (str): output directory, written under a temporary name and then renamed (an
-            existing directory is replaced only once the new one is complete).
+            existing directory is replaced only once the new one is complete, and only when it is
+            empty or a previous export: any other folder raises UserError and is left alone).
         input_shape (list[int] | None): fixed ``[N, C, H, W]``; None exports ``[None, 3, None,
             None]`` (any batch and size).
         output_op (str): ``argmax`` (int32 ``[N, H, W]`` labels), ``softmax`` or ``none``
@@ -106,7 +119,8 @@ def export_model(model, save_dir, input_shape=None, output_op="argmax", val_tran
 
     if output_op not in OUTPUT_OPS:
         raise UserError(f"output_op must be one of {', '.join(OUTPUT_OPS)}, got {output_op!r}")
-    shape = parse_input_shape(input_shape) or [None, 3, None, None]
+    shape = parse_input_shape(input_shape) or [None, IMAGE_CHANNELS, None, None]
+    check_export_target(save_dir, what=None)
     if val_transforms_config is None:
         logger.warning("no val transforms given: deploy.yaml gets an empty transforms list")
         transforms = []
@@ -131,7 +145,7 @@ def export_model(model, save_dir, input_shape=None, output_op="argmax", val_tran
         wrapped = _export_wrapper(model, output_op)
         wrapped.eval()
         spec = [paddle.static.InputSpec(shape=list(shape), dtype="float32", name=INPUT_NAME)]
-        with atomic_dir(save_dir) as tmp:
+        with atomic_dir(save_dir, own_names=EXPORT_FILES) as tmp:
             paddle.jit.save(wrapped, os.path.join(tmp, os.path.splitext(MODEL_FILE)[0]), input_spec=spec)
             for name in (MODEL_FILE, PARAMS_FILE):
                 if not os.path.isfile(os.path.join(tmp, name)):
@@ -156,6 +170,25 @@ def deploy_yaml_path(path):
         where = f"{path} has no {DEPLOY_FILE}" if os.path.isdir(path) else f"{DEPLOY_FILE} not found: {path}"
         raise UserError(f"{where} (export the model first with export.py)")
     return yml
+
+
+def export_folder(path):
+    """The folder of an export given as its folder or its deploy.yaml (absolute)."""
+    return os.path.abspath(path if os.path.isdir(path) else os.path.dirname(path))
+
+
+def check_input_shape_fits(deploy, shape):
+    """UserError when the export was saved for a fixed input size that ``shape`` (N C H W)
+    differs from: its program would be run, or timed, on inputs it was not built for."""
+    exported = deploy.get("input_shape")
+    if not isinstance(exported, (list, tuple)) or len(exported) != 4:
+        return  # not recorded (e.g. an export by other tools): the predictor decides
+    fixed = [v if isinstance(v, int) and v > 0 else None for v in exported]
+    if any(f is not None and f != int(v) for f, v in zip(fixed, shape)):
+        want = " ".join("?" if f is None else str(f) for f in fixed)
+        raise UserError(f"{deploy['model_dir']} was exported for input shape {want} (deploy.yaml), "
+                        f"not {' '.join(map(str, shape))}; use that shape or export again "
+                        f"without --input_shape")
 
 
 def load_deploy_config(path):

@@ -1,7 +1,6 @@
 """The training loop: PaddleSeg's ``train`` with atomic checkpoints and exact resume."""
 import json
 import os
-import pickle
 import random
 import shutil
 import time
@@ -11,10 +10,15 @@ import numpy as np
 import paddle
 
 from paddleseg.utils import logger
-from paddleseg.utils.checkpoint import CheckpointError, read_state_dict, check_state_dict, save_checkpoint
-from paddleseg.utils.fileio import write_json
+from paddleseg.utils.checkpoint import (TRAIN_STATE_FILE, CheckpointError, check_state_dict,
+                                        checkpoint_iteration, read_state_dict, read_train_state,
+                                        safe_load_state_dict, save_checkpoint)
+from paddleseg.utils.errors import UserError
+from paddleseg.utils.fileio import (check_folder_target, remove_stale_temporaries,
+                                    removed_if_left_empty, write_json)
 from paddleseg.utils.progress import format_seconds
-from .val import evaluate_metrics
+from .train_data import ResumableBatches, fresh_seed, seed_step
+from .val import evaluate_metrics, warn_unsupported
 
 
 def set_seed(seed):
@@ -24,72 +28,6 @@ def set_seed(seed):
     paddle.seed(seed)
     np.random.seed(seed)
     random.seed(seed)
-
-
-def collate(batch):
-    """Stack images and labels; the rest of each sample (paths, transform records) is dropped."""
-    for b in batch:
-        if isinstance(b, _ReadFailure):  # a 1-D "image batch"; the label bytes hold the error
-            return np.zeros([1], np.float32), np.frombuffer(b.pickled, np.uint8).copy()
-    imgs = np.stack([b["img"] for b in batch])
-    labels = np.stack([b["label"] for b in batch])
-    return imgs, labels
-
-
-class _ReadFailure:
-    def __init__(self, exc):
-        try:
-            self.pickled = pickle.dumps(exc)
-        except Exception:  # noqa: BLE001  (an unpicklable exception still gets its message)
-            self.pickled = pickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc}"))
-
-
-class _CatchReadErrors(paddle.io.Dataset):
-    """A sample that raises becomes a _ReadFailure batch, re-raised by _RaisingLoader.
-
-    paddle's DataLoader reads in a thread: an exception there kills the thread and leaves the
-    training loop waiting forever (num_workers=0) or fails with an unrelated SystemError and a
-    worker traceback (num_workers>0)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, idx):
-        try:
-            return self.dataset[idx]
-        except Exception as e:  # noqa: BLE001  (re-raised by _RaisingLoader)
-            return _ReadFailure(e)
-
-
-class _RaisingLoader:
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        for images, labels in self.loader:
-            if len(images.shape) == 1:
-                raise pickle.loads(labels.numpy().tobytes())
-            yield images, labels
-
-
-def make_loader(dataset, batch_size, num_workers, seed=None, shuffle=True):
-    sampler = paddle.io.DistributedBatchSampler(dataset, batch_size=batch_size, shuffle=shuffle,
-                                                drop_last=True)
-
-    def init_worker(worker_id):
-        np.random.seed((seed or 0) + worker_id)
-        random.seed((seed or 0) + worker_id)
-
-    loader = paddle.io.DataLoader(_CatchReadErrors(dataset), batch_sampler=sampler,
-                                  num_workers=num_workers, collate_fn=collate,
-                                  worker_init_fn=init_worker, return_list=True)
-    return _RaisingLoader(loader)
 
 
 def loss_computation(logits_list, labels, losses):
@@ -102,13 +40,6 @@ def loss_computation(logits_list, labels, losses):
     return sum(terms), terms
 
 
-def iteration_of(resume_dir):
-    name = os.path.basename(os.path.normpath(resume_dir))
-    if not name.startswith("iter_") or not name[5:].isdigit():
-        raise CheckpointError(f"--resume_model must be a save_dir/iter_N directory, got {resume_dir}")
-    return int(name[5:])
-
-
 def resume(model, optimizer, resume_dir):
     """Load model and optimizer state (the LR schedule travels with the optimizer)."""
     state = read_state_dict(resume_dir)
@@ -117,8 +48,8 @@ def resume(model, optimizer, resume_dir):
     opt_path = os.path.join(resume_dir, "model.pdopt")
     if not os.path.isfile(opt_path):
         raise CheckpointError(f"{opt_path} is missing; cannot resume the optimizer state")
-    optimizer.set_state_dict(_rename_optimizer_state(paddle.load(opt_path), state, model))
-    return iteration_of(resume_dir)
+    optimizer.set_state_dict(_rename_optimizer_state(safe_load_state_dict(opt_path), state, model))
+    return checkpoint_iteration(resume_dir)
 
 
 def _rename_optimizer_state(opt_state, saved_params, model):
@@ -156,103 +87,191 @@ def current_lr(optimizer):
     return float(optimizer.get_lr())
 
 
+def _iter_number(name):
+    """N for an ``iter_N`` entry, else None."""
+    return int(name[5:]) if name.startswith("iter_") and name[5:].isdigit() else None
+
+
+def _checkpoint_order(name):
+    n = _iter_number(name)
+    return (0, n, "") if n is not None else (1, 0, name)
+
+
+def _announce_replacements(save_dir, start_iter, iters, save_interval, evaluates):
+    """One line naming what in ``save_dir`` this run will write over (nothing is deleted)."""
+    def written_by_this_run(name):
+        n = _iter_number(name)
+        if n is not None:
+            return start_iter < n <= iters and (n % save_interval == 0 or n == iters)
+        return name == "best_model" and evaluates and not start_iter
+
+    existing = sorted((n for n in os.listdir(save_dir) if not n.startswith(".")), key=_checkpoint_order)
+    replaced = [n for n in existing if written_by_this_run(n)]
+    if start_iter:  # a resumed run continues its own folder: only later checkpoints are news
+        if replaced:
+            logger.info(f"{save_dir}: this resumed run will replace {', '.join(replaced)}")
+    elif existing:
+        logger.info(f"{save_dir} already holds {', '.join(existing)}; this fresh run will replace "
+                    f"{', '.join(replaced) or 'none of them'} (--resume_model continues a run instead)")
+
+
+def _best_so_far(save_dir):
+    """(mIoU, iter) of the run's best_model/, for a resumed run; (-1, -1) when there is none."""
+    path = os.path.join(save_dir, "best_model", "model_info.json")
+    if not os.path.isfile(path):
+        return -1.0, -1
+    try:
+        with open(path, encoding="utf-8") as f:
+            info = json.load(f)
+        return float(info["mIoU"]), int(info["iter"])
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"cannot read {path} ({type(e).__name__}: {e}); move best_model "
+                              "aside to resume without it") from None
+
+
+def _restore_data_position(data, resume_dir, start_iter, seed):
+    state = read_train_state(resume_dir)
+    if state is None:  # written before train_state.json existed
+        state = {"seed": data.seed, "epoch": start_iter // len(data),
+                 "batches_done": start_iter % len(data)}
+        logger.warning(f"{resume_dir} has no {TRAIN_STATE_FILE}: the data order continues at "
+                       f"iteration {start_iter}, the random augmentation and dropout differ from "
+                       "the interrupted run's")
+    elif seed is not None and seed != state["seed"]:
+        logger.warning(f"seed {seed} differs from the checkpoint's {state['seed']}: continuing "
+                       "with the checkpoint's, as the interrupted run would have")
+    data.restore(state)
+
+
 def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="output", iters=10000,
           batch_size=2, resume_model=None, save_interval=1000, log_iters=10, num_workers=0,
-          use_vdl=False, losses=None, keep_checkpoint_max=5, seed=None, extra_files=None,
-          eval_max_images=None, **_ignored):
+          use_vdl=False, losses=None, keep_checkpoint_max=5,
+          # PaddleSeg's other keywords, accepted so that its scripts run; not implemented here, so
+          # a value other than the default is reported (amp_level only matters with fp16)
+          test_config=None, precision="fp32", amp_level="O1", profiler_options=None,
+          to_static_training=False,
+          # this project's own
+          seed=None, extra_files=None, eval_max_images=None):
     """Train ``model`` for ``iters`` iterations; returns the best val mIoU (or None).
 
+    A fresh run (no ``resume_model``) starts from nothing: it does not read what an earlier run
+    left in ``save_dir``. ``seed`` fixes the data order, augmentation and dropout (without it a
+    random seed is drawn); each ``iter_N`` keeps it with the data position, so a run resumed
+    from there repeats the uninterrupted run exactly.
     ``extra_files``: {file name: writer(path)} added to every checkpoint directory (the pruning
     engine stores the channel plan of a pruned model there).
     """
+    del amp_level  # PaddleSeg's, accepted for compatibility: only used with precision fp16
     if optimizer is None or losses is None:
         raise ValueError("train() needs an optimizer and a losses dict")
-    nranks = paddle.distributed.get_world_size()
-    local_rank = paddle.distributed.get_rank()
-    start_iter = resume(model, optimizer, resume_model) if resume_model else 0
-    if start_iter:
+    warn_unsupported("train()", test_config=(test_config or None, None), precision=(precision, "fp32"),
+                     profiler_options=(profiler_options, None),
+                     to_static_training=(to_static_training, False))
+    start_iter = checkpoint_iteration(resume_model) if resume_model else 0
+    if start_iter >= iters:
+        raise UserError(f"{resume_model} is at iteration {start_iter}, the run ends at {iters}: "
+                        "nothing left to train (raise --iters to train further)")
+    data = ResumableBatches(train_dataset, batch_size, num_workers,
+                            fresh_seed() if seed is None else seed)
+    if len(data) == 0:
+        raise UserError(f"batch_size {batch_size} is larger than the training set "
+                        f"({len(train_dataset)} images)")
+    if resume_model:
+        resume(model, optimizer, resume_model)
+        _restore_data_position(data, resume_model, start_iter, seed)
         logger.info(f"resumed from {resume_model} at iter {start_iter}, lr {current_lr(optimizer):.6f}")
-    os.makedirs(save_dir, exist_ok=True)
-    train_model = model
-    if nranks > 1:
-        paddle.distributed.fleet.init(is_collective=True)
-        optimizer = paddle.distributed.fleet.distributed_optimizer(optimizer)
-        train_model = paddle.distributed.fleet.distributed_model(model)
-    loader = make_loader(train_dataset, batch_size, num_workers, seed)
-    if len(loader) == 0:
-        raise ValueError(f"batch_size {batch_size} is larger than the training set ({len(train_dataset)} images)")
-    writer = None
-    if use_vdl and local_rank == 0:
-        from visualdl import LogWriter
-        writer = LogWriter(save_dir)
+    check_folder_target(save_dir, "save_dir")
+    with removed_if_left_empty(save_dir):  # a failed run leaves no empty folder it made
+        os.makedirs(save_dir, exist_ok=True)
+        remove_stale_temporaries(save_dir)
+        nranks = paddle.distributed.get_world_size()
+        local_rank = paddle.distributed.get_rank()
+        if local_rank == 0:
+            _announce_replacements(save_dir, start_iter, iters, save_interval, val_dataset is not None)
+        best = _best_so_far(save_dir) if resume_model else (-1.0, -1)
+        train_model = model
+        if nranks > 1:
+            paddle.distributed.fleet.init(is_collective=True)
+            optimizer = paddle.distributed.fleet.distributed_optimizer(optimizer)
+            train_model = paddle.distributed.fleet.distributed_model(model)
+        writer = None
+        if use_vdl and local_rank == 0:
+            from visualdl import LogWriter
+            writer = LogWriter(save_dir)
+        saved = deque(sorted((os.path.join(save_dir, d) for d in os.listdir(save_dir)
+                              if 0 < (_iter_number(d) or 0) <= start_iter),
+                             key=lambda p: _iter_number(os.path.basename(p))))
+        model.train()
+        it = start_iter
+        avg_loss, reader_cost, batch_cost = 0.0, 0.0, 0.0
+        run_start = time.time()
+        batches = iter(data)
+        tic = time.time()
+        try:
+            while it < iters:
+                images, labels = next(batches)
+                it += 1
+                reader_cost += time.time() - tic
+                seed_step(data.seed, it)  # dropout draws depend on (seed, iteration) only
+                logits = train_model(images)
+                loss, _ = loss_computation(logits, labels, losses)
+                loss.backward()
+                optimizer.step()
+                optimizer.clear_grad()
+                lr = current_lr(optimizer)  # the rate this iteration used (PaddleSeg logs this one)
+                lr_sched = optimizer._learning_rate
+                if isinstance(lr_sched, paddle.optimizer.lr.LRScheduler):
+                    lr_sched.step()
+                loss_value = float(loss)
+                if not np.isfinite(loss_value):
+                    raise FloatingPointError(f"loss became {loss_value} at iter {it}; lower the learning rate")
+                avg_loss += loss_value
+                batch_cost += time.time() - tic
+                if it % log_iters == 0 or it == iters:
+                    n = log_iters if it % log_iters == 0 else (it % log_iters)
+                    per_iter = (time.time() - run_start) / max(it - start_iter, 1)
+                    if local_rank == 0:
+                        logger.info(f"[TRAIN] iter {it}/{iters}, loss {avg_loss / n:.4f}, "
+                                    f"lr {lr:.6f}, batch_cost {batch_cost / n:.4f}s, "
+                                    f"reader_cost {reader_cost / n:.5f}s, "
+                                    f"ips {batch_size / max(batch_cost / n, 1e-9):.2f} samples/s, "
+                                    f"ETA {format_seconds(per_iter * (iters - it))}")
+                        if writer:
+                            writer.add_scalar("Train/loss", avg_loss / n, it)
+                            writer.add_scalar("Train/lr", lr, it)
+                            writer.add_scalar("Train/batch_cost", batch_cost / n, it)
+                    avg_loss, reader_cost, batch_cost = 0.0, 0.0, 0.0
+                if (it % save_interval == 0 or it == iters) and local_rank == 0:
+                    ckpt = os.path.join(save_dir, f"iter_{it}")
+                    position = data.state()
+                    save_checkpoint(ckpt, model, optimizer,
+                                    {**(extra_files or {}),
+                                     TRAIN_STATE_FILE: lambda p: write_json(p, position)})
+                    if ckpt not in saved:
+                        saved.append(ckpt)
+                    prune_old_checkpoints(saved, keep_checkpoint_max)
+                    if val_dataset is not None:
+                        best = _evaluate_and_keep_best(model, val_dataset, eval_max_images, save_dir,
+                                                       it, best, extra_files, writer)
+                tic = time.time()
+        finally:
+            batches.close()  # stops the loader's reader thread or worker processes
+            if writer:
+                writer.close()
+    return best[0] if best[0] >= 0 else None
 
-    best_miou, best_iter = -1.0, -1
-    best_info = os.path.join(save_dir, "best_model", "model_info.json")
-    if os.path.isfile(best_info):
-        with open(best_info) as f:
-            info = json.load(f)
-        best_miou, best_iter = info.get("mIoU", -1.0), info.get("iter", -1)
-    saved = deque(sorted((os.path.join(save_dir, d) for d in os.listdir(save_dir)
-                          if d.startswith("iter_") and d[5:].isdigit() and int(d[5:]) <= start_iter),
-                         key=lambda p: int(os.path.basename(p)[5:])))
+
+def _evaluate_and_keep_best(model, val_dataset, max_images, save_dir, it, best, extra_files, writer):
+    """Evaluate at iteration ``it``; write best_model/ when the mIoU beats ``best`` (mIoU, iter)."""
+    result = evaluate_metrics(model, val_dataset, max_images)
     model.train()
-    it = start_iter
-    avg_loss, reader_cost, batch_cost = 0.0, 0.0, 0.0
-    tic = time.time()
-    run_start_iter, run_start = start_iter, time.time()
-    while it < iters:
-        for images, labels in loader:
-            it += 1
-            if it > iters:
-                break
-            reader_cost += time.time() - tic
-            logits = train_model(images)
-            loss, _ = loss_computation(logits, labels, losses)
-            loss.backward()
-            optimizer.step()
-            optimizer.clear_grad()
-            lr = current_lr(optimizer)  # the rate this iteration used (PaddleSeg logs this one)
-            lr_sched = optimizer._learning_rate
-            if isinstance(lr_sched, paddle.optimizer.lr.LRScheduler):
-                lr_sched.step()
-            loss_value = float(loss)
-            if not np.isfinite(loss_value):
-                raise FloatingPointError(f"loss became {loss_value} at iter {it}; lower the learning rate")
-            avg_loss += loss_value
-            batch_cost += time.time() - tic
-            if it % log_iters == 0 or it == iters:
-                n = log_iters if it % log_iters == 0 else (it % log_iters)
-                per_iter = (time.time() - run_start) / max(it - run_start_iter, 1)
-                if local_rank == 0:
-                    logger.info(f"[TRAIN] iter {it}/{iters}, loss {avg_loss / n:.4f}, "
-                                f"lr {lr:.6f}, batch_cost {batch_cost / n:.4f}s, "
-                                f"reader_cost {reader_cost / n:.5f}s, "
-                                f"ips {batch_size / max(batch_cost / n, 1e-9):.2f} samples/s, "
-                                f"ETA {format_seconds(per_iter * (iters - it))}")
-                    if writer:
-                        writer.add_scalar("Train/loss", avg_loss / n, it)
-                        writer.add_scalar("Train/lr", lr, it)
-                        writer.add_scalar("Train/batch_cost", batch_cost / n, it)
-                avg_loss, reader_cost, batch_cost = 0.0, 0.0, 0.0
-            if (it % save_interval == 0 or it == iters) and local_rank == 0:
-                ckpt = os.path.join(save_dir, f"iter_{it}")
-                save_checkpoint(ckpt, model, optimizer, extra_files)
-                if ckpt not in saved:
-                    saved.append(ckpt)
-                prune_old_checkpoints(saved, keep_checkpoint_max)
-                if val_dataset is not None:
-                    result = evaluate_metrics(model, val_dataset, eval_max_images)
-                    model.train()
-                    if result["mIoU"] > best_miou:
-                        best_miou, best_iter = result["mIoU"], it
-                        save_checkpoint(os.path.join(save_dir, "best_model"), model, None,
-                                        {**(extra_files or {}),
-                                         "model_info.json": lambda p: write_json(p, {"mIoU": best_miou, "iter": it})})
-                    logger.info(f"[EVAL] best mIoU {best_miou:.4f} at iter {best_iter}")
-                    if writer:
-                        writer.add_scalar("Evaluate/mIoU", result["mIoU"], it)
-                        writer.add_scalar("Evaluate/Acc", result["Acc"], it)
-            tic = time.time()
+    if result["mIoU"] > best[0]:
+        best = (result["mIoU"], it)
+        info = {"mIoU": best[0], "iter": it}
+        save_checkpoint(os.path.join(save_dir, "best_model"), model, None,
+                        {**(extra_files or {}), "model_info.json": lambda p: write_json(p, info)})
+    logger.info(f"[EVAL] best mIoU {best[0]:.4f} at iter {best[1]}")
     if writer:
-        writer.close()
-    return best_miou if best_miou >= 0 else None
+        writer.add_scalar("Evaluate/mIoU", result["mIoU"], it)
+        writer.add_scalar("Evaluate/Acc", result["Acc"], it)
+    return best

@@ -46,9 +46,26 @@ def evaluate_metrics(model, eval_dataset, max_images=None, print_detail=True):
     return result
 
 
-def evaluate(model, eval_dataset, aug_eval=False, num_workers=0, print_detail=True, max_images=None,
-             **_ignored):
-    """PaddleSeg's signature: returns (mIoU, Acc, class_IoU, class_precision, Kappa)."""
+def warn_unsupported(where, **given):
+    """PaddleSeg keywords accepted for compatibility but not implemented here: a value other
+    than the default (``name=(value, default)``) is reported rather than silently ignored."""
+    for name, (value, default) in given.items():
+        if value != default:
+            logger.warning(f"{where}: {name}={value!r} is not supported here and is ignored")
+
+
+def evaluate(model, eval_dataset, aug_eval=False, scales=1.0, flip_horizontal=False,
+             flip_vertical=False, is_slide=False, stride=None, crop_size=None, precision="fp32",
+             amp_level="O1", num_workers=0, print_detail=True, auc_roc=False, max_images=None):
+    """PaddleSeg's signature: returns (mIoU, Acc, class_IoU, class_precision, Kappa).
+
+    The keywords from ``aug_eval`` to ``auc_roc`` are PaddleSeg's; this evaluator implements none
+    of them (whole-image, fp32, in-process reading, no AUC-ROC), so a value asking for one of
+    them is reported. ``scales`` / flips only act with ``aug_eval``, ``stride`` / ``crop_size``
+    only with ``is_slide``, ``amp_level`` only with fp16; ``num_workers`` only changes speed."""
+    del scales, flip_horizontal, flip_vertical, stride, crop_size, amp_level, num_workers
+    warn_unsupported("evaluate()", aug_eval=(aug_eval, False), is_slide=(is_slide, False),
+                     precision=(precision, "fp32"), auc_roc=(auc_roc, False))
     r = evaluate_metrics(model, eval_dataset, max_images, print_detail)
     return (r["mIoU"], r["Acc"], np.array(r["class_IoU"]), np.array(r["class_precision"]),
             r["Kappa"])

@@ -13,6 +13,7 @@ import paddle
 import paddle.nn as nn
 
 from . import criteria as _criteria
+from . import graph as _graph
 from .dependency import BN, BN_TYPES, DW, IN, OUT
 
 CONV_TYPES = (nn.Conv2D, nn.Conv2DTranspose)
@@ -212,6 +213,7 @@ def rebuild_from_plan(model, plan):
 
     The leading channels are kept: the values are placeholders for the checkpoint to overwrite.
     """
+    _graph.check_paddle_version()   # the private layer attributes set below are Paddle 2.6's
     layers = dict(model.named_sublayers())
     undo = Undo()
     for path, entry in plan.items():

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import paddle.nn as nn
 
+from ..utils.errors import UserError
 from . import graph as _graph
 
 OUT, IN, BN, DW = "conv_out", "conv_in", "bn", "depthwise"
@@ -50,6 +51,10 @@ ELEMENTWISE = {"elementwise_add", "elementwise_sub", "elementwise_mul", "element
                "elementwise_mod", "maximum", "minimum"}
 REDUCE = {"reduce_mean", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod"}
 NO_CHANNEL_EFFECT = {"shape", "shape64", "size", "feed", "fetch", "fetch_v2"}
+
+
+class LowCoverage(UserError):
+    """Too small a share of the model is prunable for the FLOPs target to mean much."""
 
 
 @dataclass(frozen=True)
@@ -97,10 +102,33 @@ class GroupAnalysis:
         reasons = Counter(r for _, rs in self.frozen for r in rs)
         for reason, n in reasons.most_common(8):
             lines.append(f"  frozen ({n}x): {reason}")
-        if self.unknown_ops:
-            lines.append("  ops not understood (their channels are frozen): " +
-                         ", ".join(f"{k} x{v}" for k, v in self.unknown_ops.most_common()))
+        if self.coverage.get("frozen_by_ops"):
+            lines.append("  " + self.frozen_by_ops_text())
         return "\n".join(lines)
+
+    def frozen_by_ops_text(self):
+        return describe_op_freezes(self.coverage)
+
+    def require_coverage(self, min_coverage):
+        """Refuse a model too little of which can be pruned (LowCoverage, one line)."""
+        share = self.coverage["flops_coverage"]
+        if share < min_coverage:
+            reasons = Counter(r for _, rs in self.frozen for r in rs).most_common(3)
+            raise LowCoverage(
+                f"only {share:.1%} of conv FLOPs can be pruned, below --min_coverage "
+                f"{min_coverage:g}; {self.frozen_by_ops_text()}; frozen most often for: "
+                + "; ".join(f"{r} ({n}x)" for r, n in reasons))
+
+
+def describe_op_freezes(coverage):
+    """One line: the op types that freeze channels and the share of conv FLOPs that costs
+    (from a coverage dict, as :func:`analyze` makes and report.json keeps)."""
+    ops = ", ".join(f"{t} x{v['ops']} ({v['flops_share']:.1%})"
+                    for t, v in coverage.get("frozen_by_ops", {}).items())
+    if not ops:
+        return "no op freezes channels"
+    return (f"ops that freeze the channels they touch cost "
+            f"{coverage['frozen_by_ops_share']:.1%} of conv FLOPs: {ops}")
 
 
 class _Spaces:
@@ -160,6 +188,8 @@ class _Analyzer:
         self.conv_seen = {}     # conv path -> (in layout, out layout)
         self.bn_seen = {}       # bn path -> layout
         self.unknown = Counter()
+        self.op_freezes = []    # (op type, space) for every space an op froze
+        self.freezing = Counter()   # op type -> ops that froze channels they read
 
     # -- layouts ----------------------------------------------------------------------------
     def shape(self, var):
@@ -227,7 +257,12 @@ class _Analyzer:
         for var in self.t.outputs:
             self.freeze_layout(self.get(var), "reaches a model output")
 
-    def generic(self, op, reason=None):
+    def generic(self, op, reason=None, understood=False):
+        """Freeze the channels of every input and output of ``op``.
+
+        ``understood``: the op is known and freezing is the right answer (argmax indexes
+        channels), not a gap in the analysis; it is left out of ``unknown``.
+        """
         reason = reason or f"op {op.type}"
         touched = False
         for names in op.inputs.values():
@@ -235,15 +270,20 @@ class _Analyzer:
                 lay = self.layout.get(v)
                 if lay is not None:
                     self.freeze_layout(lay, reason)
+                    self.op_freezes += [(op.type, sid) for sid, _, _ in lay]
                     touched = True
         for names in op.outputs.values():
             for v in names:
                 if self.is_map(v) and self.shape(v)[1] > 0:
+                    # an output added to a conv's output later freezes that conv too
                     self.layout[v] = self.fresh(self.shape(v)[1], v, frozen=reason)
+                    self.op_freezes.append((op.type, self.layout[v][0][0]))
                 else:
                     self.layout.pop(v, None)
         if touched:
-            self.unknown[op.type] += 1
+            self.freezing[op.type] += 1
+            if not understood:
+                self.unknown[op.type] += 1
 
 
 def _generic(a, op):
@@ -467,13 +507,14 @@ def _softmax(a, op):
     a.generic(op)
 
 
-def _arg_max(a, op):
+def _index_valued(a, op):
+    """arg_max, arg_min, top_k, argsort: the output holds positions along an axis. Along the
+    channel axis (or all axes flattened) removing a channel renumbers the ones after it, so the
+    input's channels must stay; along another axis the op is simply not modelled."""
     src = op.input("X")[0]
-    if src in a.layout and int(op.attr("axis", -1)) % 4 == 1:
-        out = op.output("Out")[0]
-        if a.is_map(out):
-            a.layout[out] = a.fresh(a.shape(out)[1], out, frozen=f"{op.type} output")
-        return
+    rank = len(a.shape(src)) or 4
+    if op.attr("flatten", False) or int(op.attr("axis", -1)) % rank == 1:
+        return a.generic(op, f"{op.type} output indexes channels", understood=True)
     a.generic(op)
 
 
@@ -496,8 +537,10 @@ _HANDLERS = {
     "split": _split,
     "softmax": _softmax,
     "log_softmax": _softmax,
-    "arg_max": _arg_max,
-    "arg_min": _arg_max,
+    "arg_max": _index_valued,
+    "arg_min": _index_valued,
+    "top_k_v2": _index_valued,
+    "argsort": _index_valued,
 }
 
 
@@ -538,24 +581,58 @@ def conv_flops(layer, calls):
                for c in calls)
 
 
+def eval_conv_flops(traced):
+    """{conv path: FLOPs} of the convs the eval-mode forward runs."""
+    return {p: conv_flops(traced.layers[p], calls) for p, calls in traced.calls.items()
+            if isinstance(traced.layers[p], _graph.CONV_TYPES)}
+
+
+def _pruned_outputs(groups):
+    return {m.path for g in groups for m in g.members if m.role in (OUT, DW)}
+
+
 def coverage(groups, traced):
     """Share of eval-mode convs (and their FLOPs) whose output channels are prunable."""
-    pruned_out = {m.path for g in groups for m in g.members if m.role in (OUT, DW)}
+    pruned_out = _pruned_outputs(groups)
     touched = {m.path for g in groups for m in g.members if m.role in (OUT, DW, IN)}
-    convs = {p: traced.layers[p] for p in traced.calls
-             if isinstance(traced.layers[p], _graph.CONV_TYPES)}
-    flops = {p: conv_flops(layer, traced.calls[p]) for p, layer in convs.items()}
+    flops = eval_conv_flops(traced)
     total = sum(flops.values()) or 1
     return {
-        "convs": len(convs),
-        "prunable_convs": sum(p in pruned_out for p in convs),
+        "convs": len(flops),
+        "prunable_convs": sum(p in pruned_out for p in flops),
         "conv_flops": sum(flops.values()),
         "prunable_flops": sum(f for p, f in flops.items() if p in pruned_out),
         "flops_coverage": sum(f for p, f in flops.items() if p in pruned_out) / total,
         "touched_flops_coverage": sum(f for p, f in flops.items() if p in touched) / total,
-        "conv_coverage": sum(p in pruned_out for p in convs) / max(len(convs), 1),
+        "conv_coverage": sum(p in pruned_out for p in flops) / max(len(flops), 1),
         "groups": len(groups),
     }
+
+
+def op_freeze_costs(a, groups):
+    """What freezing by ops costs: ({op type: {"ops": n, "flops_share": s}}, share of all).
+
+    An op's cost is the FLOPs share of the eval-mode convs whose outputs it keeps from being
+    pruned (the producers of every space it froze, through all the spaces united with it).
+    A conv frozen by two op types counts for both, once in the total.
+    """
+    s = a.s
+    producers = {}          # space root -> conv paths whose output channels it holds
+    for sid in range(len(s.parent)):
+        paths = [m.path for m in s.members[sid] if m.role in (OUT, DW)]
+        producers.setdefault(s.find(sid), set()).update(paths)
+    flops = eval_conv_flops(a.t)
+    total = sum(flops.values()) or 1
+    pruned_out = _pruned_outputs(groups)
+    lost = {}
+    for op_type, sid in a.op_freezes:
+        lost.setdefault(op_type, set()).update(
+            p for p in producers.get(s.find(sid), ()) if p in flops and p not in pruned_out)
+    costs = {t: {"ops": a.freezing[t], "flops_share": sum(flops[p] for p in paths) / total}
+             for t, paths in lost.items() if a.freezing[t] or paths}
+    costs = dict(sorted(costs.items(), key=lambda kv: (-kv[1]["flops_share"], kv[0])))
+    every = set().union(*lost.values()) if lost else set()
+    return costs, sum(flops[p] for p in every) / total
 
 
 def analyze(traced):
@@ -563,5 +640,7 @@ def analyze(traced):
     a = _Analyzer(traced)
     a.run()
     groups, frozen = _collect(a)
+    cov = coverage(groups, traced)
+    cov["frozen_by_ops"], cov["frozen_by_ops_share"] = op_freeze_costs(a, groups)
     return GroupAnalysis(groups=groups, traced=traced, frozen=frozen, unknown_ops=a.unknown,
-                         coverage=coverage(groups, traced))
+                         coverage=cov)

@@ -20,6 +20,27 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
+from ..utils.errors import UserError
+
+# The analysis reads Paddle 2.6's old-IR (ProgramDesc) op names and attributes ("conv2d",
+# "Filter", "padding_algorithm", ...) and apply.py sets private layer attributes (_in_channels,
+# _op_type, _num_features ...). Paddle 3 traces to PIR, where none of that holds.
+SUPPORTED_PADDLE = "2.6"
+
+
+class UnsupportedPaddle(UserError):
+    """The installed Paddle is not the one the pruning engine was written against."""
+
+
+def check_paddle_version(version=None):
+    """Refuse any Paddle but 2.6.x (develop builds report 0.0.0 and are refused too)."""
+    version = paddle.__version__ if version is None else version
+    if version.split(".")[:2] != SUPPORTED_PADDLE.split("."):
+        raise UnsupportedPaddle(
+            f"the pruning engine needs PaddlePaddle {SUPPORTED_PADDLE}.x (it reads Paddle "
+            f"{SUPPORTED_PADDLE}'s static-graph op names and private layer attributes), "
+            f"found {version}")
+
 _SKIP_ATTRS = {"op_callstack", "op_namescope", "op_role", "op_role_var", "op_device",
                "with_quant_attr", "sub_block", "skip_eager_deletion_vars"}
 
@@ -227,6 +248,7 @@ def trace(model, input_shape=(1, 3, 64, 64), modes=("eval", "train")):
     A train-mode trace is skipped when a train-mode forward calls no conv or linear layer
     that the eval forward does not (no training-only branch): tracing is the slow part.
     """
+    check_paddle_version()
     input_shape = tuple(int(v) for v in input_shape)
     calls = record_calls(model, input_shape)
     if "train" in modes and "eval" in modes:
