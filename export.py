@@ -19,13 +19,15 @@ def parse_args(argv):
 
 def main(argv):
     args = parse_args(argv)
-    from paddleseg.core.export import export_model, parse_input_shape
+    from paddleseg.core.export import check_export_target, export_model, parse_input_shape
     from paddleseg.core.model_loader import build_and_load, plan_path_for
     from paddleseg.cvlibs import Config
     from paddleseg.utils import logger, UserError
+    from paddleseg.utils.fileio import removed_if_left_empty
     import os
 
     shape = parse_input_shape(args.input_shape)
+    check_export_target(args.save_dir)  # before the slow part; export_model checks again
     cli.set_device("cpu")
     cfg = Config(args.config, opts=args.opts)
     transforms = cfg.val_dataset_config.get("transforms")
@@ -34,9 +36,10 @@ def main(argv):
                         "for the deploy-side preprocessing")
     model = build_and_load(cfg, args.model_path)
     pruned = os.path.isfile(plan_path_for(args.model_path))
-    export_model(model, args.save_dir, input_shape=shape, output_op=args.output_op,
-                 val_transforms_config=transforms, model_type=cfg.model_config.get("type"),
-                 extra_deploy_info={"pruned": pruned})
+    with removed_if_left_empty(args.save_dir):  # the parent folders export_model makes
+        export_model(model, args.save_dir, input_shape=shape, output_op=args.output_op,
+                     val_transforms_config=transforms, model_type=cfg.model_config.get("type"),
+                     extra_deploy_info={"pruned": pruned})
     logger.info(f"exported {'pruned ' if pruned else ''}{cfg.model_config.get('type')} "
                 f"({args.output_op}) to {args.save_dir}")
     return 0

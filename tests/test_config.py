@@ -140,7 +140,7 @@ def test_opts_nested_keys_and_yaml_typed_values(base_cfg):
         "model.pretrained=null",
         "train_dataset.dataset_root=some/where",
         "train_dataset.transforms=[{type: Resize, target_size: [32, 32]}]",
-        "new.deep.key=[1, 2]",
+        "model.deep.key=[1, 2]",
         "optimizer.type=adam",
     ])
     d = cfg.dic
@@ -151,12 +151,12 @@ def test_opts_nested_keys_and_yaml_typed_values(base_cfg):
     assert d["model"]["type"] == "BiSeNetV2"  # siblings kept
     assert d["train_dataset"]["dataset_root"] == "some/where"
     assert d["train_dataset"]["transforms"] == [{"type": "Resize", "target_size": [32, 32]}]
-    assert d["new"] == {"deep": {"key": [1, 2]}}
+    assert d["model"]["deep"] == {"key": [1, 2]}  # nested keys are free-form
     assert d["optimizer"] == {"type": "adam", "momentum": 0.9, "weight_decay": 4.0e-5}
 
 
 def test_parse_opts_value_with_equals_sign_and_bad_item():
-    assert parse_opts(["a.b=x=y"]) == {"a": {"b": "x=y"}}
+    assert parse_opts(["model.b=x=y"]) == {"model": {"b": "x=y"}}
     with pytest.raises(ConfigError, match="key.sub=value"):
         parse_opts(["no_equals_sign"])
 
@@ -326,3 +326,86 @@ def test_missing_model_section_and_missing_iters(tmp_path):
         cfg.loss
     with pytest.raises(ConfigError, match="please give a config"):
         Config(None)
+
+
+# -- bad config files and overrides: one ConfigError line each (issue 9) ------------------------
+
+def one_line_config_error(*args, **kwargs):
+    with pytest.raises(ConfigError) as info:
+        Config(*args, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg, msg
+    return msg
+
+
+def test_base_cycle_is_named(tmp_path, base_cfg):
+    write(tmp_path / "a.yml", "_base_: b.yml\niters: 3\n")
+    write(tmp_path / "b.yml", f"_base_: [{base_cfg}, a.yml]\n")
+    msg = one_line_config_error(str(tmp_path / "a.yml"))
+    assert msg.startswith("_base_ cycle: ") and msg.count("a.yml") == 2 and "b.yml" in msg
+    write(tmp_path / "self.yml", "_base_: ./self.yml\n")
+    assert "_base_ cycle" in one_line_config_error(str(tmp_path / "self.yml"))
+
+
+def test_a_base_used_twice_is_no_cycle(tmp_path, base_cfg):
+    write(tmp_path / "c.yml", f"_base_: {base_cfg}\niters: 3\n")
+    cfg = Config(write(tmp_path / "d.yml", f"_base_: [{base_cfg}, c.yml]\n"))
+    assert cfg.dic["iters"] == 3 and cfg.batch_size == 4
+
+
+@pytest.mark.parametrize("value", ["5", "[a.yml, 7]", "''", "{x: 1}"])
+def test_base_must_name_files(tmp_path, value):
+    path = write(tmp_path / "c.yml", f"_base_: {value}\nmodel: {{type: BiSeNetV2}}\n")
+    assert "_base_ must be a file path" in one_line_config_error(path)
+
+
+def test_binary_config_file(tmp_path):
+    path = tmp_path / "model.pdparams"
+    path.write_bytes(b"\x80\x04\x95\xff\x00binary")
+    msg = one_line_config_error(str(path))
+    assert "is not a YAML text file" in msg and str(path) in msg
+    path.write_bytes(b"model: {type: BiSeNetV2}\x00\n")  # valid UTF-8, but no YAML character
+    msg = one_line_config_error(str(path))
+    assert "malformed YAML" in msg and str(path) in msg
+
+
+@pytest.mark.parametrize("text", ["model: 5\n", "model: [BiSeNetV2]\n",
+                                  "model: {type: BiSeNetV2}\nval_dataset: resize\n"])
+def test_sections_must_be_mappings(tmp_path, text):
+    msg = one_line_config_error(write(tmp_path / "c.yml", text))
+    assert "must be a mapping" in msg
+
+
+def test_empty_section_counts_as_absent(tmp_path):
+    cfg = Config(write(tmp_path / "c.yml", "model: {type: BiSeNetV2}\nval_dataset:\n"))
+    assert cfg.val_dataset_config == {} and cfg.val_dataset is None
+
+
+@pytest.mark.parametrize("item,needle", [
+    ("=3", "must look like key.sub=value"),
+    ("model..type=UNet", "must look like key.sub=value"),
+    ("iter=3", "unknown top-level key 'iter'"),  # misspelt iters: used to be ignored
+    ("train_datset.dataset_root=x", "unknown top-level key 'train_datset'"),
+    ("_base_=other.yml", "unknown top-level key '_base_'"),
+])
+def test_opts_keys_paddleseg_does_not_know_are_refused(base_cfg, item, needle):
+    msg = one_line_config_error(base_cfg, opts=[item])
+    assert needle in msg and item in msg
+
+
+def test_opts_that_contradict_each_other(base_cfg):
+    msg = one_line_config_error(base_cfg, opts=["model=UNet", "model.num_classes=2"])
+    assert "conflicts with the earlier 'model=...'" in msg
+
+
+def test_unknown_top_level_key_in_a_file_is_named(tmp_path, base_cfg, capsys):
+    cfg = Config(write(tmp_path / "c.yml", f"_base_: {base_cfg}\niter: 3\n"))
+    assert cfg.iters == 100
+    assert "ignoring unknown top-level key(s) iter" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("lr", [0, -0.01, "fast", ".nan"])
+def test_learning_rate_must_be_positive(base_cfg, lr):
+    msg = one_line_config_error(base_cfg, opts=[f"lr_scheduler.learning_rate={lr}"])
+    assert "learning_rate must be a positive number" in msg
+    assert "learning_rate must be a positive" in one_line_config_error(base_cfg, learning_rate=-1.0)

@@ -200,3 +200,110 @@ def test_infer_script_error_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: deploy.yaml not found: {tmp_path / 'deploy.yaml'} (export the model first with export.py)"]
+
+
+# -- nothing the user had is overwritten; partial or mismatched runs fail (issue 9) ------------
+
+def copy_images(images, folder):
+    src, _ = images
+    folder.mkdir(parents=True)
+    for name in os.listdir(src):
+        (folder / name).write_bytes((src / name).read_bytes())
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
+@pytest.mark.parametrize("layout", ["same", "inside", "single_file"])
+def test_infer_refuses_a_save_dir_holding_input_images(exports, images, tmp_path, capsys, layout):
+    inputs = copy_images(images, tmp_path / "data" / "imgs")
+    image_path, save_dir = {"same": (tmp_path / "data" / "imgs", tmp_path / "data" / "imgs"),
+                            "inside": (tmp_path / "data" / "imgs", tmp_path / "data"),
+                            "single_file": (tmp_path / "data" / "imgs" / "b.png",
+                                            tmp_path / "data" / "imgs")}[layout]
+    code, _, err = run_main(infer, ["--config", exports["base"], "--image_path", str(image_path),
+                                    "--save_dir", str(save_dir)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "holds the input image" in err and "would overwrite inputs" in err
+    assert {n: (tmp_path / "data" / "imgs" / n).read_bytes()
+            for n in os.listdir(tmp_path / "data" / "imgs")} == inputs  # untouched
+
+
+def test_infer_overwrites_only_its_own_predictions(exports, images, tmp_path, capsys):
+    folder, _ = images
+    labels = tmp_path / "Annotations"  # ground truth where predictions would go
+    labels.mkdir()
+    Image.fromarray(np.ones((64, 64), np.uint8)).save(labels / "b.png")
+    truth = (labels / "b.png").read_bytes()
+    argv = ["--config", exports["base"], "--image_path", str(folder), "--save_dir", str(labels)]
+    code, _, err = run_main(infer, argv, capsys)
+    assert code == 2 and "b.png" in err and "not a prediction" in err, err
+    assert os.listdir(labels) == ["b.png"] and (labels / "b.png").read_bytes() == truth
+    out = tmp_path / "pred"
+    argv[-1] = str(out)
+    for _ in range(2):  # a second run replaces the first one's files
+        code, _, err = run_main(infer, argv, capsys)
+        assert code == 0, err
+        assert sorted(os.listdir(out)) == ["a.png", "b.png", "c.png"]
+        assert infer.is_prediction(str(out / "b.png"))
+    (out / "notes.txt").write_text("mine")  # not where a prediction goes: no obstacle
+    assert run_main(infer, argv, capsys)[0] == 0 and (out / "notes.txt").read_text() == "mine"
+
+
+def test_infer_save_dir_that_is_a_file(exports, images, tmp_path, capsys):
+    folder, _ = images
+    a_file = tmp_path / "result"
+    a_file.write_text("keep")
+    code, _, err = run_main(infer, ["--config", exports["base"], "--image_path", str(folder),
+                                    "--save_dir", str(a_file)], capsys)
+    assert code == 2 and "is an existing file, not a folder" in err, err
+    assert a_file.read_text() == "keep"
+
+
+@pytest.fixture(scope="module")
+def fixed_export(tmp_path_factory):
+    """An export with a fixed 1x3x64x64 input."""
+    path = str(tmp_path_factory.mktemp("fixed") / "fastscnn_64")
+    ex.export_model(tiny_model(0), path, input_shape=[1, 3, 64, 64], val_transforms_config=VAL_TRANSFORMS)
+    return path
+
+
+def test_benchmark_refuses_another_shape_than_a_fixed_export_has(fixed_export, exports):
+    with pytest.raises(UserError, match="exported for input shape 1 3 64 64"):
+        bench.benchmark_predictor(fixed_export, input_shape=[1, 3, 128, 128], warmup=0, repeats=1)
+    with pytest.raises(UserError, match="exported for input shape 1 3 64 64"):
+        bench.benchmark_predictor(fixed_export, input_shape=[2, 3, 64, 64], warmup=0, repeats=1)
+    with pytest.raises(UserError, match="exported for input shape 1 3 64 64"):
+        bench.interleaved_latency([exports["base"], fixed_export], [1, 3, 96, 96], 0, 1, 1)
+    r = bench.benchmark_predictor(fixed_export, input_shape=[1, 3, 64, 64], warmup=0, repeats=1)
+    assert r["mean_ms"] > 0
+    r = bench.benchmark_predictor(exports["base"], input_shape=[2, 3, 96, 96], warmup=0, repeats=1)
+    assert r["mean_ms"] > 0  # a dynamic export runs at any shape
+
+
+def test_benchmark_fails_when_it_skipped_a_model(exports, fixed_export, tmp_path, capsys):
+    absent = str(tmp_path / "absent")
+    code, out, err = run_main(benchmark, [exports["base"], absent, fixed_export,
+                                          "--input_shape", "1", "3", "96", "96", "--warmup", "0",
+                                          "--repeats", "1", "--save_dir", str(tmp_path)], capsys)
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: 2 of 3 model(s) not benchmarked") and absent in last
+    assert fixed_export in last and exports["base"] not in last
+    assert f"skipped {fixed_export}: " in err and "exported for input shape" in err
+    assert "| FastSCNN" in out  # the models that ran are still reported
+    assert len(json.loads((tmp_path / "benchmark.json").read_text())["results"]) == 1
+
+
+def test_benchmark_bad_shape_and_report_paths_fail_before_timing(exports, tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    cases = [
+        ([exports["base"], "--input_shape", "1", "1", "64", "64"], "C = 3"),
+        ([exports["base"], "--save_json", str(tmp_path)], "--save_json"),
+        ([exports["base"], "--save_md", str(tmp_path)], "--save_md"),
+        ([exports["base"], "--save_dir", str(a_file)], "is an existing file, not a folder"),
+    ]
+    for argv, needle in cases:
+        code, out, err = run_main(benchmark, argv + ["--repeats", "1", "--warmup", "0"], capsys)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert "| Model" not in out  # refused before anything was timed
+    assert a_file.read_text() == "keep" and sorted(os.listdir(tmp_path)) == ["a_file"]

@@ -201,3 +201,58 @@ def test_export_cli_loads_a_pruned_checkpoint(pruned, trained, tmp_path, capsys)
     out = run_predictor(create_predictor(str(tmp_path / "e")), x)
     assert np.abs(out - ref).max() <= 1e-4
     assert yaml.safe_load((tmp_path / "e" / "deploy.yaml").read_text())["Deploy"]["pruned"] is True
+
+
+# -- nothing the user had is lost (issue 9) -----------------------------------------------------
+
+def test_export_refuses_a_folder_that_is_not_an_export(trained, tmp_path, capsys):
+    run_dir = tmp_path / "train_output"  # what a user may pass by mistake: a training folder
+    (run_dir / "iter_1").mkdir(parents=True)
+    (run_dir / "iter_1" / "model.pdparams").write_bytes(b"weights")
+    (run_dir / "deploy.yaml").write_text("mine")
+    code, _, err = run_cli(["--config", trained["config"], "--model_path", trained["model_path"],
+                            "--save_dir", str(run_dir)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "iter_1" in err and "refusing to replace" in err and str(run_dir) in err
+    assert sorted(os.listdir(run_dir)) == ["deploy.yaml", "iter_1"]
+    assert (run_dir / "iter_1" / "model.pdparams").read_bytes() == b"weights"
+    assert (run_dir / "deploy.yaml").read_text() == "mine"
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".tmp")]
+    with pytest.raises(UserError, match="refusing to replace"):  # the library call alike
+        export_model(trained["model"], str(run_dir), val_transforms_config=VAL_TRANSFORMS)
+    assert sorted(os.listdir(run_dir)) == ["deploy.yaml", "iter_1"]
+
+
+def test_export_into_an_empty_folder_and_a_file_path(trained, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    export_model(trained["model"], str(empty), val_transforms_config=VAL_TRANSFORMS)
+    assert (empty / "deploy.yaml").is_file()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    code, _, err = run_cli(["--config", trained["config"], "--model_path", trained["model_path"],
+                            "--save_dir", str(a_file)], capsys)
+    assert code == 2 and "is an existing file, not a folder" in err, err
+    assert a_file.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("shape", [[1, 1, 64, 64], [1, 4, 64, 64]])
+def test_input_shape_needs_three_channels(trained, tmp_path, capsys, shape):
+    with pytest.raises(UserError, match="C = 3"):
+        parse_input_shape(shape)
+    code, _, err = run_cli(["--config", trained["config"], "--model_path", trained["model_path"],
+                            "--save_dir", str(tmp_path / "x"), "--input_shape", *map(str, shape)],
+                           capsys)
+    assert code == 2 and "C = 3" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()
+
+
+def test_failed_export_leaves_no_folder_it_made(trained, tmp_path, capsys, monkeypatch):
+    def broken_save(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(paddle.jit, "save", broken_save)
+    code, _, err = run_cli(["--config", trained["config"], "--model_path", trained["model_path"],
+                            "--save_dir", str(tmp_path / "new" / "deeper" / "export")], capsys)
+    assert code == 1 and "disk full" in err, err
+    assert os.listdir(tmp_path) == []

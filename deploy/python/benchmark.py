@@ -7,7 +7,10 @@ For each export: mean, median and p90 latency over ``--repeats`` runs after ``--
 its pruning ratio (``pruning_ratio`` in a ``report.json`` in the export directory or its parent;
 "-" when there is none, which counts as unpruned) and its speedup over the unpruned export of
 the same model (``model_name`` in report.json, else deploy.yaml's ``model_type``). Prints a
-Markdown table and writes it with the raw numbers to ``--save_md`` / ``--save_json``.
+Markdown table and writes it with the raw numbers to ``--save_md`` / ``--save_json``. An export
+that cannot be timed (missing, or exported for a fixed input shape other than ``--input_shape``)
+is skipped with a line saying why; the others are still reported, and the exit status is then
+non-zero, naming the skipped ones.
 
 Other code calls :func:`paddleseg.deploy.benchmark.benchmark_predictor` (one export) or
 :func:`paddleseg.deploy.benchmark.benchmark_models` (several, with speedups) directly.
@@ -22,7 +25,7 @@ import paddleseg  # noqa: E402,F401  (import order: cv2 before paddle)
 from paddleseg.utils import cli  # noqa: E402
 
 # re-exported for callers that import this script's module
-from paddleseg.core.export import parse_input_shape  # noqa: E402
+from paddleseg.core.export import export_folder, parse_input_shape  # noqa: E402
 from paddleseg.deploy.benchmark import (benchmark_models, benchmark_predictor,  # noqa: E402,F401
                                         markdown_table)
 
@@ -52,7 +55,19 @@ def parse_args(argv):
     args.input_shape = parse_input_shape(args.input_shape)
     if args.warmup < 0 or args.repeats < 1 or args.cpu_threads < 1:
         raise paddleseg.utils.UserError("--warmup must be >= 0, --repeats and --cpu_threads >= 1")
+    args.save_json = args.save_json or os.path.join(args.save_dir, "benchmark.json")
+    args.save_md = args.save_md or os.path.join(args.save_dir, "benchmark.md")
+    from paddleseg.utils.fileio import check_file_target, check_folder_target
+    check_folder_target(args.save_dir)  # before the timing, not after it
+    check_file_target(args.save_json, "--save_json")
+    check_file_target(args.save_md, "--save_md")
     return args
+
+
+def not_benchmarked(model_dirs, rows):
+    """The ``model_dirs`` that have no result row (skipped with a reason logged)."""
+    done = {row["model_dir"] for row in rows}
+    return [d for d in model_dirs if export_folder(d) not in done]
 
 
 def main(argv):
@@ -79,12 +94,14 @@ def main(argv):
     table = markdown_table(rows)
     print(header)
     print(table, end="")
-    json_path = args.save_json or os.path.join(args.save_dir, "benchmark.json")
-    md_path = args.save_md or os.path.join(args.save_dir, "benchmark.md")
-    write_json(json_path, {"settings": {k: v for k, v in settings.items() if k != "onnx_cache_dir"},
-                           "results": rows})
-    write_text(md_path, f"{header}\n\n{table}")
-    print(f"wrote {json_path} and {md_path}")
+    write_json(args.save_json, {"settings": {k: v for k, v in settings.items() if k != "onnx_cache_dir"},
+                                "results": rows})
+    write_text(args.save_md, f"{header}\n\n{table}")
+    print(f"wrote {args.save_json} and {args.save_md}")
+    skipped = not_benchmarked(args.model_dirs, rows)
+    if skipped:  # the table is partial: a script must not take it for the full comparison
+        raise UserError(f"{len(skipped)} of {len(args.model_dirs)} model(s) not benchmarked "
+                        f"(see above): {', '.join(skipped)}")
     return 0
 
 

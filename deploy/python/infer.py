@@ -5,7 +5,9 @@
 
 The preprocessing is deploy.yaml's transforms list; each prediction is mapped back to its
 image's size and written as ``<save_dir>/<same relative path and stem>.png`` (a palette PNG
-whose pixel values are the class ids).
+whose pixel values are the class ids, tagged as a prediction). Nothing else is overwritten: a
+``save_dir`` that holds an input image, or a file of another kind where a prediction would go
+(ground-truth labels, say), is refused before any work.
 """
 import argparse
 import os
@@ -18,6 +20,8 @@ import paddleseg  # noqa: E402,F401  (import order: cv2 before paddle)
 from paddleseg.utils import cli  # noqa: E402
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+# a PNG text chunk on every prediction: how a later run knows which files it may overwrite
+PNG_TAG = ("Software", "PaddleSeg deploy/python/infer.py prediction")
 
 
 def parse_args(argv):
@@ -38,6 +42,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.cpu_threads < 1:
         raise paddleseg.utils.UserError("--batch_size and --cpu_threads must be >= 1")
+    from paddleseg.utils.fileio import check_folder_target
+    check_folder_target(args.save_dir)
     return args
 
 
@@ -60,6 +66,46 @@ def list_images(path):
     return found
 
 
+def output_paths(images, save_dir):
+    """Where each image's prediction goes: ``save_dir/<relative stem>.png``; a second image of
+    the same stem (a.jpg beside a.png) gets its extension added (``a_png.png``)."""
+    paths, taken = [], set()
+    for path, rel in images:
+        if rel in taken:
+            rel = f"{rel}_{os.path.splitext(path)[1].lstrip('.').lower()}"
+        taken.add(rel)
+        paths.append(os.path.join(save_dir, rel + ".png"))
+    return paths
+
+
+def is_prediction(path):
+    """Whether ``path`` is a PNG this script wrote (it carries PNG_TAG)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            return img.format == "PNG" and img.info.get(PNG_TAG[0]) == PNG_TAG[1]
+    except (OSError, ValueError):
+        return False
+
+
+def check_save_dir(images, outputs, save_dir):
+    """UserError when writing ``outputs`` would overwrite anything but earlier predictions:
+    ``save_dir`` must not hold an input image, and every existing output file must be one
+    of ours."""
+    from paddleseg.utils import UserError
+    root = os.path.realpath(save_dir)
+    for path, _ in images:
+        real = os.path.realpath(path)
+        if os.path.commonpath([root, real]) == root:
+            raise UserError(f"--save_dir {save_dir} holds the input image {path}; predictions "
+                            "would overwrite inputs: choose another folder")
+    foreign = [p for p in outputs if os.path.lexists(p) and not is_prediction(p)]
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise UserError(f"--save_dir {save_dir} already holds {foreign[0]}{more}, which is not a "
+                        "prediction of this script; refusing to overwrite: choose another folder")
+
+
 def color_map(num=256):
     """The PASCAL VOC palette (class 0 black): ``[num, 3]`` uint8 RGB."""
     import numpy as np
@@ -75,27 +121,24 @@ def color_map(num=256):
 
 
 def save_pseudo_color(label, path, palette):
-    """Write an ``[H, W]`` label map as a palette PNG (values = class ids), atomically."""
-    import cv2
+    """Write an ``[H, W]`` label map as a palette PNG (values = class ids) tagged with
+    PNG_TAG, atomically."""
     import numpy as np
+    from PIL import Image, PngImagePlugin
     from paddleseg.utils.fileio import atomic_path
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    info = PngImagePlugin.PngInfo()
+    info.add_text(*PNG_TAG)
     with atomic_path(path) as tmp:
         if label.max(initial=0) > 255:  # more classes than a palette holds: 16-bit grey ids
-            ok = cv2.imwrite(tmp + ".png", label.astype(np.uint16))
-            os.replace(tmp + ".png", tmp)
+            img = Image.fromarray(label.astype(np.uint16))
         else:
-            try:
-                from PIL import Image
-                img = Image.fromarray(label.astype(np.uint8))
-                img.putpalette(palette.flatten().tolist())
-                img.save(tmp, format="PNG")
-                ok = True
-            except ImportError:  # no Pillow: an RGB PNG with the same colours
-                ok = cv2.imwrite(tmp + ".png", palette[label.astype(np.uint8)][..., ::-1])
-                os.replace(tmp + ".png", tmp)
-        if not ok:
-            raise paddleseg.utils.UserError(f"cannot write {path}")
+            img = Image.fromarray(label.astype(np.uint8))
+            img.putpalette(palette.flatten().tolist())
+        try:
+            img.save(tmp, format="PNG", pnginfo=info)
+        except OSError as e:
+            raise paddleseg.utils.UserError(f"cannot write {path}: {e}") from None
 
 
 def restore_size(label, trans_info):
@@ -128,6 +171,8 @@ def main(argv):
 
     deploy = load_deploy_config(args.config)
     images = list_images(args.image_path)
+    outputs = output_paths(images, args.save_dir)
+    check_save_dir(images, outputs, args.save_dir)
     compose = Compose([build_component(dict(t)) for t in deploy["transforms"]])
     predictor = create_predictor(deploy["model_dir"], device=args.device, use_trt=args.use_trt,
                                  precision=args.precision, enable_mkldnn=args.enable_mkldnn,
@@ -136,7 +181,6 @@ def main(argv):
                                  max_shape=[args.batch_size, 3, 2048, 2048])
     palette = color_map()
     timer = Timer()
-    written = set()
     warmed = not args.benchmark
     for begin in range(0, len(images), args.batch_size):
         chunk = images[begin:begin + args.batch_size]
@@ -159,11 +203,7 @@ def main(argv):
             labels = out if out.ndim == 3 else out.argmax(axis=1)  # argmax export: [N, H, W]
             for j, i in enumerate(idx):
                 label = restore_size(labels[j].astype(np.int32), datas[i]["trans_info"])
-                rel = chunk[i][1]
-                if rel in written:  # a.jpg and a.png in one folder
-                    rel = f"{rel}_{os.path.splitext(chunk[i][0])[1].lstrip('.').lower()}"
-                written.add(rel)
-                save_pseudo_color(label, os.path.join(args.save_dir, rel + ".png"), palette)
+                save_pseudo_color(label, outputs[begin + i], palette)
             timer.add("postprocess", start)
     logger.info(f"{len(images)} prediction(s) saved under {args.save_dir}")
     if args.benchmark:

@@ -18,16 +18,35 @@ class ConfigError(UserError):
     """A config file or override the user must fix."""
 
 
+# the top-level keys PaddleSeg 2.6's Config reads; what lies under them (model, datasets, ...)
+# is free-form, handed to the components
+KNOWN_KEYS = ("batch_size", "iters", "model", "train_dataset", "val_dataset", "optimizer",
+              "lr_scheduler", "learning_rate", "loss", "distill_loss", "export", "test_config",
+              "to_static_training")
+# the ones among them that hold a mapping
+SECTION_KEYS = ("model", "train_dataset", "val_dataset", "optimizer", "lr_scheduler",
+                "learning_rate", "loss", "distill_loss", "export", "test_config")
+
+
+def _yaml_problem(e):
+    """A YAML error's reason on one line (the reader's messages span several)."""
+    text = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e)
+    return " ".join(str(text).split())
+
+
 def read_yaml(path):
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
     try:
         with codecs.open(path, "r", "utf-8") as f:
             dic = yaml.safe_load(f)
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not a YAML text file (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start} is not UTF-8)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise ConfigError(f"malformed YAML in {path}{where}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"malformed YAML in {path}{where}: {_yaml_problem(e)}") from None
     if dic is None:
         return {}
     if not isinstance(dic, dict):
@@ -49,39 +68,77 @@ def merge_config(base, update):
     return out
 
 
-def load_config_dict(path):
-    """The config at ``path`` with its ``_base_`` chain resolved (paths relative to the file)."""
-    dic = read_yaml(path)
+def _base_paths(dic, path):
+    """The files named by ``dic``'s ``_base_`` (one path or a list), relative to ``path``."""
     base = dic.pop("_base_", None)
     if base is None:
-        return dic
+        return []
     bases = base if isinstance(base, list) else [base]
-    merged = {}
     for b in bases:
-        base_path = os.path.join(os.path.dirname(path), b)
+        if not isinstance(b, str) or not b:
+            raise ConfigError(f"{path}: _base_ must be a file path or a list of them, got {base!r}")
+    return [os.path.join(os.path.dirname(path), b) for b in bases]
+
+
+def load_config_dict(path, _chain=()):
+    """The config at ``path`` with its ``_base_`` chain resolved (paths relative to the file)."""
+    here = os.path.realpath(path)
+    if here in _chain:  # a file that is its own base, directly or through others
+        cycle = [*_chain[_chain.index(here):], here]
+        raise ConfigError("_base_ cycle: " + " -> ".join(os.path.relpath(p) for p in cycle))
+    dic = read_yaml(path)
+    merged = {}
+    for base_path in _base_paths(dic, path):
         if not os.path.isfile(base_path):
-            raise ConfigError(f"_base_ file '{b}' named in {path} not found: {base_path}")
-        merged = merge_config(merged, load_config_dict(base_path))
+            raise ConfigError(f"_base_ file '{os.path.relpath(base_path, os.path.dirname(path))}' "
+                              f"named in {path} not found: {base_path}")
+        merged = merge_config(merged, load_config_dict(base_path, (*_chain, here)))
     return merge_config(merged, dic)
 
 
 def parse_opts(opts):
-    """``['a.b=1', 'c=x']`` -> nested dict, values parsed as YAML scalars/lists."""
+    """``['a.b=1', 'c=x']`` -> nested dict, values parsed as YAML scalars/lists.
+
+    The first part of each key must be a top-level key PaddleSeg knows (KNOWN_KEYS), so a
+    misspelt override fails instead of being ignored."""
     out = {}
     for item in opts or []:
-        if "=" not in item:
+        key, eq, value = item.partition("=")
+        parts = key.split(".")
+        if not eq or not all(parts):
             raise ConfigError(f"--opts item '{item}' must look like key.sub=value")
-        key, value = item.split("=", 1)
+        if parts[0] not in KNOWN_KEYS:
+            raise ConfigError(f"--opts item '{item}': unknown top-level key '{parts[0]}' "
+                              f"(known: {', '.join(KNOWN_KEYS)})")
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             pass
         node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--opts item '{item}' conflicts with the earlier "
+                                  f"'{'.'.join(parts[:depth + 1])}=...'")
         node[parts[-1]] = value
     return out
+
+
+def check_top_level(dic, path):
+    """``dic`` without empty sections (``val_dataset:`` with nothing under it counts as
+    absent); ConfigError when a section is not a mapping; a warning for top-level keys PaddleSeg
+    does not read (ignored, as PaddleSeg does)."""
+    dic = {k: v for k, v in dic.items() if not (k in SECTION_KEYS and v is None)}
+    for key in SECTION_KEYS:
+        if key in dic and not isinstance(dic[key], dict):
+            raise ConfigError(f"{path}: '{key}' must be a mapping (key: value), got "
+                              f"{type(dic[key]).__name__} {dic[key]!r}")
+    unknown = [k for k in dic if k not in KNOWN_KEYS]
+    if unknown:
+        from paddleseg.utils import logger
+        logger.warning(f"{path}: ignoring unknown top-level key(s) {', '.join(map(str, unknown))} "
+                       f"(known: {', '.join(KNOWN_KEYS)})")
+    return dic
 
 
 def register_builtin_components():
@@ -131,7 +188,7 @@ class Config:
             raise ConfigError("please give a config file (--config)")
         self.path = path
         dic = load_config_dict(path)
-        dic = merge_config(dic, parse_opts(opts))
+        dic = check_top_level(merge_config(dic, parse_opts(opts)), path)
         if learning_rate is not None:
             dic.setdefault("lr_scheduler", {})["learning_rate"] = learning_rate
         if batch_size is not None:
@@ -153,6 +210,10 @@ class Config:
             raise ConfigError(f"{self.path}: iters must be a positive integer, got {self.dic['iters']!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ConfigError(f"{self.path}: batch_size must be a positive integer, got {self.batch_size!r}")
+        lr = (self.dic.get("lr_scheduler") or {}).get("learning_rate")
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+            raise ConfigError(f"{self.path}: lr_scheduler.learning_rate must be a positive number, "
+                              f"got {lr!r}")
 
     # -- plain values -------------------------------------------------------------------
     @property
@@ -198,16 +259,23 @@ class Config:
 
     @property
     def num_classes(self):
+        """From the model block, else a dataset block's ``num_classes``, else the dataset
+        class's ``NUM_CLASSES`` (Cityscapes 19, OpticDiscSeg 2), as PaddleSeg reads it; no
+        dataset is opened, so a model builds on a machine without its data."""
         num = self.dic["model"].get("num_classes")
-        if num is None:
-            for key in ("train_dataset", "val_dataset"):
-                num = (self.dic.get(key) or {}).get("num_classes") or num
-        if num is None:
-            for ds in (self.train_dataset, self.val_dataset):
-                if ds is not None:
-                    return ds.num_classes
-            raise ConfigError(f"{self.path}: cannot tell num_classes; set model.num_classes")
-        return num
+        if num is not None:
+            return num
+        blocks = [self.dic.get(key) or {} for key in ("train_dataset", "val_dataset")]
+        for block in blocks:
+            if isinstance(block, dict) and block.get("num_classes") is not None:
+                return block["num_classes"]
+        for block in blocks:
+            if isinstance(block, dict) and "type" in block:
+                num = getattr(component_class(block["type"]), "NUM_CLASSES", None)
+                if num is not None:
+                    return num
+        raise ConfigError(f"{self.path}: cannot tell num_classes: set model.num_classes (or "
+                          f"num_classes in the dataset block)")
 
     def build_model(self):
         """A fresh model from the config (``model`` is the cached one)."""

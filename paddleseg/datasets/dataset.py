@@ -16,6 +16,14 @@ class DatasetError(UserError):
     pass
 
 
+def check_same_size(img, label, img_path, label_path):
+    """DatasetError naming the pair when a label's size is not its image's: the transforms
+    would resize both silently in training, and evaluation would compare unlike pixels."""
+    if img.shape[:2] != label.shape[:2]:
+        raise DatasetError(f"label {label_path} is {label.shape[1]}x{label.shape[0]} but its image "
+                           f"{img_path} is {img.shape[1]}x{img.shape[0]} (width x height)")
+
+
 @manager.DATASETS.add_component
 class Dataset(paddle.io.Dataset):
     """Images and labels named in list files, one ``image_path label_path`` pair per line,
@@ -91,7 +99,9 @@ class Dataset(paddle.io.Dataset):
         data = {"img": img_path, "img_path": img_path, "label_path": label_path,
                 "trans_info": [], "gt_fields": []}
         if label_path is not None:
+            data["img"] = self.transforms.read_image(img_path)
             data["label"] = self.read_label(label_path)
+            check_same_size(data["img"], data["label"], img_path, label_path)
             # in val/test the label stays at its original size; predictions are mapped back
             if self.mode == "train":
                 data["gt_fields"].append("label")

@@ -9,7 +9,8 @@ import time
 
 import numpy as np
 
-from paddleseg.core.export import parse_input_shape, read_model_info
+from paddleseg.core.export import (check_input_shape_fits, export_folder, load_deploy_config,
+                                   parse_input_shape, read_model_info)
 from paddleseg.deploy.predictor import (check_backend, create_onnx_session, create_predictor,
                                         run_onnx_session, run_predictor)
 from paddleseg.utils import logger
@@ -50,6 +51,9 @@ def _time_runs(runs, x, warmup, repeats):
 
 def interleaved_latency(model_dirs, input_shape, warmup, repeats, cpu_threads):
     """Per export: latency samples (ms) taken one run of each export in turn."""
+    input_shape = parse_input_shape(input_shape)
+    for d in model_dirs:
+        check_input_shape_fits(load_deploy_config(d), input_shape)
     runs = [_paddle_runner(d, input_shape, cpu_threads=cpu_threads) for d in model_dirs]
     return _time_runs(runs, _random_input(input_shape, 0), warmup, repeats)
 
@@ -58,6 +62,7 @@ def _prepare(model_dir, shape, device="cpu", use_trt=False, precision="fp32", cp
              enable_mkldnn=True, backend="paddle", onnx_cache_dir=None):
     """(``run(x)``, the result row without timings) for one export."""
     check_backend(backend, device, use_trt, precision)
+    check_input_shape_fits(load_deploy_config(model_dir), shape)
     info = read_model_info(model_dir)
     if backend == "onnxruntime":
         session = create_onnx_session(model_dir, shape, cpu_threads=cpu_threads,
@@ -69,7 +74,7 @@ def _prepare(model_dir, shape, device="cpu", use_trt=False, precision="fp32", cp
         run = _paddle_runner(model_dir, shape, device=device, use_trt=use_trt, precision=precision,
                              enable_mkldnn=enable_mkldnn, cpu_threads=cpu_threads)
     row = {
-        "model_dir": os.path.abspath(model_dir if os.path.isdir(model_dir) else os.path.dirname(model_dir)),
+        "model_dir": export_folder(model_dir),
         "model_name": info["model_name"],
         "pruning_ratio": info["pruning_ratio"],
         "backend": backend,
