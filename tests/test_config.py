@@ -293,9 +293,11 @@ def test_unknown_type_lists_registered_names(base_cfg):
     with pytest.raises(ConfigError) as info:
         cfg.model
     msg = str(info.value)
-    assert "unknown type 'NoSuchNet'" in msg
-    for name in ("BiSeNetV2", "UNet", "OpticDiscSeg", "Resize", "CrossEntropyLoss"):
+    assert "unknown models type 'NoSuchNet'" in msg
+    for name in ("BiSeNetV2", "UNet", "FCN", "FastSCNN", "HarDNet"):
         assert name in msg
+    for name in ("OpticDiscSeg", "Resize", "CrossEntropyLoss"):  # other registries' names
+        assert name not in msg
 
 
 def test_bad_component_argument(base_cfg):
@@ -409,3 +411,21 @@ def test_learning_rate_must_be_positive(base_cfg, lr):
     msg = one_line_config_error(base_cfg, opts=[f"lr_scheduler.learning_rate={lr}"])
     assert "learning_rate must be a positive number" in msg
     assert "learning_rate must be a positive" in one_line_config_error(base_cfg, learning_rate=-1.0)
+
+
+def test_components_come_from_the_expected_registry(tmp_path):
+    """A transform entry naming a data set (or a dataset block naming a transform) is refused:
+    each block is looked up in its own registry only."""
+    from paddleseg.cvlibs.config import ConfigError
+    path = tmp_path / "c.yml"
+    path.write_text("model: {type: UNet, num_classes: 2}\n"
+                    "train_dataset:\n  type: OpticDiscSeg\n  dataset_root: x\n  mode: train\n"
+                    "  transforms: [{type: OpticDiscSeg, dataset_root: x}]\n"
+                    "val_dataset: {type: Normalize}\n")
+    cfg = Config(str(path))
+    with pytest.raises(ConfigError, match="unknown transforms type 'OpticDiscSeg'"):
+        cfg.train_dataset
+    with pytest.raises(ConfigError, match="unknown datasets type 'Normalize'"):
+        cfg.val_dataset
+    with pytest.raises(ConfigError, match="unknown models type"):
+        Config(str(path), opts=["model.type=CrossEntropyLoss"]).model

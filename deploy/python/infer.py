@@ -165,6 +165,7 @@ def main(argv):
     import numpy as np
     from paddleseg.core.export import load_deploy_config
     from paddleseg.deploy.predictor import create_predictor, run_predictor
+    from paddleseg.cvlibs import manager
     from paddleseg.cvlibs.config import build_component
     from paddleseg.transforms import Compose
     from paddleseg.utils import logger
@@ -173,7 +174,7 @@ def main(argv):
     images = list_images(args.image_path)
     outputs = output_paths(images, args.save_dir)
     check_save_dir(images, outputs, args.save_dir)
-    compose = Compose([build_component(dict(t)) for t in deploy["transforms"]])
+    compose = Compose([build_component(dict(t), manager.TRANSFORMS) for t in deploy["transforms"]])
     predictor = create_predictor(deploy["model_dir"], device=args.device, use_trt=args.use_trt,
                                  precision=args.precision, enable_mkldnn=args.enable_mkldnn,
                                  cpu_threads=args.cpu_threads,

@@ -86,10 +86,11 @@ def _export_wrapper(model, output_op):
 
 def check_transforms(transforms):
     """Build each ``{type: ...}`` transform once, so a bad deploy.yaml fails at export time."""
+    from paddleseg.cvlibs import manager
     from paddleseg.cvlibs.config import build_component
     if not isinstance(transforms, list):
         raise UserError(f"transforms must be a list of {{type: ...}} mappings, got {transforms!r}")
-    return [build_component(copy.deepcopy(t)) for t in transforms]
+    return [build_component(copy.deepcopy(t), manager.TRANSFORMS) for t in transforms]
 
 
 def export_model(model, save_dir, input_shape=None, output_op="argmax", val_transforms_config=None,

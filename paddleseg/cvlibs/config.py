@@ -148,27 +148,39 @@ def register_builtin_components():
     import paddleseg.transforms  # noqa: F401
 
 
-def component_class(type_name):
+# the registry a nested component is looked up in, by the key that holds it; other nested
+# components come from their parent's registry
+NESTED_REGISTRY = {"backbone": manager.BACKBONES, "transforms": manager.TRANSFORMS,
+                   "losses": manager.LOSSES}
+
+
+def component_class(type_name, registry=None):
+    """The class registered as ``type_name`` in ``registry`` (a ComponentManager); without one,
+    in any registry (for callers that only read a class attribute)."""
     register_builtin_components()
-    for mgr in _MANAGERS:
+    registries = (registry,) if registry is not None else _MANAGERS
+    for mgr in registries:
         if type_name in mgr:
             return mgr[type_name]
-    names = sorted(n for mgr in _MANAGERS for n in mgr.components_dict)
-    raise ConfigError(f"unknown type '{type_name}'; registered types: {', '.join(names)}")
+    what = f"{registry.name} type" if registry is not None else "type"
+    names = sorted(n for mgr in registries for n in mgr.components_dict)
+    raise ConfigError(f"unknown {what} '{type_name}'; registered: {', '.join(names)}")
 
 
-def build_component(cfg):
-    """Instantiate a ``{type: Name, ...}`` dict, building nested component dicts first."""
+def build_component(cfg, registry):
+    """Instantiate a ``{type: Name, ...}`` dict from ``registry`` (so a transform entry can never
+    build a data set), building nested component dicts first."""
     if not isinstance(cfg, dict) or "type" not in cfg:
         raise ConfigError(f"expected a mapping with a 'type' key, got {cfg!r}")
     cfg = dict(cfg)
-    cls = component_class(cfg.pop("type"))
+    cls = component_class(cfg.pop("type"), registry)
     kwargs = {}
     for key, value in cfg.items():
+        nested = NESTED_REGISTRY.get(key, registry)
         if isinstance(value, dict) and "type" in value:
-            value = build_component(value)
+            value = build_component(value, nested)
         elif isinstance(value, list) and value and all(isinstance(v, dict) and "type" in v for v in value):
-            value = [build_component(v) for v in value]
+            value = [build_component(v, nested) for v in value]
         kwargs[key] = value
     try:
         return cls(**kwargs)
@@ -246,7 +258,7 @@ class Config:
     def _dataset(self, key):
         if key not in self._datasets:
             cfg = copy.deepcopy(self.dic.get(key))
-            self._datasets[key] = build_component(cfg) if cfg else None
+            self._datasets[key] = build_component(cfg, manager.DATASETS) if cfg else None
         return self._datasets[key]
 
     @property
@@ -271,7 +283,7 @@ class Config:
                 return block["num_classes"]
         for block in blocks:
             if isinstance(block, dict) and "type" in block:
-                num = getattr(component_class(block["type"]), "NUM_CLASSES", None)
+                num = getattr(component_class(block["type"], manager.DATASETS), "NUM_CLASSES", None)
                 if num is not None:
                     return num
         raise ConfigError(f"{self.path}: cannot tell num_classes: set model.num_classes (or "
@@ -281,7 +293,7 @@ class Config:
         """A fresh model from the config (``model`` is the cached one)."""
         cfg = self.model_config
         cfg.setdefault("num_classes", self.num_classes)
-        return build_component(cfg)
+        return build_component(cfg, manager.MODELS)
 
     @property
     def model(self):
@@ -300,7 +312,7 @@ class Config:
             types = types * len(coef)
         if len(types) != len(coef):
             raise ConfigError(f"{self.path}: loss has {len(types)} types but {len(coef)} coef")
-        return {"types": [build_component(t) for t in types], "coef": list(coef)}
+        return {"types": [build_component(t, manager.LOSSES) for t in types], "coef": list(coef)}
 
     @property
     def lr_scheduler(self):
