@@ -106,6 +106,12 @@ def failure(proc):
     return f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
 
 
+def leftovers(save_dir):
+    """Staging folders and temporary files of a run, in save_dir or beside it."""
+    return [n for folder in (save_dir, save_dir.parent) for n in os.listdir(folder)
+            if n.startswith((".staging", ".tmp", ".old"))]
+
+
 def predict(model_dir, x):
     from paddleseg.deploy.predictor import create_predictor, run_predictor
     return run_predictor(create_predictor(model_dir), x)
@@ -127,10 +133,9 @@ def test_prune_cli_end_to_end(name, criterion, configs, checkpoint, tmp_path):
 
     names = set(os.listdir(save_dir))
     for f in ("model.pdparams", "prune_plan.json", "report.json", "report.md", "sensitivity.png",
-              "export"):
+              "export", "sensitivity.json"):
         assert f in names, f"{f} missing from {sorted(names)}"
-    leftovers = [n for n in names if n.startswith((".staging", ".tmp"))]
-    assert not leftovers, leftovers
+    assert not leftovers(save_dir)
     for f in ("model.pdmodel", "model.pdiparams", "deploy.yaml"):
         assert os.path.isfile(save_dir / "export" / f), f
     with open(save_dir / "sensitivity.png", "rb") as f:
@@ -213,7 +218,7 @@ def test_sensitivity_resumes_after_kill(configs, checkpoint, tmp_path):
     name = "FastSCNN"
     ratios = (0.2, 0.4, 0.6)
     save_dir = tmp_path / "out"
-    sen_file = str(save_dir / "sen.pickle")
+    sen_file = str(save_dir / "sensitivity.json")   # the default
     args = prune_args(configs[name], checkpoint(name), save_dir, iters=0, sen_ratios=ratios)
 
     paddle.seed(0)
@@ -258,8 +263,7 @@ def test_sensitivity_resumes_after_kill(configs, checkpoint, tmp_path):
     assert done(sensitivity.load(sen_file)) == points
     assert os.path.isfile(save_dir / "model.pdparams")
     # the killed run's staging dir (and any temporary file) went with the resumed run
-    leftovers = [n for n in os.listdir(save_dir) if n.startswith((".staging", ".tmp"))]
-    assert not leftovers, leftovers
+    assert not leftovers(save_dir)
 
 
 # --- 4. bad input: one error line, nothing written --------------------------------------------
@@ -316,12 +320,13 @@ def test_bad_input_fails_cleanly(case, configs, checkpoint, tiny_optic_root, tmp
 
     save_dir = tmp_path / "out"
     save_dir.mkdir()
-    (save_dir / "notes.txt").write_text("the user's file\n")
+    (save_dir / "report.md").write_text("an earlier run's report\n")
     proc = run_script(PRUNE, *prune_args(config, model_path, save_dir, ratio=spec.get("ratio", 0.3),
                                          iters=spec.get("iters", 2), extra=extra))
     check_failed_cleanly(proc)
-    assert sorted(os.listdir(save_dir)) == ["notes.txt"]
-    assert (save_dir / "notes.txt").read_text() == "the user's file\n"
+    assert sorted(os.listdir(save_dir)) == ["report.md"]
+    assert (save_dir / "report.md").read_text() == "an earlier run's report\n"
+    assert not leftovers(save_dir)
     if foreign:
         with open(foreign, "rb") as f:
             assert f.read() == foreign_bytes
@@ -333,3 +338,70 @@ def test_bad_input_leaves_no_new_save_dir(configs, checkpoint, tmp_path):
     proc = run_script(PRUNE, *prune_args(configs["BiSeNetV2"], checkpoint("UNet"), save_dir))
     check_failed_cleanly(proc)
     assert not save_dir.exists(), os.listdir(save_dir)
+
+
+def test_a_save_dir_holding_the_users_files_is_refused_untouched(configs, checkpoint, tmp_path):
+    save_dir = tmp_path / "out"
+    (save_dir / "iter_2").mkdir(parents=True)
+    (save_dir / "notes.txt").write_text("the user's file\n")
+    proc = run_script(PRUNE, *prune_args(configs["FastSCNN"], checkpoint("FastSCNN"), save_dir))
+    check_failed_cleanly(proc)
+    assert "iter_2, notes.txt" in proc.stderr and "did not write" in proc.stderr, failure(proc)
+    assert sorted(os.listdir(save_dir)) == ["iter_2", "notes.txt"]
+    assert (save_dir / "notes.txt").read_text() == "the user's file\n"
+
+
+def test_a_crafted_sen_file_is_refused_and_runs_nothing(configs, checkpoint, tmp_path):
+    import pickle
+    from test_slim_search import WritesAFile
+    marker = tmp_path / "marker"
+    evil = tmp_path / "x.pickle"
+    evil.write_bytes(pickle.dumps(WritesAFile(str(marker))))
+    save_dir = tmp_path / "out"
+    proc = run_script(PRUNE, *prune_args(configs["FastSCNN"], checkpoint("FastSCNN"), save_dir,
+                                         extra=["--sen_file", evil]))
+    check_failed_cleanly(proc)
+    assert "refused without running it" in proc.stderr, failure(proc)
+    assert "baseline mIoU" not in proc.stdout + proc.stderr  # refused before any slow work
+    assert not marker.exists()
+    assert not save_dir.exists()
+
+
+# --- an unreachable target: an error by default, lowered only when asked ----------------------
+def test_an_unreachable_target_fails_unless_lowering_is_allowed(configs, checkpoint, tmp_path):
+    import re
+    save_dir = tmp_path / "out"
+    args = prune_args(configs["FastSCNN"], checkpoint("FastSCNN"), save_dir, ratio=0.9, iters=0,
+                      sen_ratios=(0.2,))
+    proc = run_script(PRUNE, *args)
+    check_failed_cleanly(proc)
+    line = proc.stderr.strip().splitlines()[-1]
+    found = re.search(r"above the ([0-9.]+) reachable", line)
+    assert found and "--allow_lower_target" in line, failure(proc)
+    most = float(found.group(1))
+    assert 0 < most < 0.9
+    assert "sensitivity: layer" not in proc.stdout, "it failed only after the slow analysis"
+    assert not save_dir.exists()
+
+    proc = run_script(PRUNE, *args, "--allow_lower_target")
+    assert proc.returncode == 0, failure(proc)
+    final = proc.stdout.strip().splitlines()[-1]
+    assert f"target 0.9 lowered to {most:.3f}" in final, final
+    report = json.loads((save_dir / "report.json").read_text())
+    assert report["target_reachable"] is False
+    assert report["target_lowered_to"] == pytest.approx(most, abs=5e-4)
+    assert report["flops_reduction"] == pytest.approx(most, abs=0.01)
+    assert f"lowered to {most:.3f}" in (save_dir / "report.md").read_text()
+
+
+def test_a_corrupt_prune_plan_gives_one_line(configs, checkpoint, tmp_path):
+    import shutil
+    ckpt = tmp_path / "pruned"
+    ckpt.mkdir()
+    shutil.copy(checkpoint("FastSCNN"), ckpt / "model.pdparams")
+    for text in ('{"format": 1, "layers": {', '{"format": 1, "layers": {"conv": [3]}}'):
+        (ckpt / "prune_plan.json").write_text(text)
+        proc = run_script(VAL, "--config", configs["FastSCNN"], "--model_path", ckpt / "model.pdparams")
+        check_failed_cleanly(proc)
+        assert "prune_plan.json" in proc.stderr.strip().splitlines()[-1], failure(proc)
+        assert proc.returncode == 2, failure(proc)  # a UserError, not an unexpected failure

@@ -12,7 +12,9 @@
    than the tolerance.
 
 A target above what the grid allows raises :class:`TargetUnreachable` (a ``UserError``: the CLI
-prints it) with the maximum reachable reduction in the message and on the exception.
+prints it) with the maximum reachable reduction in the message and on the exception. That
+maximum depends on the groups and the grid only, so :func:`reachable_reduction` gives it before
+any sensitivity is measured.
 """
 import math
 from dataclasses import dataclass
@@ -21,12 +23,12 @@ from ..utils.errors import UserError
 
 
 class TargetUnreachable(UserError):
-    def __init__(self, target, max_reduction, max_ratio):
+    def __init__(self, target, max_reduction, max_ratio, remedy=""):
         self.target, self.max_reduction = target, max_reduction
         super().__init__(
             f"target FLOPs reduction {target:.3f} is above the {max_reduction:.3f} reachable "
             f"when every prunable group is pruned at its largest analysed ratio "
-            f"(up to {max_ratio:g}); lower the target or analyse larger ratios")
+            f"(up to {max_ratio:g}); lower the target or analyse larger ratios{remedy}")
 
 
 @dataclass
@@ -84,6 +86,22 @@ class _Curve:
         return self.loss((n + self.step) / self.channels)
 
 
+def _curves(groups, sensitivities, channel_step):
+    return {g.id: _Curve(g.channels, sensitivities[g.id], channel_step) for g in groups
+            if sensitivities.get(g.id)}
+
+
+def _max_reduction(curves, flops_model):
+    return flops_model.reduction({gid: c.cap for gid, c in curves.items()})
+
+
+def reachable_reduction(groups, ratios, flops_model, channel_step=8):
+    """The largest FLOPs reduction :func:`allocate_ratios` can reach once every group is measured
+    at ``ratios``: each group at its cap. Known before the (slow) sensitivity analysis."""
+    unmeasured = {g.id: {r: 0.0 for r in ratios} for g in groups}
+    return _max_reduction(_curves(groups, unmeasured, channel_step), flops_model)
+
+
 def allocate_ratios(groups, sensitivities, flops_model, target, tolerance=0.01, channel_step=8):
     """Choose {group id: ratio} so the predicted FLOPs reduction is ``target`` (+-tolerance).
 
@@ -94,12 +112,10 @@ def allocate_ratios(groups, sensitivities, flops_model, target, tolerance=0.01, 
     """
     if not 0.0 < target < 1.0:
         raise UserError(f"the FLOPs reduction target must lie in (0, 1), got {target}")
-    curves = {g.id: _Curve(g.channels, sensitivities[g.id], channel_step) for g in groups
-              if sensitivities.get(g.id)}
+    curves = _curves(groups, sensitivities, channel_step)
     if not curves:
         raise UserError("no prunable group has sensitivity measurements")
-    caps = {gid: c.cap for gid, c in curves.items()}
-    max_red = flops_model.reduction(caps)
+    max_red = _max_reduction(curves, flops_model)
     if target > max_red + 1e-12:
         raise TargetUnreachable(target, max_red, max(c.rmax for c in curves.values()))
 

@@ -1,5 +1,10 @@
 """The pruning tutorial as one function: baseline -> sensitivity -> allocate -> prune ->
-retrain -> evaluate -> save. ``slim/prune/prune.py`` is its command line."""
+retrain -> evaluate -> save. ``slim/prune/prune.py`` is its command line.
+
+Outputs are built in a staging folder and switched in as one folder at the end (see
+:mod:`paddleseg.slim.publish`); only the sensitivity file is written during the run, so that a
+killed run resumes.
+"""
 import hashlib
 import json
 import os
@@ -13,11 +18,13 @@ from ..core.train import set_seed, train
 from ..core.val import evaluate_metrics
 from ..utils import logger
 from ..utils.errors import UserError
-from ..utils.fileio import atomic_path, remove_stale_temporaries, write_json, write_text
+from ..utils.fileio import removed_if_left_empty, write_json, write_text
 from ..utils.progress import format_seconds
 from . import sensitivity as sens_mod
-from .allocate import TargetUnreachable, allocate_ratios
+from .latency import target as latency_mod
+from .allocate import TargetUnreachable, allocate_ratios, reachable_reduction
 from .flops import FlopsModel, count_flops_params
+from .publish import DEFAULT_SEN_FILE, check_save_dir, discard, make_stage, publish, recover
 from .report import plot_sensitivity, render_markdown
 from .storage import save_pruned
 from . import build_groups, prune_model
@@ -39,6 +46,14 @@ class PruneOptions:
     num_workers: int = 0
     channel_step: int = 8
     seed: int = None
+    allow_lower_target: bool = False   # prune at the most the grid reaches instead of failing
+    min_coverage: float = 0.5          # least share of conv FLOPs that must be prunable
+    target: str = "flops"              # what pruning_ratio cuts: "flops" or measured "latency"
+    latency_shape: tuple = None        # N C H W of the latency target (None: the deploy shape)
+    latency_table: str = None          # latency table file (None: cached under SEG_HOME)
+    latency_samples: int = 8           # sample plans a new latency table measures
+    cpu_threads: int = None            # threads latency is measured with (None: every core)
+    device: str = "cpu"                # where latency is measured
     export: bool = True
     timings: dict = field(default_factory=dict)
 
@@ -54,10 +69,19 @@ def check_options(o):
         raise UserError(f"--sen_ratios must all lie in (0, 1), got {list(o.sen_ratios)}")
     if o.channel_step < 1:
         raise UserError(f"--channel_step must be >= 1, got {o.channel_step}")
+    if not 0.0 <= o.min_coverage <= 1.0:
+        raise UserError(f"--min_coverage must lie in [0, 1], got {o.min_coverage}")
     if o.sen_eval_num is not None and o.sen_eval_num < 1:
         raise UserError(f"--sen_eval_num must be >= 1, got {o.sen_eval_num}")
     if o.model_path and not os.path.exists(o.model_path):
         raise UserError(f"--model_path not found: {o.model_path}")
+    check_save_dir(o.save_dir, o.sen_file)
+    latency_mod.check_options(o)
+    sens_mod.load(sensitivity_file(o))  # a damaged, unsafe or foreign file fails here, not later
+
+
+def sensitivity_file(o):
+    return o.sen_file or os.path.join(o.save_dir, DEFAULT_SEN_FILE)
 
 
 def config_fingerprint(cfg, model_path, eval_num):
@@ -108,17 +132,19 @@ def miou(model, dataset, max_images=None):
     return evaluate_metrics(model, dataset, max_images, print_detail=False)["mIoU"]
 
 
-def allocate(analysis, sens, flops_model, target, channel_step):
-    """Per-group ratios for ``target``; an unreachable target falls back to the largest
-    reachable reduction and says so."""
-    try:
-        return allocate_ratios(analysis.groups, sens, flops_model, target,
-                               channel_step=channel_step), None
-    except TargetUnreachable as e:
-        logger.warning(f"{e}; pruning at the largest reachable reduction {e.max_reduction:.3f} instead")
-        reachable = e.max_reduction - 1e-9
-        return allocate_ratios(analysis.groups, sens, flops_model, reachable,
-                               channel_step=channel_step), e.max_reduction
+def aimed_reduction(o, analysis, flops_model):
+    """(FLOPs reduction to allocate, the lowered target or None): --pruning_ratio when the grid
+    can reach it; else TargetUnreachable, or with allow_lower_target the most it can reach.
+    Decided before the sensitivity analysis, which cannot change the maximum."""
+    most = reachable_reduction(analysis.groups, o.sen_ratios, flops_model, o.channel_step)
+    if o.pruning_ratio <= most + 1e-12:
+        return o.pruning_ratio, None
+    if not o.allow_lower_target or most < 1e-6:
+        remedy = "" if most < 1e-6 else f", or pass --allow_lower_target to prune {most:.3f}"
+        raise TargetUnreachable(o.pruning_ratio, most, max(o.sen_ratios), remedy)
+    logger.warning(f"target FLOPs reduction {o.pruning_ratio:.3f} is above the {most:.3f} the "
+                   f"sensitivity grid can reach; lowered to {most:.3f} (--allow_lower_target)")
+    return most - 1e-9, most
 
 
 def retrain(o, cfg, model, work_dir):
@@ -136,23 +162,16 @@ def run(o):
     """Run the whole pipeline; returns the report dict (also written to save_dir)."""
     check_options(o)
     set_seed(o.seed)
-    cfg = o.config
-    t = o.timings
-    created = not os.path.isdir(o.save_dir)
-    os.makedirs(o.save_dir, exist_ok=True)
-    stage = os.path.join(o.save_dir, f".staging.{os.getpid()}")
-    shutil.rmtree(stage, ignore_errors=True)
-    os.makedirs(stage)
-    try:
-        report = _run(o, cfg, t, stage)
-        publish(stage, o.save_dir)
-        remove_stale_temporaries(o.save_dir)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created and not os.listdir(o.save_dir):
-            os.rmdir(o.save_dir)  # a failed run leaves no save_dir it made (sen.pickle stays)
-        raise
-    shutil.rmtree(stage, ignore_errors=True)
+    # a failed run leaves no save_dir it made, unless the sensitivity file (resumable) is in it
+    with removed_if_left_empty(o.save_dir):
+        recover(o.save_dir)
+        stage = make_stage(o.save_dir)
+        try:
+            report = _run(o, o.config, o.timings, stage)
+            publish(stage, o.save_dir, o.sen_file)
+        except BaseException:
+            discard(stage)
+            raise
     return report
 
 
@@ -171,16 +190,29 @@ def _run(o, cfg, t, stage):
         cov = analysis.coverage
         logger.info(f"{len(analysis.groups)} prunable groups; coverage: {cov['prunable_convs']} of "
                     f"{cov['convs']} convs prunable, {cov['flops_coverage']:.1%} of conv FLOPs")
+        if cov["frozen_by_ops"]:
+            logger.warning(analysis.frozen_by_ops_text())
+        analysis.require_coverage(o.min_coverage)
     flops0, params0 = count_flops_params(model, shape)
+    flops_model = FlopsModel(analysis)
+    latency = None
+    if o.target == "latency":
+        with Phase(t, "latency table"):
+            latency = latency_mod.for_pipeline(o, cfg, model, analysis,
+                                               os.path.join(stage, "latency_work"))
+        target, lowered_to = latency.aimed_reduction(o.pruning_ratio, o.sen_ratios,
+                                                     o.allow_lower_target)
+    else:
+        target, lowered_to = aimed_reduction(o, analysis, flops_model)
     eval_num = o.sen_eval_num or len(val_dataset)
-    sen_file = o.sen_file or os.path.join(o.save_dir, "sen.pickle")
     with Phase(t, "sensitivity analysis"):
         sens = sens_mod.analyze(model, analysis.groups, lambda: miou(model, val_dataset, eval_num),
-                                o.sen_ratios, sen_file, o.criterion, sensitivity_progress(),
+                                o.sen_ratios, sensitivity_file(o), o.criterion,
+                                sensitivity_progress(),
                                 extra=config_fingerprint(cfg, o.model_path, eval_num))
     with Phase(t, "pruning"):
-        flops_model = FlopsModel(analysis)
-        alloc, reachable = allocate(analysis, sens, flops_model, o.pruning_ratio, o.channel_step)
+        alloc = latency.search(model, sens, target, o.allow_lower_target) if latency else \
+            allocate_ratios(analysis.groups, sens, flops_model, target, channel_step=o.channel_step)
         prune_model(model, analysis, alloc.plan, o.criterion)
         flops1, params1 = count_flops_params(model, shape)
         pruned_miou = miou(model, val_dataset)
@@ -194,7 +226,9 @@ def _run(o, cfg, t, stage):
     report = {
         "model_name": type(model).__name__, "config": cfg.path, "model_path": o.model_path,
         "criterion": o.criterion, "pruning_ratio": o.pruning_ratio, "channel_step": o.channel_step,
-        "target_reachable": reachable is None, "max_reachable_ratio": round(alloc.max_reduction, 4),
+        "target": o.target,
+        "target_reachable": lowered_to is None, "max_reachable_ratio": round(alloc.max_reduction, 4),
+        "target_lowered_to": None if lowered_to is None else round(lowered_to, 4),
         "input_shape": shape,
         "flops_before": flops0, "flops_after": flops1, "flops_reduction": round(1 - flops1 / flops0, 4),
         "params_before": params0, "params_after": params1,
@@ -212,16 +246,11 @@ def _run(o, cfg, t, stage):
             export_model(model, os.path.join(stage, "export"),
                          val_transforms_config=cfg.val_dataset_config.get("transforms"),
                          model_type=report["model_name"], extra_deploy_info={"pruned": True})
+    if latency:
+        with Phase(t, "latency measurement"):
+            report["latency"] = latency.final_report(
+                model, os.path.join(stage, "export") if o.export else None)
     plot_sensitivity(sens, alloc.plan, os.path.join(stage, "sensitivity.png"))
     write_json(os.path.join(stage, "report.json"), report)
     write_text(os.path.join(stage, "report.md"), render_markdown(report))
     return report
-
-
-def publish(stage, save_dir):
-    """Move the finished outputs from the staging dir into save_dir, each by rename."""
-    for name in sorted(os.listdir(stage)):
-        if name == "retrain":
-            continue
-        with atomic_path(os.path.join(save_dir, name)) as tmp:
-            os.rename(os.path.join(stage, name), tmp)

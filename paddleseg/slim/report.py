@@ -4,6 +4,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .dependency import describe_op_freezes  # noqa: E402
+from .latency.target import report_lines as latency_report_lines  # noqa: E402
+
 TOP_LAYERS = 8  # labelled curves; the rest are drawn thin and grey
 
 
@@ -43,7 +46,8 @@ def render_markdown(r):
         f"# Pruning report: {r['model_name']}",
         "",
         f"Config `{r['config']}`, weights `{r['model_path']}`, criterion {r['criterion']}, "
-        f"target FLOPs reduction {r['pruning_ratio']}, input {r['input_shape']}.",
+        f"target {'latency' if r.get('target') == 'latency' else 'FLOPs'} reduction "
+        f"{r['pruning_ratio']}, input {r['input_shape']}.",
         "",
         "| | before | after |",
         "|-|-|-|",
@@ -52,7 +56,8 @@ def render_markdown(r):
         "",
         f"Realized FLOPs reduction: {r['flops_reduction']:.3f}"
         + ("" if r["target_reachable"] else
-           f" (target not reachable; largest reachable {r['max_reachable_ratio']:.3f})"),
+           f" (target {r['pruning_ratio']} lowered to {r['max_reachable_ratio']:.3f}, the most "
+           "the sensitivity grid reaches, as --allow_lower_target allowed)"),
         "",
         "| mIoU | value |",
         "|-|-|",
@@ -61,7 +66,8 @@ def render_markdown(r):
         f"| after {r['retraining_iters']} retraining iterations | {r['miou_retrained']:.4f} |",
         "",
         f"Coverage: {cov['prunable_convs']} of {cov['convs']} convs prunable, "
-        f"{cov['flops_coverage']:.1%} of conv FLOPs in prunable groups.",
+        f"{cov['flops_coverage']:.1%} of conv FLOPs in prunable groups"
+        + (f"; {describe_op_freezes(cov)}." if cov.get("frozen_by_ops") else "."),
         "",
         "| phase | seconds |",
         "|-|-|",
@@ -69,4 +75,6 @@ def render_markdown(r):
     lines += [f"| {name} | {sec} |" for name, sec in r["seconds"].items()]
     lines += ["", "| layer (group) | ratio |", "|-|-|"]
     lines += [f"| `{gid}` | {ratio:.3f} |" for gid, ratio in r["layer_ratios"].items()]
+    if r.get("latency"):
+        lines += latency_report_lines(r["latency"])
     return "\n".join(lines) + "\n"

@@ -1,10 +1,15 @@
 """Sensitivity analysis: the metric lost when one group alone is pruned at each ratio.
 
-Results go to a JSON file after every measured point (written under a temporary name, then
-renamed), so a killed run resumes where it stopped. The file carries a fingerprint of what was
-measured (model class, group ids and sizes, criterion, ratio grid and a caller-given ``extra``
-string such as a config hash and eval-set size); a file with another fingerprint is refused,
-never silently reused.
+Results go to a JSON file after every measured point (written under a temporary name, flushed
+to disk, then renamed), so a killed run resumes where it stopped. The file carries a fingerprint
+of what was measured (model class, group ids and sizes, criterion, ratio grid and a
+caller-given ``extra`` string such as a config hash and eval-set size); a file with another
+fingerprint is refused, never silently reused.
+
+A ``.pickle`` / ``.pkl`` name (PaddleSlim's habit) is honoured: the same content is pickled,
+and read back through an unpickler that builds plain data only, so a crafted file cannot run
+code. PaddleSlim's own sensitivity pickles are recognised and refused with a reason: they key
+losses by parameter names (``conv2d_12.w_0``), which do not identify this engine's groups.
 
 Loss is relative: ``(base - metric) / base`` (``base - metric`` when base is 0), where base is
 the unpruned model's metric, also stored in the file.
@@ -13,8 +18,9 @@ import json
 import os
 import pickle
 
+from ..utils.checkpoint import ForbiddenPickleGlobal, restricted_unpickle
 from ..utils.errors import UserError
-from ..utils.fileio import atomic_path, write_json
+from ..utils.fileio import write_durably
 from . import apply as _apply
 from .criteria import num_pruned
 
@@ -22,7 +28,8 @@ FORMAT = 1
 
 
 class SensitivityMismatch(UserError):
-    """The sensitivity file was made for another model, grid, criterion or eval setup."""
+    """The sensitivity file cannot be used: made for another model, grid, criterion or eval
+    setup, damaged, or not a sensitivity file of this engine."""
 
 
 def fingerprint(model, groups, criterion, ratios, extra=""):
@@ -59,28 +66,68 @@ def _is_pickle(sen_file):
 
 
 def save(sen_file, data):
+    """Write ``data`` durably (temp file, fsync, rename): a kill or power cut mid-write leaves
+    the previous version."""
+    if _is_pickle(sen_file):
+        write_durably(sen_file, pickle.dumps(data, protocol=4))
+    else:
+        write_durably(sen_file, json.dumps(data, indent=2) + "\n")
+
+
+def _read(sen_file):
     if not _is_pickle(sen_file):
-        write_json(sen_file, data)
-        return
-    with atomic_path(sen_file) as tmp:
-        with open(tmp, "wb") as f:
-            pickle.dump(data, f)
+        with open(sen_file, encoding="utf-8") as f:
+            return json.load(f)
+    with open(sen_file, "rb") as f:
+        raw = f.read()
+    try:
+        return restricted_unpickle(raw)
+    except ForbiddenPickleGlobal as e:
+        if str(e).startswith("paddleslim."):   # a pickled paddleslim Status object
+            raise SensitivityMismatch(_paddleslim_message(sen_file)) from None
+        raise SensitivityMismatch(
+            f"{sen_file} is not a sensitivity file: unpickling it would call {e}, which plain "
+            "data never does; refused without running it") from None
+
+
+def _paddleslim_message(sen_file, data=None):
+    example = f" such as {next(iter(data))!r}" if data else ""
+    return (f"{sen_file} holds PaddleSlim sensitivities, keyed by parameter names{example}, "
+            "which do not identify this engine's layer groups; choose another --sen_file "
+            "(or delete it) to measure afresh")
+
+
+def _is_paddleslim_dict(data):
+    # paddleslim.prune.sensitivity's file: {parameter name: {ratio: loss}}
+    return isinstance(data, dict) and bool(data) and "format" not in data and all(
+        isinstance(k, str) and isinstance(v, dict) for k, v in data.items())
+
+
+def _well_formed(data):
+    return (isinstance(data, dict) and data.get("format") == FORMAT
+            and isinstance(data.get("fingerprint"), dict)
+            and isinstance(data.get("base"), (int, float, type(None)))
+            and isinstance(data.get("losses"), dict)
+            and all(isinstance(v, dict) for v in data["losses"].values()))
 
 
 def load(sen_file):
-    """The raw contents of a sensitivity file, or None if there is none."""
+    """The contents of a sensitivity file, or None if there is none; SensitivityMismatch
+    (one line) for a file that is damaged, refused or of another kind."""
     if not os.path.exists(sen_file):
         return None
+    if os.path.isdir(sen_file):
+        raise SensitivityMismatch(f"--sen_file {sen_file} is a folder, not a file")
     try:
-        if _is_pickle(sen_file):
-            with open(sen_file, "rb") as f:
-                data = pickle.load(f)
-        else:
-            with open(sen_file, encoding="utf-8") as f:
-                data = json.load(f)
-    except (OSError, ValueError, pickle.UnpicklingError, EOFError) as e:
-        raise SensitivityMismatch(f"cannot read sensitivity file {sen_file}: {e}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        data = _read(sen_file)
+    except SensitivityMismatch:
+        raise
+    except Exception as e:  # truncated or foreign bytes fail in many ways
+        raise SensitivityMismatch(f"cannot read sensitivity file {sen_file}: "
+                                  f"{type(e).__name__}: {e}") from None
+    if _is_paddleslim_dict(data):
+        raise SensitivityMismatch(_paddleslim_message(sen_file, data))
+    if not _well_formed(data):
         raise SensitivityMismatch(f"{sen_file} is not a sensitivity file of this version")
     return data
 

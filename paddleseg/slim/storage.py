@@ -9,7 +9,7 @@ import os
 
 import paddle
 
-from ..utils.checkpoint import check_state_dict
+from ..utils.checkpoint import check_state_dict, safe_load_state_dict
 from ..utils.errors import UserError
 from ..utils.fileio import atomic_path, write_json
 from .apply import channel_plan, rebuild_from_plan
@@ -50,11 +50,28 @@ def read_plan(path):
     plan_file = _paths(path)[1]
     if not os.path.exists(plan_file):
         return None
-    with open(plan_file, encoding="utf-8") as f:
-        plan = json.load(f)
-    if plan.get("format") != FORMAT or "layers" not in plan:
+    try:
+        with open(plan_file, encoding="utf-8") as f:
+            plan = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise UserError(f"cannot read the prune plan {plan_file}: {type(e).__name__}: {e}") from None
+    if not isinstance(plan, dict) or plan.get("format") != FORMAT \
+            or not isinstance(plan.get("layers"), dict) \
+            or not all(map(_well_formed_entry, plan["layers"].values())):
         raise UserError(f"{plan_file} is not a prune plan this version can read")
     return plan
+
+
+def _well_formed_entry(entry):
+    """What rebuild_from_plan reads from one layer's entry (see apply.channel_plan)."""
+    def ints(values):
+        return isinstance(values, list) and all(type(v) is int and v > 0 for v in values)
+    if not isinstance(entry, dict) or not isinstance(entry.get("type"), str) \
+            or not isinstance(entry.get("params"), dict) \
+            or not all(ints(shape) for shape in entry["params"].values()):
+        return False
+    keys = ("in_channels", "out_channels", "groups") if "in_channels" in entry else ("num_features",)
+    return ints([entry.get(k) for k in keys])
 
 
 def load_pruned(model, path):
@@ -75,7 +92,7 @@ def load_pruned(model, path):
             rebuild_from_plan(model, plan["layers"])
         except ValueError as e:
             raise UserError(str(e)) from None
-    state = paddle.load(params_file)
+    state = safe_load_state_dict(params_file)
     check_state_dict(model, state, params_file)
     model.set_state_dict(state)
     return plan

@@ -20,14 +20,15 @@ class CheckpointError(UserError):
     pass
 
 
-class _ForbiddenGlobal(pickle.UnpicklingError):
+class ForbiddenPickleGlobal(pickle.UnpicklingError):
+    """A pickle names a callable that no Paddle state dict (or plain data file) uses."""
     pass
 
 
 def _latin1_bytes(text, encoding):
     # pickle protocol 2 (paddle.save(..., protocol=2)) writes bytes as _codecs.encode(s, 'latin1')
     if encoding not in ("latin1", "latin-1"):
-        raise _ForbiddenGlobal(f"_codecs.encode(..., {encoding!r})")
+        raise ForbiddenPickleGlobal(f"_codecs.encode(..., {encoding!r})")
     return text.encode("latin1")
 
 
@@ -57,10 +58,10 @@ class _StateDictUnpickler(pickle.Unpickler):
         try:
             return _StateDictUnpickler.ALLOWED[(module, name)]
         except KeyError:
-            raise _ForbiddenGlobal(f"{module}.{name}") from None
+            raise ForbiddenPickleGlobal(f"{module}.{name}") from None
 
     def persistent_load(self, pid):
-        raise _ForbiddenGlobal("a persistent id")
+        raise ForbiddenPickleGlobal("a persistent id")
 
 
 def restricted_unpickle(data):
@@ -79,7 +80,7 @@ def safe_load_state_dict(path):
         raise CheckpointError(f"cannot read {path}: {e.strerror or e}") from None
     try:
         content = restricted_unpickle(data)
-    except _ForbiddenGlobal as e:
+    except ForbiddenPickleGlobal as e:
         raise CheckpointError(f"not a Paddle checkpoint: {path} (it would call {e}, which no "
                               "Paddle state dict does; refused without running it)") from None
     except Exception as e:  # truncated or foreign bytes fail in many ways

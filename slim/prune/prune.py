@@ -1,5 +1,6 @@
-"""Prune a segmentation model's conv channels: sensitivity analysis, FLOPs-targeted per-layer
-ratios (FPGM or L1 criterion), retraining, evaluation, saving and export."""
+"""Prune a segmentation model's conv channels: sensitivity analysis, per-layer ratios that hit a
+FLOPs or measured-latency target (FPGM or L1 criterion), retraining, evaluation, saving and
+export."""
 import os
 import sys
 
@@ -12,7 +13,8 @@ from paddleseg.utils import cli  # noqa: E402
 def build_parser():
     p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--pruning_ratio", type=float, required=True,
-                   help="the pruning ratio: target FLOPs reduction, in (0, 1)")
+                   help="the pruning ratio: target reduction of FLOPs (or of measured latency, "
+                        "with --target latency), in (0, 1)")
     p.add_argument("--retraining_iters", type=int, required=True,
                    help="retraining iterations after pruning, >= 0")
     p.add_argument("--config", required=True, help="configuration file")
@@ -22,18 +24,41 @@ def build_parser():
                    help="learning rate when retraining (default: from the config)")
     p.add_argument("--model_path", default=None, help="trained parameters to prune")
     p.add_argument("--num_workers", type=int, default=0, help="data-loading workers")
-    p.add_argument("--save_dir", default="output", help="where the pruned model goes")
+    p.add_argument("--save_dir", default="output",
+                   help="where the pruned model goes: a new or empty folder, or an earlier "
+                        "prune output (replaced as a whole when the run succeeds)")
     p.add_argument("--criterion", choices=["l1", "fpgm"], default="fpgm",
                    help="channel importance: fpgm (geometric median, default) or l1 (filter norm)")
     p.add_argument("--sen_file", default=None,
-                   help="sensitivity file, resumed when it exists (default: save_dir/sen.pickle)")
+                   help="sensitivity file (JSON), resumed when it exists (default: "
+                        "save_dir/sensitivity.json); a .pickle name is pickled, read back safely")
     p.add_argument("--sen_eval_num", type=int, default=None,
                    help="evaluate sensitivity on the first N val images (default: all)")
     p.add_argument("--sen_ratios", type=float, nargs="+", default=None,
                    help="the ratio grid of the sensitivity analysis (default: 0.1 ... 0.9)")
+    p.add_argument("--allow_lower_target", action="store_true",
+                   help="when --pruning_ratio is above what the sensitivity grid can reach, prune "
+                        "at that maximum instead of failing")
+    p.add_argument("--min_coverage", type=float, default=0.5,
+                   help="fail when less than this share of the model's conv FLOPs can be "
+                        "pruned (ops the engine does not understand freeze channels)")
     p.add_argument("--channel_step", type=int, default=8,
                    help="remove channels in multiples of this where a layer's width allows, so "
                         "pruned widths stay aligned for fast CPU/GPU kernels (1: any count)")
+    p.add_argument("--target", choices=["flops", "latency"], default="flops",
+                   help="what --pruning_ratio cuts: flops (analytic FLOPs) or latency (the "
+                        "exported model's latency measured on --device)")
+    p.add_argument("--latency_shape", type=int, nargs=4, default=None,
+                   metavar=("N", "C", "H", "W"),
+                   help="input shape latency is measured at (default: the val transforms' "
+                        "Resize, else 1 3 512 1024)")
+    p.add_argument("--latency_table", default=None,
+                   help="latency table file: reused when made for this machine, threads, shape "
+                        "and model, else measured and written (default: a cache under SEG_HOME)")
+    p.add_argument("--latency_samples", type=int, default=8,
+                   help="sample plans a new latency table measures (more: slower, closer fit)")
+    p.add_argument("--cpu_threads", type=int, default=None,
+                   help="CPU threads latency is measured with (default: all cores)")
     p.add_argument("--seed", type=int, default=None, help="random seed")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="run on cpu or gpu")
     cli.add_common_args(p)
@@ -60,16 +85,30 @@ def main(argv):
                            sen_eval_num=args.sen_eval_num,
                            sen_ratios=tuple(args.sen_ratios or DEFAULT_RATIOS),
                            num_workers=args.num_workers, seed=args.seed,
-                           channel_step=args.channel_step)
-    check_options(options)  # before any slow work
+                           channel_step=args.channel_step,
+                           allow_lower_target=args.allow_lower_target,
+                           min_coverage=args.min_coverage, target=args.target,
+                           latency_shape=args.latency_shape, latency_table=args.latency_table,
+                           latency_samples=args.latency_samples, cpu_threads=args.cpu_threads,
+                           device=args.device)
+    check_options(options)  # before any slow work (save_dir, sensitivity file)
     cli.set_device(args.device)
     # the retraining schedule spans --retraining_iters, as a fresh training run of that length
     options.config = Config(args.config, learning_rate=args.learning_rate,
                             batch_size=args.batch_size,
                             iters=args.retraining_iters or None, opts=args.opts)
-    report = run(options)
+    report = run(options)  # a failed run leaves no save_dir (or parent) it made
     cut = 1 - report["flops_after"] / report["flops_before"]
-    print(f"pruned {report['model_name']}: FLOPs -{cut:.1%}, "
+    lowered = "" if report["target_reachable"] else (
+        f" (target {args.pruning_ratio} lowered to {report['target_lowered_to']:.3f}, the most "
+        "the sensitivity grid reaches)")
+    if "latency" in report:
+        lat = report["latency"]
+        cut = (f"latency -{lat['measured_reduction']:.1%} measured ({lat['measured_ms_before']:.1f}"
+               f" -> {lat['measured_ms_after']:.1f} ms), FLOPs -{cut:.1%}")
+    else:
+        cut = f"FLOPs -{cut:.1%}"
+    print(f"pruned {report['model_name']}: {cut}{lowered}, "
           f"mIoU {report['miou_baseline']:.4f} -> {report['miou_pruned']:.4f} (pruned) -> "
           f"{report['miou_retrained']:.4f} (retrained); saved to {args.save_dir}")
     return 0
