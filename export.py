@@ -7,7 +7,7 @@ def parse_args(argv):
     p = cli.ArgumentParser(description=__doc__)
     p.add_argument("--config", required=True, help="YAML config file the model was trained with")
     p.add_argument("--model_path", required=True,
-                   help="model.pdparams (or its directory); a pruned one needs its prune_plan.json beside it")
+                   help="model.pdparams (or its directory); a pruned one restores its pruned structure")
     p.add_argument("--save_dir", default="output/inference_model", help="where the exported model goes")
     p.add_argument("--input_shape", nargs="+", type=int, default=None, metavar="N C H W",
                    help="export with a fixed input shape, e.g. 1 3 512 1024 (default: any batch and size)")
@@ -20,11 +20,11 @@ def parse_args(argv):
 def main(argv):
     args = parse_args(argv)
     from paddleseg.core.export import check_export_target, export_model, parse_input_shape
-    from paddleseg.core.model_loader import build_and_load, plan_path_for
+    from paddleseg.core.model_loader import build_and_load
     from paddleseg.cvlibs import Config
     from paddleseg.utils import logger, UserError
     from paddleseg.utils.fileio import removed_if_left_empty
-    import os
+    from paddleseg.utils.structure import pruned_info
 
     shape = parse_input_shape(args.input_shape)
     check_export_target(args.save_dir)  # before the slow part; export_model checks again
@@ -35,11 +35,10 @@ def main(argv):
         raise UserError(f"{args.config} has no val_dataset.transforms; deploy.yaml needs them "
                         "for the deploy-side preprocessing")
     model = build_and_load(cfg, args.model_path)
-    pruned = os.path.isfile(plan_path_for(args.model_path))
+    pruned = pruned_info(model) is not None
     with removed_if_left_empty(args.save_dir):  # the parent folders export_model makes
         export_model(model, args.save_dir, input_shape=shape, output_op=args.output_op,
-                     val_transforms_config=transforms, model_type=cfg.model_config.get("type"),
-                     extra_deploy_info={"pruned": pruned})
+                     val_transforms_config=transforms, model_type=cfg.model_config.get("type"))
     logger.info(f"exported {'pruned ' if pruned else ''}{cfg.model_config.get('type')} "
                 f"({args.output_op}) to {args.save_dir}")
     return 0

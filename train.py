@@ -1,6 +1,4 @@
 """Train a segmentation model from a PaddleSeg-format config."""
-import os
-
 import paddleseg  # noqa: F401  (import order: cv2 before paddle)
 from paddleseg.utils import cli
 
@@ -18,7 +16,7 @@ def parse_args(argv):
     p.add_argument("--resume_model", default=None, help="save_dir/iter_N to continue from")
     p.add_argument("--model_path", default=None,
                    help="weights to start from at iteration 0, e.g. a pruned model to fine-tune "
-                        "(its prune_plan.json beside it restores the pruned structure)")
+                        "(a pruned checkpoint restores its pruned structure)")
     p.add_argument("--num_workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible run")
     p.add_argument("--log_iters", type=int, default=10, help="iterations between log lines")
@@ -50,7 +48,7 @@ def run_training(args):
     from paddleseg.cvlibs import Config
     from paddleseg.core import train
     from paddleseg.core.train import set_seed
-    from paddleseg.core.model_loader import build_and_load, plan_path_for
+    from paddleseg.core.model_loader import build_and_load
     from paddleseg.utils import logger
 
     cli.set_device(args.device)
@@ -66,19 +64,16 @@ def run_training(args):
     if args.resume_model and args.model_path:
         raise paddleseg.utils.UserError("give --resume_model or --model_path, not both")
     start_from = args.resume_model or args.model_path
-    # a pruned checkpoint carries its channel plan: the model is shrunk to it before loading
+    # a pruned checkpoint carries its layer shapes: the model is shrunk to them before loading,
+    # and the checkpoints this run writes carry them on
     model = build_and_load(cfg, start_from)
-    extra_files = None
-    if start_from and os.path.isfile(plan_path_for(start_from)):
-        from paddleseg.slim.storage import PLAN_FILE, write_plan
-        extra_files = {PLAN_FILE: lambda path: write_plan(model, path)}
     logger.info(f"config {args.config}: {type(model).__name__}, {len(train_dataset)} train images, "
                 f"batch {cfg.batch_size}, {cfg.iters} iters")
     train(model, train_dataset, val_dataset=val_dataset, optimizer=cfg.build_optimizer(model),
           save_dir=args.save_dir, iters=cfg.iters, batch_size=cfg.batch_size,
           resume_model=args.resume_model, save_interval=args.save_interval, log_iters=args.log_iters,
           num_workers=args.num_workers, use_vdl=args.use_vdl, losses=cfg.loss,
-          keep_checkpoint_max=args.keep_checkpoint_max, seed=args.seed, extra_files=extra_files)
+          keep_checkpoint_max=args.keep_checkpoint_max, seed=args.seed)
     return 0
 
 

@@ -16,6 +16,7 @@ from paddleseg.core import export as ex
 from paddleseg.deploy import benchmark as bench
 from paddleseg.deploy import predictor as pred
 from paddleseg.utils import UserError, cli
+from paddleseg.utils.structure import mark_pruned
 from conftest import tiny_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,16 +38,15 @@ benchmark = load_script("benchmark")
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """An unpruned argmax export, a 'pruned' one (another instance plus a report.json in its
-    parent, as a pruning run would leave) and an output_op=none export."""
+    """An unpruned argmax export, a 'pruned' one (another instance marked pruned, as a pruned
+    checkpoint loads: its deploy.yaml carries the pruning facts) and an output_op=none export."""
     root = tmp_path_factory.mktemp("deploy")
     base = str(root / "fastscnn")
     ex.export_model(tiny_model(0), base, val_transforms_config=VAL_TRANSFORMS, model_type="FastSCNN")
-    pruned_run = root / "fastscnn_pruned"
-    pruned_run.mkdir()
-    (pruned_run / "report.json").write_text(json.dumps({"model_name": "FastSCNN", "pruning_ratio": 0.3}))
-    pruned = str(pruned_run / "export")
-    ex.export_model(tiny_model(1), pruned, val_transforms_config=VAL_TRANSFORMS)
+    pruned = str(root / "fastscnn_pruned" / "export")
+    marked = tiny_model(1)
+    mark_pruned(marked, {"pruning_ratio": 0.3, "criterion": "fpgm"})
+    ex.export_model(marked, pruned, val_transforms_config=VAL_TRANSFORMS, model_type="FastSCNN")
     logits = str(root / "logits")
     ex.export_model(tiny_model(0), logits, output_op="none", val_transforms_config=VAL_TRANSFORMS)
     return {"root": root, "base": base, "pruned": pruned, "logits": logits}

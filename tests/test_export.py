@@ -168,7 +168,7 @@ def test_export_cli_error_has_no_traceback(trained, tmp_path):
 @pytest.fixture(scope="module")
 def pruned(trained):
     """The tiny model with 30% of every prunable group's channels removed, saved as a pruned
-    checkpoint (model.pdparams + prune_plan.json)."""
+    checkpoint (model.pdparams carries the pruned layer shapes)."""
     slim = pytest.importorskip("paddleseg.slim")
     model = tiny_model(0)
     analysis = slim.build_groups(model, (1, 3, 64, 64))

@@ -132,9 +132,10 @@ def test_prune_cli_end_to_end(name, criterion, configs, checkpoint, tmp_path):
     assert proc.returncode == 0, failure(proc)
 
     names = set(os.listdir(save_dir))
-    for f in ("model.pdparams", "prune_plan.json", "report.json", "report.md", "sensitivity.png",
+    for f in ("model.pdparams", "report.json", "report.md", "sensitivity.png",
               "export", "sensitivity.json"):
         assert f in names, f"{f} missing from {sorted(names)}"
+    assert "prune_plan.json" not in names  # the pruned structure travels inside model.pdparams
     assert not leftovers(save_dir)
     for f in ("model.pdmodel", "model.pdiparams", "deploy.yaml"):
         assert os.path.isfile(save_dir / "export" / f), f
@@ -168,6 +169,10 @@ def test_prune_cli_end_to_end(name, criterion, configs, checkpoint, tmp_path):
     assert logits.shape == (1, 2, 64, 64)
 
     deploy = yaml.safe_load((save_dir / "export" / "deploy.yaml").read_text())["Deploy"]
+    # the export carries the pruning facts itself (the benchmark reads them from there)
+    assert deploy["pruned"] is True
+    assert deploy["pruning"]["criterion"] == criterion
+    assert deploy["pruning"]["flops_after"] == report["flops_after"]
     out = predict(str(save_dir / "export"), x)
     if deploy.get("output_op", "argmax") == "argmax":
         assert out.shape == (1, 64, 64)

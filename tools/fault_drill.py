@@ -235,11 +235,11 @@ def main():
         cmd = prune_command(config, model_path, folder)
 
         def same_prune():
-            with open(os.path.join(folder, "prune_plan.json")) as a, \
-                    open(os.path.join(ref_prune, "prune_plan.json")) as b:
-                plans_equal = json.load(a) == json.load(b)
-            return plans_equal and weights_equal(os.path.join(folder, "model.pdparams"),
-                                                 os.path.join(ref_prune, "model.pdparams"))
+            from paddleseg.utils.checkpoint import read_checkpoint
+            structures_equal = read_checkpoint(os.path.join(folder, "model.pdparams"))[1] == \
+                read_checkpoint(os.path.join(ref_prune, "model.pdparams"))[1]
+            return structures_equal and weights_equal(os.path.join(folder, "model.pdparams"),
+                                                      os.path.join(ref_prune, "model.pdparams"))
 
         results.append(drill("prune.py", cmd, lambda: cmd, Done(folder, "report.json"), same_prune,
                              prune_seconds, args.kills, rng, log))

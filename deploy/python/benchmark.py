@@ -4,9 +4,9 @@
         --input_shape 1 3 1024 2048 --cpu_threads 2
 
 For each export: mean, median and p90 latency over ``--repeats`` runs after ``--warmup`` runs,
-its pruning ratio (``pruning_ratio`` in a ``report.json`` in the export directory or its parent;
-"-" when there is none, which counts as unpruned) and its speedup over the unpruned export of
-the same model (``model_name`` in report.json, else deploy.yaml's ``model_type``). Prints a
+its pruning ratio (from deploy.yaml's ``pruning`` facts, which a pruned model's export carries;
+"-" for an unpruned export) and its speedup over the unpruned export of the same model
+(deploy.yaml's ``model_type``). Prints a
 Markdown table and writes it with the raw numbers to ``--save_md`` / ``--save_json``. An export
 that cannot be timed (missing, or exported for a fixed input shape other than ``--input_shape``)
 is skipped with a line saying why; the others are still reported, and the exit status is then

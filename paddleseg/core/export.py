@@ -5,15 +5,16 @@ Export writes PaddleSeg's inference layout into one directory, atomically::
     model.pdmodel  model.pdiparams  deploy.yaml
 
 ``deploy.yaml`` is PaddleSeg's format (``Deploy: model, params, transforms, input_shape,
-output_op, output_dtype``) plus ``model_type`` (the config's model class), which the benchmark
-uses to pair a pruned model with its unpruned baseline.
+output_op, output_dtype``) plus ``model_type`` (the config's model class) and, for a pruned
+model, ``pruned: true`` and ``pruning:`` (criterion, ratio, target, FLOPs before/after... as the
+pruned checkpoint recorded them), which the benchmark uses to pair a pruned model with its
+unpruned baseline. The export is self-describing: nothing is read from files around it.
 
 Reading an export (:func:`load_deploy_config`, :func:`read_model_info`) lives here too, next to
 the writer of the same format. Running an export is :mod:`paddleseg.deploy.predictor`; timing
 it is :mod:`paddleseg.deploy.benchmark`.
 """
 import copy
-import json
 import os
 
 import yaml
@@ -21,12 +22,12 @@ import yaml
 from paddleseg.utils import logger
 from paddleseg.utils.errors import UserError
 from paddleseg.utils.fileio import atomic_dir, check_replaceable_folder
+from paddleseg.utils.structure import pruned_info
 
 OUTPUT_OPS = ("argmax", "softmax", "none")
 DEPLOY_FILE = "deploy.yaml"
 MODEL_FILE = "model.pdmodel"
 PARAMS_FILE = "model.pdiparams"
-REPORT_FILE = "report.json"
 INPUT_NAME = "x"  # the InputSpec name; PaddleSeg exports use the same, TRT shape info keys on it
 # everything an export folder holds (paddle.jit.save adds the .info file): a folder with only
 # these is a previous export, which a new one may replace; any other folder is left alone
@@ -93,6 +94,17 @@ def check_transforms(transforms):
     return [build_component(copy.deepcopy(t), manager.TRANSFORMS) for t in transforms]
 
 
+def _plain(value):
+    """``value`` with numpy scalars and tuples turned into plain YAML types."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value
+
+
 def export_model(model, save_dir, input_shape=None, output_op="argmax", val_transforms_config=None,
                  model_type=None, extra_deploy_info=None):
     """Save ``model`` as a Paddle inference model plus ``deploy.yaml`` in ``save_dir``.
@@ -138,6 +150,10 @@ def export_model(model, save_dir, input_shape=None, output_op="argmax", val_tran
         "output_dtype": "int32" if output_op == "argmax" else "float32",
         "model_type": model_type or type(model).__name__,
     }
+    pruning = pruned_info(model)
+    deploy["pruned"] = pruning is not None
+    if pruning is not None:
+        deploy["pruning"] = _plain(pruning)
     deploy.update(extra_deploy_info or {})
 
     was_training = model.training
@@ -218,32 +234,16 @@ def load_deploy_config(path):
 
 
 def read_model_info(model_dir):
-    """``{'model_name', 'pruning_ratio', 'report'}`` for an export.
-
-    ``report.json`` is looked for in ``model_dir`` and then its parent; ``model_name`` comes
-    from its ``model_name`` key, else deploy.yaml's ``model_type``, else the folder name.
-    ``pruning_ratio`` is the report's number, or None when there is none (an unpruned model).
-    """
+    """``{'model_name', 'pruning_ratio', 'pruning'}`` of an export, from its deploy.yaml alone:
+    ``model_type`` names it, and a pruned export's ``pruning`` facts give the ratio (None for an
+    unpruned model)."""
     deploy = load_deploy_config(model_dir)
-    model_dir = deploy["model_dir"]
-    report, report_path = {}, None
-    for folder in (model_dir, os.path.dirname(model_dir)):
-        candidate = os.path.join(folder, REPORT_FILE)
-        if os.path.isfile(candidate):
-            try:
-                with open(candidate, "r", encoding="utf-8") as f:
-                    loaded = json.load(f)
-            except (OSError, ValueError) as e:
-                logger.warning(f"ignoring unreadable {candidate}: {e}")
-                continue
-            if isinstance(loaded, dict):
-                report, report_path = loaded, candidate
-                break
-    ratio = report.get("pruning_ratio")
-    try:
-        ratio = None if ratio is None or isinstance(ratio, bool) else float(ratio)
-    except (TypeError, ValueError):
-        logger.warning(f"{report_path}: pruning_ratio {ratio!r} is not a number; ignored")
+    pruning = deploy.get("pruning") if deploy.get("pruned") else None
+    pruning = pruning if isinstance(pruning, dict) else ({} if deploy.get("pruned") else None)
+    ratio = None if pruning is None else pruning.get("pruning_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))):
+        logger.warning(f"{model_dir}: deploy.yaml's pruning_ratio {ratio!r} is not a number; ignored")
         ratio = None
-    name = report.get("model_name") or deploy.get("model_type") or os.path.basename(model_dir)
-    return {"model_name": str(name), "pruning_ratio": ratio, "report": report_path}
+    name = deploy.get("model_type") or os.path.basename(deploy["model_dir"])
+    return {"model_name": str(name), "pruning_ratio": None if ratio is None else float(ratio),
+            "pruning": pruning}

@@ -158,8 +158,8 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
     left in ``save_dir``. ``seed`` fixes the data order, augmentation and dropout (without it a
     random seed is drawn); each ``iter_N`` keeps it with the data position, so a run resumed
     from there repeats the uninterrupted run exactly.
-    ``extra_files``: {file name: writer(path)} added to every checkpoint directory (the pruning
-    engine stores the channel plan of a pruned model there).
+    ``extra_files``: {file name: writer(path)} added to every checkpoint directory (a pruned
+    model needs none: its layer shapes travel inside ``model.pdparams``).
     """
     del amp_level  # PaddleSeg's, accepted for compatibility: only used with precision fp16
     if optimizer is None or losses is None:

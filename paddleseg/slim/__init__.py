@@ -11,12 +11,12 @@ Typical use::
     slim.prune_model(model, analysis, alloc.plan, criterion="fpgm")
     ... fine-tune ...
     slim.save_pruned(model, "output/best_model", info={"plan": alloc.plan})
-    # later, on a freshly built model:
+    # later, on a freshly built model (train.py / val.py / export.py do the same):
     slim.load_pruned(model, "output/best_model")
 
 Modules: ``graph`` (static trace), ``dependency`` (groups), ``criteria`` (l1/fpgm),
 ``apply`` (physical pruning, channel plans), ``flops``, ``sensitivity``, ``allocate``,
-``storage`` (save/load of pruned models).
+``storage`` (save/load of pruned models: the layer shapes travel inside ``model.pdparams``).
 """
 import time
 
@@ -26,7 +26,8 @@ from .allocate import Allocation, TargetUnreachable, allocate_ratios  # noqa: F4
 from .apply import channel_plan, rebuild_from_plan  # noqa: F401
 from .dependency import GroupAnalysis, Member, PruneGroup  # noqa: F401
 from .flops import FlopsModel, count_flops, count_flops_params, count_params  # noqa: F401
-from .storage import PLAN_FILE, load_pruned, save_pruned  # noqa: F401
+from .storage import load_pruned, save_pruned  # noqa: F401
+from ..utils.structure import mark_pruned, pruned_info
 
 
 def build_groups(model, input_shape=(1, 3, 64, 64), modes=("eval", "train")):
@@ -52,10 +53,12 @@ def prune_model(model, analysis, plan, criterion="l1"):
     """
     groups = analysis.groups if isinstance(analysis, GroupAnalysis) else analysis
     removed, _ = apply.prune(model, groups, plan, criterion)
+    # from now on every checkpoint of this model carries its layer shapes
+    mark_pruned(model, {**(pruned_info(model) or {}), "criterion": criterion})
     return removed
 
 
 __all__ = ["build_groups", "prune_model", "save_pruned", "load_pruned", "count_flops_params",
            "count_flops", "count_params", "FlopsModel", "allocate_ratios", "Allocation",
            "TargetUnreachable", "channel_plan", "rebuild_from_plan", "GroupAnalysis",
-           "PruneGroup", "Member", "PLAN_FILE", "sensitivity", "criteria"]
+           "PruneGroup", "Member", "sensitivity", "criteria"]

@@ -5,79 +5,24 @@ parameter (no full-size backup is kept) and the layer's channel attributes are u
 model trains, runs and exports (``paddle.jit.save``) like one built at the smaller size.
 An :class:`Undo` record puts the original parameters back (used by the sensitivity analysis).
 
-``channel_plan`` / ``rebuild_from_plan`` store and replay the resulting shapes so that a freshly
-built model can load a pruned checkpoint.
+The resulting shapes are stored with the checkpoint and replayed on a freshly built model by
+:mod:`paddleseg.utils.structure` (``channel_plan`` / ``rebuild_from_plan`` here are its names in
+the engine's vocabulary).
 """
 import numpy as np
-import paddle
 import paddle.nn as nn
 
+from ..utils.structure import (CONV_TYPES, StructureError, Undo, layer_shapes,  # noqa: F401
+                               refresh_conv_kernel, replace_param, resize_to)
 from . import criteria as _criteria
-from . import graph as _graph
 from .dependency import BN, BN_TYPES, DW, IN, OUT
-
-CONV_TYPES = (nn.Conv2D, nn.Conv2DTranspose)
-
-
-class Undo:
-    """Records replaced parameters and attributes; ``restore()`` puts them back."""
-
-    def __init__(self):
-        self.steps = []
-
-    def set_attr(self, layer, name, value):
-        self.steps.append((layer, name, getattr(layer, name)))
-        setattr(layer, name, value)
-
-    def restore(self):
-        for layer, name, old in reversed(self.steps):
-            setattr(layer, name, old)
-        self.steps = []
-
-
-def _new_param(old, value):
-    """A new parameter holding ``value`` with the optimizer settings of ``old``."""
-    attr = paddle.ParamAttr(
-        initializer=nn.initializer.Constant(0.0),
-        learning_rate=(getattr(old, "optimize_attr", None) or {}).get("learning_rate", 1.0),
-        regularizer=getattr(old, "regularizer", None),
-        trainable=getattr(old, "trainable", True),
-        do_model_average=getattr(old, "do_model_average", None),
-        need_clip=getattr(old, "need_clip", True))
-    new = paddle.create_parameter(list(value.shape), old.dtype, attr=attr)
-    new.set_value(value)
-    new.stop_gradient = old.stop_gradient
-    return new
-
-
-def _replace(layer, name, value, undo):
-    undo.set_attr(layer, name, _new_param(getattr(layer, name), value))
 
 
 def _take(layer, name, keep, axis, undo):
     p = getattr(layer, name, None)
     if p is None:
         return
-    _replace(layer, name, np.take(p.numpy(), keep, axis=axis), undo)
-
-
-def refresh_conv_kernel(layer, undo):
-    """Re-derive Conv2D's kernel choice (depthwise or not) the way its constructor does."""
-    if not isinstance(layer, nn.Conv2D):
-        return      # Conv2DTranspose decides at call time
-    cin, cout, groups = layer._in_channels, layer._out_channels, layer._groups
-    depthwise = cin == groups and cin != 1 and cout % cin == 0
-    op_type = "depthwise_conv2d" if depthwise else "conv2d"
-    if op_type == layer._op_type:
-        return
-    if depthwise:
-        use_cudnn = paddle.is_compiled_with_rocm()
-    else:
-        use_cudnn = paddle.is_compiled_with_cuda() and \
-            paddle.device.get_cudnn_version() is not None and \
-            not paddle.get_flags("FLAGS_conv2d_disable_cudnn")["FLAGS_conv2d_disable_cudnn"]
-    undo.set_attr(layer, "_op_type", op_type)
-    undo.set_attr(layer, "_use_cudnn", use_cudnn)
+    replace_param(layer, name, np.take(p.numpy(), keep, axis=axis), undo)
 
 
 def _shrink_conv(layer, rm, undo):
@@ -102,7 +47,7 @@ def _shrink_conv(layer, rm, undo):
             w = np.take(w, keep_in, axis=in_axis)
         if len(keep_out) < cout:
             w = np.take(w, keep_out, axis=out_axis)
-        _replace(layer, "weight", w, undo)
+        replace_param(layer, "weight", w, undo)
     if len(keep_out) < cout:
         _take(layer, "bias", keep_out, 0, undo)
     undo.set_attr(layer, "_in_channels", len(keep_in))
@@ -193,48 +138,12 @@ def prune(model, groups, plan, criterion="l1"):
 
 def channel_plan(model):
     """{layer path: channel counts and parameter shapes} of every conv and batch norm layer."""
-    plan = {}
-    for path, layer in model.named_sublayers():
-        if isinstance(layer, CONV_TYPES):
-            entry = {"type": type(layer).__name__, "in_channels": int(layer._in_channels),
-                     "out_channels": int(layer._out_channels), "groups": int(layer._groups)}
-        elif isinstance(layer, BN_TYPES):
-            entry = {"type": type(layer).__name__, "num_features": int(layer.weight.shape[0])}
-        else:
-            continue
-        entry["params"] = {name: [int(v) for v in p.shape]
-                           for name, p in layer._parameters.items() if p is not None}
-        plan[path] = entry
-    return plan
+    return layer_shapes(model)
 
 
 def rebuild_from_plan(model, plan):
-    """Shrink a freshly built model to the shapes in ``plan`` (from :func:`channel_plan`).
-
-    The leading channels are kept: the values are placeholders for the checkpoint to overwrite.
-    """
-    _graph.check_paddle_version()   # the private layer attributes set below are Paddle 2.6's
-    layers = dict(model.named_sublayers())
-    undo = Undo()
-    for path, entry in plan.items():
-        layer = layers.get(path)
-        if layer is None or type(layer).__name__ != entry["type"]:
-            raise ValueError(f"the prune plan names {entry['type']} {path!r}, which this model "
-                             "does not have: it was saved from another model or config")
-        for name, shape in entry["params"].items():
-            p = getattr(layer, name, None)
-            if p is None or len(p.shape) != len(shape) or \
-                    any(s > o for s, o in zip(shape, p.shape)):
-                raise ValueError(f"prune plan shape {shape} of {path}.{name} does not fit "
-                                 f"the model's {None if p is None else list(p.shape)}")
-            if list(p.shape) != list(shape):
-                _replace(layer, name, p.numpy()[tuple(slice(0, s) for s in shape)], undo)
-        if isinstance(layer, CONV_TYPES):
-            for attr, key in (("_in_channels", "in_channels"), ("_out_channels", "out_channels"),
-                              ("_groups", "groups")):
-                if getattr(layer, attr) != entry[key]:
-                    undo.set_attr(layer, attr, entry[key])
-            refresh_conv_kernel(layer, undo)
-        elif hasattr(layer, "_num_features"):
-            layer._num_features = entry["num_features"]
-    return model
+    """Shrink a freshly built model to the shapes in ``plan`` (from :func:`channel_plan`)."""
+    try:
+        return resize_to(model, {"layers": plan}, source="the prune plan")
+    except StructureError as e:
+        raise ValueError(str(e)) from None

@@ -20,26 +20,9 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 
-from ..utils.errors import UserError
-
 # The analysis reads Paddle 2.6's old-IR (ProgramDesc) op names and attributes ("conv2d",
-# "Filter", "padding_algorithm", ...) and apply.py sets private layer attributes (_in_channels,
-# _op_type, _num_features ...). Paddle 3 traces to PIR, where none of that holds.
-SUPPORTED_PADDLE = "2.6"
-
-
-class UnsupportedPaddle(UserError):
-    """The installed Paddle is not the one the pruning engine was written against."""
-
-
-def check_paddle_version(version=None):
-    """Refuse any Paddle but 2.6.x (develop builds report 0.0.0 and are refused too)."""
-    version = paddle.__version__ if version is None else version
-    if version.split(".")[:2] != SUPPORTED_PADDLE.split("."):
-        raise UnsupportedPaddle(
-            f"the pruning engine needs PaddlePaddle {SUPPORTED_PADDLE}.x (it reads Paddle "
-            f"{SUPPORTED_PADDLE}'s static-graph op names and private layer attributes), "
-            f"found {version}")
+# "Filter", "padding_algorithm", ...); the version check is shared with the structure replay.
+from ..utils.structure import SUPPORTED_PADDLE, UnsupportedPaddle, check_paddle_version  # noqa: F401
 
 _SKIP_ATTRS = {"op_callstack", "op_namescope", "op_role", "op_role_var", "op_device",
                "with_quant_attr", "sub_block", "skip_eager_deletion_vars"}

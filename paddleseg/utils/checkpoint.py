@@ -8,8 +8,10 @@ import json
 import os
 import pickle
 
+import numpy as np
 import paddle
 
+from . import structure
 from .download import fetch_pretrained, is_url
 from .errors import UserError
 from .fileio import atomic_dir
@@ -22,7 +24,6 @@ class CheckpointError(UserError):
 
 class ForbiddenPickleGlobal(pickle.UnpicklingError):
     """A pickle names a callable that no Paddle state dict (or plain data file) uses."""
-    pass
 
 
 def _latin1_bytes(text, encoding):
@@ -95,15 +96,85 @@ def safe_load_state_dict(path):
     return paddle.load(io.BytesIO(data))
 
 
-def read_state_dict(path):
+def params_file(path):
+    """The ``.pdparams`` a ``--model_path`` names: the file, or ``model.pdparams`` in a folder."""
     if not path or not os.path.exists(path):
         raise CheckpointError(f"model file not found: {path}")
     if os.path.isdir(path):
         candidate = os.path.join(path, "model.pdparams")
         if not os.path.isfile(candidate):
             raise CheckpointError(f"{path} is a directory without model.pdparams")
-        path = candidate
-    return safe_load_state_dict(path)
+        return candidate
+    return path
+
+
+def read_checkpoint(path):
+    """(state dict, pruned-structure record or None) of a checkpoint file or folder."""
+    path = params_file(path)
+    state = safe_load_state_dict(path)
+    return state, _pop_structure(state, path)
+
+
+def read_state_dict(path):
+    """The tensors of a checkpoint file or folder (a pruned one's structure record left out)."""
+    return read_checkpoint(path)[0]
+
+
+# -- pruned checkpoints: the layer shapes travel inside model.pdparams ------------------------------
+# A pruned model's checkpoint holds one extra entry: the JSON of its layer shapes and pruning
+# facts (utils.structure.describe) as a uint8 tensor, so model.pdparams alone restores the
+# pruned model wherever it is copied. Tools that load by parameter name (PaddleSeg's included)
+# see one unexpected key and skip it.
+STRUCTURE_KEY = "__pruned_structure__"
+# before 0.2 the record was a prune_plan.json beside model.pdparams; such checkpoints still load
+LEGACY_PLAN_FILE = "prune_plan.json"
+
+
+def model_state(model):
+    """``model.state_dict()``, plus the structure record when the model is a pruned one."""
+    model = getattr(model, "_layers", model)  # a paddle.DataParallel wrapper's model
+    state = model.state_dict()
+    info = structure.pruned_info(model)
+    if info is not None:
+        record = json.dumps(structure.describe(model, info), sort_keys=True).encode("utf-8")
+        state[STRUCTURE_KEY] = paddle.to_tensor(np.frombuffer(record, np.uint8).copy())
+    return state
+
+
+def save_model_state(model, path):
+    """``paddle.save`` of :func:`model_state` (the caller makes the write atomic)."""
+    paddle.save(model_state(model), path)
+
+
+def _pop_structure(state, path):
+    raw = state.pop(STRUCTURE_KEY, None)
+    if raw is None:
+        return _legacy_plan(path)
+    try:
+        data = raw.numpy() if hasattr(raw, "numpy") else np.asarray(raw)
+        record = json.loads(data.astype(np.uint8).tobytes().decode("utf-8"))
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: its pruned-structure record is damaged ({e})") from None
+    if not structure.well_formed(record):
+        raise CheckpointError(f"{path}: its pruned-structure record is not one this version "
+                              "can read")
+    return record
+
+
+def _legacy_plan(path):
+    plan_file = os.path.join(os.path.dirname(path), LEGACY_PLAN_FILE)
+    if not os.path.isfile(plan_file):
+        return None
+    try:
+        with open(plan_file, encoding="utf-8") as f:
+            plan = json.load(f)
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise CheckpointError(f"cannot read the prune plan {plan_file}: {type(e).__name__}: {e}") from None
+    if isinstance(plan, dict):
+        plan.setdefault("info", {})
+    if not structure.well_formed(plan):
+        raise CheckpointError(f"{plan_file} is not a prune plan this version can read")
+    return plan
 
 
 def check_state_dict(model, state, path):
@@ -119,13 +190,18 @@ def check_state_dict(model, state, path):
         detail = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else
                   f"{len(mismatched)} with other shapes (e.g. {mismatched[0][0]}: file "
                   f"{mismatched[0][1]} vs model {mismatched[0][2]})")
-        hint = " - a pruned checkpoint needs its prune_plan.json beside it" if mismatched else ""
+        hint = (" - a pruned model's checkpoint carries its layer shapes: was this one saved "
+                "without them?") if mismatched else ""
         raise CheckpointError(f"{path} does not fit the model built from the config: {detail}{hint}")
 
 
 def load_model_weights(model, path):
-    """Strictly load a checkpoint (file or ``iter_N`` dir) into ``model``."""
-    state = read_state_dict(path)
+    """Strictly load a checkpoint (file or ``iter_N`` dir) into ``model``, freshly built from
+    its config. A pruned checkpoint first shrinks the model to its saved layer shapes: this is
+    the one place where pruned models are restored."""
+    state, record = read_checkpoint(path)
+    if record is not None:
+        structure.resize_to(model, record, source=params_file(path))
     check_state_dict(model, state, path)
     model.set_state_dict(state)
     return model
@@ -177,14 +253,15 @@ def match_state_dict(own, state, shown=5):
 
 # what a checkpoint folder of ours may hold: an older one is replaced, a folder with anything
 # else is refused (never deleted)
-CHECKPOINT_FILES = ("model.pdparams", "model.pdopt", "model_info.json", "prune_plan.json",
+CHECKPOINT_FILES = ("model.pdparams", "model.pdopt", "model_info.json", LEGACY_PLAN_FILE,
                     "train_state.json")
 
 
 def save_checkpoint(save_dir, model, optimizer=None, extra_files=None):
-    """Write ``save_dir/model.pdparams`` (+ ``model.pdopt``) atomically as a directory."""
+    """Write ``save_dir/model.pdparams`` (+ ``model.pdopt``) atomically as a directory; a pruned
+    model's weights carry its layer shapes (see :func:`model_state`)."""
     with atomic_dir(save_dir, own_names=CHECKPOINT_FILES + tuple(extra_files or ())) as tmp:
-        paddle.save(model.state_dict(), os.path.join(tmp, "model.pdparams"))
+        save_model_state(model, os.path.join(tmp, "model.pdparams"))
         if optimizer is not None:
             paddle.save(optimizer.state_dict(), os.path.join(tmp, "model.pdopt"))
         for name, writer in (extra_files or {}).items():
