@@ -47,7 +47,7 @@ def test_malformed_yaml(tmp_path):
 def test_unknown_model_type(tmp_path, tiny_optic_root):
     cfg = write_tiny_config(tmp_path / "c.yml", tiny_optic_root, model="NoSuchNet")
     proc = run("train.py", "--config", cfg, "--iters", 1, "--save_dir", tmp_path / "out")
-    assert_user_error(proc, "unknown type 'NoSuchNet'", "BiSeNetV2", "UNet")
+    assert_user_error(proc, "unknown models type 'NoSuchNet'", "BiSeNetV2", "UNet")
 
 
 def test_debug_shows_the_traceback(tmp_path, tiny_optic_root):
@@ -55,7 +55,7 @@ def test_debug_shows_the_traceback(tmp_path, tiny_optic_root):
     proc = run("train.py", "--config", cfg, "--iters", 1, "--save_dir", tmp_path / "out", "--debug")
     assert proc.returncode != 0
     assert "Traceback (most recent call last)" in proc.stderr
-    assert "ConfigError: unknown type 'NoSuchNet'" in proc.stderr
+    assert "ConfigError: unknown models type 'NoSuchNet'" in proc.stderr
 
 
 def generic_config(tmp_path, tiny_optic_root, dataset_root, train_list):
