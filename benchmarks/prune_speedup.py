@@ -1,279 +1,294 @@
-"""The headline table: for each model and pruning ratio, GFLOPs, params, mIoU and CPU latency
-with speedup over the unpruned model, measured side by side in one run.
+"""The headline table: each model trained on CamVid, then pruned, retrained and timed.
 
-    python benchmarks/prune_speedup.py                       # all five models, ratios 0.1 0.2 0.3
-    python benchmarks/prune_speedup.py --models UNet --ratios 0.3 --repeats 20
+    python benchmarks/prune_speedup.py --models FastSCNN         # one model, everything
+    python benchmarks/prune_speedup.py --models UNet --phase prepare   # train/prune only
+    python benchmarks/prune_speedup.py --models UNet --phase latency   # time it (quiet machine)
+    python benchmarks/prune_speedup.py --phase report            # RESULTS.md etc. from results.json
 
-Per model: train (or reuse work_dir/<model>/train/best_model), export the unpruned model, then
-per ratio run the pruning pipeline (sensitivity once per model, shared by the ratios; prune;
-retrain; export). Finished steps are reused, so an interrupted run continues. Latency: Paddle
-Inference on CPU with oneDNN; the exports of one model are timed interleaved (one run of each in
-turn) so that machine noise hits them alike. Writes RESULTS.md, results.json and speedup.png.
+Per model (``configs/camvid/``; its resolution, batch and iterations are the training budget):
+
+1. train from scratch with ``train.py``, evaluating every checkpoint on the full val split
+   (the mIoU curve); the last checkpoint is the unpruned model (no checkpoint is picked on val);
+2. unpruned: export it, count GFLOPs and params at the latency input shape;
+3. control: ``train.py --model_path`` fine-tunes the unpruned model the same retraining
+   iterations as the pruned rows get; its mIoU is what the pruned rows are compared with;
+4. rows of ``slim/prune/prune.py``: FLOPs target (``--ratios``), latency target
+   (``--latency_ratios``, when prune.py has ``--target latency``), and PaddleSeg 2.6's original
+   method through PaddleSlim (``--engine paddleslim``, ``--paddleslim_ratios``), all from the
+   same checkpoint, config and data;
+5. latency: Paddle Inference (CPU, oneDNN) of every export of the model, ``--warmup`` runs
+   each, then ``--repeats`` rounds timing one run of each export in a random order per round;
+   median and p10/p90 per export, speedup = unpruned median / median.
+
+Every step is cached under ``--work_dir`` keyed by a hash of all that affects it (see
+bench_cache.py), so an interrupted run continues and a run with other arguments or other code
+never reuses a result. When a model is done, its entry (with this command and all arguments) is
+merged into ``results.json``, and RESULTS.md, speedup.png and the generated blocks of README.md
+and docs/prune.md are rebuilt from results.json alone (``--phase report`` does only that).
+Relative paths in the arguments are taken from the repository root, wherever it runs from.
 """
+import importlib.util
+import math
 import os
 import platform
+import re
+import shlex
+import shutil
+import subprocess
 import sys
+import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [HERE, ROOT]
 
-import paddleseg  # noqa: E402,F401  (import order: cv2 before paddle)
-from paddleseg.utils import cli  # noqa: E402
+import paddleseg  # noqa: E402  (import order: cv2 before paddle)
+from paddleseg.utils import cli, logger  # noqa: E402
+from paddleseg.utils.errors import UserError  # noqa: E402
 
-MODELS = {  # name -> (config dir, config stem)
-    "BiSeNetV2": ("bisenetv2", "bisenet"),
-    "FCN-HRNetW18": ("fcn", "fcn_hrnetw18"),
-    "FastSCNN": ("fastscnn", "fastscnn"),
-    "HarDNet": ("hardnet", "hardnet"),
-    "UNet": ("unet", "unet"),
+import bench_cache  # noqa: E402
+import bench_report  # noqa: E402
+
+MODELS = {
+    "BiSeNetV2": "configs/camvid/bisenet_camvid_256x192.yml",
+    "FCN-HRNetW18": "configs/camvid/fcn_hrnetw18_camvid_256x192.yml",
+    "FastSCNN": "configs/camvid/fastscnn_camvid_256x192.yml",
+    "HarDNet": "configs/camvid/hardnet_camvid_256x192.yml",
+    "UNet": "configs/camvid/unet_camvid_128x96.yml",
 }
-MEMBRANE = os.path.join(os.path.dirname(ROOT), "shared", "data", "membrane_seg")
+DEFAULT_DATA = os.path.join("..", "shared", "data", "camvid")
+DEFAULT_OUT = os.path.join("benchmarks")
+DEFAULT_DOCS = ("README.md", os.path.join("docs", "prune.md"))
+MIN_ROUNDS = 30
+# bump when a step's own logic here changes what it produces (its sources are hashed too)
+STEP_VERSION = {"train": 1, "unpruned": 1, "control": 1, "prune": 1, "paddleslim": 1,
+                "count": 1}
+
+
+class BenchmarkError(UserError):
+    pass
 
 
 def parse_args(argv):
     p = cli.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--ratios", nargs="+", type=float, default=[0.1, 0.2, 0.3])
-    p.add_argument("--dataset", choices=["auto", "membrane", "synthetic"], default="auto",
-                   help="auto: ../shared/data/membrane_seg when present, else the synthetic set")
-    p.add_argument("--synthetic_root", default="data/optic_disc_seg",
-                   help="where the synthetic optic-disc set is (made if missing)")
-    p.add_argument("--size", type=int, default=256, help="train/eval image size")
-    p.add_argument("--train_iters", type=int, default=300)
-    p.add_argument("--retraining_iters", type=int, default=60)
+    p.add_argument("--phase", choices=["all", "prepare", "latency", "report"], default="all",
+                   help="prepare: train/prune/export only; latency: time prepared steps and "
+                        "merge (fails on a missing step); all: both; report: rebuild the "
+                        "outputs from results.json")
+    p.add_argument("--ratios", nargs="*", type=float, default=[0.3],
+                   help="FLOPs-target pruning ratios (0.1 0.2 0.3 where time allows)")
+    p.add_argument("--latency_ratios", nargs="*", type=float, default=[0.3],
+                   help="latency-target ratios (run when prune.py has --target latency)")
+    p.add_argument("--paddleslim_ratios", nargs="*", type=float, default=[0.3],
+                   help="ratios for PaddleSeg 2.6's method through PaddleSlim (none: skip)")
+    p.add_argument("--train_iters", type=int, default=None,
+                   help="training iterations (default: the config's, the model's budget)")
+    p.add_argument("--retraining_iters", type=int, default=None,
+                   help="retraining iterations of every pruned row and of the control "
+                        "(default: a quarter of the training iterations)")
     p.add_argument("--criterion", choices=["l1", "fpgm"], default="fpgm")
-    p.add_argument("--sen_ratios", nargs="+", type=float, default=[0.2, 0.4, 0.6])
-    p.add_argument("--sen_eval_num", type=int, default=3)
+    p.add_argument("--paddleslim_criterion", choices=["l1", "fpgm"], default="l1",
+                   help="PaddleSlim pruner (l1: L1NormFilterPruner, as PaddleSeg 2.6)")
+    p.add_argument("--sen_ratios", nargs="+", type=float, default=[0.2, 0.4, 0.6, 0.8])
+    p.add_argument("--sen_eval_num", type=int, default=20,
+                   help="val images each sensitivity point is evaluated on (both engines)")
+    p.add_argument("--channel_step", type=int, default=8)
+    p.add_argument("--latency_samples", type=int, default=8,
+                   help="prune.py --latency_samples for the latency-target rows")
     p.add_argument("--input_shape", nargs=4, type=int, default=[1, 3, 512, 1024],
-                   metavar=("N", "C", "H", "W"), help="latency input (default 1 3 512 1024)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--cpu_threads", type=int, default=2)
-    p.add_argument("--work_dir", default=os.path.join("benchmarks", "work"))
-    p.add_argument("--out_dir", default="benchmarks", help="where RESULTS.md and speedup.png go")
+                   metavar=("N", "C", "H", "W"), help="latency (and GFLOPs) input shape")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=MIN_ROUNDS,
+                   help=f"timed rounds, >= {MIN_ROUNDS}; each times every export once")
+    p.add_argument("--cpu_threads", type=int, default=2, help="latency threads")
+    p.add_argument("--train_threads", type=int, default=2,
+                   help="OMP_NUM_THREADS of the training, pruning and control runs")
+    p.add_argument("--eval_points", type=int, default=4,
+                   help="points of the training mIoU curve (checkpoints evaluated)")
+    p.add_argument("--paddleslim_timeout", type=int, default=3600,
+                   help="seconds after which a PaddleSlim run is stopped and reported as such")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--phase", choices=["all", "prepare", "control", "latency"], default="all",
-                   help="prepare: train/prune/export only; control: fine-tune the trained, "
-                        "unpruned model --retraining_iters more (the fair mIoU reference); "
-                        "latency: time what is prepared (on a quiet machine) and write the "
-                        "results; all: prepare, control and latency")
+    p.add_argument("--dataset_root", default=DEFAULT_DATA)
+    p.add_argument("--work_dir", default=os.path.join("benchmarks", "work"))
+    p.add_argument("--out_dir", default=DEFAULT_OUT,
+                   help="where results.json, RESULTS.md and speedup.png are")
+    p.add_argument("--docs", nargs="*", default=None,
+                   help="files whose generated benchmark blocks are rebuilt (default: README.md "
+                        "and docs/prune.md when --out_dir is benchmarks, else none)")
+    p.add_argument("--gpu_results", default=None,
+                   help="with --phase report: merge this table of benchmarks/gpu_latency.py "
+                        "into results.json first")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
-    if not all(0 < r < 1 for r in args.ratios):
-        raise paddleseg.utils.UserError(f"--ratios must lie in (0, 1), got {args.ratios}")
+    check_args(args)
     return args
 
 
-def dataset_choice(args):
-    if args.dataset == "auto":
-        return "membrane" if os.path.isdir(MEMBRANE) else "synthetic"
-    if args.dataset == "membrane" and not os.path.isdir(MEMBRANE):
-        raise paddleseg.utils.UserError(f"--dataset membrane: {MEMBRANE} is absent")
-    return args.dataset
+def check_args(args):
+    for name in ("ratios", "latency_ratios", "paddleslim_ratios", "sen_ratios"):
+        if not all(0 < r < 1 for r in getattr(args, name)):
+            raise BenchmarkError(f"--{name} must lie in (0, 1), got {getattr(args, name)}")
+    if args.repeats < MIN_ROUNDS:
+        raise BenchmarkError(f"--repeats must be >= {MIN_ROUNDS} (medians of at least "
+                             f"{MIN_ROUNDS} rounds), got {args.repeats}")
+    for name in ("train_iters", "retraining_iters", "eval_points", "sen_eval_num", "cpu_threads",
+                 "train_threads", "channel_step", "paddleslim_timeout"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "retraining_iters" else 1):
+            raise BenchmarkError(f"--{name} must be positive, got {value}")
+    if args.docs is None:
+        same = os.path.realpath(os.path.join(ROOT, args.out_dir)) == os.path.realpath(
+            os.path.join(ROOT, DEFAULT_OUT))
+        args.docs = list(DEFAULT_DOCS) if same else []
 
 
-def model_config(name, dataset, args):
-    """The model's config on the chosen data at --size."""
-    from paddleseg.cvlibs import Config
-    folder, stem = MODELS[name]
-    if dataset == "membrane":
-        path, opts = os.path.join("configs", "membrane", f"{stem}_membrane_256x256.yml"), []
-    else:
-        path = os.path.join("configs", folder, f"{stem}_optic_disc_512x512_1k.yml")
-        opts = [f"train_dataset.dataset_root={args.synthetic_root}",
-                f"val_dataset.dataset_root={args.synthetic_root}"]
-    if dataset != "membrane" or args.size != 256:
-        resize = f"{{type: Resize, target_size: [{args.size}, {args.size}]}}"
-        opts += [f"train_dataset.transforms=[{resize}, {{type: RandomHorizontalFlip}}, {{type: Normalize}}]",
-                 f"val_dataset.transforms=[{resize}, {{type: Normalize}}]"]
-    return path, opts, Config(path, iters=args.train_iters, opts=opts)
+# ---------------------------------------------------------------- subprocesses
 
 
-def train_or_reuse(name, cfg, out, args):
-    best = os.path.join(out, "best_model", "model.pdparams")
-    if os.path.isfile(best):
-        return best
-    if args.phase == "latency":
-        raise paddleseg.utils.UserError(f"{best} is missing: run --phase prepare first")
-    from paddleseg.core.train import set_seed, train
-    set_seed(args.seed)
-    model = cfg.model
-    from paddleseg.utils.fileio import write_json
+def rel(path):
+    """``path`` as commands show it: relative to the repository root (their working folder)
+    when inside it, else absolute."""
+    return bench_cache.shown(os.path.join(ROOT, path))
+
+
+def command_text(argv):
+    return shlex.join(["python", *argv])
+
+
+def run_command(argv, log_path, threads, timeout=None):
+    """Run ``python argv`` from the repository root, teeing its output to ``log_path``.
+
+    Returns (exit code, the last ``error:`` line or None, seconds); exit code None: timed out.
+    """
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    logger.info(f"$ {command_text(argv)}")
     start = time.time()
-    train(model, cfg.train_dataset, val_dataset=cfg.val_dataset, optimizer=cfg.build_optimizer(model),
-          save_dir=out, iters=cfg.iters, batch_size=cfg.batch_size,
-          save_interval=max(cfg.iters // 3, 1), log_iters=20, losses=cfg.loss, seed=args.seed)
-    seconds = time.time() - start
-    write_json(os.path.join(out, "train_info.json"),
-               {"iters": cfg.iters, "batch_size": cfg.batch_size, "seconds": round(seconds, 1),
-                "seconds_per_iter": round(seconds / cfg.iters, 3), "machine": machine()})
-    return best
+    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    timed_out = threading.Event()
+
+    def stop():
+        timed_out.set()
+        proc.kill()   # the child we started, by its own handle
+    timer = threading.Timer(timeout, stop) if timeout else None
+    if timer:
+        timer.start()
+    error = None
+    try:
+        with open(log_path, "w", encoding="utf-8") as log:
+            for line in proc.stdout:
+                log.write(line)
+                sys.stdout.write("    " + line)
+                if line.startswith("error:"):
+                    error = line[len("error:"):].strip()
+        code = proc.wait()
+    finally:
+        if timer:
+            timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return (None if timed_out.is_set() else code), error, round(time.time() - start, 1)
 
 
-def export_unpruned(name, cfg, ckpt, out, shape):
-    """Export the trained model with a report.json (ratio 0) the latency table reads."""
-    report_path = os.path.join(out, "report.json")
-    if os.path.isfile(report_path):
-        return read_json(report_path)
-    from paddleseg.core.export import export_model
+def prune_cli_options():
+    """{option: choices} of slim/prune/prune.py as it is now (flags come and go with versions)."""
+    spec = importlib.util.spec_from_file_location("prune_cli", os.path.join(ROOT, "slim", "prune",
+                                                                             "prune.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {opt: action.choices for action in module.build_parser()._actions
+            for opt in action.option_strings}
+
+
+def has_latency_target():
+    choices = prune_cli_options().get("--target")
+    return bool(choices) and "latency" in choices
+
+
+# ---------------------------------------------------------------- in-process helpers
+
+
+def build_config(cfg_path, args, iters=None, as_commands_see_it=False):
+    """The model's config on --dataset_root: for reading here (the root made absolute, so the
+    current folder does not matter) or as the train.py / prune.py commands, run from the
+    repository root, read it (the step keys hash that one)."""
+    from paddleseg.cvlibs import Config
+    root = args.dataset_root if as_commands_see_it else os.path.normpath(
+        os.path.join(ROOT, args.dataset_root))
+    return Config(os.path.join(ROOT, cfg_path), iters=iters, opts=data_opts(root))
+
+
+def data_opts(root):
+    return [f"train_dataset.dataset_root={root}", f"val_dataset.dataset_root={root}"]
+
+
+def evaluate_checkpoint(cfg, path):
     from paddleseg.core.model_loader import build_and_load
     from paddleseg.core.val import evaluate_metrics
-    from paddleseg.slim import count_flops_params
-    from paddleseg.utils.fileio import write_json
-    model = build_and_load(cfg, ckpt)
-    flops, params = count_flops_params(model, shape)
-    report = {"model_name": type(model).__name__, "pruning_ratio": 0.0, "flops_after": flops,
-              "params_after": params, "miou_retrained": evaluate_metrics(model, cfg.val_dataset)["mIoU"],
-              "input_shape": shape}
-    export_model(model, os.path.join(out, "export"),
-                 val_transforms_config=cfg.val_dataset_config.get("transforms"),
-                 model_type=report["model_name"], extra_deploy_info={"pruned": False})
-    write_json(report_path, report)
-    return report
-
-
-def prune_or_reuse(name, cfg_path, opts, ckpt, ratio, out, sen_file, args):
-    report_path = os.path.join(out, "report.json")
-    if os.path.isfile(report_path):
-        return read_json(report_path)
-    from paddleseg.cvlibs import Config
-    from paddleseg.slim.pipeline import PruneOptions, run
-    cfg = Config(cfg_path, iters=args.retraining_iters or None, opts=opts)
-    return run(PruneOptions(config=cfg, pruning_ratio=ratio, retraining_iters=args.retraining_iters,
-                            model_path=ckpt, save_dir=out, criterion=args.criterion,
-                            sen_file=sen_file, sen_eval_num=args.sen_eval_num,
-                            sen_ratios=tuple(args.sen_ratios), seed=args.seed))
-
-
-def control_or_reuse(cfg_path, opts, ckpt, iters, out, args):
-    """mIoU of the unpruned model trained ``iters`` more iterations with the retraining
-    schedule: what the pruned models' retrained mIoU should be compared with."""
-    if os.path.isfile(out):
-        return read_json(out)
-    from paddleseg.core.model_loader import build_and_load
-    from paddleseg.core.train import set_seed, train
-    from paddleseg.core.val import evaluate_metrics
-    from paddleseg.cvlibs import Config
-    from paddleseg.utils.fileio import write_json
-    import tempfile
-    set_seed(args.seed)
-    cfg = Config(cfg_path, iters=iters, opts=opts)
-    model = build_and_load(cfg, ckpt)
-    with tempfile.TemporaryDirectory() as work:
-        train(model, cfg.train_dataset, optimizer=cfg.build_optimizer(model), save_dir=work,
-              iters=iters, batch_size=cfg.batch_size, save_interval=iters, log_iters=10,
-              losses=cfg.loss, keep_checkpoint_max=1, seed=args.seed)
-    result = {"iters": iters, "miou": evaluate_metrics(model, cfg.val_dataset)["mIoU"]}
-    write_json(out, result)
-    return result
-
-
-def read_json(path):
-    import json
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def conv_time_profile(model, shape, top=5):
-    """The convs that take the most dygraph time on ``shape``: [(layer path, share)]."""
-    import paddle
-    stamps, spent = {}, {}
-    convs = [(n, m) for n, m in model.named_sublayers() if isinstance(m, paddle.nn.Conv2D)]
-    hooks = []
-    for name, layer in convs:
-        hooks.append(layer.register_forward_pre_hook(
-            lambda lay, inp, name=name: stamps.__setitem__(name, time.perf_counter())))
-        hooks.append(layer.register_forward_post_hook(
-            lambda lay, inp, out, name=name: spent.__setitem__(
-                name, spent.get(name, 0.0) + time.perf_counter() - stamps[name])))
+    model = build_and_load(cfg, path)
     model.eval()
-    with paddle.no_grad():
-        start = time.perf_counter()
-        model(paddle.rand(shape))
-        total = time.perf_counter() - start
-    for h in hooks:
-        h.remove()
-    return [(n, s / total) for n, s in sorted(spent.items(), key=lambda x: -x[1])[:top]]
+    return float(evaluate_metrics(model, cfg.val_dataset, print_detail=False)["mIoU"])
 
 
-def main(argv):
-    args = parse_args(argv)
-    dataset = dataset_choice(args)
-    if dataset == "synthetic" and not os.path.isdir(args.synthetic_root):
-        sys.path.insert(0, os.path.join(ROOT, "tools"))
-        from make_synthetic_optic_disc import make_dataset
-        make_dataset(args.synthetic_root)
-    from paddleseg.deploy.benchmark import interleaved_latency
-    from paddleseg.utils import logger
-    rows, notes, training = [], {}, {}
-    shape = [1, 3, args.size, args.size]
-    for name in args.models:
-        cfg_path, opts, cfg = model_config(name, dataset, args)
-        base = os.path.join(args.work_dir, dataset, MODELS[name][1])
-        logger.info(f"==== {name}: train / reuse ({cfg_path})")
-        ckpt = train_or_reuse(name, cfg, os.path.join(base, "train"), args)
-        variants = [(0.0, export_unpruned(name, cfg, ckpt, os.path.join(base, "unpruned"), shape),
-                     os.path.join(base, "unpruned", "export"))]
-        if args.phase == "control":  # only the reference run; the pruned runs may be in flight
-            control_or_reuse(cfg_path, opts, ckpt, args.retraining_iters,
-                             os.path.join(base, "control.json"), args)
-            continue
-        for ratio in args.ratios:
-            out = os.path.join(base, f"ratio_{ratio:g}")
-            logger.info(f"==== {name}: prune {ratio}")
-            report = prune_or_reuse(name, cfg_path, opts, ckpt, ratio, out,
-                                    os.path.join(base, f"sen_{args.criterion}.pickle"), args)
-            variants.append((ratio, report, os.path.join(out, "export")))
-        if args.phase == "all":
-            control_or_reuse(cfg_path, opts, ckpt, args.retraining_iters,
-                             os.path.join(base, "control.json"), args)
-        if args.phase == "prepare":
-            continue
-        logger.info(f"==== {name}: latency at {args.input_shape}, {args.repeats} interleaved repeats")
-        samples = interleaved_latency([v[2] for v in variants], args.input_shape, args.warmup,
-                                      args.repeats, args.cpu_threads)
-        base_ms = samples[0].mean()
-        for (ratio, report, _), t in zip(variants, samples):
-            rows.append(result_row(name, ratio, report, t, base_ms))
-        training[name] = read_json(os.path.join(base, "train", "train_info.json"))
-        control = os.path.join(base, "control.json")
-        if os.path.isfile(control):
-            training[name]["control"] = read_json(control)
-        if rows[-1]["speedup"] < 1.3:
-            notes[name] = slowest_layers(cfg, variants[-1][2], args.input_shape)
-    if args.phase in ("prepare", "control"):
-        return 0
-    write_results(rows, notes, training, args, dataset)
-    return 0
-
-
-def result_row(name, ratio, report, t, base_ms):
-    import numpy as np
-    return {"model": name, "ratio": ratio, "gflops": report["flops_after"] / 1e9,
-            "retraining_iters": report.get("retraining_iters", 0),
-            "params": report["params_after"], "miou": report["miou_retrained"],
-            "flops_reduction": report.get("flops_reduction", 0.0),
-            "miou_baseline": report.get("miou_baseline", report["miou_retrained"]),
-            "mean_ms": float(t.mean()), "median_ms": float(np.median(t)),
-            "p90_ms": float(np.percentile(t, 90)), "speedup": float(base_ms / t.mean())}
-
-
-def slowest_layers(cfg, export_dir, input_shape):
-    """Where the pruned model still spends its time (dygraph conv timing)."""
+def flops_params(cfg, path, shape):
     from paddleseg.core.model_loader import build_and_load
-    model = build_and_load(cfg, os.path.join(os.path.dirname(export_dir), "model.pdparams"))
-    return conv_time_profile(model, input_shape)
+    from paddleseg.slim import count_flops_params
+    flops, params = count_flops_params(build_and_load(cfg, path), list(shape))
+    return int(flops), int(params)
 
 
-def write_results(rows, notes, training, args, dataset):
-    from paddleseg.utils.fileio import write_json, write_text
-    write_json(os.path.join(args.out_dir, "results.json"),
-               {"rows": rows, "slowest_layers": notes, "training": training, "args": vars(args),
-                "machine": machine()})
-    write_text(os.path.join(args.out_dir, "RESULTS.md"),
-               results_markdown(rows, notes, training, args, dataset))
-    plot_speedup(rows, os.path.join(args.out_dir, "speedup.png"))
+def data_fingerprint(root):
+    """List files' bytes and the size of every file they name: what the steps read."""
+    import hashlib
+    h = hashlib.sha256()
+    for name in ("train.txt", "val.txt"):
+        path = os.path.join(ROOT, root, name)
+        if not os.path.isfile(path):
+            raise BenchmarkError(f"{path} not found: is --dataset_root {root} the CamVid folder "
+                                 "(see ../shared/data/camvid/SOURCE.txt)?")
+        with open(path, "rb") as f:
+            text = f.read()
+        h.update(text)
+        for entry in text.decode("utf-8").split():
+            full = os.path.join(ROOT, root, entry)
+            h.update(f"{entry}:{os.path.getsize(full) if os.path.isfile(full) else -1}".encode())
+    return h.hexdigest()[:16]
+
+
+def majority_class_miou(cfg):
+    """mIoU of predicting the training set's most frequent class everywhere on the val split:
+    the floor a model that learned nothing reaches."""
+    import cv2
+    import numpy as np
+    from paddleseg.core import metrics as M
+    n = cfg.num_classes
+
+    def counts(dataset):
+        total = np.zeros(n, np.int64)
+        for _, label_path in dataset.file_list:
+            label = cv2.imread(label_path, cv2.IMREAD_UNCHANGED)
+            total += np.bincount(label[label < n].ravel(), minlength=n)[:n]
+        return total
+    majority = int(np.argmax(counts(cfg.train_dataset)))
+    label_area = counts(cfg.val_dataset)
+    intersect, pred_area = np.zeros(n, np.int64), np.zeros(n, np.int64)
+    intersect[majority], pred_area[majority] = label_area[majority], label_area.sum()
+    return float(M.summarize(intersect, pred_area, label_area)["mIoU"])
+
+
+def software():
+    import numpy
+    import paddle
+    try:
+        from importlib.metadata import version
+        slim = version("paddleslim")
+    except Exception:  # not installed: the PaddleSlim rows say so themselves
+        slim = None
+    return {"python": platform.python_version(), "paddle": paddle.__version__,
+            "paddleslim": slim, "numpy": numpy.__version__}
 
 
 def machine():
@@ -283,70 +298,348 @@ def machine():
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"{cpu}, {os.cpu_count()} cores visible, Python {platform.python_version()}"
+    return f"{cpu}, {os.cpu_count()} cores visible"
 
 
-def results_markdown(rows, notes, training, args, dataset):
-    data = "../shared/data/membrane_seg (ISBI-2012 EM, 24 train / 6 val)" if dataset == "membrane" \
-        else f"synthetic optic-disc set at {args.synthetic_root}"
-    lines = [
-        "# Pruning speedup (measured)", "",
-        f"Machine: {machine()}. Paddle Inference 2.6.2 on CPU, oneDNN on, {args.cpu_threads} threads.",
-        f"Latency input {' x '.join(map(str, args.input_shape))}; {args.warmup} warm-up runs, then "
-        f"{args.repeats} timed runs per export, interleaved across the exports of one model.",
-        f"Data: {data}, images resized to {args.size}x{args.size}. Pruned with {args.criterion} "
-        f"(sensitivity grid {args.sen_ratios} on {args.sen_eval_num} val images).",
-        "Training (batch 4, seconds on this machine while other jobs shared it) and retraining: "
-        + "; ".join(f"{m} {t['iters']} iters in {t['seconds']:.0f} s, retrained "
-                    f"{next(r['retraining_iters'] for r in rows if r['model'] == m and r['ratio'] > 0)}"
-                    for m, t in training.items()) + ".",
-        f"GFLOPs and params at 1x3x{args.size}x{args.size}; mIoU on the val split.",
-        f"Command: `python benchmarks/prune_speedup.py {' '.join(sys.argv[1:])}`", "",
-        "| Model | Ratio | GFLOPs | Params | mIoU | FLOPs cut | Mean (ms) | Median (ms) | P90 (ms) | Speedup |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['ratio']:.1f} | {r['gflops']:.3f} | {r['params']:,} | "
-                     f"{r['miou']:.4f} | {r['flops_reduction']:.1%} | {r['mean_ms']:.1f} | "
-                     f"{r['median_ms']:.1f} | {r['p90_ms']:.1f} | {r['speedup']:.2f}x |")
-    lines += ["", "## Against the goal (ratio 0.3: >= 1.3x and mIoU within 1 point)", ""]
-    for r in rows:
-        if abs(r["ratio"] - max(args.ratios)) > 1e-9:
+# ---------------------------------------------------------------- steps
+
+
+class ModelRun:
+    """The steps of one model (see the module docstring), cached under work_dir/<model>.
+
+    Each ``*_material`` method lists what its step's result depends on (the step's key);
+    ``train_record`` must be set (by :meth:`train`) before the later steps are described.
+    """
+
+    def __init__(self, name, args):
+        self.name, self.args = name, args
+        self.cfg_path = MODELS[name]
+        self.steps = bench_cache.Steps(os.path.join(ROOT, args.work_dir, name),
+                                       compute=args.phase != "latency")
+        self.cfg = build_config(self.cfg_path, args, iters=args.train_iters)
+        self.train_iters = self.cfg.iters
+        self.retraining_iters = (args.retraining_iters if args.retraining_iters is not None
+                                 else max(1, self.train_iters // 4))
+        self.train_record = None
+        self.base_material = {
+            "model": name, "data": data_fingerprint(args.dataset_root),
+            "config": build_config(self.cfg_path, args, args.train_iters, True).dic,
+            "seed": args.seed, "threads": args.train_threads}
+
+    def material(self, kind, sources, **more):
+        code = bench_cache.code_version(sources, extra=more.pop("libraries", None))
+        return dict(self.base_material, step_version=STEP_VERSION[kind], code=code, **more)
+
+    # -- what each step depends on
+
+    def eval_every(self):
+        return max(1, math.ceil(self.train_iters / self.args.eval_points))
+
+    def train_material(self):
+        return self.material("train", bench_cache.TRAIN_SOURCES, iters=self.train_iters,
+                             eval_every=self.eval_every())
+
+    def unpruned_material(self):
+        return self.material("unpruned", bench_cache.TRAIN_SOURCES, train=self.train_record["key"],
+                             input_shape=list(self.args.input_shape))
+
+    def control_material(self):
+        return self.material("control", bench_cache.TRAIN_SOURCES, train=self.train_record["key"],
+                             retraining_iters=self.retraining_iters)
+
+    def sensitivity_material(self):
+        a = self.args
+        return self.material("prune", bench_cache.PRUNE_SOURCES, train=self.train_record["key"],
+                             criterion=a.criterion, sen_ratios=list(a.sen_ratios),
+                             sen_eval_num=a.sen_eval_num)
+
+    def prune_material(self, target, ratio):
+        a = self.args
+        latency = None if target == "flops" else {
+            "shape": list(a.input_shape), "threads": a.cpu_threads, "samples": a.latency_samples}
+        return dict(self.sensitivity_material(), target=target, ratio=ratio,
+                    retraining_iters=self.retraining_iters, channel_step=a.channel_step,
+                    latency=latency)
+
+    def paddleslim_material(self, ratio):
+        a = self.args
+        return self.material("paddleslim", bench_cache.PRUNE_SOURCES,
+                             libraries={"paddleslim": software()["paddleslim"]},
+                             train=self.train_record["key"], ratio=ratio,
+                             retraining_iters=self.retraining_iters,
+                             criterion=a.paddleslim_criterion, sen_eval_num=a.sen_eval_num,
+                             timeout=a.paddleslim_timeout)
+
+    # -- training, the unpruned model and the control
+
+    def train(self):
+        a = self.args
+
+        def compute(folder):
+            out = os.path.join(folder, "out")
+            argv = ["train.py", "--config", self.cfg_path, "--iters", str(self.train_iters),
+                    "--seed", str(a.seed), "--save_interval", str(self.eval_every()),
+                    "--keep_checkpoint_max", str(a.eval_points + 1), "--log_iters", "10",
+                    "--save_dir", rel(out), "--opts", *data_opts(a.dataset_root)]
+            code, error, seconds = run_command(argv, os.path.join(folder, "train.log"),
+                                               a.train_threads)
+            if code != 0:
+                raise BenchmarkError(f"training {self.name} failed: {error or f'exit {code}'}")
+            curve = []
+            for it in checkpoint_iters(out):
+                ckpt = os.path.join(out, f"iter_{it}")
+                curve.append([it, round(evaluate_checkpoint(self.cfg, ckpt), 6)])
+                logger.info(f"{self.name}: val mIoU {curve[-1][1]:.4f} at iteration {it}")
+                if it != self.train_iters:   # only the last one is used further
+                    shutil.rmtree(ckpt)
+            result = {"checkpoint": rel(os.path.join(out, f"iter_{self.train_iters}",
+                                                     "model.pdparams")),
+                      "curve": curve, "seconds": seconds,
+                      "seconds_per_iter": seconds_per_iter(os.path.join(folder, "train.log"),
+                                                           seconds, self.train_iters)}
+            return result, [command_text(argv)]
+        self.train_record = self.steps.run("train", self.train_material(), compute)
+        return self.train_record
+
+    @property
+    def checkpoint(self):
+        return self.train_record["result"]["checkpoint"]
+
+    def unpruned(self):
+        def compute(folder):
+            from paddleseg.core.export import export_model
+            from paddleseg.core.model_loader import build_and_load
+            model = build_and_load(self.cfg, os.path.join(ROOT, self.checkpoint))
+            flops, params = flops_params(self.cfg, os.path.join(ROOT, self.checkpoint),
+                                         self.args.input_shape)
+            export = os.path.join(folder, "export")
+            export_model(model, export, val_transforms_config=self.cfg.val_dataset_config.get(
+                "transforms"), model_type=type(model).__name__, extra_deploy_info={"pruned": False})
+            return {"export": rel(export), "flops": flops, "params": params}, []
+        return self.steps.run("unpruned", self.unpruned_material(), compute)
+
+    def control(self):
+        a, iters = self.args, self.retraining_iters
+
+        def compute(folder):
+            out = os.path.join(folder, "out")
+            argv = ["train.py", "--config", self.cfg_path, "--model_path", self.checkpoint,
+                    "--iters", str(iters), "--seed", str(a.seed), "--save_interval", str(iters),
+                    "--keep_checkpoint_max", "1", "--log_iters", "10", "--save_dir", rel(out),
+                    "--opts", *data_opts(a.dataset_root)]
+            code, error, seconds = run_command(argv, os.path.join(folder, "control.log"),
+                                               a.train_threads)
+            if code != 0:
+                raise BenchmarkError(f"the control run of {self.name} failed: "
+                                     f"{error or f'exit {code}'}")
+            ckpt = os.path.join(out, f"iter_{iters}")
+            return {"miou": round(evaluate_checkpoint(self.cfg, ckpt), 6), "seconds": seconds}, \
+                [command_text(argv)]
+        return self.steps.run("control", self.control_material(), compute)
+
+    # -- pruning rows
+
+    def sensitivity_file(self):
+        """Shared by the native rows of one setup (every ratio and target): one analysis."""
+        key = bench_cache.digest(self.sensitivity_material())
+        return os.path.join(self.steps.root, f"sensitivity-{key[:12]}.json")
+
+    def latency_table_file(self):
+        """Shared by the latency-target rows of one setup: measured once."""
+        key = bench_cache.digest(self.prune_material("latency", None))
+        return os.path.join(self.steps.root, f"latency_table-{key[:12]}.json")
+
+    def prune(self, target, ratio):
+        """A row of this project's engine: ``target`` flops or latency."""
+        a = self.args
+        extra = ([] if target == "flops" else
+                 ["--target", "latency", "--latency_shape", *map(str, a.input_shape),
+                  "--cpu_threads", str(a.cpu_threads), "--latency_samples",
+                  str(a.latency_samples), "--latency_table", rel(self.latency_table_file())])
+        argv = ["slim/prune/prune.py", "--config", self.cfg_path, "--model_path", self.checkpoint,
+                "--pruning_ratio", str(ratio), "--retraining_iters", str(self.retraining_iters),
+                "--criterion", a.criterion, "--sen_file", rel(self.sensitivity_file()),
+                "--sen_eval_num", str(a.sen_eval_num), "--sen_ratios", *map(str, a.sen_ratios),
+                "--channel_step", str(a.channel_step), "--seed", str(a.seed), *extra]
+        return self._pruning_step("prune", self.prune_material(target, ratio), argv, None)
+
+    def paddleslim(self, ratio):
+        a = self.args
+        argv = ["slim/prune/prune.py", "--engine", "paddleslim", "--config", self.cfg_path,
+                "--model_path", self.checkpoint, "--pruning_ratio", str(ratio),
+                "--retraining_iters", str(self.retraining_iters),
+                "--criterion", a.paddleslim_criterion, "--sen_eval_num", str(a.sen_eval_num),
+                "--seed", str(a.seed)]
+        return self._pruning_step("paddleslim", self.paddleslim_material(ratio), argv,
+                                  a.paddleslim_timeout)
+
+    def _pruning_step(self, kind, material, argv, timeout):
+        def compute(folder):
+            out = os.path.join(folder, "out")
+            full = [*argv, "--save_dir", rel(out), "--opts", *data_opts(self.args.dataset_root)]
+            log = os.path.join(folder, f"{kind}.log")
+            code, error, seconds = run_command(full, log, self.args.train_threads, timeout)
+            if code is None:
+                return {"error": f"stopped after {timeout} s (--paddleslim_timeout); "
+                                 f"{last_progress(log)}", "seconds": seconds}, [command_text(full)]
+            if code == 2 and error:   # a one-line refusal: a result (the same every time)
+                return {"error": error, "seconds": seconds}, [command_text(full)]
+            if code != 0:
+                raise BenchmarkError(f"{command_text(full)} failed: {error or f'exit {code}'}")
+            report = bench_report.read_json(os.path.join(out, "report.json"))
+            return {"report": slim_report(report),
+                    "model": rel(os.path.join(out, "model.pdparams")),
+                    "export": rel(os.path.join(out, "export")), "seconds": seconds}, \
+                [command_text(full)]
+        return self.steps.run(kind, material, compute)
+
+    def count(self, record):
+        """GFLOPs and params of a pruned row's model at the latency input shape (its own
+        step: another --input_shape recounts without pruning again); None for a failed row."""
+        if record["result"].get("error"):
+            return None
+
+        def compute(folder):
+            flops, params = flops_params(self.cfg, os.path.join(ROOT, record["result"]["model"]),
+                                         self.args.input_shape)
+            return {"flops": flops, "params": params}, []
+        return self.steps.run("count", self.count_material(record), compute)["result"]
+
+    def count_material(self, record):
+        return self.material("count", bench_cache.TRAIN_SOURCES, pruned=record["key"],
+                             input_shape=list(self.args.input_shape))
+
+
+def slim_report(report):
+    """What the table needs from a prune.py report.json."""
+    keep = ("model_name", "pruning_ratio", "target", "criterion", "flops_before", "flops_after",
+            "flops_reduction", "params_before", "params_after", "miou_baseline", "miou_pruned",
+            "miou_retrained", "retraining_iters", "input_shape", "seconds", "engine",
+            "target_reachable", "target_lowered_to", "latency")
+    out = {k: report[k] for k in keep if k in report}
+    if "paddleslim" in report:
+        out["paddleslim"] = {k: v for k, v in report["paddleslim"].items() if k != "layer_ratios"}
+    if "coverage" in report:
+        out["coverage"] = {k: report["coverage"][k] for k in ("convs", "prunable_convs",
+                                                              "flops_coverage")
+                           if k in report["coverage"]}
+    return out
+
+
+def checkpoint_iters(folder):
+    its = [int(m.group(1)) for m in (re.fullmatch(r"iter_(\d+)", d) for d in os.listdir(folder))
+           if m]
+    return sorted(its)
+
+
+def seconds_per_iter(log_path, seconds, iters):
+    """Mean ``batch_cost`` of train.py's log lines after the first (warm-up); else wall/iters."""
+    with open(log_path, encoding="utf-8") as f:
+        costs = [float(m.group(1)) for m in re.finditer(r"batch_cost ([0-9.]+)s", f.read())]
+    costs = costs[1:] or costs
+    return round(sum(costs) / len(costs), 3) if costs else round(seconds / iters, 3)
+
+
+def last_progress(log_path):
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        lines = [ln.strip() for ln in f if ln.strip()]
+    return f"last log line: {lines[-1][-200:]}" if lines else "no output"
+
+
+# ---------------------------------------------------------------- one model's entry
+
+
+def prepare_model(name, args):
+    """Run (or reuse) every step of ``name``; returns (ModelRun, [(row, step record whose
+    export is timed, or None)])."""
+    run = ModelRun(name, args)
+    logger.info(f"==== {name}: {run.cfg_path}, {run.train_iters} iterations, "
+                f"retraining {run.retraining_iters}")
+    run.train()
+    unpruned, control = run.unpruned(), run.control()
+    variants = [(bench_report.base_row("unpruned", unpruned, run.train_record), unpruned)]
+    variants.append((bench_report.base_row("control", unpruned, run.train_record, control), None))
+
+    def pruned(kind, ratio, record):
+        return bench_report.pruned_row(kind, ratio, record, run.count(record))
+    for ratio in args.ratios:
+        variants.append(pruned("flops", ratio, run.prune("flops", ratio)))
+    latency_ok = has_latency_target()
+    for ratio in args.latency_ratios:
+        if latency_ok:
+            variants.append(pruned("latency", ratio, run.prune("latency", ratio)))
+        else:
+            variants.append((bench_report.not_run_row(
+                "latency", ratio, "slim/prune/prune.py has no --target latency in this version"),
+                None))
+    for ratio in args.paddleslim_ratios:
+        variants.append(pruned("paddleslim", ratio, run.paddleslim(ratio)))
+    return run, variants
+
+
+def time_model(run, variants, args):
+    """Interleaved latency of the model's exports; fills each row's latency and speedup."""
+    from paddleseg.deploy.benchmark import interleaved_latency, latency_stats
+    timed = [(row, rec) for row, rec in variants if rec is not None and row["status"] == "ok"
+             and rec["result"].get("export")]
+    logger.info(f"==== {run.name}: latency of {len(timed)} exports at {args.input_shape}, "
+                f"{args.warmup} warm-up runs each, {args.repeats} rounds in random order")
+    samples = interleaved_latency([os.path.join(ROOT, rec["result"]["export"]) for _, rec in timed],
+                                  args.input_shape, args.warmup, args.repeats, args.cpu_threads,
+                                  shuffle_seed=args.seed)
+    for (row, _), times in zip(timed, samples):
+        stats = latency_stats(times)
+        row["latency"] = {k: round(v, 3) for k, v in stats.items()}
+        row["latency"]["rounds"] = len(times)
+    return [row for row, _ in variants]
+
+
+def model_entry(run, rows, args, argv):
+    train = run.train_record["result"]
+    cfg = run.cfg
+    resize = next((t.get("target_size") for t in cfg.dic["train_dataset"].get("transforms", [])
+                   if t.get("type") == "Resize"), None)
+    return {
+        "command": command_text(["benchmarks/prune_speedup.py", *argv]),
+        "args": {k: v for k, v in sorted(vars(args).items()) if k not in ("debug",)},
+        "git": bench_cache.git_commit(), "machine": machine(), "software": software(),
+        "config": run.cfg_path,
+        "data": {"root": args.dataset_root, "train_images": len(cfg.train_dataset),
+                 "val_images": len(cfg.val_dataset), "num_classes": cfg.num_classes,
+                 "majority_class_miou": round(majority_class_miou(cfg), 6)},
+        "training": {"iters": run.train_iters, "batch_size": cfg.batch_size,
+                     "resolution": resize,
+                     "learning_rate": cfg.dic["lr_scheduler"]["learning_rate"],
+                     "threads": args.train_threads, "seconds": train["seconds"],
+                     "seconds_per_iter": train["seconds_per_iter"], "curve": train["curve"],
+                     "step_key": run.train_record["key"],
+                     "commands": run.train_record["commands"]},
+        "retraining_iters": run.retraining_iters,
+        "latency_setup": {"input_shape": list(args.input_shape), "threads": args.cpu_threads,
+                          "warmup": args.warmup, "rounds": args.repeats,
+                          "order": "random within each round", "seed": args.seed,
+                          "backend": "Paddle Inference CPU, oneDNN"},
+        "rows": bench_report.finish_rows(rows),
+    }
+
+
+def main(argv):
+    args = parse_args(argv)
+    out_dir = os.path.join(ROOT, args.out_dir)
+    if args.phase == "report":
+        bench_report.write_outputs(out_dir, [os.path.join(ROOT, d) for d in args.docs],
+                                   args.gpu_results)
+        return 0
+    bench_report.check_results_file(os.path.join(out_dir, bench_report.RESULTS))
+    for name in args.models:
+        run, variants = prepare_model(name, args)
+        if args.phase == "prepare":
             continue
-        base = next(b for b in rows if b["model"] == r["model"] and b["ratio"] == 0.0)
-        drop = (base["miou"] - r["miou"]) * 100
-        ok = r["speedup"] >= 1.3 and drop <= 1.0
-        control = training.get(r["model"], {}).get("control")
-        fair = (f"; the unpruned model trained the same {control['iters']} extra iterations "
-                f"reaches {control['miou']:.4f} ({(r['miou'] - control['miou']) * 100:+.2f} points "
-                "for the pruned one)") if control else ""
-        lines.append(f"- {r['model']}: {r['speedup']:.2f}x, mIoU {base['miou']:.4f} -> {r['miou']:.4f} "
-                     f"({-drop:+.2f} points){fair}: {'meets' if ok else 'misses'} the goal.")
-        if r["model"] in notes:
-            top = ", ".join(f"`{n}` {s:.0%}" for n, s in notes[r["model"]])
-            lines.append(f"  Convs that keep the time in the pruned model (dygraph share): {top}.")
-    return "\n".join(lines) + "\n"
-
-
-def plot_speedup(rows, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 5))
-    top = max(r["flops_reduction"] for r in rows) + 0.05
-    xs = [top * i / 50 for i in range(51)]
-    ax.plot(xs, [1 / (1 - x) for x in xs], "k--", linewidth=1, label="ideal: 1 / (1 - FLOPs cut)")
-    for model in dict.fromkeys(r["model"] for r in rows):
-        pts = sorted((r["flops_reduction"], r["speedup"]) for r in rows if r["model"] == model)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=model)
-    ax.set_xlabel("FLOPs reduction")
-    ax.set_ylabel("measured speedup (CPU, oneDNN)")
-    ax.set_title("Pruning speedup against FLOPs reduction")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        rows = time_model(run, variants, args)
+        bench_report.merge_model(out_dir, name, model_entry(run, rows, args, argv))
+        bench_report.write_outputs(out_dir, [os.path.join(ROOT, d) for d in args.docs])
+        logger.info(f"==== {name}: merged into {os.path.join(args.out_dir, bench_report.RESULTS)}")
+    return 0
 
 
 if __name__ == "__main__":

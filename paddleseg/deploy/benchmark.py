@@ -31,31 +31,46 @@ def _paddle_runner(model_dir, shape, **predictor_kwargs):
     return run
 
 
-def _time_runs(runs, x, warmup, repeats):
+def _time_runs(runs, x, warmup, repeats, shuffle_seed=None):
     """Latency samples (ms) per callable in ``runs``, each called on ``x``.
 
-    Each gets ``warmup`` untimed calls first; then each repeat times one call of each in turn,
-    so that machine noise during the measurement hits all of them alike.
+    Each gets ``warmup`` untimed calls first; then each repeat (round) times one call of each,
+    so that machine noise during the measurement hits all of them alike. With
+    ``shuffle_seed`` the order within each round is drawn at random (seeded), so that no export
+    always runs right after the same other one (caches, CPU clocks).
     """
     for run in runs:
         for _ in range(int(warmup)):
             run(x)
     times = [[] for _ in runs]
+    order = list(range(len(runs)))
+    shuffler = None if shuffle_seed is None else np.random.RandomState(shuffle_seed)
     for _ in range(int(repeats)):
-        for run, t in zip(runs, times):
+        if shuffler is not None:
+            shuffler.shuffle(order)
+        for i in order:
             start = time.perf_counter()
-            run(x)
-            t.append((time.perf_counter() - start) * 1000.0)
+            runs[i](x)
+            times[i].append((time.perf_counter() - start) * 1000.0)
     return [np.asarray(t) for t in times]
 
 
-def interleaved_latency(model_dirs, input_shape, warmup, repeats, cpu_threads):
-    """Per export: latency samples (ms) taken one run of each export in turn."""
+def interleaved_latency(model_dirs, input_shape, warmup, repeats, cpu_threads, shuffle_seed=None):
+    """Per export: latency samples (ms), one run of each export per round (in random order
+    per round with ``shuffle_seed``, see :func:`_time_runs`)."""
     input_shape = parse_input_shape(input_shape)
     for d in model_dirs:
         check_input_shape_fits(load_deploy_config(d), input_shape)
     runs = [_paddle_runner(d, input_shape, cpu_threads=cpu_threads) for d in model_dirs]
-    return _time_runs(runs, _random_input(input_shape, 0), warmup, repeats)
+    return _time_runs(runs, _random_input(input_shape, 0), warmup, repeats, shuffle_seed)
+
+
+def latency_stats(times):
+    """Mean, median, p10, p90 and min (ms) of latency samples, as plain floats."""
+    times = np.asarray(times, dtype=np.float64)
+    return {"mean_ms": float(times.mean()), "median_ms": float(np.median(times)),
+            "p10_ms": float(np.percentile(times, 10)), "p90_ms": float(np.percentile(times, 90)),
+            "min_ms": float(times.min())}
 
 
 def _prepare(model_dir, shape, device="cpu", use_trt=False, precision="fp32", cpu_threads=2,

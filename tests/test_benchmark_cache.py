@@ -1,0 +1,181 @@
+"""The benchmark's cached steps: keyed by everything that affects them, never reused for other
+arguments or other code."""
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import bench_cache  # noqa: E402
+import prune_speedup  # noqa: E402
+
+
+def test_a_step_is_reused_only_for_the_same_material(tmp_path):
+    steps = bench_cache.Steps(str(tmp_path))
+    calls = []
+
+    def compute(folder):
+        calls.append(folder)
+        with open(os.path.join(folder, "out.txt"), "w") as f:
+            f.write("x")
+        return {"value": len(calls)}, ["python train.py ..."]
+
+    first = steps.run("train", {"iters": 10, "seed": 0}, compute)
+    again = steps.run("train", {"seed": 0, "iters": 10}, compute)       # same, other key order
+    other = steps.run("train", {"iters": 11, "seed": 0}, compute)
+    assert len(calls) == 2 and again == first and first["result"] == {"value": 1}
+    assert other["key"] != first["key"] and other["result"] == {"value": 2}
+    assert first["commands"] == ["python train.py ..."]
+    # a record whose key differs (edited, or from an older version) is not trusted
+    record = os.path.join(steps.folder("train", first["key"]), bench_cache.RECORD)
+    with open(record) as f:
+        text = f.read()
+    with open(record, "w") as f:
+        f.write(text.replace(first["key"], "0" * 64))
+    steps.run("train", {"iters": 10, "seed": 0}, compute)
+    assert len(calls) == 3
+
+
+def test_a_step_killed_before_its_record_is_redone_from_scratch(tmp_path):
+    steps = bench_cache.Steps(str(tmp_path))
+    material = {"iters": 1}
+    folder = steps.folder("train", bench_cache.digest(dict(material, kind="train")))
+    os.makedirs(folder)
+    with open(os.path.join(folder, "half_written.bin"), "w") as f:
+        f.write("partial")
+    record = steps.run("train", material, lambda d: ({"files": sorted(os.listdir(d))}, []))
+    assert record["result"] == {"files": []}
+
+
+def test_latency_phase_never_computes(tmp_path):
+    steps = bench_cache.Steps(str(tmp_path), compute=False)
+    with pytest.raises(bench_cache.StepNotPrepared, match="--phase prepare"):
+        steps.run("prune", {"ratio": 0.3}, lambda d: ({}, []))
+    assert not os.listdir(tmp_path)
+
+
+def test_code_version_follows_the_sources(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    src = tmp_path / "pkg" / "a.py"
+    src.write_text("x = 1\n")
+    before = bench_cache.code_version(["pkg/*.py"], root=str(tmp_path))
+    assert bench_cache.code_version(["pkg/*.py"], root=str(tmp_path)) == before
+    src.write_text("x = 2\n")
+    edited = bench_cache.code_version(["pkg/*.py"], root=str(tmp_path))
+    (tmp_path / "pkg" / "b.py").write_text("")
+    added = bench_cache.code_version(["pkg/*.py"], root=str(tmp_path))
+    other_lib = bench_cache.code_version(["pkg/*.py"], root=str(tmp_path), extra={"paddleslim": "2.7"})
+    assert len({before, edited, added, other_lib}) == 4
+
+
+@pytest.fixture
+def fake_camvid(tmp_path):
+    """List files (and the files they name) in CamVid's layout: all the keys read of the data."""
+    root = tmp_path / "camvid"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for split, names in (("train", ["a", "b"]), ("val", ["c"])):
+        with open(root / f"{split}.txt", "w") as f:
+            for n in names:
+                (root / "images" / f"{n}.jpg").write_bytes(b"jpg")
+                (root / "labels" / f"{n}.png").write_bytes(b"png")
+                f.write(f"images/{n}.jpg labels/{n}.png\n")
+    return str(root)
+
+
+def materials(fake_camvid, *extra, model="FastSCNN"):
+    """Every step's material for the given command-line arguments."""
+    args = prune_speedup.parse_args(["--models", model, "--dataset_root", fake_camvid,
+                                     "--out_dir", "elsewhere", *extra])
+    run = prune_speedup.ModelRun(model, args)
+    out = {"train": run.train_material()}
+    run.train_record = {"key": step_key(out["train"], "train")}
+    out.update(unpruned=run.unpruned_material(), control=run.control_material(),
+               flops=run.prune_material("flops", 0.3), latency=run.prune_material("latency", 0.3),
+               paddleslim=run.paddleslim_material(0.3), sensitivity=run.sensitivity_material())
+    out["counts"] = run.count_material({"key": step_key(out["flops"], "prune")})
+    return {k: bench_cache.digest(v) for k, v in out.items()}
+
+
+def step_key(material, kind):
+    return bench_cache.digest(dict(material, kind=kind))
+
+
+# argument -> the steps whose key must change with it (all others must not)
+KEYED = [
+    (["--train_iters", "7"], "all"),
+    (["--seed", "3"], "all"),
+    (["--train_threads", "1"], "all"),
+    (["--eval_points", "3"], "all"),
+    (["--retraining_iters", "9"], {"control", "flops", "latency", "paddleslim", "counts"}),
+    (["--criterion", "l1"], {"flops", "latency", "sensitivity", "counts"}),
+    (["--sen_ratios", "0.3", "0.6"], {"flops", "latency", "sensitivity", "counts"}),
+    (["--sen_eval_num", "5"], {"flops", "latency", "paddleslim", "sensitivity", "counts"}),
+    (["--channel_step", "4"], {"flops", "latency", "counts"}),
+    (["--input_shape", "1", "3", "256", "512"], {"unpruned", "latency", "counts"}),
+    (["--cpu_threads", "1"], {"latency"}),
+    (["--latency_samples", "5"], {"latency"}),
+    (["--paddleslim_criterion", "fpgm"], {"paddleslim"}),
+    (["--paddleslim_timeout", "60"], {"paddleslim"}),
+]
+
+
+def test_every_keyed_argument_changes_the_keys_of_its_steps(fake_camvid):
+    base = materials(fake_camvid, "--train_iters", "8")
+    assert len(set(base.values())) == len(base)
+    for argv, expected in KEYED:
+        argv = argv if "--train_iters" in argv else argv + ["--train_iters", "8"]
+        changed = {k for k, v in materials(fake_camvid, *argv).items() if v != base[k]}
+        assert changed == (set(base) if expected == "all" else expected), argv
+
+
+def test_config_data_and_code_are_keyed(fake_camvid, tmp_path, monkeypatch):
+    base = materials(fake_camvid)
+    # the config after _base_ merge: a config that inherits the model's and changes the lr
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text(f"_base_: {os.path.join(ROOT, prune_speedup.MODELS['FastSCNN'])}\n"
+                   "lr_scheduler:\n  learning_rate: 0.02\n")
+    monkeypatch.setitem(prune_speedup.MODELS, "FastSCNN", str(cfg))
+    assert all(v != base[k] for k, v in materials(fake_camvid).items())
+    monkeypatch.undo()
+    # the data: one more line in the training list
+    with open(os.path.join(fake_camvid, "train.txt"), "a") as f:
+        f.write("images/c.jpg labels/c.png\n")
+    assert all(v != base[k] for k, v in materials(fake_camvid).items())
+    # the code: a source file of the pruning steps
+    real = bench_cache.code_version
+    monkeypatch.setattr(bench_cache, "code_version", lambda patterns, root=bench_cache.ROOT,
+                        extra=None: real(patterns, root, extra) + (
+                            "!" if "paddleseg/slim/**/*.py" in patterns else ""))
+    with open(os.path.join(fake_camvid, "train.txt")) as f:
+        lines = f.readlines()
+    with open(os.path.join(fake_camvid, "train.txt"), "w") as f:
+        f.writelines(lines[:-1])
+    changed = {k for k, v in materials(fake_camvid).items() if v != base[k]}
+    assert changed == {"flops", "latency", "paddleslim", "sensitivity", "counts"}
+
+
+def test_dataset_root_without_list_files_is_one_line(tmp_path):
+    with pytest.raises(prune_speedup.BenchmarkError, match="train.txt not found"):
+        prune_speedup.ModelRun("FastSCNN", prune_speedup.parse_args(
+            ["--dataset_root", str(tmp_path), "--out_dir", "elsewhere"]))
+
+
+def test_fewer_than_30_rounds_are_refused():
+    with pytest.raises(prune_speedup.BenchmarkError, match=">= 30"):
+        prune_speedup.parse_args(["--repeats", "10"])
+
+
+def test_commands_report_their_error_line_and_stop_at_the_timeout(tmp_path):
+    log = str(tmp_path / "log")
+    code, error, _ = prune_speedup.run_command(
+        ["-c", "import sys; print('working'); print('error: no such layer', file=sys.stderr); "
+               "sys.exit(2)"], log, threads=1)
+    assert (code, error) == (2, "no such layer")
+    assert open(log).read().splitlines() == ["working", "error: no such layer"]
+    code, error, seconds = prune_speedup.run_command(
+        ["-c", "import time; print('started', flush=True); time.sleep(60)"], log, 1, timeout=2)
+    assert code is None and error is None and seconds < 30
+    assert prune_speedup.last_progress(log) == "last log line: started"

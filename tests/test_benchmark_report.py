@@ -1,0 +1,216 @@
+"""benchmarks/prune_speedup.py --phase report: RESULTS.md, speedup.png and the generated doc
+blocks come from results.json alone, byte for byte, in this process or another."""
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import bench_report  # noqa: E402
+import prune_speedup  # noqa: E402
+
+OUTPUTS = ("RESULTS.md", "speedup.png", "README.md", "prune.md")
+
+
+def _row(kind, ratio, label, gflops, params, miou, median, **more):
+    row = {"row": kind, "ratio": ratio, "label": label, "status": "ok", "error": None,
+           "gflops": gflops, "params": params, "miou": miou, "wall_seconds": 61.0,
+           "step_key": "0" * 64, "commands": [f"python slim/prune/prune.py --x {label}"],
+           "latency": None if median is None else {
+               "mean_ms": median + 1, "median_ms": median, "p10_ms": median - 2,
+               "p90_ms": median + 3, "min_ms": median - 4, "rounds": 30}}
+    row.update(more)
+    return row
+
+
+def _entry(name, base_ms, lowest_ms):
+    rows = [
+        _row("unpruned", None, "unpruned", 2.0, 2_500_000, 0.41, base_ms),
+        _row("control", None, "control (+75 iters)", 2.0, 2_500_000, 0.42, None,
+             note="the unpruned network: timed as the unpruned row"),
+        _row("flops", 0.3, "FLOPs target 0.3", 1.4, 1_500_000, 0.415, base_ms * 0.8),
+        dict(_row("latency", 0.3, "latency target 0.3", None, None, None, None),
+             status="not run", note="slim/prune/prune.py has no --target latency in this version"),
+        _row("paddleslim", 0.3, "PaddleSlim 0.3 (PaddleSeg 2.6)", 0.12, 120_000, 0.30, lowest_ms,
+             paddleslim={"collections": 17, "skipped_small": 2, "paddleslim_pruned_flops": 0.93,
+                         "pruned_convs": 36, "convs": 47}),
+    ]
+    return {
+        "command": f"python benchmarks/prune_speedup.py --models {name}",
+        "args": {"models": [name], "seed": 0}, "git": "abcdef123456", "machine": "Test CPU, 2 cores",
+        "software": {"python": "3.11.7", "paddle": "2.6.2", "paddleslim": "2.6.0", "numpy": "1.26.4"},
+        "config": f"configs/camvid/{name.lower()}.yml",
+        "data": {"root": "../shared/data/camvid", "train_images": 367, "val_images": 101,
+                 "num_classes": 11, "majority_class_miou": 0.025},
+        "training": {"iters": 300, "batch_size": 8, "resolution": [256, 192],
+                     "learning_rate": 0.05, "threads": 2, "seconds": 1300.5,
+                     "seconds_per_iter": 4.2, "curve": [[150, 0.3], [300, 0.41]],
+                     "step_key": "1" * 64, "commands": ["python train.py ..."]},
+        "retraining_iters": 75,
+        "latency_setup": {"input_shape": [1, 3, 512, 1024], "threads": 2, "warmup": 5, "rounds": 30,
+                          "order": "random within each round", "seed": 0,
+                          "backend": "Paddle Inference CPU, oneDNN"},
+        "rows": bench_report.finish_rows(rows),
+    }
+
+
+def tiny_results(failed_slim=False):
+    data = {"format": bench_report.FORMAT, "gpu": None,
+            "models": {"FastSCNN": _entry("FastSCNN", 50.0, 30.0),
+                       "BiSeNetV2": _entry("BiSeNetV2", 200.0, 150.0)}}
+    if failed_slim:
+        row = data["models"]["BiSeNetV2"]["rows"][-1]
+        row.update(status="failed", error="PaddleSlim failed on BiSeNetV2 in sensitivity analysis "
+                   "after pruning semantic.x.weight (conv2d_12.w_0) at layer semantic.y: "
+                   "ValueError: (InvalidArgument) channels | groups")
+    return data
+
+
+DOC_TEMPLATE = "# {title}\n\nintro\n\n{begin}\nold text, 1.45x by hand\n{end}\n\ntail\n"
+
+
+def make_workspace(folder, results):
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    for doc, block in (("README.md", "headline"), ("prune.md", "table")):
+        with open(os.path.join(folder, doc), "w", encoding="utf-8") as f:
+            f.write(DOC_TEMPLATE.format(title=doc, begin=bench_report.BLOCK_BEGIN.format(name=block),
+                                        end=bench_report.BLOCK_END.format(name=block)))
+    return folder
+
+
+def report_argv(folder):
+    return ["--phase", "report", "--out_dir", str(folder), "--docs",
+            os.path.join(folder, "README.md"), os.path.join(folder, "prune.md")]
+
+
+def read_outputs(folder):
+    out = {}
+    for name in OUTPUTS:
+        with open(os.path.join(folder, name), "rb") as f:
+            out[name] = f.read()
+    return out
+
+
+def test_report_is_a_pure_function_of_results_json(tmp_path):
+    a = make_workspace(str(tmp_path / "a"), tiny_results(failed_slim=True))
+    assert prune_speedup.main(report_argv(a)) == 0
+    first = read_outputs(a)
+    # again in a fresh process (other hash seeds, fresh matplotlib), from a copy of results.json
+    b = make_workspace(str(tmp_path / "b"), tiny_results(failed_slim=True))
+    subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "prune_speedup.py"),
+                    *report_argv(b)], check=True, cwd=str(tmp_path))
+    assert read_outputs(b) == first
+    # and once more over its own outputs: nothing depends on what was there
+    assert prune_speedup.main(report_argv(a)) == 0
+    assert read_outputs(a) == first
+
+    md = first["RESULTS.md"].decode()
+    assert "| FastSCNN | FLOPs target 0.3 | 1.400 | 1.50M | 30.0% | 0.4150 | -0.5 | 40.0 [38.0, 43.0] | 1.25x |" in md
+    assert "| FastSCNN | control (+75 iters) |" in md and "same network as unpruned" in md
+    assert "not run: slim/prune/prune.py has no --target latency" in md
+    assert "failed: PaddleSlim failed on BiSeNetV2 in sensitivity analysis" in md
+    assert "channels \\| groups" in md                     # a '|' cannot break the table
+    assert "python benchmarks/prune_speedup.py --models FastSCNN" in md
+    assert "GPU: not measured. No GPU was lent" in md
+    assert "Not yet measured: FCN-HRNetW18, HarDNet, UNet." in md
+    assert md.index("| BiSeNetV2 | unpruned") < md.index("| FastSCNN | unpruned")  # fixed order
+    png = first["speedup.png"]
+    assert png.startswith(b"\x89PNG") and b"tIME" not in png and b"Software" not in png
+    readme = first["README.md"].decode()
+    assert "1.45x by hand" not in readme and readme.startswith("# README.md\n\nintro\n\n")
+    assert readme.endswith("\n\ntail\n") and "FastSCNN 1.25x at 30% fewer FLOPs (-0.5 mIoU" in readme
+    assert "| BiSeNetV2 | PaddleSlim 0.3 (PaddleSeg 2.6) | failed:" in first["prune.md"].decode()
+
+
+def test_report_follows_results_json(tmp_path):
+    """Another number in results.json gives other outputs (the report does read it)."""
+    a = make_workspace(str(tmp_path / "a"), tiny_results())
+    prune_speedup.main(report_argv(a))
+    changed = tiny_results()
+    changed["models"]["FastSCNN"]["rows"][2]["speedup"] = 1.5
+    b = make_workspace(str(tmp_path / "b"), changed)
+    prune_speedup.main(report_argv(b))
+    first, second = read_outputs(a), read_outputs(b)
+    for name in OUTPUTS:
+        assert first[name] != second[name], name
+
+
+def test_gpu_table_merges_into_results(tmp_path):
+    a = make_workspace(str(tmp_path / "a"), tiny_results())
+    gpu = tmp_path / "gpu.json"
+    gpu.write_text(json.dumps({"device": "NVIDIA Test GPU", "method": "onnx2torch", "rows": [
+        {"model": "FastSCNN", "export": "unpruned", "precision": "fp16", "median_ms": 2.0,
+         "p10_ms": 1.9, "p90_ms": 2.2, "speedup": 1.0}], "skipped": []}))
+    prune_speedup.main(report_argv(a) + ["--gpu_results", str(gpu)])
+    md = read_outputs(a)["RESULTS.md"].decode()
+    assert "GPU: NVIDIA Test GPU" in md and "| FastSCNN | unpruned | fp16 | 2.00 |" in md
+    assert bench_report.read_json(os.path.join(a, "results.json"))["gpu"]["device"] == "NVIDIA Test GPU"
+
+
+def test_missing_doc_markers_are_one_line_errors(tmp_path, capsys):
+    a = make_workspace(str(tmp_path / "a"), tiny_results())
+    with open(os.path.join(a, "README.md"), "w") as f:
+        f.write("# no markers here\n")
+    with pytest.raises(SystemExit) as e:
+        prune_speedup.cli.run(prune_speedup.main, report_argv(a))
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "README.md" in err[0]
+
+
+def test_results_of_another_format_are_not_merged_into(tmp_path):
+    v1 = {"rows": [{"model": "UNet", "ratio": 0.3}], "args": {}}
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(v1))
+    with pytest.raises(bench_report.ResultsError, match="another benchmark version"):
+        bench_report.merge_model(str(tmp_path), "UNet", _entry("UNet", 1.0, 1.0))
+    assert json.loads(path.read_text()) == v1     # untouched
+
+
+def test_merge_keeps_other_models_and_a_fixed_order(tmp_path):
+    bench_report.merge_model(str(tmp_path), "UNet", _entry("UNet", 10.0, 9.0))
+    bench_report.merge_model(str(tmp_path), "BiSeNetV2", _entry("BiSeNetV2", 10.0, 9.0))
+    newer = _entry("UNet", 20.0, 9.0)
+    data = bench_report.merge_model(str(tmp_path), "UNet", newer)
+    assert list(data["models"]) == ["BiSeNetV2", "UNet"]
+    assert data["models"]["UNet"]["rows"][0]["latency"]["median_ms"] == 20.0
+
+
+def test_committed_results_reproduce(tmp_path):
+    """The committed RESULTS.md, speedup.png and doc blocks are what results.json gives."""
+    results = os.path.join(ROOT, "benchmarks", "results.json")
+    data = bench_report.read_json(results)
+    if data.get("format") != bench_report.FORMAT:
+        pytest.skip("benchmarks/results.json is the v1 (membrane) table: nothing generated yet")
+    work = tmp_path / "out"
+    work.mkdir()
+    shutil.copy(results, work / "results.json")
+    docs = []
+    for doc in ("README.md", os.path.join("docs", "prune.md")):
+        shutil.copy(os.path.join(ROOT, doc), work / os.path.basename(doc))
+        docs.append(str(work / os.path.basename(doc)))
+    prune_speedup.main(["--phase", "report", "--out_dir", str(work), "--docs", *docs])
+    for name, committed in (("RESULTS.md", "benchmarks/RESULTS.md"),
+                            ("speedup.png", "benchmarks/speedup.png"),
+                            ("README.md", "README.md"), ("prune.md", "docs/prune.md")):
+        with open(work / name, "rb") as f, open(os.path.join(ROOT, committed), "rb") as g:
+            assert f.read() == g.read(), f"{committed} is not what --phase report makes"
+
+
+def test_finish_rows_measures_against_unpruned_and_control():
+    rows = copy.deepcopy(_entry("FastSCNN", 50.0, 25.0)["rows"])
+    by = {r["row"]: r for r in rows}
+    assert by["flops"]["speedup"] == pytest.approx(1.25)
+    assert by["paddleslim"]["speedup"] == pytest.approx(2.0)
+    assert by["flops"]["miou_delta_points"] == pytest.approx(-0.5)
+    assert by["unpruned"]["miou_delta_points"] == pytest.approx(-1.0)
+    assert by["flops"]["flops_cut"] == pytest.approx(0.3)
+    assert "speedup" not in by["latency"]                    # not run: nothing measured
