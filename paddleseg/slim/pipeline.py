@@ -4,6 +4,11 @@ retrain -> evaluate -> save. ``slim/prune/prune.py`` is its command line.
 Outputs are built in a staging folder and switched in as one folder at the end (see
 :mod:`paddleseg.slim.publish`); only the sensitivity file is written during the run, so that a
 killed run resumes.
+
+Under ``paddle.distributed.launch`` every rank measures its share of the sensitivity points
+(:mod:`paddleseg.slim.sensitivity`), rank 0 allocates the ratios and sends the plan to the
+others, all ranks retrain together (data parallel), and rank 0 alone evaluates, saves and
+exports.
 """
 import hashlib
 import json
@@ -16,11 +21,13 @@ from dataclasses import dataclass, field
 from ..core.model_loader import build_and_load
 from ..core.train import set_seed, train
 from ..core.val import evaluate_metrics
-from ..utils import logger
+from ..models.layers.layer_libs import plain_batchnorm
+from ..utils import distributed, logger
 from ..utils.errors import UserError
 from ..utils.fileio import removed_if_left_empty, write_json, write_text
 from ..utils.progress import format_seconds
 from . import sensitivity as sens_mod
+from .fast_eval import SensitivityEvaluator
 from .latency import target as latency_mod
 from .allocate import TargetUnreachable, allocate_ratios, reachable_reduction
 from .flops import FlopsModel, count_flops_params
@@ -56,6 +63,12 @@ class PruneOptions:
     device: str = "cpu"                # where latency is measured
     export: bool = True
     timings: dict = field(default_factory=dict)
+
+
+# what a pruned checkpoint (and its exports) records about how it was made
+PRUNING_FACTS = ("criterion", "pruning_ratio", "target", "target_lowered_to", "channel_step",
+                 "input_shape", "flops_before", "flops_after", "flops_reduction", "params_before",
+                 "params_after", "layer_ratios")
 
 
 def check_options(o):
@@ -158,10 +171,44 @@ def retrain(o, cfg, model, work_dir):
           losses=cfg.loss, keep_checkpoint_max=1, seed=o.seed)
 
 
+def measure_sensitivity(o, cfg, model, analysis, val_dataset):
+    """The sensitivity of every group (this rank's share of the points, in a job), evaluated
+    with decoded images kept and unchanged layer outputs reused (see fast_eval)."""
+    eval_num = o.sen_eval_num or len(val_dataset)
+    with SensitivityEvaluator(model, val_dataset, eval_num) as evaluate:
+        return sens_mod.analyze(model, analysis.groups, evaluate, o.sen_ratios,
+                                sensitivity_file(o), o.criterion, sensitivity_progress(),
+                                extra=config_fingerprint(cfg, o.model_path, eval_num))
+
+
+def share_plan(plan=None):
+    """Rank 0's pruning plan, on every rank of a job (``plan`` is only read on rank 0)."""
+    return distributed.all_gather(plan if distributed.is_main() else None)[0]
+
+
+def _run_other_rank(o, cfg):
+    """Ranks 1..N-1 of a job: their share of the sensitivity points, rank 0's plan, then
+    retraining together with rank 0. Nothing is written but their sensitivity part files."""
+    model = build_and_load(cfg, o.model_path)
+    model.eval()
+    val_dataset = cfg.val_dataset
+    if val_dataset is None:
+        raise UserError(f"{cfg.path} has no val_dataset; pruning needs one to measure mIoU")
+    analysis = build_groups(model, sample_input_shape(val_dataset))
+    analysis.require_coverage(o.min_coverage)
+    measure_sensitivity(o, cfg, model, analysis, val_dataset)
+    prune_model(model, analysis, share_plan(), o.criterion)
+    retrain(o, cfg, model, os.path.join(o.save_dir, "retrain"))  # rank 0 alone writes there
+    return None
+
+
 def run(o):
-    """Run the whole pipeline; returns the report dict (also written to save_dir)."""
+    """Run the whole pipeline; returns the report dict (also written to save_dir; None on
+    ranks other than 0 of a job)."""
     check_options(o)
     set_seed(o.seed)
+    if not distributed.is_main():
+        return _run_other_rank(o, o.config)
     # a failed run leaves no save_dir it made, unless the sensitivity file (resumable) is in it
     with removed_if_left_empty(o.save_dir):
         recover(o.save_dir)
@@ -206,14 +253,11 @@ def _run(o, cfg, t, stage):
         target, lowered_to = aimed_reduction(o, analysis, flops_model)
     eval_num = o.sen_eval_num or len(val_dataset)
     with Phase(t, "sensitivity analysis"):
-        sens = sens_mod.analyze(model, analysis.groups, lambda: miou(model, val_dataset, eval_num),
-                                o.sen_ratios, sensitivity_file(o), o.criterion,
-                                sensitivity_progress(),
-                                extra=config_fingerprint(cfg, o.model_path, eval_num))
+        sens = measure_sensitivity(o, cfg, model, analysis, val_dataset)
     with Phase(t, "pruning"):
         alloc = latency.search(model, sens, target, o.allow_lower_target) if latency else \
             allocate_ratios(analysis.groups, sens, flops_model, target, channel_step=o.channel_step)
-        prune_model(model, analysis, alloc.plan, o.criterion)
+        prune_model(model, analysis, share_plan(alloc.plan), o.criterion)
         flops1, params1 = count_flops_params(model, shape)
         pruned_miou = miou(model, val_dataset)
         logger.info(f"FLOPs {flops0 / 1e9:.3f}G -> {flops1 / 1e9:.3f}G ({1 - flops1 / flops0:.1%} fewer), "
@@ -238,14 +282,16 @@ def _run(o, cfg, t, stage):
         "layer_ratios": {gid: round(r, 4) for gid, r in sorted(alloc.plan.items())},
         "seconds": t,
     }
-    save_pruned(model, stage, info={"criterion": o.criterion, "pruning_ratio": o.pruning_ratio,
-                                    "layer_ratios": report["layer_ratios"]})
+    # a model trained on several GPUs has SyncBatchNorm layers: saved and exported as plain ones
+    plain_batchnorm(model)
+    # the pruning facts travel with the checkpoint and, from there, into every export's deploy.yaml
+    save_pruned(model, stage, info={key: report[key] for key in PRUNING_FACTS})
     if o.export:
         with Phase(t, "export"):
             from ..core.export import export_model
             export_model(model, os.path.join(stage, "export"),
                          val_transforms_config=cfg.val_dataset_config.get("transforms"),
-                         model_type=report["model_name"], extra_deploy_info={"pruned": True})
+                         model_type=report["model_name"])
     if latency:
         with Phase(t, "latency measurement"):
             report["latency"] = latency.final_report(

@@ -27,8 +27,9 @@ def build_parser():
     p.add_argument("--save_dir", default="output",
                    help="where the pruned model goes: a new or empty folder, or an earlier "
                         "prune output (replaced as a whole when the run succeeds)")
-    p.add_argument("--criterion", choices=["l1", "fpgm"], default="fpgm",
-                   help="channel importance: fpgm (geometric median, default) or l1 (filter norm)")
+    p.add_argument("--criterion", choices=["l1", "fpgm"], default=None,
+                   help="channel importance: fpgm (geometric median, default) or l1 (filter norm; "
+                        "the default with --engine paddleslim, as in PaddleSeg 2.6)")
     p.add_argument("--sen_file", default=None,
                    help="sensitivity file (JSON), resumed when it exists (default: "
                         "save_dir/sensitivity.json); a .pickle name is pickled, read back safely")
@@ -58,8 +59,13 @@ def build_parser():
     p.add_argument("--latency_samples", type=int, default=8,
                    help="sample plans a new latency table measures (more: slower, closer fit)")
     p.add_argument("--cpu_threads", type=int, default=None,
-                   help="CPU threads latency is measured with (default: all cores)")
+                   help="CPU threads per process for evaluation, sensitivity analysis, "
+                        "retraining and latency measurement (default: all cores, divided "
+                        "between the ranks of a paddle.distributed.launch job)")
     p.add_argument("--seed", type=int, default=None, help="random seed")
+    p.add_argument("--engine", choices=["native", "paddleslim"], default="native",
+                   help="native: this project's engine; paddleslim: PaddleSeg 2.6's original "
+                        "method (PaddleSlim's sensitivity + sensitive_prune), for comparison")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="run on cpu or gpu")
     cli.add_common_args(p)
     return p
@@ -76,12 +82,15 @@ def parse_args(argv):
 
 def main(argv):
     args = parse_args(argv)
+    if args.engine == "paddleslim":
+        return run_paddleslim(args)
     from paddleseg.cvlibs import Config
     from paddleseg.slim.pipeline import DEFAULT_RATIOS, PruneOptions, check_options, run
 
     options = PruneOptions(config=None, pruning_ratio=args.pruning_ratio,
                            retraining_iters=args.retraining_iters, model_path=args.model_path,
-                           save_dir=args.save_dir, criterion=args.criterion, sen_file=args.sen_file,
+                           save_dir=args.save_dir, criterion=args.criterion or "fpgm",
+                           sen_file=args.sen_file,
                            sen_eval_num=args.sen_eval_num,
                            sen_ratios=tuple(args.sen_ratios or DEFAULT_RATIOS),
                            num_workers=args.num_workers, seed=args.seed,
@@ -92,12 +101,14 @@ def main(argv):
                            latency_samples=args.latency_samples, cpu_threads=args.cpu_threads,
                            device=args.device)
     check_options(options)  # before any slow work (save_dir, sensitivity file)
-    cli.set_device(args.device)
+    cli.set_device(args.device, args.cpu_threads)
     # the retraining schedule spans --retraining_iters, as a fresh training run of that length
     options.config = Config(args.config, learning_rate=args.learning_rate,
                             batch_size=args.batch_size,
                             iters=args.retraining_iters or None, opts=args.opts)
     report = run(options)  # a failed run leaves no save_dir (or parent) it made
+    if report is None:  # a rank other than 0 of a paddle.distributed.launch job: rank 0 reports
+        return 0
     cut = 1 - report["flops_after"] / report["flops_before"]
     lowered = "" if report["target_reachable"] else (
         f" (target {args.pruning_ratio} lowered to {report['target_lowered_to']:.3f}, the most "
@@ -111,6 +122,38 @@ def main(argv):
     print(f"pruned {report['model_name']}: {cut}{lowered}, "
           f"mIoU {report['miou_baseline']:.4f} -> {report['miou_pruned']:.4f} (pruned) -> "
           f"{report['miou_retrained']:.4f} (retrained); saved to {args.save_dir}")
+    return 0
+
+
+# flags of the native engine that PaddleSeg 2.6's method has no equivalent for
+NATIVE_ONLY = ("sen_ratios", "allow_lower_target", "min_coverage", "channel_step", "target",
+               "latency_shape", "latency_table", "latency_samples")
+
+
+def run_paddleslim(args):
+    from paddleseg.cvlibs import Config
+    from paddleseg.slim import paddleslim_engine as engine
+    defaults = build_parser()
+    given = [n for n in NATIVE_ONLY if getattr(args, n) != defaults.get_default(n)]
+    if given:
+        raise paddleseg.utils.UserError(
+            f"--engine paddleslim runs PaddleSeg 2.6's method, which has no --{given[0]} "
+            "(PaddleSlim's own ratio grid, FLOPs target and channel rounding apply)")
+    options = engine.PaddleSlimOptions(
+        config=None, pruning_ratio=args.pruning_ratio, retraining_iters=args.retraining_iters,
+        model_path=args.model_path, save_dir=args.save_dir, criterion=args.criterion or "l1",
+        sen_file=args.sen_file, sen_eval_num=args.sen_eval_num, num_workers=args.num_workers,
+        seed=args.seed)
+    engine.check_options(options)
+    cli.set_device(args.device, args.cpu_threads)
+    options.config = Config(args.config, learning_rate=args.learning_rate,
+                            batch_size=args.batch_size,
+                            iters=args.retraining_iters or None, opts=args.opts)
+    r = engine.run(options)
+    print(f"pruned {r['model_name']} with PaddleSlim: FLOPs -{r['flops_reduction']:.1%} "
+          f"({r['pruning_ratio']:.1%} asked), mIoU {r['miou_baseline']:.4f} -> "
+          f"{r['miou_pruned']:.4f} (pruned) -> {r['miou_retrained']:.4f} (retrained); saved to "
+          f"{args.save_dir}")
     return 0
 
 

@@ -1,0 +1,113 @@
+"""Per-group channel counts that cut the *predicted latency* by a target, losing little accuracy.
+
+A multiple-choice knapsack solved greedily on its convex hull: each group offers moves "remove
+j more steps of channels" (j = 1 .. up to its cap); a move costs the accuracy its sensitivity
+curve says it loses and saves the time the latency model says it saves, *given the other
+groups' current widths* (a conv's time depends on its input and output widths, so groups
+interact). The move with the least loss per millisecond saved is taken, until the predicted
+latency is within budget; when the efficient move would overshoot the budget (by more than the
+tolerance), the last move is instead the one reaching the budget that loses least. Jumps of
+several steps let a group whose curve is flat and then steep be judged on the whole flat part,
+and let a layer skip a width that is slow on the backend (a partial vector register).
+
+The cost model is anything with ``group_ids`` and a vectorised ``ms(n)`` (plans as count
+vectors in ``group_ids`` order, shape (..., groups)): :class:`.table.LatencyModel`, or a fake
+one in tests.
+"""
+import numpy as np
+
+from ...utils.errors import UserError
+from ..allocate import Allocation, _curves
+
+
+class LatencyTargetUnreachable(UserError):
+    def __init__(self, target, max_reduction, max_ratio, remedy=""):
+        self.target, self.max_reduction = target, max_reduction
+        super().__init__(
+            f"target latency reduction {target:.3f} is above the {max_reduction:.3f} the latency "
+            f"table predicts when every prunable group is pruned at its largest analysed ratio "
+            f"(up to {max_ratio:g}); lower the target or analyse larger ratios{remedy}")
+
+
+def _limits(cost, curves):
+    """(steps, caps) vectors in the cost model's group order (0 for groups not pruned)."""
+    steps = np.array([curves[g].step if g in curves else 0 for g in cost.group_ids])
+    caps = np.array([curves[g].cap if g in curves else 0 for g in cost.group_ids])
+    return steps, caps
+
+
+def max_reduction(cost, groups, sensitivities, channel_step=8):
+    """Predicted latency reduction with every measured group at its cap."""
+    curves = _curves(groups, sensitivities, channel_step)
+    _, caps = _limits(cost, curves)
+    return float(1.0 - cost.ms(caps.astype(float)) / cost.ms(np.zeros(len(caps))))
+
+
+class _Options:
+    """Each group's reachable counts (0, step, ..., cap) and its loss at each, precomputed."""
+
+    def __init__(self, curves, ids, steps, caps):
+        self.steps = steps
+        self.losses = [np.array([curves[g].loss(k / curves[g].channels)
+                                 for k in range(0, int(cap) + 1, int(step))]) if step else None
+                       for g, step, cap in zip(ids, steps, caps)]
+
+    def moves(self, n):
+        """Every "j more steps" move from plan ``n``: (group index, new count, loss added)."""
+        idx, new, lost = [], [], []
+        for i, (k, step, losses) in enumerate(zip(n, self.steps, self.losses)):
+            if losses is None:
+                continue
+            at = int(k) // int(step)
+            idx.append(np.full(len(losses) - at - 1, i))
+            new.append(np.arange(at + 1, len(losses)) * step)
+            lost.append(losses[at + 1:] - losses[at])
+        if not idx:
+            return np.zeros(0, int), np.zeros(0), np.zeros(0)
+        return np.concatenate(idx), np.concatenate(new).astype(float), np.concatenate(lost)
+
+
+def allocate_latency(groups, sensitivities, cost, target, channel_step=8, tolerance=0.005):
+    """Choose {group id: ratio} whose predicted latency reduction is ``target`` (within
+    ``tolerance`` of the unpruned latency where channel steps allow, never short of it unless
+    nothing more can be removed). Returns an :class:`~paddleseg.slim.allocate.Allocation`
+    whose ``reduction`` is the predicted latency reduction."""
+    if not 0.0 < target < 1.0:
+        raise UserError(f"the latency reduction target must lie in (0, 1), got {target}")
+    curves = _curves(groups, sensitivities, channel_step)
+    if not curves:
+        raise UserError("no prunable group has sensitivity measurements")
+    ids = list(cost.group_ids)
+    steps, caps = _limits(cost, curves)
+    full = float(cost.ms(np.zeros(len(ids))))
+    most = float(1.0 - cost.ms(caps.astype(float)) / full)
+    if target > most + 1e-12:
+        raise LatencyTargetUnreachable(target, most, max(c.rmax for c in curves.values()))
+    budget, band = (1.0 - target) * full, tolerance * full
+    options = _Options(curves, ids, steps, caps)
+    n = np.zeros(len(ids))
+    now = full
+    while now > budget:
+        idx, new, lost = options.moves(n)
+        if not len(idx):
+            break
+        plans = np.repeat(n[None, :], len(idx), axis=0)
+        plans[np.arange(len(idx)), idx] = new
+        saved = now - cost.ms(plans)
+        useful = saved > 1e-9
+        if not useful.any():
+            break
+        efficiency = np.where(useful, lost / np.where(useful, saved, 1.0), np.inf)
+        pick = int(np.lexsort((-saved, efficiency))[0])
+        after = now - saved
+        if after[pick] < budget - band:
+            # the best move overshoots: finish with the move that reaches the budget losing
+            # least (the efficient group's smaller jumps are among them), overshooting least
+            reach = np.flatnonzero(useful & (after <= budget))
+            pick = int(reach[np.lexsort((-after[reach], lost[reach]))[0]])
+        n[idx[pick]] = new[pick]
+        now = float(cost.ms(n))
+    counts = {g: int(k) for g, k in zip(ids, n) if k}
+    plan = {g: k / curves[g].channels for g, k in counts.items()}
+    return Allocation(plan=plan, pruned=counts, reduction=float(1.0 - now / full), target=target,
+                      max_reduction=most, threshold=None)

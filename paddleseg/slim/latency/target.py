@@ -1,0 +1,254 @@
+"""``--target latency`` in the pruning pipeline.
+
+1. The latency table of the unpruned model on the backend (cached; :mod:`.table`), and the
+   largest cut it predicts the sensitivity grid allows (checked before the sensitivity
+   analysis, so an unreachable target fails early).
+2. The closing loop (:meth:`LatencyTarget.search`): allocate for the aimed cut, export the
+   candidate, time it in turn with the unpruned export, and re-aim by the ratio of the
+   target to the measured cut, until the measured cut is within ``TOLERANCE`` of the target
+   (at most ``MAX_ROUNDS`` candidates). A measured cut that stays short of it is an error that
+   says why (one line) unless lowering the target is allowed.
+3. The figures for the report (:meth:`LatencyTarget.final_report`): predicted and measured
+   latency before and after, each group's share of the measured time before and after, and
+   the table's error on the final model.
+"""
+import os
+import shutil
+
+import numpy as np
+
+from ...core.export import parse_input_shape
+from ...utils import logger
+from ...utils.errors import UserError
+from . import measure
+from .allocate import LatencyTargetUnreachable, allocate_latency, max_reduction
+from .table import DEFAULT_SAMPLES, blocks_over_runs, check_file, obtain, shares_by_owner
+
+TOLERANCE = 0.03
+MAX_ROUNDS = 4
+MIN_AIM = 0.005
+
+
+TARGETS = ("flops", "latency")
+# (--cpu_threads is not among them: it also sets the threads every CPU phase of a run uses)
+LATENCY_ONLY = (("latency_shape", "--latency_shape"), ("latency_table", "--latency_table"))
+
+
+class LatencyTargetMissed(UserError):
+    """The measured latency cut stays short of the target after the closing loop."""
+
+
+def check_options(o):
+    """The pipeline options of ``--target`` (a PruneOptions), before any slow work: the target
+    kind, latency flags given without ``--target latency``, the shape, threads, sample count,
+    and a --latency_table made for another backend, threads, shape or channel step."""
+    if o.target not in TARGETS:
+        raise UserError(f"--target must be one of {', '.join(TARGETS)}, got {o.target!r}")
+    if o.target != "latency":
+        given = [flag for attr, flag in LATENCY_ONLY if getattr(o, attr) is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
+                            "only with --target latency")
+        return
+    if o.latency_samples < 3:
+        raise UserError(f"--latency_samples must be >= 3, got {o.latency_samples}")
+    if o.latency_table and _inside(o.latency_table, o.save_dir):
+        raise UserError(f"--latency_table {o.latency_table} is inside --save_dir, which a run "
+                        "replaces as a whole; keep the table outside it")
+    shape = parse_input_shape(o.latency_shape, "--latency_shape")
+    backend = measure.Backend(device=o.device, cpu_threads=o.cpu_threads,
+                              shape=shape or measure.DEFAULT_SHAPE)
+    check_file(o.latency_table, backend, o.channel_step, check_shape=shape is not None)
+
+
+def _inside(path, folder):
+    return os.path.realpath(path).startswith(os.path.realpath(folder).rstrip(os.sep) + os.sep)
+
+
+def for_pipeline(o, cfg, model, analysis, work_dir):
+    """The :class:`LatencyTarget` of a pruning run (options ``o``, config ``cfg``)."""
+    shape = o.latency_shape or deploy_shape(cfg.val_dataset_config.get("transforms"))
+    backend = measure.Backend(device=o.device, cpu_threads=o.cpu_threads, shape=shape)
+    logger.info(f"latency target: {backend.name} on {backend.description()}, "
+                f"{backend.cpu_threads} threads, input {backend.shape_text()}")
+    return LatencyTarget(model, analysis.groups, backend, o.channel_step, max(o.sen_ratios),
+                         work_dir, o.latency_table, o.latency_samples)
+
+
+def deploy_shape(val_transforms, default=measure.DEFAULT_SHAPE):
+    """N C H W the deployed model sees: the val transforms' fixed Resize, else ``default``."""
+    for t in val_transforms or []:
+        if isinstance(t, dict) and t.get("type") == "Resize" and not t.get("keep_ratio"):
+            size = t.get("target_size", (512, 512))
+            w, h = (size, size) if isinstance(size, int) else size
+            return (1, 3, int(h), int(w))
+    return tuple(default)
+
+
+class LatencyTarget:
+    """The latency side of one pruning run; ``work_dir`` holds its temporary exports."""
+
+    def __init__(self, model, groups, backend, channel_step, max_ratio, work_dir,
+                 table_path=None, samples=DEFAULT_SAMPLES):
+        self.groups, self.backend, self.channel_step = groups, backend, channel_step
+        self.table, self.table_path = obtain(model, groups, backend, channel_step, max_ratio,
+                                             table_path, samples)
+        self.cost = self.table.model(groups)
+        self.work_dir = work_dir
+        self.x = backend.input()
+        self.repeats = measure.repeats_for(self.table.full_ms)
+        self.rounds, self.chosen = [], None
+        self._full_dir = None
+
+    # -- before the sensitivity analysis --------------------------------------------------------
+    def aimed_reduction(self, target, ratios, allow_lower):
+        """(latency cut to aim at, the lowered target or None), as the FLOPs side does."""
+        grid = {g.id: {r: 0.0 for r in ratios} for g in self.groups}
+        most = max_reduction(self.cost, self.groups, grid, self.channel_step)
+        if target <= most + 1e-12:
+            return target, None
+        if not allow_lower or most < 1e-6:
+            remedy = "" if most < 1e-6 else f", or pass --allow_lower_target to prune {most:.3f}"
+            raise LatencyTargetUnreachable(target, most, max(ratios), remedy)
+        logger.warning(f"target latency reduction {target:.3f} is above the {most:.3f} the "
+                       f"latency table predicts the grid can reach; lowered to {most:.3f} "
+                       "(--allow_lower_target)")
+        return most - 1e-9, most
+
+    # -- the closing loop ----------------------------------------------------------------------
+    def _export(self, model, counts, name):
+        return measure.export_plan(model, self.groups, counts, os.path.join(self.work_dir, name))
+
+    def _full_runner(self, model):
+        if self._full_dir is None:
+            self._full_dir = self._export(model, {}, "unpruned")
+        return self.backend.runner(self._full_dir)
+
+    def _measure(self, run_full, folder):
+        """Times (ms) of the unpruned and the candidate export, taken in turn."""
+        return measure.Paired(*measure.interleaved_ms([run_full, self.backend.runner(folder)],
+                                                      self.x, 1, self.repeats))
+
+    def search(self, model, sensitivities, target, allow_lower=False):
+        """The allocation whose *measured* cut is closest to ``target`` (see the module doc);
+        ``model`` must be unpruned (it is left so)."""
+        most = max_reduction(self.cost, self.groups, sensitivities, self.channel_step)
+        run_full = self._full_runner(model)
+        tried, aim = {}, min(target, most - 1e-9)
+        for i in range(MAX_ROUNDS):
+            alloc = allocate_latency(self.groups, sensitivities, self.cost, aim,
+                                     channel_step=self.channel_step)
+            key = tuple(sorted(alloc.pruned.items()))
+            if key not in tried:
+                folder = self._export(model, alloc.pruned, "candidate")
+                tried[key] = (alloc, self._measure(run_full, folder))
+            alloc, m = tried[key]
+            full_ms, ms, cut = m.base_ms, m.other_ms, m.cut
+            self.rounds.append({"aimed": round(aim, 4), "predicted": round(alloc.reduction, 4),
+                                "measured": round(cut, 4), "ms_before": round(full_ms, 3),
+                                "ms_after": round(ms, 3), "key": key})
+            logger.info(f"latency search: round {i + 1}: aimed at {aim:.3f}, predicted "
+                        f"{alloc.reduction:.3f}, measured {cut:.3f} ({full_ms:.1f} -> {ms:.1f} ms)")
+            if abs(cut - target) <= TOLERANCE:
+                break
+            corrected = aim * target / cut if cut > 0.02 else aim + (target - cut)
+            corrected = float(np.clip(corrected, MIN_AIM, most - 1e-9))
+            if abs(corrected - aim) < 1e-4:
+                break   # the same aim again (at the grid's most): nothing left to try
+            aim = corrected
+        best = min(self.rounds, key=lambda r: abs(r["measured"] - target))
+        self.chosen = tried[best["key"]][0]
+        for r in self.rounds:
+            r.pop("key", None)
+        self._judge(best, target, most, allow_lower)
+        return self.chosen
+
+    def _judge(self, best, target, most, allow_lower):
+        cut = best["measured"]
+        if cut > target + TOLERANCE:
+            logger.warning(f"measured latency cut {cut:.3f} is above the target {target:.3f} "
+                           f"(+{TOLERANCE}) after {len(self.rounds)} rounds; keeping it")
+        if cut >= target - TOLERANCE:
+            return
+        at_most = best["aimed"] >= most - 1e-3
+        why = (f"the most the sensitivity grid allows ({most:.3f} predicted) measures "
+               f"{cut:.3f} on this backend" if at_most else
+               f"the latency table mispredicts this model (predicted {best['predicted']:.3f}, "
+               f"measured {cut:.3f}) and {len(self.rounds)} rounds did not close the gap")
+        if not allow_lower:
+            raise LatencyTargetMissed(
+                f"measured latency cut {cut:.3f} is short of the target {target:.3f} "
+                f"(-{TOLERANCE}): {why}; lower --pruning_ratio, analyse larger --sen_ratios, "
+                f"or pass --allow_lower_target to keep the {cut:.3f} plan")
+        logger.warning(f"measured latency cut {cut:.3f} is short of the target {target:.3f}: "
+                       f"{why}; kept (--allow_lower_target)")
+
+    # -- the report ----------------------------------------------------------------------------
+    def _shares(self, run, n, times):
+        """{group: share of the time} from a profile; the profile's block times are the
+        fastest runs', so the total they are shares of is the fast end of ``times`` too."""
+        runs = self.backend.profile(run, self.x, 3) or []
+        width = self.cost.width
+        blocks, _ = blocks_over_runs(runs, width.signatures(n))
+        shares = shares_by_owner(width.owner, blocks, measure.low(times))
+        return {k: round(v, 4) for k, v in shares.items()}
+
+    def final_report(self, model, export_dir=None):
+        """Measured and predicted figures of the final (pruned, retrained) model, after
+        :meth:`search`; its export is ``export_dir``, or made here when None. Removes the work
+        folder."""
+        try:
+            if export_dir is None:
+                export_dir = os.path.join(self.work_dir, "final")
+                measure.export_plan(model, [], {}, export_dir)
+            run_full = self.backend.runner(self._full_dir)    # exported by search()
+            m = self._measure(run_full, export_dir)
+            full_ms, ms, cut = m.base_ms, m.other_ms, m.cut
+            n = self.cost.vector(self.chosen.pruned)
+            zero = np.zeros_like(n)
+            pred_before, pred_after = self.cost.full_ms(), float(self.cost.ms(n))
+            report = {
+                "backend": self.backend.name, "device": self.backend.description(),
+                "cpu_threads": self.backend.cpu_threads, "shape": list(self.backend.shape),
+                "table": os.path.abspath(self.table_path), "table_method": self.table.method,
+                "target_tolerance": TOLERANCE, "rounds": self.rounds,
+                "predicted_ms_before": round(pred_before, 3),
+                "predicted_ms_after": round(pred_after, 3),
+                "predicted_reduction": round(1 - pred_after / pred_before, 4),
+                "measured_ms_before": round(full_ms, 3), "measured_ms_after": round(ms, 3),
+                "measured_reduction": round(cut, 4),
+                # the table was measured under another load: compare cuts, not raw times
+                "table_error": round((pred_after / pred_before) / (1 - cut) - 1, 4),
+                "group_time_share_before": self._shares(run_full, zero, m.base),
+                "group_time_share_after": self._shares(self.backend.runner(export_dir), n,
+                                                       m.other),
+            }
+        finally:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        return report
+
+
+def report_lines(lat, top=10):
+    """Markdown lines for report.md (``lat``: report.json's ``latency``)."""
+    shape = "x".join(map(str, lat["shape"]))
+    lines = [
+        "", "## Latency", "",
+        f"{lat['backend']} on {lat['device']}, {lat['cpu_threads']} threads, input {shape}; "
+        f"table `{lat['table']}` ({lat['table_method']}).", "",
+        "| latency (ms) | before | after | cut |", "|-|-:|-:|-:|",
+        f"| predicted by the table | {lat['predicted_ms_before']:.1f} | "
+        f"{lat['predicted_ms_after']:.1f} | {lat['predicted_reduction']:.3f} |",
+        f"| measured (runs taken in turn, 10th percentile) | {lat['measured_ms_before']:.1f} | "
+        f"{lat['measured_ms_after']:.1f} | {lat['measured_reduction']:.3f} |", "",
+        f"The table's error on the final model: {lat['table_error']:+.1%} (predicted against "
+        "measured latency, each relative to the unpruned model).", "",
+        "| search round | aimed cut | predicted | measured |", "|-|-:|-:|-:|",
+    ]
+    lines += [f"| {i} | {r['aimed']:.3f} | {r['predicted']:.3f} | {r['measured']:.3f} |"
+              for i, r in enumerate(lat["rounds"], 1)]
+    before, after = lat["group_time_share_before"], lat["group_time_share_after"]
+    lines += ["", f"Share of the measured time per group (the {top} largest before pruning):", "",
+              "| group | before | after |", "|-|-:|-:|"]
+    lines += [f"| `{g}` | {s:.1%} | {after.get(g, 0.0):.1%} |"
+              for g, s in list(before.items())[:top]]
+    return lines
