@@ -22,12 +22,17 @@ def parse_args(argv):
     p.add_argument("--log_iters", type=int, default=10, help="iterations between log lines")
     p.add_argument("--keep_checkpoint_max", type=int, default=5, help="iter_N checkpoints kept")
     p.add_argument("--device", choices=["cpu", "gpu"], default="cpu", help="run on cpu or gpu")
+    p.add_argument("--cpu_threads", type=int, default=None,
+                   help="math threads per process on CPU (default: the machine's cores divided "
+                        "by the ranks on it)")
     cli.add_common_args(p)
     args = p.parse_args(argv)
     for name in ("save_interval", "iters", "batch_size", "log_iters"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise paddleseg.utils.UserError(f"--{name} must be >= 1, got {value}")
+    if args.cpu_threads is not None and args.cpu_threads < 1:
+        raise paddleseg.utils.UserError(f"--cpu_threads must be >= 1, got {args.cpu_threads}")
     if args.num_workers < 0 or args.keep_checkpoint_max < 0:
         raise paddleseg.utils.UserError("--num_workers and --keep_checkpoint_max must be >= 0")
     if args.learning_rate is not None and not args.learning_rate > 0:  # also refuses nan
@@ -51,7 +56,7 @@ def run_training(args):
     from paddleseg.core.model_loader import build_and_load
     from paddleseg.utils import logger
 
-    cli.set_device(args.device)
+    cli.set_device(args.device, args.cpu_threads)
     set_seed(args.seed)
     cfg = Config(args.config, learning_rate=args.learning_rate, batch_size=args.batch_size,
                  iters=args.iters, opts=args.opts)

@@ -1,4 +1,11 @@
-"""The training loop: PaddleSeg's ``train`` with atomic checkpoints and exact resume."""
+"""The training loop: PaddleSeg's ``train`` with atomic checkpoints and exact resume.
+
+Launched with ``python -m paddle.distributed.launch``, it trains data-parallel: each rank reads
+its shard of every global batch, gradients are averaged across ranks (paddle.DataParallel),
+evaluation is shared (each rank evaluates every N-th val image, the areas are summed), and
+rank 0 alone logs and writes checkpoints; the logged loss is the mean over ranks.
+"""
+import contextlib
 import json
 import os
 import random
@@ -9,7 +16,7 @@ from collections import deque
 import numpy as np
 import paddle
 
-from paddleseg.utils import logger
+from paddleseg.utils import distributed, logger
 from paddleseg.utils.checkpoint import (TRAIN_STATE_FILE, CheckpointError, check_state_dict,
                                         checkpoint_iteration, read_state_dict, read_train_state,
                                         safe_load_state_dict, save_checkpoint)
@@ -17,8 +24,9 @@ from paddleseg.utils.errors import UserError
 from paddleseg.utils.fileio import (check_folder_target, remove_stale_temporaries,
                                     removed_if_left_empty, write_json)
 from paddleseg.utils.progress import format_seconds
+from . import metrics as M
 from .train_data import ResumableBatches, fresh_seed, seed_step
-from .val import evaluate_metrics, warn_unsupported
+from .val import accumulate_areas, evaluate_metrics, warn_unsupported
 
 
 def set_seed(seed):
@@ -140,7 +148,34 @@ def _restore_data_position(data, resume_dir, start_iter, seed):
     elif seed is not None and seed != state["seed"]:
         logger.warning(f"seed {seed} differs from the checkpoint's {state['seed']}: continuing "
                        "with the checkpoint's, as the interrupted run would have")
+    if state.get("ranks", 1) != data.ranks:
+        logger.warning(f"{resume_dir} was written by a run of {state.get('ranks', 1)} "
+                       f"process(es), this one has {data.ranks}: each rank's share of the data "
+                       "(and the global batch) differs, so the data order is not the "
+                       "interrupted run's from here on")
     data.restore(state)
+
+
+def _prepare_save_dir(save_dir, start_iter, iters, save_interval, evaluates):
+    """Rank 0's part: make ``save_dir``, clear what killed runs left, say what gets replaced;
+    returns the iter_N checkpoints already there, oldest first (for keep_checkpoint_max)."""
+    os.makedirs(save_dir, exist_ok=True)
+    remove_stale_temporaries(save_dir)
+    _announce_replacements(save_dir, start_iter, iters, save_interval, evaluates)
+    return deque(sorted((os.path.join(save_dir, d) for d in os.listdir(save_dir)
+                         if 0 < (_iter_number(d) or 0) <= start_iter),
+                        key=lambda p: _iter_number(os.path.basename(p))))
+
+
+def _data_parallel(model, data):
+    """The model every rank trains: paddle.DataParallel averages the gradients across ranks
+    (and starts all ranks from rank 0's weights); the model itself in a single process."""
+    if data.ranks == 1:
+        return model
+    distributed.barrier()  # rank 0 may still be preparing save_dir or evaluating
+    logger.info(f"training on {data.ranks} ranks: {len(data)} batches of this rank's shard per "
+                "epoch", every_rank=True)
+    return paddle.DataParallel(model)
 
 
 def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="output", iters=10000,
@@ -157,7 +192,8 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
     A fresh run (no ``resume_model``) starts from nothing: it does not read what an earlier run
     left in ``save_dir``. ``seed`` fixes the data order, augmentation and dropout (without it a
     random seed is drawn); each ``iter_N`` keeps it with the data position, so a run resumed
-    from there repeats the uninterrupted run exactly.
+    from there repeats the uninterrupted run exactly. ``batch_size`` is per rank, as in
+    PaddleSeg: N ranks train on global batches of N * batch_size.
     ``extra_files``: {file name: writer(path)} added to every checkpoint directory (a pruned
     model needs none: its layer shapes travel inside ``model.pdparams``).
     """
@@ -181,26 +217,18 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
         _restore_data_position(data, resume_model, start_iter, seed)
         logger.info(f"resumed from {resume_model} at iter {start_iter}, lr {current_lr(optimizer):.6f}")
     check_folder_target(save_dir, "save_dir")
-    with removed_if_left_empty(save_dir):  # a failed run leaves no empty folder it made
-        os.makedirs(save_dir, exist_ok=True)
-        remove_stale_temporaries(save_dir)
-        nranks = paddle.distributed.get_world_size()
-        local_rank = paddle.distributed.get_rank()
-        if local_rank == 0:
-            _announce_replacements(save_dir, start_iter, iters, save_interval, val_dataset is not None)
-        best = _best_so_far(save_dir) if resume_model else (-1.0, -1)
-        train_model = model
-        if nranks > 1:
-            paddle.distributed.fleet.init(is_collective=True)
-            optimizer = paddle.distributed.fleet.distributed_optimizer(optimizer)
-            train_model = paddle.distributed.fleet.distributed_model(model)
-        writer = None
-        if use_vdl and local_rank == 0:
-            from visualdl import LogWriter
-            writer = LogWriter(save_dir)
-        saved = deque(sorted((os.path.join(save_dir, d) for d in os.listdir(save_dir)
-                              if 0 < (_iter_number(d) or 0) <= start_iter),
-                             key=lambda p: _iter_number(os.path.basename(p))))
+    main = distributed.is_main()  # only rank 0 touches save_dir
+    # a failed run leaves no empty folder it made
+    with removed_if_left_empty(save_dir) if main else contextlib.nullcontext():
+        saved, best, writer = None, (-1.0, -1), None
+        if main:
+            saved = _prepare_save_dir(save_dir, start_iter, iters, save_interval,
+                                      val_dataset is not None)
+            best = _best_so_far(save_dir) if resume_model else (-1.0, -1)
+            if use_vdl:
+                from visualdl import LogWriter
+                writer = LogWriter(save_dir)
+        train_model = _data_parallel(model, data)
         model.train()
         it = start_iter
         avg_loss, reader_cost, batch_cost = 0.0, 0.0, 0.0
@@ -230,29 +258,34 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
                 if it % log_iters == 0 or it == iters:
                     n = log_iters if it % log_iters == 0 else (it % log_iters)
                     per_iter = (time.time() - run_start) / max(it - start_iter, 1)
-                    if local_rank == 0:
-                        logger.info(f"[TRAIN] iter {it}/{iters}, loss {avg_loss / n:.4f}, "
+                    mean_loss = distributed.mean(avg_loss / n)  # every rank takes part
+                    if main:
+                        logger.info(f"[TRAIN] iter {it}/{iters}, loss {mean_loss:.4f}, "
                                     f"lr {lr:.6f}, batch_cost {batch_cost / n:.4f}s, "
-                                    f"reader_cost {reader_cost / n:.5f}s, "
-                                    f"ips {batch_size / max(batch_cost / n, 1e-9):.2f} samples/s, "
-                                    f"ETA {format_seconds(per_iter * (iters - it))}")
+                                    f"reader_cost {reader_cost / n:.5f}s, ips "
+                                    f"{batch_size * data.ranks / max(batch_cost / n, 1e-9):.2f} "
+                                    f"samples/s, ETA {format_seconds(per_iter * (iters - it))}")
                         if writer:
-                            writer.add_scalar("Train/loss", avg_loss / n, it)
+                            writer.add_scalar("Train/loss", mean_loss, it)
                             writer.add_scalar("Train/lr", lr, it)
                             writer.add_scalar("Train/batch_cost", batch_cost / n, it)
                     avg_loss, reader_cost, batch_cost = 0.0, 0.0, 0.0
-                if (it % save_interval == 0 or it == iters) and local_rank == 0:
-                    ckpt = os.path.join(save_dir, f"iter_{it}")
-                    position = data.state()
-                    save_checkpoint(ckpt, model, optimizer,
-                                    {**(extra_files or {}),
-                                     TRAIN_STATE_FILE: lambda p: write_json(p, position)})
-                    if ckpt not in saved:
-                        saved.append(ckpt)
-                    prune_old_checkpoints(saved, keep_checkpoint_max)
-                    if val_dataset is not None:
+                if it % save_interval == 0 or it == iters:
+                    if main:
+                        ckpt = os.path.join(save_dir, f"iter_{it}")
+                        position = data.state()
+                        save_checkpoint(ckpt, model, optimizer,
+                                        {**(extra_files or {}),
+                                         TRAIN_STATE_FILE: lambda p: write_json(p, position)})
+                        # tagged with the rank in a job: a test can tell who wrote it
+                        logger.info(f"saved checkpoint {ckpt}", every_rank=True)
+                        if ckpt not in saved:
+                            saved.append(ckpt)
+                        prune_old_checkpoints(saved, keep_checkpoint_max)
+                    if val_dataset is not None:  # every rank evaluates its share
                         best = _evaluate_and_keep_best(model, val_dataset, eval_max_images, save_dir,
                                                        it, best, extra_files, writer)
+                    distributed.barrier()  # no rank runs ahead while rank 0 writes
                 tic = time.time()
         finally:
             batches.close()  # stops the loader's reader thread or worker processes
@@ -261,15 +294,51 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
     return best[0] if best[0] >= 0 else None
 
 
+class _Shard:
+    """The images ``indices`` of a dataset, read as a dataset of their own."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, indices
+        self.num_classes, self.ignore_index = dataset.num_classes, dataset.ignore_index
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.dataset[self.indices[i]]
+
+
+def evaluate_on_all_ranks(model, dataset, max_images=None):
+    """``evaluate_metrics`` in a job of several ranks: rank r evaluates images r, r+N, ... and
+    the per-class areas are summed, so the metrics are exactly those of one process evaluating
+    every image (as PaddleSeg evaluates while training data-parallel)."""
+    if distributed.world_size() == 1:
+        return evaluate_metrics(model, dataset, max_images)
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    logger.info(f"evaluating {n} images on {distributed.world_size()} ranks")
+    start = time.time()
+    shard = _Shard(dataset, list(range(distributed.rank(), n, distributed.world_size())))
+    areas = accumulate_areas(model, shard)
+    gathered = distributed.all_gather([a.tolist() for a in areas])
+    result = M.summarize(*(np.sum([np.asarray(g[i], np.int64) for g in gathered], axis=0)
+                           for i in range(3)))
+    result["seconds"] = time.time() - start
+    logger.info("metrics:\n" + M.format_table(result))
+    return result
+
+
 def _evaluate_and_keep_best(model, val_dataset, max_images, save_dir, it, best, extra_files, writer):
-    """Evaluate at iteration ``it``; write best_model/ when the mIoU beats ``best`` (mIoU, iter)."""
-    result = evaluate_metrics(model, val_dataset, max_images)
+    """Evaluate at iteration ``it`` (all ranks); rank 0 writes best_model/ when the mIoU beats
+    ``best`` (mIoU, iter)."""
+    result = evaluate_on_all_ranks(model, val_dataset, max_images)
     model.train()
     if result["mIoU"] > best[0]:
         best = (result["mIoU"], it)
         info = {"mIoU": best[0], "iter": it}
-        save_checkpoint(os.path.join(save_dir, "best_model"), model, None,
-                        {**(extra_files or {}), "model_info.json": lambda p: write_json(p, info)})
+        if distributed.is_main():
+            save_checkpoint(os.path.join(save_dir, "best_model"), model, None,
+                            {**(extra_files or {}),
+                             "model_info.json": lambda p: write_json(p, info)})
     logger.info(f"[EVAL] best mIoU {best[0]:.4f} at iter {best[1]}")
     if writer:
         writer.add_scalar("Evaluate/mIoU", result["mIoU"], it)

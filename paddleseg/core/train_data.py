@@ -5,7 +5,10 @@ stream that advanced with history:
 
 - the sampler is PaddleSeg's (``DistributedBatchSampler``: this rank's share, drop_last, a
   shuffle seeded by the epoch number); a resumed run restarts it at the saved epoch and skips
-  the batches already done in it;
+  the batches already done in it. With N ranks, global batch k of an epoch is rank 0's batch k
+  followed by rank 1's ...: when the set size is a multiple of N, the same images in the same
+  order as batch k of one process whose batch is N times larger; every rank is at the same
+  position;
 - a sample's augmentation draws from numpy / ``random`` seeded by (seed, epoch, index), so it is
   the same in the main process or in any worker, straight or resumed;
 - the paddle generator (dropout) is seeded by (seed, rank, iteration) before each step
@@ -39,10 +42,14 @@ def seed_step(seed, iteration):
 
 class ResumableBatchSampler(paddle.io.DistributedBatchSampler):
     """PaddleSeg's batch sampler that can start inside an epoch; each index comes out as
-    (epoch, index) so that the sample reader can seed the sample's augmentation."""
+    (epoch, index) so that the sample reader can seed the sample's augmentation.
 
-    def __init__(self, dataset, batch_size):
-        super().__init__(dataset, batch_size=batch_size, shuffle=True, drop_last=True)
+    ``num_replicas`` / ``rank``: the job's ranks and this one's (default: from the launcher's
+    environment, one rank when not launched)."""
+
+    def __init__(self, dataset, batch_size, num_replicas=None, rank=None):
+        super().__init__(dataset, batch_size=batch_size, num_replicas=num_replicas, rank=rank,
+                         shuffle=True, drop_last=True)
         self._skip = 0
 
     def start_at(self, epoch, batches_done):
@@ -111,12 +118,14 @@ class ResumableBatches:
     """Endless training batches that know where they are: (epoch, batches done in it).
 
     The position counts batches the training loop has *taken*, not those the loader has
-    prefetched, so ``state()`` after step N is where step N+1 starts."""
+    prefetched, so ``state()`` after step N is where step N+1 starts. All ranks of a job take
+    their batches in step, so one position serves them all; ``state()`` also records how many
+    ranks there were, since the shards (and the global batch) depend on it."""
 
-    def __init__(self, dataset, batch_size, num_workers, seed):
+    def __init__(self, dataset, batch_size, num_workers, seed, num_replicas=None, rank=None):
         self.seed = seed
         self.epoch, self.batches_done = 0, 0
-        self.sampler = ResumableBatchSampler(dataset, batch_size)
+        self.sampler = ResumableBatchSampler(dataset, batch_size, num_replicas, rank)
         self.reader = _SampleReader(dataset, seed)
         self.loader = paddle.io.DataLoader(self.reader, batch_sampler=self.sampler,
                                            num_workers=num_workers, collate_fn=collate,
@@ -126,10 +135,18 @@ class ResumableBatches:
         """Batches per epoch."""
         return len(self.sampler)
 
+    @property
+    def ranks(self):
+        return self.sampler.nranks
+
     def state(self):
-        if self.batches_done >= len(self):
-            return {"seed": self.seed, "epoch": self.epoch + 1, "batches_done": 0}
-        return {"seed": self.seed, "epoch": self.epoch, "batches_done": self.batches_done}
+        epoch, done = self.epoch, self.batches_done
+        if done >= len(self):
+            epoch, done = epoch + 1, 0
+        state = {"seed": self.seed, "epoch": epoch, "batches_done": done}
+        if self.ranks > 1:  # the shards depend on it (files of one process stay as they were)
+            state["ranks"] = self.ranks
+        return state
 
     def restore(self, state):
         self.seed, self.epoch, self.batches_done = state["seed"], state["epoch"], state["batches_done"]

@@ -11,7 +11,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from paddleseg.cvlibs import manager
-from paddleseg.models.layers.layer_libs import ConvBN, ConvBNReLU, DepthwiseConvBN
+from paddleseg.models.layers.layer_libs import ConvBN, ConvBNReLU, DepthwiseConvBN, SyncBatchNorm
 from paddleseg.utils import load_pretrained_model
 
 
@@ -107,7 +107,7 @@ class ContextEmbeddingBlock(nn.Layer):
     def __init__(self, in_channels, out_channels):
         super().__init__()
         self.gap = nn.AdaptiveAvgPool2D(1)
-        self.bn = nn.BatchNorm2D(in_channels)
+        self.bn = SyncBatchNorm(in_channels)
         self.conv_1x1 = ConvBNReLU(in_channels, out_channels, 1)
         self.conv_3x3 = nn.Conv2D(out_channels, out_channels, 3, stride=1, padding=1)
 

@@ -6,7 +6,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from paddleseg.cvlibs import manager
-from paddleseg.models.layers.layer_libs import ConvBNReLU
+from paddleseg.models.layers.layer_libs import BATCH_NORMS, ConvBNReLU
 from paddleseg.utils import load_pretrained_model
 
 
@@ -67,6 +67,6 @@ class FCNHead(nn.Layer):
         for layer in self.sublayers():
             if isinstance(layer, nn.Conv2D):
                 normal(layer.weight)
-            elif isinstance(layer, nn.BatchNorm2D):
+            elif isinstance(layer, BATCH_NORMS):
                 nn.initializer.Constant(1.0)(layer.weight)
                 nn.initializer.Constant(0.0)(layer.bias)

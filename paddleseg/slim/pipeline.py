@@ -183,7 +183,8 @@ def measure_sensitivity(o, cfg, model, analysis, val_dataset):
 
 def share_plan(plan=None):
     """Rank 0's pruning plan, on every rank of a job (``plan`` is only read on rank 0)."""
-    return distributed.all_gather(plan if distributed.is_main() else None)[0]
+    mine = {gid: float(r) for gid, r in plan.items()} if distributed.is_main() else None
+    return distributed.all_gather(mine)[0]  # JSON: plain floats
 
 
 def _run_other_rank(o, cfg):

@@ -21,6 +21,7 @@ from ..core.export import EXPORT_FILES
 from ..utils.fileio import (OutputPathError, check_folder_target, exchange_paths, foreign_entries,
                             fsync_path, fsync_tree, left_by_dead_process,
                             remove_stale_temporaries)
+from .sensitivity import part_file_names
 
 PUBLISHED_FILES = ("model.pdparams", "prune_plan.json", "report.json", "report.md",
                    "sensitivity.png")
@@ -33,11 +34,12 @@ NO_EXCHANGE = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 def sensitivity_names(save_dir, sen_file=None):
-    """Names of the sensitivity files save_dir may hold (carried over, never deleted)."""
+    """Names of the sensitivity files save_dir may hold (carried over, never deleted), with
+    the part files a killed multi-rank analysis left beside them."""
     names = {DEFAULT_SEN_FILE, LEGACY_SEN_FILE}
     if sen_file and _same_path(os.path.dirname(os.path.abspath(sen_file)), save_dir):
         names.add(os.path.basename(sen_file))
-    return names
+    return names | {part for name in names for part in part_file_names(save_dir, name)}
 
 
 def _same_path(a, b):

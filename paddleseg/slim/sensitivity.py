@@ -13,11 +13,22 @@ losses by parameter names (``conv2d_12.w_0``), which do not identify this engine
 
 Loss is relative: ``(base - metric) / base`` (``base - metric`` when base is 0), where base is
 the unpruned model's metric, also stored in the file.
+
+Under ``paddle.distributed.launch`` the points are shared out: every rank takes every N-th
+point still missing and writes the metric it measured to its own part file
+(``SEN_FILE.partR.json``: JSON with the same fingerprint, written durably after every point);
+rank 0 also measures the base. At the end the ranks exchange their metrics, rank 0 writes the
+merged file (losses relative to its base, in the order a single process writes them, so the
+two files are identical) and the part files are removed. A run killed on any rank loses at
+most the points in flight: the next run, with any number of ranks or none, reads the file and
+every part file beside it, and a point measured twice is kept once.
 """
 import json
 import os
 import pickle
+import re
 
+from ..utils import distributed, logger
 from ..utils.checkpoint import ForbiddenPickleGlobal, restricted_unpickle
 from ..utils.errors import UserError
 from ..utils.fileio import write_durably
@@ -148,41 +159,211 @@ def analyze(model, groups, eval_fn, ratios, sen_file, criterion="l1", progress=N
     ``eval_fn()`` returns the metric of the model as it is (higher is better). Each group is
     pruned alone at each ratio, evaluated, and restored exactly (original parameters put back).
     ``progress(k, n, group_id, ratio)`` is called before each evaluation (group k of n).
-    Points whose ratio removes no channel are recorded as 0 without an evaluation.
+    Points whose ratio removes no channel are recorded as 0 without an evaluation. An
+    ``eval_fn.prepare()``, when there is one, is called once before the first group is pruned
+    (:class:`~paddleseg.slim.fast_eval.SensitivityEvaluator` records its reference pass there).
+    In a job of several ranks every rank calls this with the same arguments and gets the same
+    result; the points are shared out between them (see the module's doc).
     """
     ratios = sorted({float(r) for r in ratios})
     if not ratios or not all(0.0 < r < 1.0 for r in ratios):
         raise ValueError(f"sensitivity ratios must lie in (0, 1), got {ratios}")
     groups = list(groups)
-    fp = fingerprint(model, groups, criterion, ratios, extra)
-    data = load(sen_file)
+    run = _Run(model, groups, eval_fn, ratios, sen_file, criterion, progress,
+               fingerprint(model, groups, criterion, ratios, extra))
+    if distributed.world_size() > 1:
+        return run.shared()
+    return run.alone()
+
+
+# -- resuming and merging: the sensitivity file plus the part files of an interrupted job -------
+PART_NAME = re.compile(r"\.part(\d+)\.json$")
+
+
+def part_file(sen_file, rank):
+    """Where rank ``rank`` of a job keeps the metrics it measured (always JSON)."""
+    return f"{sen_file}.part{rank}.json"
+
+
+def part_file_names(folder, sen_name):
+    """Names of the part files of sensitivity file ``sen_name`` present in ``folder``."""
+    if not os.path.isdir(folder):
+        return []
+    return sorted(n for n in os.listdir(folder) if n.startswith(sen_name)
+                  and PART_NAME.fullmatch(n[len(sen_name):]))
+
+
+def part_files(sen_file):
+    folder = os.path.dirname(os.path.abspath(sen_file))
+    return [os.path.join(folder, n) for n in part_file_names(folder, os.path.basename(sen_file))]
+
+
+def _mismatch(path, old_fp, fp):
+    return SensitivityMismatch(f"{path} was made for a different setup "
+                               f"({_describe_difference(old_fp or {}, fp)}); "
+                               "delete it or choose another file")
+
+
+def _checked(path, fp):
+    data = load(path)
     if data is not None and data.get("fingerprint") != fp:
-        diff = _describe_difference(data.get("fingerprint", {}), fp)
-        raise SensitivityMismatch(f"{sen_file} was made for a different setup ({diff}); "
-                                  "delete it or choose another file")
-    if data is None:
-        data = {"format": FORMAT, "fingerprint": fp, "base": None, "losses": {}}
-    if data["base"] is None:
-        data["base"] = float(eval_fn())
-        save(sen_file, data)
-    base = data["base"]
-    by_id = {g.id: g for g in groups}
-    for k, g in enumerate(groups, 1):
-        done = data["losses"].setdefault(g.id, {})
-        for r in ratios:
-            key = ratio_key(r)
-            if key in done:
-                continue
-            if num_pruned(g.channels, r) == 0:
-                done[key] = 0.0
-            else:
-                if progress is not None:
-                    progress(k, len(groups), g.id, r)
-                _, undo = _apply.prune(model, by_id, {g.id: r}, criterion)
-                try:
-                    metric = float(eval_fn())
-                finally:
-                    undo.restore()
-                done[key] = relative_loss(base, metric)
-            save(sen_file, data)
-    return _losses_of(data, groups, ratios)
+        raise _mismatch(path, data.get("fingerprint"), fp)
+    return data
+
+
+def _load_part(path, fp):
+    """{group id: {ratio key: metric}} of a part file (SensitivityMismatch when unusable)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            part = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SensitivityMismatch(f"cannot read sensitivity part file {path}: "
+                                  f"{type(e).__name__}: {e}") from None
+    metrics = part.get("metrics") if isinstance(part, dict) else None
+    if not isinstance(metrics, dict) or part.get("format") != FORMAT or not all(
+            isinstance(v, dict) and all(isinstance(m, (int, float)) for m in v.values())
+            for v in metrics.values()):
+        raise SensitivityMismatch(f"{path} is not a sensitivity part file of this version")
+    if part.get("fingerprint") != fp:
+        raise _mismatch(path, part.get("fingerprint"), fp)
+    return metrics
+
+
+def _add_points(into, points):
+    """Add {group: {key: value}} to ``into``; a point both have keeps ``into``'s value."""
+    for gid, values in points.items():
+        mine = into.setdefault(gid, {})
+        for key, value in values.items():
+            mine.setdefault(key, value)
+
+
+def _empty(fp):
+    return {"format": FORMAT, "fingerprint": fp, "base": None, "losses": {}}
+
+
+def _resumed(sen_file, fp):
+    """(the file's contents, the metrics of every part file beside it)."""
+    data = _checked(sen_file, fp) or _empty(fp)
+    metrics = {}
+    for path in part_files(sen_file):
+        _add_points(metrics, _load_part(path, fp))
+    return data, metrics
+
+
+def _fold(data, metrics):
+    """Turn measured metrics into losses against the file's base (points it lacks only)."""
+    _add_points(data["losses"], {gid: {k: relative_loss(data["base"], m) for k, m in v.items()}
+                                 for gid, v in metrics.items()})
+
+
+def _canonical(data, groups, ratios):
+    """``data`` with groups and ratios in analysis order: a merged file reads like one written
+    by a single process."""
+    keys = [ratio_key(r) for r in ratios]
+    losses = {}
+    for g in groups:
+        points = data["losses"].get(g.id, {})
+        losses[g.id] = {k: points[k] for k in keys if k in points}
+    return {**data, "losses": losses}
+
+
+def _remove_files(paths):
+    for path in paths:
+        try:
+            os.remove(path)
+        except FileNotFoundError:  # another rank was first
+            pass
+
+
+class _Run:
+    """One sensitivity analysis, alone or as one rank of a job."""
+
+    def __init__(self, model, groups, eval_fn, ratios, sen_file, criterion, progress, fp):
+        self.model, self.groups, self.eval_fn = model, groups, eval_fn
+        self.ratios, self.sen_file, self.criterion = ratios, sen_file, criterion
+        self.progress, self.fp = progress, fp
+        self.by_id = {g.id: g for g in groups}
+        self.index = {g.id: k for k, g in enumerate(groups, 1)}
+        self.prepared = False
+
+    def _save(self, data):
+        save(self.sen_file, _canonical(data, self.groups, self.ratios))
+
+    def _fill_unprunable(self, data):
+        """Points whose ratio removes no channel: 0 without an evaluation. True if any added."""
+        added = False
+        for g in self.groups:
+            points = data["losses"].setdefault(g.id, {})
+            for r in self.ratios:
+                if num_pruned(g.channels, r) == 0 and ratio_key(r) not in points:
+                    points[ratio_key(r)] = 0.0
+                    added = True
+        return added
+
+    def _pending(self, data, metrics=None):
+        metrics = metrics or {}
+        return [(g, r) for g in self.groups for r in self.ratios
+                if ratio_key(r) not in data["losses"].get(g.id, {})
+                and ratio_key(r) not in metrics.get(g.id, {})]
+
+    def _metric(self, g, r):
+        """The metric with group ``g`` alone pruned at ratio ``r`` (then restored)."""
+        if self.progress is not None:
+            self.progress(self.index[g.id], len(self.groups), g.id, r)
+        if not self.prepared and hasattr(self.eval_fn, "prepare"):
+            self.eval_fn.prepare()
+        self.prepared = True
+        _, undo = _apply.prune(self.model, self.by_id, {g.id: r}, self.criterion)
+        try:
+            return float(self.eval_fn())
+        finally:
+            undo.restore()
+
+    def alone(self):
+        """A single process: the file is rewritten after every point."""
+        parts = part_files(self.sen_file)  # left by an interrupted job: folded in, then removed
+        data, metrics = _resumed(self.sen_file, self.fp)
+        changed = self._fill_unprunable(data) or bool(parts)
+        if data["base"] is None:
+            data["base"] = float(self.eval_fn())
+            changed = True
+        _fold(data, metrics)
+        if changed:
+            self._save(data)
+            _remove_files(parts)
+        for g, r in self._pending(data):
+            data["losses"][g.id][ratio_key(r)] = relative_loss(data["base"], self._metric(g, r))
+            self._save(data)
+        return _losses_of(data, self.groups, self.ratios)
+
+    def shared(self):
+        """One rank of a job: measure every N-th missing point, then merge on rank 0."""
+        rank, size = distributed.rank(), distributed.world_size()
+        data, metrics = _resumed(self.sen_file, self.fp)
+        changed = self._fill_unprunable(data) or bool(metrics)
+        distributed.barrier()  # every rank has read the part files before any is rewritten
+        todo = self._pending(data, metrics)
+        mine = todo[rank::size]
+        logger.info(f"sensitivity: {len(todo)} points to measure, {len(mine)} of them here",
+                    every_rank=True)
+        if rank == 0 and data["base"] is None:
+            data["base"] = float(self.eval_fn())
+            self._save(data)
+            changed = True
+        own_path = part_file(self.sen_file, rank)
+        # this rank's part from an interrupted run is kept whole until the merged file has it
+        own = {"format": FORMAT, "fingerprint": self.fp,
+               "metrics": _load_part(own_path, self.fp) if os.path.isfile(own_path) else {}}
+        for g, r in mine:
+            own["metrics"].setdefault(g.id, {})[ratio_key(r)] = self._metric(g, r)
+            write_durably(own_path, json.dumps(own, indent=2) + "\n")
+        gathered = distributed.all_gather({"base": data["base"], "metrics": own["metrics"]})
+        data["base"] = gathered[0]["base"]  # rank 0's
+        for theirs in gathered:
+            _add_points(metrics, theirs["metrics"])
+        _fold(data, metrics)
+        if rank == 0 and (changed or metrics):  # a complete file is left as it was
+            self._save(data)
+        distributed.barrier()  # the merged file is on disk before any part file goes
+        _remove_files(part_files(self.sen_file) if rank == 0 else [own_path])
+        return _losses_of(data, self.groups, self.ratios)

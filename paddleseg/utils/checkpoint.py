@@ -275,8 +275,9 @@ TRAIN_STATE_KEYS = ("seed", "epoch", "batches_done")
 
 
 def read_train_state(checkpoint_dir):
-    """The {seed, epoch, batches_done} saved in ``checkpoint_dir``, or None when the checkpoint
-    has none (written before the file existed)."""
+    """The {seed, epoch, batches_done} saved in ``checkpoint_dir`` (and ``ranks``, the number of
+    processes that trained, when recorded), or None when the checkpoint has none (written
+    before the file existed)."""
     path = os.path.join(checkpoint_dir, TRAIN_STATE_FILE)
     if not os.path.isfile(path):
         return None
@@ -289,7 +290,10 @@ def read_train_state(checkpoint_dir):
             type(state.get(k)) is int and state[k] >= 0 for k in TRAIN_STATE_KEYS):
         raise CheckpointError(f"{path} is not a training state: it needs non-negative integers "
                               f"{', '.join(TRAIN_STATE_KEYS)}")
-    return {k: state[k] for k in TRAIN_STATE_KEYS}
+    out = {k: state[k] for k in TRAIN_STATE_KEYS}
+    if type(state.get("ranks")) is int and state["ranks"] > 0:  # written by a data-parallel job
+        out["ranks"] = state["ranks"]
+    return out
 
 
 def checkpoint_iteration(checkpoint_dir):

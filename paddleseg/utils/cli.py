@@ -14,12 +14,20 @@ def add_common_args(parser):
     return parser
 
 
-def set_device(name):
+def set_device(name, cpu_threads=None):
+    """Select the device; on CPU also the math threads (default: every core of the machine,
+    shared between the ranks a launcher started on it; Paddle alone would use one)."""
     import paddle
     if name == "gpu" and not paddle.is_compiled_with_cuda():
         raise UserError("--device gpu asked, but this Paddle build has no CUDA; "
                         "install paddlepaddle-gpu==2.6.2 or use --device cpu")
+    if name == "gpu":  # one card per rank, as paddle.distributed.launch assigns them
+        from .distributed import world_size
+        name = f"gpu:{paddle.distributed.ParallelEnv().device_id}" if world_size() > 1 else name
     paddle.set_device(name)
+    if name == "cpu":
+        from .distributed import set_cpu_threads
+        set_cpu_threads(cpu_threads)
 
 
 def quiet_library_deprecations():

@@ -133,6 +133,10 @@ NATIVE_ONLY = ("sen_ratios", "allow_lower_target", "min_coverage", "channel_step
 def run_paddleslim(args):
     from paddleseg.cvlibs import Config
     from paddleseg.slim import paddleslim_engine as engine
+    from paddleseg.utils.distributed import world_size
+    if world_size() > 1:  # every rank would run the whole method and write the same output
+        raise paddleseg.utils.UserError(
+            "--engine paddleslim runs in one process; start it without paddle.distributed.launch")
     defaults = build_parser()
     given = [n for n in NATIVE_ONLY if getattr(args, n) != defaults.get_default(n)]
     if given:

@@ -17,7 +17,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from paddleseg.cvlibs import manager
-from paddleseg.models.layers.layer_libs import ConvBN, ConvBNReLU
+from paddleseg.models.layers.layer_libs import BATCH_NORMS, ConvBN, ConvBNReLU
 from paddleseg.utils import load_pretrained_model
 
 __all__ = ["HRNet", "HRNet_W18_Small_V1", "HRNet_W18_Small_V2", "HRNet_W18",
@@ -300,7 +300,7 @@ class HRNet(nn.Layer):
         for layer in self.sublayers():
             if isinstance(layer, nn.Conv2D):
                 normal(layer.weight)
-            elif isinstance(layer, nn.BatchNorm2D):
+            elif isinstance(layer, BATCH_NORMS):
                 one(layer.weight)
                 zero(layer.bias)
         if self.pretrained:

@@ -7,12 +7,37 @@ import paddle
 import paddle.nn as nn
 
 
+BATCH_NORMS = (nn.BatchNorm2D, nn.SyncBatchNorm)  # what the factory below builds
+
+
 def SyncBatchNorm(num_features, **kwargs):  # noqa: N802  (PaddleSeg's name for this factory)
-    """BatchNorm2D on one process, SyncBatchNorm when several ranks train together (data
-    parallel); both keep the same parameter names, so checkpoints move between the two."""
+    """BatchNorm2D on one process, SyncBatchNorm when several ranks train together on GPUs
+    (data parallel: the batch statistics are those of the global batch). Paddle has no CPU
+    kernel for SyncBatchNorm, so ranks on CPUs normalise with their own batch. Both keep the same
+    parameter names, so checkpoints move between the two; every model builds its batch norms
+    here."""
     if paddle.distributed.get_world_size() > 1 and paddle.get_device() != "cpu":
         return nn.SyncBatchNorm(num_features, **kwargs)
     return nn.BatchNorm2D(num_features, **kwargs)
+
+
+def plain_batchnorm(model):
+    """Swap every nn.SyncBatchNorm of ``model`` for a BatchNorm2D holding the same parameters
+    and statistics (in eval mode both compute the same), so that an exported model runs where
+    there is no SyncBatchNorm kernel (CPU, Paddle Inference). Returns how many were swapped."""
+    swapped = 0
+    for parent in model.sublayers(include_self=True):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, nn.SyncBatchNorm):
+                continue
+            bn = nn.BatchNorm2D(child._num_features, momentum=child._momentum,
+                                epsilon=child._epsilon, data_format=child._data_format)
+            bn.weight, bn.bias = child.weight, child.bias
+            bn._mean, bn._variance = child._mean, child._variance
+            bn.training = child.training
+            setattr(parent, name, bn)
+            swapped += 1
+    return swapped
 
 
 class ConvBN(nn.Layer):

@@ -1,0 +1,112 @@
+"""Several processes, one job: who we are, how ranks wait for and exchange with each other, and
+CPU threads.
+
+``python -m paddle.distributed.launch --nproc_per_node N script.py`` starts N copies of a
+script with PADDLE_TRAINER_ID / PADDLE_TRAINERS_NUM (and PADDLE_LOCAL_SIZE, the ranks on this
+machine) in their environment; on GPUs each rank drives one card (NCCL), on CPUs they talk over
+gloo. Everything here also works in a plain single process, where it does nothing.
+"""
+import itertools
+import json
+import os
+import time
+
+import paddle
+
+
+def world_size():
+    """Number of ranks in the job (1 when not launched by paddle.distributed.launch)."""
+    return int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1)
+
+
+def rank():
+    return int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0)
+
+
+def is_main():
+    """Rank 0: the one that logs and writes the job's files."""
+    return rank() == 0
+
+
+def local_world_size():
+    """Ranks on this machine (they share its CPU cores)."""
+    return int(os.environ.get("PADDLE_LOCAL_SIZE", "0") or 0) or world_size()
+
+
+def init():
+    """Join the job's process group once (no-op in a single process)."""
+    if world_size() > 1 and not paddle.distributed.is_initialized():
+        paddle.distributed.init_parallel_env()
+
+
+# Waiting for other ranks goes through the job's key-value store (a TCP server on rank 0), not
+# through gloo collectives: on CPU a gloo collective fails when a peer is more than 30 s late
+# (measured with Paddle 2.6.2), and a rank is often that late, e.g. while rank 0 alone evaluates
+# or saves. Values travel as JSON, so nothing a peer sends is unpickled. Every rank must make the
+# same calls in the same order: the calls are numbered to keep them apart.
+_calls = itertools.count()
+
+
+def _store():
+    init()
+    return paddle.base.core.create_or_get_global_tcp_store()
+
+
+def _wait_until_all(store, key):
+    """Poll counter ``key`` until every rank has added 1 (a late rank is waited for without
+    limit; if it dies, the launcher stops the job)."""
+    pause = 0.001
+    while store.add(key, 0) < world_size():
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
+def barrier():
+    """Wait until every rank has got here."""
+    if world_size() == 1:
+        return
+    store, key = _store(), f"paddleseg/{next(_calls)}/arrived"
+    store.add(key, 1)
+    _wait_until_all(store, key)
+
+
+def all_gather(obj):
+    """[obj of rank 0, obj of rank 1, ...] on every rank; ``obj`` is plain JSON data (its dict
+    keys strings). A single process gets ``[obj]`` untouched."""
+    if world_size() == 1:
+        return [obj]
+    store, tag = _store(), f"paddleseg/{next(_calls)}"
+    store.set(f"{tag}/{rank()}", json.dumps(obj))
+    store.add(f"{tag}/ready", 1)
+    _wait_until_all(store, f"{tag}/ready")
+    return [json.loads(bytes(store.get(f"{tag}/{r}")).decode("utf-8"))
+            for r in range(world_size())]
+
+
+def mean(value):
+    """The mean of a float over all ranks (the value itself in a single process)."""
+    values = all_gather(float(value))
+    return sum(values) / len(values)
+
+
+def available_cores():
+    """CPU cores this process may run on (its affinity mask, e.g. a container's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_cpu_threads():
+    """Every core of the machine, shared evenly between the ranks running on it."""
+    return max(1, available_cores() // local_world_size())
+
+
+def set_cpu_threads(threads=None):
+    """Set the math-library threads of CPU kernels (``None``: :func:`default_cpu_threads`).
+
+    Paddle sets OMP_NUM_THREADS=1 on import, and the launcher passes that on to every rank, so
+    without this a CPU run uses one core whatever the machine has. Returns the number used."""
+    threads = default_cpu_threads() if threads is None else max(1, int(threads))
+    paddle.base.core.set_num_threads(threads)
+    return threads
