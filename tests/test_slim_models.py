@@ -1,5 +1,5 @@
 """The pruning engine on the five real models at 64x64: coverage and a 0.3 prune (the time to
-build the groups is a benchmark figure, not a unit-test assertion)."""
+build the groups is a benchmark figure, not a unit-test assertion).
 
 That pruning keeps what these models compute is checked in test_slim_function.py."""
 
