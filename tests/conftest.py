@@ -101,6 +101,29 @@ def tiny_config(tiny_optic_root, tmp_path_factory):
     return write_tiny_config(tmp_path_factory.mktemp("tiny_config") / "tiny.yml", tiny_optic_root)
 
 
+def write_optic_config(path, root, model, coef, flip=False):
+    """A 64x64 OpticDiscSeg config over ``root`` for ``model`` (a type name, or a model block),
+    with one CrossEntropyLoss per ``coef`` entry and 2 iterations; returns its path."""
+    import yaml
+
+    def dataset(mode):
+        transforms = [{"type": "Resize", "target_size": [64, 64]}]
+        if flip and mode == "train":
+            transforms.append({"type": "RandomHorizontalFlip"})
+        return {"type": "OpticDiscSeg", "dataset_root": str(root), "mode": mode,
+                "transforms": transforms + [{"type": "Normalize"}]}
+    cfg = {"batch_size": 2, "iters": 2,
+           "train_dataset": dataset("train"), "val_dataset": dataset("val"),
+           "optimizer": {"type": "sgd", "momentum": 0.9, "weight_decay": 4.0e-5},
+           "lr_scheduler": {"type": "PolynomialDecay", "learning_rate": 0.01, "end_lr": 0,
+                            "power": 0.9},
+           "loss": {"types": [{"type": "CrossEntropyLoss"}] * len(coef), "coef": list(coef)},
+           "model": {"type": model, "num_classes": 2} if isinstance(model, str) else model}
+    with open(path, "w") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False)
+    return str(path)
+
+
 def tiny_model(seed):
     """A small real model (Fast-SCNN, 2 classes) in eval mode, for export and deploy tests."""
     from paddleseg.models import FastSCNN

@@ -11,11 +11,10 @@ import numpy as np
 import paddle
 import paddle.nn as nn
 import pytest
-import yaml
 
 import paddleseg.datasets  # noqa: F401  (registers the components)
 import paddleseg.models  # noqa: F401
-from conftest import ROOT, make_tiny_optic
+from conftest import ROOT, make_tiny_optic, write_optic_config
 from paddleseg import slim
 from paddleseg.core.train_data import ResumableBatches
 from paddleseg.slim import sensitivity
@@ -26,25 +25,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always tra
 
 TRAIN_LINE = re.compile(r"\[TRAIN\] iter (\d+)/\d+, loss ([0-9.]+)")
 PRUNE = os.path.join(ROOT, "slim", "prune", "prune.py")
-
-
-def write_config(path, root, model, coef, flip=False):
-    def dataset(mode):
-        transforms = [{"type": "Resize", "target_size": [64, 64]}]
-        if flip and mode == "train":
-            transforms.append({"type": "RandomHorizontalFlip"})
-        return {"type": "OpticDiscSeg", "dataset_root": str(root), "mode": mode,
-                "transforms": transforms + [{"type": "Normalize"}]}
-    cfg = {"batch_size": 2, "iters": 2,
-           "train_dataset": dataset("train"), "val_dataset": dataset("val"),
-           "optimizer": {"type": "sgd", "momentum": 0.9, "weight_decay": 4.0e-5},
-           "lr_scheduler": {"type": "PolynomialDecay", "learning_rate": 0.01, "end_lr": 0,
-                            "power": 0.9},
-           "loss": {"types": [{"type": "CrossEntropyLoss"}] * len(coef), "coef": list(coef)},
-           "model": {"type": model, "num_classes": 2}}
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    return str(path)
 
 
 def launch(script, *args, log_dir, nproc=2, timeout=180):
@@ -101,7 +81,7 @@ def two_rank_run(same_image_root, tmp_path_factory):
     """train.py on 2 ranks, batch 2 each, 2 iterations, a checkpoint after each (HarDNet: no
     dropout, so nothing random differs between ranks)."""
     work = tmp_path_factory.mktemp("two_ranks")
-    config = write_config(work / "hardnet.yml", same_image_root, "HarDNet", [1])
+    config = write_optic_config(work / "hardnet.yml", same_image_root, "HarDNet", [1])
     proc = launch("train.py", "--config", config, *TRAIN_ARGS, "--batch_size", 2, "--do_eval",
                   "--save_dir", work / "out", log_dir=work / "log")
     assert proc.returncode == 0, failure(proc, work / "log")
@@ -184,7 +164,7 @@ def test_shards_of_two_ranks_make_up_the_global_batch(tiny_optic_root, tmp_path)
     and their random flips), with and without worker processes: --seed fixes the data of a job
     whatever --num_workers is."""
     from paddleseg.cvlibs import Config
-    config = write_config(tmp_path / "flip.yml", tiny_optic_root, "FastSCNN", [1, 0.4], flip=True)
+    config = write_optic_config(tmp_path / "flip.yml", tiny_optic_root, "FastSCNN", [1, 0.4], flip=True)
     dataset = Config(config).train_dataset  # 4 images
 
     def batches(batch_size, workers, ranks=1, rank=0, n=4):
@@ -208,7 +188,7 @@ def test_shards_of_two_ranks_make_up_the_global_batch(tiny_optic_root, tmp_path)
 # -- prune.py on 2 ranks ---------------------------------------------------------------------------
 
 def test_two_rank_sensitivity_file_equals_the_single_process_one(tiny_optic_root, tmp_path):
-    config = write_config(tmp_path / "fastscnn.yml", tiny_optic_root, "FastSCNN", [1, 0.4])
+    config = write_optic_config(tmp_path / "fastscnn.yml", tiny_optic_root, "FastSCNN", [1, 0.4])
     common = ["--config", config, "--pruning_ratio", 0.2, "--retraining_iters", 1,
               "--sen_ratios", 0.3, 0.6, "--sen_eval_num", 2, "--cpu_threads", 1, "--seed", 0,
               "--batch_size", 1]
@@ -304,7 +284,7 @@ def test_reusing_layer_outputs_gives_the_plain_metric_of_every_pruned_model(tiny
                                                                            tmp_path):
     from paddleseg.cvlibs import Config
     from paddleseg.core.val import evaluate_metrics
-    cfg = Config(write_config(tmp_path / "fastscnn.yml", tiny_optic_root, "FastSCNN", [1, 0.4]))
+    cfg = Config(write_optic_config(tmp_path / "fastscnn.yml", tiny_optic_root, "FastSCNN", [1, 0.4]))
     paddle.seed(1)
     model = cfg.model
     model.eval()

@@ -16,6 +16,7 @@ import paddleseg.models  # noqa: F401  (registers the models)
 from paddleseg import slim
 from paddleseg.slim import sensitivity
 from paddleseg.slim.criteria import num_pruned
+from conftest import write_optic_config
 from test_models import SPECS, build
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
@@ -37,22 +38,6 @@ def model_config(name):
     return dict(type=name, num_classes=2, **kwargs)
 
 
-def write_config(path, root, model, coef):
-    def dataset(mode):
-        return {"type": "OpticDiscSeg", "dataset_root": str(root), "mode": mode,
-                "transforms": [{"type": "Resize", "target_size": [64, 64]}, {"type": "Normalize"}]}
-    cfg = {"batch_size": 2, "iters": 2,
-           "train_dataset": dataset("train"), "val_dataset": dataset("val"),
-           "optimizer": {"type": "sgd", "momentum": 0.9, "weight_decay": 4.0e-5},
-           "lr_scheduler": {"type": "PolynomialDecay", "learning_rate": 0.01, "end_lr": 0,
-                            "power": 0.9},
-           "loss": {"types": [{"type": "CrossEntropyLoss"}] * len(coef), "coef": list(coef)},
-           "model": model}
-    with open(path, "w") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     return tmp_path_factory.mktemp("prune")
@@ -61,7 +46,7 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def configs(workdir, tiny_optic_root):
     """{model name: tiny config path} over the shared 4 train + 2 val 64x64 set."""
-    return {name: write_config(workdir / f"{name}.yml", tiny_optic_root, model_config(name),
+    return {name: write_optic_config(workdir / f"{name}.yml", tiny_optic_root, model_config(name),
                                COEFS[name]) for name in MODELS}
 
 
@@ -308,7 +293,7 @@ def test_bad_input_fails_cleanly(case, configs, checkpoint, tiny_optic_root, tmp
     spec = BAD[case]
     config = configs["BiSeNetV2"]
     if "model" in spec:
-        config = write_config(tmp_path / "bad.yml", tiny_optic_root, spec["model"],
+        config = write_optic_config(tmp_path / "bad.yml", tiny_optic_root, spec["model"],
                               COEFS["BiSeNetV2"])
     model_path = spec.get("model_path", "BiSeNetV2")
     if model_path == "missing":

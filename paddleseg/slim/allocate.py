@@ -23,11 +23,14 @@ from ..utils.errors import UserError
 
 
 class TargetUnreachable(UserError):
+    QUANTITY = "FLOPs"
+    BOUND = "reachable"  # how the most that pruning can cut is known
+
     def __init__(self, target, max_reduction, max_ratio, remedy=""):
         self.target, self.max_reduction = target, max_reduction
         super().__init__(
-            f"target FLOPs reduction {target:.3f} is above the {max_reduction:.3f} reachable "
-            f"when every prunable group is pruned at its largest analysed ratio "
+            f"target {self.QUANTITY} reduction {target:.3f} is above the {max_reduction:.3f} "
+            f"{self.BOUND} when every prunable group is pruned at its largest analysed ratio "
             f"(up to {max_ratio:g}); lower the target or analyse larger ratios{remedy}")
 
 

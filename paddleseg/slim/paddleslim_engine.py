@@ -25,14 +25,13 @@ What differs from PaddleSeg 2.6, and why:
 """
 import logging
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
 
 from ..utils import logger
 from ..utils.errors import UserError
-from ..utils.fileio import removed_if_left_empty, write_json, write_text
+from ..utils.fileio import write_json, write_text
 from ..utils.progress import format_seconds
 from . import sensitivity as sens_mod
 
@@ -293,43 +292,19 @@ def drop_backup_buffers(model):
 
 
 def check_options(o):
-    from .publish import check_save_dir
-    if not 0.0 < o.pruning_ratio < 1.0:
-        raise UserError(f"--pruning_ratio must lie in (0, 1), got {o.pruning_ratio}")
-    if o.retraining_iters < 0:
-        raise UserError(f"--retraining_iters must be >= 0, got {o.retraining_iters}")
-    if o.criterion not in ("l1", "fpgm"):
-        raise UserError(f"--criterion must be l1 or fpgm, got {o.criterion}")
-    if o.sen_eval_num is not None and o.sen_eval_num < 1:
-        raise UserError(f"--sen_eval_num must be >= 1, got {o.sen_eval_num}")
-    if o.model_path and not os.path.exists(o.model_path):
-        raise UserError(f"--model_path not found: {o.model_path}")
-    check_save_dir(o.save_dir, o.sen_file)
+    from .pipeline import check_common_options, sensitivity_file
+    check_common_options(o)
     sens_mod.load(sensitivity_file(o))  # damaged or unsafe: fails here, before any work
-
-
-def sensitivity_file(o):
-    from .publish import DEFAULT_SEN_FILE
-    return o.sen_file or os.path.join(o.save_dir, DEFAULT_SEN_FILE)
 
 
 def run(o):
     """The whole PaddleSlim pipeline into ``o.save_dir`` (staged and switched in as one folder,
     as :func:`paddleseg.slim.pipeline.run` does); returns the report dict."""
     from ..core.train import set_seed
-    from .publish import discard, make_stage, publish, recover
+    from .publish import staged_run
     check_options(o)
     set_seed(o.seed)
-    with removed_if_left_empty(o.save_dir):
-        recover(o.save_dir)
-        stage = make_stage(o.save_dir)
-        try:
-            report = _run(o, o.config, o.timings, stage)
-            publish(stage, o.save_dir, o.sen_file)
-        except BaseException:
-            discard(stage)
-            raise
-    return report
+    return staged_run(o.save_dir, o.sen_file, lambda stage: _run(o, o.config, o.timings, stage))
 
 
 def _build(cfg, model_path):
@@ -341,9 +316,8 @@ def _build(cfg, model_path):
 
 
 def _run(o, cfg, t, stage):
-    from ..core.val import evaluate_metrics
     from .flops import count_flops_params
-    from .pipeline import Phase, config_fingerprint, miou, retrain
+    from .pipeline import Phase, config_fingerprint, miou, retrain_and_evaluate, sensitivity_file
     from .storage import save_pruned
     with Phase(t, "load and baseline evaluation"):
         model = _build(cfg, o.model_path)
@@ -376,11 +350,7 @@ def _run(o, cfg, t, stage):
                     f"({1 - flops1 / flops0:.1%} fewer, {o.pruning_ratio:.1%} asked), params "
                     f"{params0 / 1e6:.3f}M -> {params1 / 1e6:.3f}M, {info['pruned_convs']} of "
                     f"{info['convs']} convs pruned, mIoU right after pruning {pruned_miou:.4f}")
-    with Phase(t, "retraining"):
-        retrain(o, cfg, model, os.path.join(stage, "retrain"))
-        shutil.rmtree(os.path.join(stage, "retrain"), ignore_errors=True)
-    with Phase(t, "final evaluation"):
-        final = evaluate_metrics(model, val_dataset, print_detail=True)
+    final = retrain_and_evaluate(o, cfg, model, stage, val_dataset, t)
     from importlib.metadata import version
     report = {
         "engine": "paddleslim", "paddleslim_version": version("paddleslim"),

@@ -24,14 +24,14 @@ from ..core.val import evaluate_metrics
 from ..models.layers.layer_libs import plain_batchnorm
 from ..utils import distributed, logger
 from ..utils.errors import UserError
-from ..utils.fileio import removed_if_left_empty, write_json, write_text
+from ..utils.fileio import write_json, write_text
 from ..utils.progress import format_seconds
 from . import sensitivity as sens_mod
 from .fast_eval import SensitivityEvaluator
 from .latency import target as latency_mod
 from .allocate import TargetUnreachable, allocate_ratios, reachable_reduction
 from .flops import FlopsModel, count_flops_params
-from .publish import DEFAULT_SEN_FILE, check_save_dir, discard, make_stage, publish, recover
+from .publish import DEFAULT_SEN_FILE, check_save_dir, staged_run
 from .report import plot_sensitivity, render_markdown
 from .storage import save_pruned
 from . import build_groups, prune_model
@@ -71,30 +71,45 @@ PRUNING_FACTS = ("criterion", "pruning_ratio", "target", "target_lowered_to", "c
                  "params_after", "layer_ratios")
 
 
-def check_options(o):
+def check_common_options(o):
+    """The checks both engines (ours and PaddleSlim's) make before any slow work."""
     if not 0.0 < o.pruning_ratio < 1.0:
         raise UserError(f"--pruning_ratio must lie in (0, 1), got {o.pruning_ratio}")
     if o.retraining_iters < 0:
         raise UserError(f"--retraining_iters must be >= 0, got {o.retraining_iters}")
     if o.criterion not in ("l1", "fpgm"):
         raise UserError(f"--criterion must be l1 or fpgm, got {o.criterion}")
+    if o.sen_eval_num is not None and o.sen_eval_num < 1:
+        raise UserError(f"--sen_eval_num must be >= 1, got {o.sen_eval_num}")
+    if o.model_path and not os.path.exists(o.model_path):
+        raise UserError(f"--model_path not found: {o.model_path}")
+    check_save_dir(o.save_dir, o.sen_file)
+
+
+def check_options(o):
+    check_common_options(o)
     if not o.sen_ratios or not all(0.0 < r < 1.0 for r in o.sen_ratios):
         raise UserError(f"--sen_ratios must all lie in (0, 1), got {list(o.sen_ratios)}")
     if o.channel_step < 1:
         raise UserError(f"--channel_step must be >= 1, got {o.channel_step}")
     if not 0.0 <= o.min_coverage <= 1.0:
         raise UserError(f"--min_coverage must lie in [0, 1], got {o.min_coverage}")
-    if o.sen_eval_num is not None and o.sen_eval_num < 1:
-        raise UserError(f"--sen_eval_num must be >= 1, got {o.sen_eval_num}")
-    if o.model_path and not os.path.exists(o.model_path):
-        raise UserError(f"--model_path not found: {o.model_path}")
-    check_save_dir(o.save_dir, o.sen_file)
     latency_mod.check_options(o)
     sens_mod.load(sensitivity_file(o))  # a damaged, unsafe or foreign file fails here, not later
 
 
 def sensitivity_file(o):
     return o.sen_file or os.path.join(o.save_dir, DEFAULT_SEN_FILE)
+
+
+def retrain_and_evaluate(o, cfg, model, stage, val_dataset, t):
+    """Retrain the pruned ``model`` (checkpoints in a scratch folder of the stage, removed
+    after), then its final metrics on the whole val split; both phases timed into ``t``."""
+    with Phase(t, "retraining"):
+        retrain(o, cfg, model, os.path.join(stage, "retrain"))
+        shutil.rmtree(os.path.join(stage, "retrain"), ignore_errors=True)
+    with Phase(t, "final evaluation"):
+        return evaluate_metrics(model, val_dataset, print_detail=True)
 
 
 def config_fingerprint(cfg, model_path, eval_num):
@@ -210,17 +225,7 @@ def run(o):
     set_seed(o.seed)
     if not distributed.is_main():
         return _run_other_rank(o, o.config)
-    # a failed run leaves no save_dir it made, unless the sensitivity file (resumable) is in it
-    with removed_if_left_empty(o.save_dir):
-        recover(o.save_dir)
-        stage = make_stage(o.save_dir)
-        try:
-            report = _run(o, o.config, o.timings, stage)
-            publish(stage, o.save_dir, o.sen_file)
-        except BaseException:
-            discard(stage)
-            raise
-    return report
+    return staged_run(o.save_dir, o.sen_file, lambda stage: _run(o, o.config, o.timings, stage))
 
 
 def _run(o, cfg, t, stage):
@@ -263,11 +268,7 @@ def _run(o, cfg, t, stage):
         pruned_miou = miou(model, val_dataset)
         logger.info(f"FLOPs {flops0 / 1e9:.3f}G -> {flops1 / 1e9:.3f}G ({1 - flops1 / flops0:.1%} fewer), "
                     f"params {params0 / 1e6:.3f}M -> {params1 / 1e6:.3f}M, mIoU right after pruning {pruned_miou:.4f}")
-    with Phase(t, "retraining"):
-        retrain(o, cfg, model, os.path.join(stage, "retrain"))
-        shutil.rmtree(os.path.join(stage, "retrain"), ignore_errors=True)
-    with Phase(t, "final evaluation"):
-        final = evaluate_metrics(model, val_dataset, print_detail=True)
+    final = retrain_and_evaluate(o, cfg, model, stage, val_dataset, t)
     report = {
         "model_name": type(model).__name__, "config": cfg.path, "model_path": o.model_path,
         "criterion": o.criterion, "pruning_ratio": o.pruning_ratio, "channel_step": o.channel_step,

@@ -20,7 +20,7 @@ import shutil
 from ..core.export import EXPORT_FILES
 from ..utils.fileio import (OutputPathError, check_folder_target, exchange_paths, foreign_entries,
                             fsync_path, fsync_tree, left_by_dead_process,
-                            remove_stale_temporaries)
+                            remove_stale_temporaries, removed_if_left_empty)
 from .sensitivity import part_file_names
 
 PUBLISHED_FILES = ("model.pdparams", "prune_plan.json", "report.json", "report.md",
@@ -157,6 +157,22 @@ def publish(stage, save_dir, sen_file=None):
         else:
             shutil.rmtree(stage)  # the old output, now under the staging name
     fsync_path(os.path.dirname(path))
+
+
+def staged_run(save_dir, sen_file, build):
+    """``build(stage)`` writes a run's outputs into a fresh staging folder, which then replaces
+    ``save_dir`` in one step; returns what ``build`` returns. A failed run discards the stage
+    and leaves no ``save_dir`` it made (a resumable sensitivity file in it stays)."""
+    with removed_if_left_empty(save_dir):
+        recover(save_dir)
+        stage = make_stage(save_dir)
+        try:
+            result = build(stage)
+            publish(stage, save_dir, sen_file)
+        except BaseException:
+            discard(stage)
+            raise
+    return result
 
 
 def _switch_by_two_renames(stage, path):

@@ -17,16 +17,12 @@ one in tests.
 import numpy as np
 
 from ...utils.errors import UserError
-from ..allocate import Allocation, _curves
+from ..allocate import Allocation, TargetUnreachable, _curves
 
 
-class LatencyTargetUnreachable(UserError):
-    def __init__(self, target, max_reduction, max_ratio, remedy=""):
-        self.target, self.max_reduction = target, max_reduction
-        super().__init__(
-            f"target latency reduction {target:.3f} is above the {max_reduction:.3f} the latency "
-            f"table predicts when every prunable group is pruned at its largest analysed ratio "
-            f"(up to {max_ratio:g}); lower the target or analyse larger ratios{remedy}")
+class LatencyTargetUnreachable(TargetUnreachable):
+    QUANTITY = "latency"
+    BOUND = "the latency table predicts"
 
 
 def _limits(cost, curves):
