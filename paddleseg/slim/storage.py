@@ -8,7 +8,7 @@ that, plus the pruning facts recorded on the model.
 import os
 
 from ..utils import structure
-from ..utils.checkpoint import load_model_weights, read_checkpoint, save_model_state
+from ..utils.checkpoint import load_checkpoint, read_checkpoint, save_model_state
 from ..utils.fileio import atomic_path
 
 PARAMS_FILE = "model.pdparams"
@@ -33,6 +33,4 @@ def read_plan(path):
 def load_pruned(model, path):
     """Shrink ``model`` (freshly built) to the saved shapes and load the weights strictly.
     Returns the structure record, or None for an unpruned checkpoint (then loaded as is)."""
-    load_model_weights(model, path)
-    info = structure.pruned_info(model)
-    return None if info is None else read_plan(path)
+    return load_checkpoint(model, path)

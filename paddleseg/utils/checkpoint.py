@@ -195,15 +195,22 @@ def check_state_dict(model, state, path):
         raise CheckpointError(f"{path} does not fit the model built from the config: {detail}{hint}")
 
 
-def load_model_weights(model, path):
+def load_checkpoint(model, path):
     """Strictly load a checkpoint (file or ``iter_N`` dir) into ``model``, freshly built from
-    its config. A pruned checkpoint first shrinks the model to its saved layer shapes: this is
-    the one place where pruned models are restored."""
+    its config, and return its pruned-structure record (None when unpruned). A pruned
+    checkpoint first shrinks the model to its saved layer shapes: this is the one place where
+    pruned models are restored."""
     state, record = read_checkpoint(path)
     if record is not None:
         structure.resize_to(model, record, source=params_file(path))
     check_state_dict(model, state, path)
     model.set_state_dict(state)
+    return record
+
+
+def load_model_weights(model, path):
+    """:func:`load_checkpoint`, returning ``model``."""
+    load_checkpoint(model, path)
     return model
 
 
