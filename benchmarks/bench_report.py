@@ -47,6 +47,7 @@ def row_label(kind, ratio=None, retraining_iters=None):
     if kind == "control":
         return f"control (+{retraining_iters} iters)"
     return {"flops": "FLOPs target {:g}", "latency": "latency target {:g}",
+            "latency_equal_loss": "latency target {:g}, FLOPs-target allocation",
             "paddleslim": "PaddleSlim {:g} (PaddleSeg 2.6)"}[kind].format(ratio)
 
 
@@ -369,6 +370,8 @@ def render_headline(results):
              f"CPU; latency {s['backend']}, {s['threads']} threads, {shape_text(s['input_shape'])}; "
              "mIoU change against the unpruned model fine-tuned as long):"]
     for kind, what in (("flops", "at a 0.3 FLOPs target"), ("latency", "at a 0.3 latency target"),
+                       ("latency_equal_loss", "the same latency target with the FLOPs target's "
+                        "allocation (equal sensitivity loss per group)"),
                        ("paddleslim", "PaddleSeg 2.6's method (PaddleSlim) asked for 0.3")):
         rows = _ok_rows(results, kind)
         if rows:
@@ -397,6 +400,7 @@ def plot_speedup(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     markers = {"flops": ("o", "FLOPs target"), "latency": ("^", "latency target"),
+               "latency_equal_loss": ("v", "latency target, FLOPs-target allocation"),
                "paddleslim": ("s", "PaddleSlim (PaddleSeg 2.6)")}
     with matplotlib.style.context("default"):
         fig, ax = plt.subplots(figsize=(7, 5))

@@ -13,7 +13,9 @@ Per model (``configs/camvid/``; its resolution, batch and iterations are the tra
 3. control: ``train.py --model_path`` fine-tunes the unpruned model the same retraining
    iterations as the pruned rows get; its mIoU is what the pruned rows are compared with;
 4. rows of ``slim/prune/prune.py``: FLOPs target (``--ratios``), latency target
-   (``--latency_ratios``, when prune.py has ``--target latency``), and PaddleSeg 2.6's original
+   (``--latency_ratios``, when prune.py has ``--target latency``), the same latency target
+   with the FLOPs target's allocation (``--latency_allocation equal_loss``: the control the
+   latency allocation is judged against at an equal measured speedup), and PaddleSeg 2.6's original
    method through PaddleSlim (``--engine paddleslim``, ``--paddleslim_ratios``), all from the
    same checkpoint, config and data;
 5. latency: Paddle Inference (CPU, oneDNN) of every export of the model, ``--warmup`` runs
@@ -208,6 +210,10 @@ def has_latency_target():
     return bool(choices) and "latency" in choices
 
 
+# the latency-target row kinds and the --latency_allocation each runs
+LATENCY_ALLOCATIONS = {"latency": "loss_per_ms", "latency_equal_loss": "equal_loss"}
+
+
 # ---------------------------------------------------------------- in-process helpers
 
 
@@ -356,7 +362,8 @@ class ModelRun:
     def prune_material(self, target, ratio):
         a = self.args
         latency = None if target == "flops" else {
-            "shape": list(a.input_shape), "threads": a.cpu_threads, "samples": a.latency_samples}
+            "shape": list(a.input_shape), "threads": a.cpu_threads, "samples": a.latency_samples,
+            "allocation": LATENCY_ALLOCATIONS[target]}
         return dict(self.sensitivity_material(), target=target, ratio=ratio,
                     retraining_iters=self.retraining_iters, channel_step=a.channel_step,
                     latency=latency)
@@ -446,16 +453,20 @@ class ModelRun:
 
     def latency_table_file(self):
         """Shared by the latency-target rows of one setup: measured once."""
-        key = bench_cache.digest(self.prune_material("latency", None))
+        material = self.prune_material("latency", None)
+        del material["latency"]["allocation"]    # the table does not depend on it
+        key = bench_cache.digest(material)
         return os.path.join(self.steps.root, f"latency_table-{key[:12]}.json")
 
     def prune(self, target, ratio):
-        """A row of this project's engine: ``target`` flops or latency."""
+        """A row of this project's engine: ``target`` flops, latency or latency_equal_loss
+        (the latency target with the FLOPs target's allocation)."""
         a = self.args
         extra = ([] if target == "flops" else
                  ["--target", "latency", "--latency_shape", *map(str, a.input_shape),
                   "--cpu_threads", str(a.cpu_threads), "--latency_samples",
-                  str(a.latency_samples), "--latency_table", rel(self.latency_table_file())])
+                  str(a.latency_samples), "--latency_table", rel(self.latency_table_file()),
+                  "--latency_allocation", LATENCY_ALLOCATIONS[target]])
         argv = ["slim/prune/prune.py", "--config", self.cfg_path, "--model_path", self.checkpoint,
                 "--pruning_ratio", str(ratio), "--retraining_iters", str(self.retraining_iters),
                 "--criterion", a.criterion, "--sen_file", rel(self.sensitivity_file()),
@@ -566,12 +577,13 @@ def prepare_model(name, args):
         variants.append(pruned("flops", ratio, run.prune("flops", ratio)))
     latency_ok = has_latency_target()
     for ratio in args.latency_ratios:
-        if latency_ok:
-            variants.append(pruned("latency", ratio, run.prune("latency", ratio)))
-        else:
-            variants.append((bench_report.not_run_row(
-                "latency", ratio, "slim/prune/prune.py has no --target latency in this version"),
-                None))
+        for kind in LATENCY_ALLOCATIONS:
+            if latency_ok:
+                variants.append(pruned(kind, ratio, run.prune(kind, ratio)))
+            else:
+                variants.append((bench_report.not_run_row(
+                    kind, ratio, "slim/prune/prune.py has no --target latency in this version"),
+                    None))
     for ratio in args.paddleslim_ratios:
         variants.append(pruned("paddleslim", ratio, run.paddleslim(ratio)))
     return run, variants

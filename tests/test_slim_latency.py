@@ -16,10 +16,12 @@ import pytest
 from paddleseg import slim
 from paddleseg.slim.dependency import DW, IN, OUT, Member, PruneGroup
 from paddleseg.slim.latency import (LatencyTableMismatch, LatencyTargetMissed,
-                                    LatencyTargetUnreachable, allocate_latency, measure,
+                                    LatencyTargetUnreachable, allocate_equal_loss,
+                                    allocate_latency, measure,
                                     obtain, onednn, profile_model)
 from paddleseg.slim.latency import table as table_mod
 from paddleseg.slim.latency.sites import Site, WidthModel, assign_blocks
+from paddleseg.slim.latency.allocate import allocator
 from paddleseg.slim.latency.target import LatencyTarget, deploy_shape
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
@@ -262,12 +264,49 @@ def test_allocation_refuses_an_unreachable_latency_target():
     assert "above the" in str(e.value) and e.value.max_reduction < 0.5
 
 
+def total_loss(sens, groups, pruned):
+    """The summed interpolated sensitivity loss of a plan (the quantity both allocations
+    trade against time)."""
+    from paddleseg.slim.allocate import _curves
+    curves = _curves(groups, sens, 8)
+    return sum(curves[g].loss(n / curves[g].channels) for g, n in pruned.items())
+
+
+@pytest.mark.parametrize("target", [0.2, 0.35])
+def test_the_equal_loss_allocation_meets_the_latency_target_blind_to_time(target):
+    groups = toy_groups()
+    cost = FakeCost(groups, {"slow": 1.0, "fast": 0.05, "mid": 0.3})
+    sens = {"slow": linear_sens(0.2), "fast": linear_sens(1.0), "mid": linear_sens(0.5)}
+    equal = allocate_equal_loss(groups, sens, cost, target)
+    full = cost.ms(np.zeros(3))
+    got = 1 - cost.ms(np.array([equal.pruned.get(g, 0) for g in cost.group_ids])) / full
+    # as the FLOPs target: the plan nearest the target, on either side, within a channel step
+    assert abs(got - target) <= 0.005 + 8 * 1.0 / full
+    assert equal.reduction == pytest.approx(got)
+    assert all(n % 8 == 0 for n in equal.pruned.values())
+    # it prunes the time-cheap sensitive group too (equal losses), which the time-aware
+    # allocation does not; so at the same predicted cut it loses more
+    assert equal.pruned.get("fast", 0) > 0
+    per_ms = allocate_latency(groups, sens, cost, target)
+    assert total_loss(sens, groups, per_ms.pruned) < total_loss(sens, groups, equal.pruned)
+
+
+def test_the_equal_loss_allocation_refuses_an_unreachable_latency_target():
+    groups = toy_groups()
+    cost = FakeCost(groups, {"slow": 1.0, "fast": 1.0, "mid": 1.0}, fixed=500.0)
+    sens = {g.id: linear_sens(1.0) for g in groups}
+    with pytest.raises(LatencyTargetUnreachable) as e:
+        allocate_equal_loss(groups, sens, cost, 0.5)
+    assert "latency" in str(e.value) and e.value.max_reduction < 0.5
+
+
 class FakeSearch(LatencyTarget):
     """The closing loop with the table replaced by FakeCost and the measurement by a backend
     whose real cut is ``factor`` x the predicted one."""
 
-    def __init__(self, groups, cost, factor):
+    def __init__(self, groups, cost, factor, allocation="loss_per_ms"):
         self.groups, self.cost, self.channel_step = groups, cost, 8
+        self.allocation, self.allocate = allocation, allocator(allocation)
         self.rounds, self.chosen, self.factor, self.exports = [], None, factor, []
 
     def _full_runner(self, model):
@@ -283,15 +322,17 @@ class FakeSearch(LatencyTarget):
         return measure.Paired(np.full(3, 100.0), np.full(3, 100.0 * (1 - cut)))
 
 
-def search_setup(factor):
+def search_setup(factor, allocation="loss_per_ms"):
     groups = toy_groups()
     cost = FakeCost(groups, {"slow": 1.0, "fast": 0.5, "mid": 0.7}, fixed=5.0)
     sens = {g.id: linear_sens(1.0) for g in groups}
-    return FakeSearch(groups, cost, factor), sens
+    return FakeSearch(groups, cost, factor, allocation), sens
 
 
-def test_the_closing_loop_corrects_a_table_that_overpredicts():
-    search, sens = search_setup(factor=0.7)     # the backend gains only 70% of the prediction
+@pytest.mark.parametrize("allocation", ["loss_per_ms", "equal_loss"])
+def test_the_closing_loop_corrects_a_table_that_overpredicts(allocation):
+    # the backend gains only 70% of the prediction
+    search, sens = search_setup(factor=0.7, allocation=allocation)
     alloc = search.search(None, sens, 0.3)
     assert len(search.rounds) >= 2 and search.rounds[0]["measured"] < 0.27
     assert abs(search.rounds[-1]["measured"] - 0.3) <= 0.03
@@ -385,6 +426,11 @@ def test_latency_flags_are_checked_before_any_work(bisenet_config, tmp_path):
     proc = run_script(PRUNE, *prune_args(bisenet_config, save_dir, "--latency_shape", 1, 3, 64, 64))
     assert proc.returncode == 2, failure(proc)
     assert proc.stderr.strip() == "error: --latency_shape applies only with --target latency"
+    proc = run_script(PRUNE, *prune_args(bisenet_config, save_dir, "--latency_allocation",
+                                         "equal_loss"))
+    assert proc.returncode == 2, failure(proc)
+    assert proc.stderr.strip() == \
+        "error: --latency_allocation applies only with --target latency"
 
     table = tmp_path / "table.json"
     fake_table(str(table), shape=[1, 3, 128, 128], threads=1)

@@ -59,6 +59,7 @@ class PruneOptions:
     latency_shape: tuple = None        # N C H W of the latency target (None: the deploy shape)
     latency_table: str = None          # latency table file (None: cached under SEG_HOME)
     latency_samples: int = 8           # sample plans a new latency table measures
+    latency_allocation: str = None     # loss_per_ms (None) or equal_loss (see latency.allocate)
     cpu_threads: int = None            # threads latency is measured with (None: every core)
     device: str = "cpu"                # where latency is measured
     export: bool = True

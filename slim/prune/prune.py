@@ -56,6 +56,11 @@ def build_parser():
     p.add_argument("--latency_table", default=None,
                    help="latency table file: reused when made for this machine, threads, shape "
                         "and model, else measured and written (default: a cache under SEG_HOME)")
+    p.add_argument("--latency_allocation", choices=["loss_per_ms", "equal_loss"], default=None,
+                   help="how --target latency shares the cut among groups: loss_per_ms (least "
+                        "accuracy lost per millisecond saved; the default) or equal_loss (the "
+                        "--target flops allocation, every group pruned to one sensitivity loss, "
+                        "scaled to the latency target: a control for comparisons)")
     p.add_argument("--latency_samples", type=int, default=8,
                    help="sample plans a new latency table measures (more: slower, closer fit)")
     p.add_argument("--cpu_threads", type=int, default=None,
@@ -98,7 +103,8 @@ def main(argv):
                            allow_lower_target=args.allow_lower_target,
                            min_coverage=args.min_coverage, target=args.target,
                            latency_shape=args.latency_shape, latency_table=args.latency_table,
-                           latency_samples=args.latency_samples, cpu_threads=args.cpu_threads,
+                           latency_samples=args.latency_samples,
+                           latency_allocation=args.latency_allocation, cpu_threads=args.cpu_threads,
                            device=args.device)
     check_options(options)  # before any slow work (save_dir, sensitivity file)
     cli.set_device(args.device, args.cpu_threads)
@@ -127,7 +133,7 @@ def main(argv):
 
 # flags of the native engine that PaddleSeg 2.6's method has no equivalent for
 NATIVE_ONLY = ("sen_ratios", "allow_lower_target", "min_coverage", "channel_step", "target",
-               "latency_shape", "latency_table", "latency_samples")
+               "latency_shape", "latency_table", "latency_samples", "latency_allocation")
 
 
 def run_paddleslim(args):

@@ -19,7 +19,7 @@ Typical use::
     cost = table.model(analysis.groups)
     cost.ms(cost.vector({"backbone.stem.conv": 16}))     # predicted ms of a plan
 """
-from .allocate import LatencyTargetUnreachable, allocate_latency  # noqa: F401
+from .allocate import LatencyTargetUnreachable, allocate_equal_loss, allocate_latency  # noqa: F401
 from .measure import Backend  # noqa: F401
 from .profile import format_profile, profile_model  # noqa: F401
 from .table import LatencyModel, LatencyTable, LatencyTableMismatch, obtain  # noqa: F401

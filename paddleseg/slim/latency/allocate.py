@@ -13,11 +13,18 @@ and let a layer skip a width that is slow on the backend (a partial vector regis
 The cost model is anything with ``group_ids`` and a vectorised ``ms(n)`` (plans as count
 vectors in ``group_ids`` order, shape (..., groups)): :class:`.table.LatencyModel`, or a fake
 one in tests.
+
+:func:`allocate_equal_loss` is the other allocation ``--latency_allocation`` offers: the one
+``--target flops`` makes (every group pruned up to one common sensitivity loss), with that
+loss set so the *predicted latency* falls by the target. It is blind to what a channel costs
+in time, so at an equal measured speedup it is the fair control for :func:`allocate_latency`.
 """
 import numpy as np
 
 from ...utils.errors import UserError
-from ..allocate import Allocation, TargetUnreachable, _curves
+from ..allocate import Allocation, TargetUnreachable, _curves, allocate_ratios
+
+ALLOCATIONS = ("loss_per_ms", "equal_loss")
 
 
 class LatencyTargetUnreachable(TargetUnreachable):
@@ -107,3 +114,36 @@ def allocate_latency(groups, sensitivities, cost, target, channel_step=8, tolera
     plan = {g: k / curves[g].channels for g, k in counts.items()}
     return Allocation(plan=plan, pruned=counts, reduction=float(1.0 - now / full), target=target,
                       max_reduction=most, threshold=None)
+
+
+class _PredictedCut:
+    """The latency model seen as :func:`~paddleseg.slim.allocate.allocate_ratios` sees a
+    FLOPs model: ``reduction({group id: channels removed})``, here of the predicted latency."""
+
+    def __init__(self, cost):
+        self.cost, self.full = cost, float(cost.ms(np.zeros(len(cost.group_ids))))
+
+    def reduction(self, counts):
+        n = np.array([counts.get(g, 0) for g in self.cost.group_ids], dtype=float)
+        return 1.0 - float(self.cost.ms(n)) / self.full
+
+
+def allocate_equal_loss(groups, sensitivities, cost, target, channel_step=8, tolerance=0.005):
+    """Like :func:`allocate_latency`, but every group is pruned up to one common sensitivity
+    loss (the ``--target flops`` allocation) with the loss chosen for the predicted latency
+    cut ``target``."""
+    predicted = _PredictedCut(cost)
+    try:
+        return allocate_ratios(groups, sensitivities, predicted, target, tolerance=tolerance,
+                               channel_step=channel_step)
+    except TargetUnreachable as e:
+        raise LatencyTargetUnreachable(e.target, e.max_reduction, max(
+            max(s) for s in sensitivities.values() if s)) from None
+
+
+def allocator(name):
+    """The allocation function ``--latency_allocation name`` selects."""
+    if name not in ALLOCATIONS:
+        raise UserError(f"--latency_allocation must be one of {', '.join(ALLOCATIONS)}, "
+                        f"got {name!r}")
+    return allocate_latency if name == "loss_per_ms" else allocate_equal_loss

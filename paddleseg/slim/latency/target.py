@@ -21,7 +21,7 @@ from ...core.export import parse_input_shape
 from ...utils import logger
 from ...utils.errors import UserError
 from . import measure
-from .allocate import LatencyTargetUnreachable, allocate_latency, max_reduction
+from .allocate import LatencyTargetUnreachable, allocator, max_reduction
 from .table import DEFAULT_SAMPLES, blocks_over_runs, check_file, obtain, shares_by_owner
 
 TOLERANCE = 0.03
@@ -31,7 +31,8 @@ MIN_AIM = 0.005
 
 TARGETS = ("flops", "latency")
 # (--cpu_threads is not among them: it also sets the threads every CPU phase of a run uses)
-LATENCY_ONLY = (("latency_shape", "--latency_shape"), ("latency_table", "--latency_table"))
+LATENCY_ONLY = (("latency_shape", "--latency_shape"), ("latency_table", "--latency_table"),
+                ("latency_allocation", "--latency_allocation"))
 
 
 class LatencyTargetMissed(UserError):
@@ -50,6 +51,7 @@ def check_options(o):
             raise UserError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
                             "only with --target latency")
         return
+    allocator(o.latency_allocation or "loss_per_ms")    # a bad name fails here, in one line
     if o.latency_samples < 3:
         raise UserError(f"--latency_samples must be >= 3, got {o.latency_samples}")
     if o.latency_table and _inside(o.latency_table, o.save_dir):
@@ -72,7 +74,8 @@ def for_pipeline(o, cfg, model, analysis, work_dir):
     logger.info(f"latency target: {backend.name} on {backend.description()}, "
                 f"{backend.cpu_threads} threads, input {backend.shape_text()}")
     return LatencyTarget(model, analysis.groups, backend, o.channel_step, max(o.sen_ratios),
-                         work_dir, o.latency_table, o.latency_samples)
+                         work_dir, o.latency_table, o.latency_samples,
+                         o.latency_allocation or "loss_per_ms")
 
 
 def deploy_shape(val_transforms, default=measure.DEFAULT_SHAPE):
@@ -89,8 +92,9 @@ class LatencyTarget:
     """The latency side of one pruning run; ``work_dir`` holds its temporary exports."""
 
     def __init__(self, model, groups, backend, channel_step, max_ratio, work_dir,
-                 table_path=None, samples=DEFAULT_SAMPLES):
+                 table_path=None, samples=DEFAULT_SAMPLES, allocation="loss_per_ms"):
         self.groups, self.backend, self.channel_step = groups, backend, channel_step
+        self.allocation, self.allocate = allocation, allocator(allocation)
         self.table, self.table_path = obtain(model, groups, backend, channel_step, max_ratio,
                                              table_path, samples)
         self.cost = self.table.model(groups)
@@ -136,8 +140,8 @@ class LatencyTarget:
         run_full = self._full_runner(model)
         tried, aim = {}, min(target, most - 1e-9)
         for i in range(MAX_ROUNDS):
-            alloc = allocate_latency(self.groups, sensitivities, self.cost, aim,
-                                     channel_step=self.channel_step)
+            alloc = self.allocate(self.groups, sensitivities, self.cost, aim,
+                                  channel_step=self.channel_step)
             key = tuple(sorted(alloc.pruned.items()))
             if key not in tried:
                 folder = self._export(model, alloc.pruned, "candidate")
@@ -211,6 +215,7 @@ class LatencyTarget:
                 "backend": self.backend.name, "device": self.backend.description(),
                 "cpu_threads": self.backend.cpu_threads, "shape": list(self.backend.shape),
                 "table": os.path.abspath(self.table_path), "table_method": self.table.method,
+                "allocation": self.allocation,
                 "target_tolerance": TOLERANCE, "rounds": self.rounds,
                 "predicted_ms_before": round(pred_before, 3),
                 "predicted_ms_after": round(pred_after, 3),
@@ -234,7 +239,8 @@ def report_lines(lat, top=10):
     lines = [
         "", "## Latency", "",
         f"{lat['backend']} on {lat['device']}, {lat['cpu_threads']} threads, input {shape}; "
-        f"table `{lat['table']}` ({lat['table_method']}).", "",
+        f"table `{lat['table']}` ({lat['table_method']}); allocation "
+        f"{lat.get('allocation', 'loss_per_ms')}.", "",
         "| latency (ms) | before | after | cut |", "|-|-:|-:|-:|",
         f"| predicted by the table | {lat['predicted_ms_before']:.1f} | "
         f"{lat['predicted_ms_after']:.1f} | {lat['predicted_reduction']:.3f} |",
