@@ -159,6 +159,21 @@ def command_text(argv):
     return shlex.join(["python", *argv])
 
 
+def without_phase(argv):
+    """``argv`` less its ``--phase``: a model timed by ``--phase latency`` after ``--phase
+    prepare`` has exactly the results of the one command that runs both (every step is keyed
+    by its arguments), and that command is the one to record."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--phase":
+            skip = True
+        elif not a.startswith("--phase="):
+            out.append(a)
+    return out
+
+
 def run_command(argv, log_path, threads, timeout=None):
     """Run ``python argv`` from the repository root, teeing its output to ``log_path``.
 
@@ -612,7 +627,7 @@ def model_entry(run, rows, args, argv):
     resize = next((t.get("target_size") for t in cfg.dic["train_dataset"].get("transforms", [])
                    if t.get("type") == "Resize"), None)
     return {
-        "command": command_text(["benchmarks/prune_speedup.py", *argv]),
+        "command": command_text(["benchmarks/prune_speedup.py", *without_phase(argv)]),
         "args": {k: v for k, v in sorted(vars(args).items()) if k not in ("debug",)},
         "git": bench_cache.git_commit(), "machine": machine(), "software": software(),
         "config": run.cfg_path,

@@ -179,3 +179,10 @@ def test_commands_report_their_error_line_and_stop_at_the_timeout(tmp_path):
         ["-c", "import time; print('started', flush=True); time.sleep(60)"], log, 1, timeout=2)
     assert code is None and error is None and seconds < 30
     assert prune_speedup.last_progress(log) == "last log line: started"
+
+
+def test_the_recorded_command_is_the_one_that_runs_every_phase():
+    argv = ["--models", "UNet", "--phase", "latency", "--repeats", "30"]
+    assert prune_speedup.without_phase(argv) == ["--models", "UNet", "--repeats", "30"]
+    assert prune_speedup.without_phase(["--phase=prepare", "--models", "UNet"]) == \
+        ["--models", "UNet"]
