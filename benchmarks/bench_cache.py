@@ -64,12 +64,20 @@ def code_version(patterns, root=ROOT, extra=None):
     return h.hexdigest()[:16]
 
 
+# what the benchmark writes itself: a model merged into results.json does not make the tree
+# the next model runs from "dirty"
+GENERATED = ("benchmarks/results.json", "benchmarks/RESULTS.md", "benchmarks/speedup.png",
+             "README.md", "docs/prune.md")
+
+
 def git_commit(root=ROOT):
-    """``commit`` or ``commit+dirty`` (informational: the keys hash the sources themselves)."""
+    """``commit`` or ``commit+dirty`` (informational: the keys hash the sources themselves);
+    changes to the benchmark's own outputs (:data:`GENERATED`) do not count."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", *(f":(exclude){p}" for p in GENERATED)],
                                cwd=root, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

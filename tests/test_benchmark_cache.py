@@ -186,3 +186,22 @@ def test_the_recorded_command_is_the_one_that_runs_every_phase():
     assert prune_speedup.without_phase(argv) == ["--models", "UNet", "--repeats", "30"]
     assert prune_speedup.without_phase(["--phase=prepare", "--models", "UNet"]) == \
         ["--models", "UNet"]
+
+
+def test_the_benchmarks_own_outputs_do_not_make_the_tree_dirty(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "results.json").write_text("{}")
+    (tmp_path / "train.py").write_text("")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-qm", "x")
+    assert not bench_cache.git_commit(str(tmp_path)).endswith("+dirty")
+    (tmp_path / "benchmarks" / "results.json").write_text('{"models": {}}')
+    assert not bench_cache.git_commit(str(tmp_path)).endswith("+dirty")
+    (tmp_path / "train.py").write_text("# changed")
+    assert bench_cache.git_commit(str(tmp_path)).endswith("+dirty")
