@@ -459,3 +459,25 @@ def test_profile_latency_tool_lists_where_the_time_goes(bisenet_config):
     ranked = [ln for ln in lines if ln.strip()[:1].isdigit() and "[conv" in ln]
     assert len(ranked) == 5, proc.stdout
     assert "the other 51 conv blocks" in proc.stdout and "other ops" in lines[-1]
+
+
+def test_the_next_aim_interpolates_between_tries_on_either_side():
+    from paddleseg.slim.latency.target import next_aim
+    assert next_aim([(0.3, 0.2)], 0.3) == pytest.approx(0.45)              # scaled
+    # measured = aimed - 0.06: two tries bracketing the target give the exact aim
+    assert next_aim([(0.30, 0.24), (0.40, 0.34)], 0.3) == pytest.approx(0.36)
+    assert next_aim([(0.30, 0.24), (0.33, 0.27)], 0.3) == pytest.approx(0.36)  # secant
+    # not monotone (noise): falls back to scaling the last try
+    assert next_aim([(0.30, 0.25), (0.33, 0.24)], 0.3) == pytest.approx(0.33 * 0.3 / 0.24)
+
+
+def test_the_closing_loop_corrects_an_offset_in_few_rounds():
+    search, sens = search_setup(factor=1.0)
+    measure_cut = search._measure
+
+    def offset(run_full, counts):      # the backend gains 0.06 less than predicted
+        m = measure_cut(run_full, counts)
+        return measure.Paired(m.base, m.base * (1 - max(0.0, m.cut - 0.06)))
+    search._measure = offset
+    search.search(None, sens, 0.3)
+    assert abs(search.rounds[-1]["measured"] - 0.3) <= 0.03 and len(search.rounds) <= 3

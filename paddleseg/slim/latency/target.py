@@ -4,9 +4,9 @@
    largest cut it predicts the sensitivity grid allows (checked before the sensitivity
    analysis, so an unreachable target fails early).
 2. The closing loop (:meth:`LatencyTarget.search`): allocate for the aimed cut, export the
-   candidate, time it in turn with the unpruned export, and re-aim by the ratio of the
-   target to the measured cut, until the measured cut is within ``TOLERANCE`` of the target
-   (at most ``MAX_ROUNDS`` candidates). A measured cut that stays short of it is an error that
+   candidate, time it in turn with the unpruned export, and re-aim (:func:`next_aim`) until
+   the measured cut is within ``TOLERANCE`` of the target (at most ``MAX_ROUNDS``
+   candidates). A measured cut that stays short of it is an error that
    says why (one line) unless lowering the target is allowed.
 3. The figures for the report (:meth:`LatencyTarget.final_report`): predicted and measured
    latency before and after, each group's share of the measured time before and after, and
@@ -88,6 +88,28 @@ def deploy_shape(val_transforms, default=measure.DEFAULT_SHAPE):
     return tuple(default)
 
 
+def next_aim(tried, target):
+    """The cut to aim the allocation at next, from the (aimed, measured) cuts ``tried`` so far.
+
+    Measured cuts trail the aimed ones by an offset as much as by a factor (a table that
+    overpredicts the time of the layers it prunes, say), so with two tries on either side of
+    the target the aim is interpolated between them, with two on one side extrapolated from the
+    last two (secant), and after a single try scaled by target / measured."""
+    aim, cut = tried[-1]
+    below = [t for t in tried if t[1] < target]
+    above = [t for t in tried if t[1] >= target]
+    if below and above:
+        pair = (max(below, key=lambda t: t[1]), min(above, key=lambda t: t[1]))
+    elif len(tried) >= 2:
+        pair = (tried[-2], tried[-1])
+    else:
+        return aim * target / cut if cut > 0.02 else aim + (target - cut)
+    (a0, m0), (a1, m1) = pair
+    if abs(m1 - m0) < 1e-3 or (a1 - a0) * (m1 - m0) <= 0:   # flat or not monotone: scale
+        return aim * target / cut if cut > 0.02 else aim + (target - cut)
+    return a0 + (target - m0) * (a1 - a0) / (m1 - m0)
+
+
 class LatencyTarget:
     """The latency side of one pruning run; ``work_dir`` holds its temporary exports."""
 
@@ -155,7 +177,7 @@ class LatencyTarget:
                         f"{alloc.reduction:.3f}, measured {cut:.3f} ({full_ms:.1f} -> {ms:.1f} ms)")
             if abs(cut - target) <= TOLERANCE:
                 break
-            corrected = aim * target / cut if cut > 0.02 else aim + (target - cut)
+            corrected = next_aim([(r["aimed"], r["measured"]) for r in self.rounds], target)
             corrected = float(np.clip(corrected, MIN_AIM, most - 1e-9))
             if abs(corrected - aim) < 1e-4:
                 break   # the same aim again (at the grid's most): nothing left to try
