@@ -107,7 +107,7 @@ def finish_rows(rows):
     for r in rows:
         if r["status"] != "ok":
             continue
-        r["flops_cut"] = _r(1 - r["gflops"] / base["gflops"])
+        r["flops_cut"] = _r(1 - r["gflops"] / base["gflops"]) or 0.0   # never "-0.0%"
         r["miou_delta_points"] = _r((r["miou"] - control["miou"]) * 100, 4)
         timed = r if r["row"] != "control" else base
         if timed.get("latency") and base.get("latency"):
@@ -214,7 +214,7 @@ def row_cells(model, r):
         return [model, r["label"], "failed: " + _cell(r["error"])] + [""] * 7
     latency = fmt_ms(r["latency"]) if r["row"] != "control" else "same network as unpruned"
     return [model, r["label"], f"{r['gflops']:.3f}", fmt_params(r["params"]),
-            f"{r['flops_cut']:.1%}", f"{r['miou']:.4f}", fmt_points(r["miou_delta_points"]),
+            f"{r['flops_cut'] or 0.0:.1%}", f"{r['miou']:.4f}", fmt_points(r["miou_delta_points"]),
             latency, fmt_speedup(r), fmt_seconds(r.get("wall_seconds"))]
 
 
@@ -375,7 +375,8 @@ def render_headline(results):
                        ("paddleslim", "PaddleSeg 2.6's method (PaddleSlim) asked for 0.3")):
         rows = _ok_rows(results, kind)
         if rows:
-            parts.append(f"{what}: " + "; ".join(_row_phrase(m, r) for m, r in rows) + ".")
+            parts.append(f"{what[0].upper()}{what[1:]}: "
+                         + "; ".join(_row_phrase(m, r) for m, r in rows) + ".")
     missing = [m for m in MODEL_ORDER if m not in results["models"]]
     if missing:
         parts.append(f"Not yet measured: {', '.join(missing)}.")
