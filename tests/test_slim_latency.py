@@ -239,15 +239,26 @@ def linear_sens(scale):
     return {r: r * scale for r in RATIOS}
 
 
-@pytest.mark.parametrize("target", [0.1, 0.3, 0.5])
-def test_allocation_hits_the_latency_target_and_cuts_where_time_is_cheap(target):
+def uneven_toy():
+    """(groups, cost, sensitivities): "slow" holds most of the time and loses little; "fast"
+    is cheap in time and sensitive."""
     groups = toy_groups()
-    # "slow" holds most of the time and loses little; "fast" is cheap in time and sensitive
     cost = FakeCost(groups, {"slow": 1.0, "fast": 0.05, "mid": 0.3})
     sens = {"slow": linear_sens(0.2), "fast": linear_sens(1.0), "mid": linear_sens(0.5)}
+    return groups, cost, sens
+
+
+def cut_of(cost, alloc):
+    """(the plan's predicted latency cut, the unpruned ms)."""
+    full = cost.ms(np.zeros(len(cost.group_ids)))
+    return 1 - cost.ms(np.array([alloc.pruned.get(g, 0) for g in cost.group_ids])) / full, full
+
+
+@pytest.mark.parametrize("target", [0.1, 0.3, 0.5])
+def test_allocation_hits_the_latency_target_and_cuts_where_time_is_cheap(target):
+    groups, cost, sens = uneven_toy()
     alloc = allocate_latency(groups, sens, cost, target)
-    full = cost.ms(np.zeros(3))
-    got = 1 - cost.ms(np.array([alloc.pruned.get(g, 0) for g in cost.group_ids])) / full
+    got, full = cut_of(cost, alloc)
     assert got >= target - 1e-9 and got - target <= 0.005 + 8 * 1.0 / full
     assert alloc.reduction == pytest.approx(got)
     assert all(n % 8 == 0 for n in alloc.pruned.values())          # aligned to the step
@@ -255,13 +266,15 @@ def test_allocation_hits_the_latency_target_and_cuts_where_time_is_cheap(target)
     assert alloc.pruned.get("fast", 0) == 0
 
 
-def test_allocation_refuses_an_unreachable_latency_target():
+@pytest.mark.parametrize("allocate", [allocate_latency, allocate_equal_loss])
+def test_allocation_refuses_an_unreachable_latency_target(allocate):
     groups = toy_groups()
     cost = FakeCost(groups, {"slow": 1.0, "fast": 1.0, "mid": 1.0}, fixed=500.0)
     sens = {g.id: linear_sens(1.0) for g in groups}
     with pytest.raises(LatencyTargetUnreachable) as e:
-        allocate_latency(groups, sens, cost, 0.5)
-    assert "above the" in str(e.value) and e.value.max_reduction < 0.5
+        allocate(groups, sens, cost, 0.5)
+    assert "latency reduction 0.500 is above the" in str(e.value)
+    assert e.value.max_reduction < 0.5
 
 
 def total_loss(sens, groups, pruned):
@@ -274,12 +287,9 @@ def total_loss(sens, groups, pruned):
 
 @pytest.mark.parametrize("target", [0.2, 0.35])
 def test_the_equal_loss_allocation_meets_the_latency_target_blind_to_time(target):
-    groups = toy_groups()
-    cost = FakeCost(groups, {"slow": 1.0, "fast": 0.05, "mid": 0.3})
-    sens = {"slow": linear_sens(0.2), "fast": linear_sens(1.0), "mid": linear_sens(0.5)}
+    groups, cost, sens = uneven_toy()
     equal = allocate_equal_loss(groups, sens, cost, target)
-    full = cost.ms(np.zeros(3))
-    got = 1 - cost.ms(np.array([equal.pruned.get(g, 0) for g in cost.group_ids])) / full
+    got, full = cut_of(cost, equal)
     # as the FLOPs target: the plan nearest the target, on either side, within a channel step
     assert abs(got - target) <= 0.005 + 8 * 1.0 / full
     assert equal.reduction == pytest.approx(got)
@@ -289,15 +299,6 @@ def test_the_equal_loss_allocation_meets_the_latency_target_blind_to_time(target
     assert equal.pruned.get("fast", 0) > 0
     per_ms = allocate_latency(groups, sens, cost, target)
     assert total_loss(sens, groups, per_ms.pruned) < total_loss(sens, groups, equal.pruned)
-
-
-def test_the_equal_loss_allocation_refuses_an_unreachable_latency_target():
-    groups = toy_groups()
-    cost = FakeCost(groups, {"slow": 1.0, "fast": 1.0, "mid": 1.0}, fixed=500.0)
-    sens = {g.id: linear_sens(1.0) for g in groups}
-    with pytest.raises(LatencyTargetUnreachable) as e:
-        allocate_equal_loss(groups, sens, cost, 0.5)
-    assert "latency" in str(e.value) and e.value.max_reduction < 0.5
 
 
 class FakeSearch(LatencyTarget):
