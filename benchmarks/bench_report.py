@@ -211,7 +211,10 @@ def row_cells(model, r):
     if r["status"] == "not run":
         return [model, r["label"], "not run: " + _cell(r["note"])] + [""] * 7
     if r["status"] == "failed":
-        return [model, r["label"], "failed: " + _cell(r["error"])] + [""] * 7
+        # PaddleSlim's errors are long: the whole line is in the PaddleSlim table
+        what = ("failed (its error: PaddleSlim table, benchmarks/RESULTS.md)"
+                if r["row"] == "paddleslim" else "failed: " + _cell(r["error"]))
+        return [model, r["label"], what] + [""] * 7
     latency = fmt_ms(r["latency"]) if r["row"] != "control" else "same network as unpruned"
     return [model, r["label"], f"{r['gflops']:.3f}", fmt_params(r["params"]),
             f"{r['flops_cut'] or 0.0:.1%}", f"{r['miou']:.4f}", fmt_points(r["miou_delta_points"]),
