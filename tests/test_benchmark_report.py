@@ -215,3 +215,42 @@ def test_finish_rows_measures_against_unpruned_and_control():
     assert by["unpruned"]["miou_delta_points"] == pytest.approx(-1.0)
     assert by["flops"]["flops_cut"] == pytest.approx(0.3)
     assert "speedup" not in by["latency"]                    # not run: nothing measured
+
+
+@pytest.mark.parametrize("lat_miou,lat_ms,kept,fast", [(0.40, 70.0, True, True),
+                                                       (0.38, 70.0, False, True),
+                                                       (0.40, 80.0, True, False)])
+def test_the_latency_goal_verdict(lat_miou, lat_ms, kept, fast):
+    entry = _entry("BiSeNetV2", 100.0, 60.0)
+    rows = [r for r in entry["rows"] if r["row"] != "latency"] + [
+        _row("latency", 0.3, "latency target 0.3", 1.0, 1_000_000, lat_miou, lat_ms),
+        _row("latency_equal_loss", 0.3, "latency target 0.3, FLOPs-target allocation", 1.0,
+             1_000_000, 0.39, 70.0)]
+    entry["rows"] = bench_report.finish_rows(rows)
+    lat, ctl, got_fast, got_kept = bench_report.latency_goal(entry)
+    assert (got_fast, got_kept) == (fast, kept)
+    assert lat["speedup"] == pytest.approx(100.0 / lat_ms, abs=1e-4)
+    line = [x for x in bench_report.goal_lines({"models": {"BiSeNetV2": entry}})
+            if x.startswith("| BiSeNetV2")][0]
+    assert ("| met |" if fast else "| missed |") in line
+    assert ("met (" if kept else "missed (") in line
+    # a model without the two rows has no verdict
+    assert bench_report.latency_goal(_entry("FastSCNN", 100.0, 60.0)) is None
+
+
+def test_latency_profiles_find_the_benchmark_checkpoints(tmp_path):
+    import latency_profiles
+    from paddleseg.utils.errors import UserError
+    entry = _entry("BiSeNetV2", 100.0, 60.0)
+    entry["rows"].append(_row("latency_equal_loss", 0.3, "equal", 1.0, 1, 0.39, 70.0,
+                              step_key="e" * 64))
+    with pytest.raises(UserError, match="--work_dir must be the folder the benchmark ran in"):
+        latency_profiles.checkpoints(str(tmp_path), "BiSeNetV2", entry)
+    train = tmp_path / "BiSeNetV2" / f"train-{'1' * 12}" / "out" / "iter_300"
+    prune = tmp_path / "BiSeNetV2" / f"prune-{'e' * 12}" / "out"
+    for folder in (train, prune):
+        folder.mkdir(parents=True)
+        (folder / "model.pdparams").write_bytes(b"")
+    found = latency_profiles.checkpoints(str(tmp_path), "BiSeNetV2", entry)
+    assert [label for label, _ in found] == ["unpruned", "equal"]
+    assert found[1][1] == str(prune / "model.pdparams")
