@@ -205,3 +205,13 @@ def test_the_benchmarks_own_outputs_do_not_make_the_tree_dirty(tmp_path):
     assert not bench_cache.git_commit(str(tmp_path)).endswith("+dirty")
     (tmp_path / "train.py").write_text("# changed")
     assert bench_cache.git_commit(str(tmp_path)).endswith("+dirty")
+
+
+def test_sensitivity_scaling_compares_the_files_of_equal_thread_counts():
+    import sensitivity_scaling
+    same = {"default": {b"a"}, "ranks": {b"a"}, "one thread": {b"a"}}
+    assert sensitivity_scaling.same_files(same) == (True, True)
+    last_bits = {"default": {b"b"}, "ranks": {b"a"}, "one thread": {b"a"}}
+    assert sensitivity_scaling.same_files(last_bits) == (True, False)
+    broken = {"default": {b"a"}, "ranks": {b"a", b"c"}, "one thread": {b"a"}}
+    assert sensitivity_scaling.same_files(broken) == (False, False)
