@@ -27,7 +27,7 @@ class TargetUnreachable(UserError):
     BOUND = "reachable"  # how the most that pruning can cut is known
 
     def __init__(self, target, max_reduction, max_ratio, remedy=""):
-        self.target, self.max_reduction = target, max_reduction
+        self.target, self.max_reduction, self.max_ratio = target, max_reduction, max_ratio
         super().__init__(
             f"target {self.QUANTITY} reduction {target:.3f} is above the {max_reduction:.3f} "
             f"{self.BOUND} when every prunable group is pruned at its largest analysed ratio "

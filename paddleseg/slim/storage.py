@@ -8,7 +8,7 @@ that, plus the pruning facts recorded on the model.
 import os
 
 from ..utils import structure
-from ..utils.checkpoint import load_checkpoint, read_checkpoint, save_model_state
+from ..utils.checkpoint import load_checkpoint, save_model_state
 from ..utils.fileio import atomic_path
 
 PARAMS_FILE = "model.pdparams"
@@ -22,12 +22,6 @@ def save_pruned(model, save_dir, info=None):
     with atomic_path(os.path.join(save_dir, PARAMS_FILE)) as tmp:
         save_model_state(model, tmp)
     return save_dir
-
-
-def read_plan(path):
-    """The structure record (``format``, ``model``, ``layers``, ``info``) stored with a
-    checkpoint (file or folder), or None for an unpruned one."""
-    return read_checkpoint(path)[1]
 
 
 def load_pruned(model, path):

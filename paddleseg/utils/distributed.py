@@ -4,14 +4,13 @@ CPU threads.
 ``python -m paddle.distributed.launch --nproc_per_node N script.py`` starts N copies of a
 script with PADDLE_TRAINER_ID / PADDLE_TRAINERS_NUM (and PADDLE_LOCAL_SIZE, the ranks on this
 machine) in their environment; on GPUs each rank drives one card (NCCL), on CPUs they talk over
-gloo. Everything here also works in a plain single process, where it does nothing.
+gloo. Everything here also works in a plain single process, where it does nothing. Paddle is
+imported only where it is used, so that the logger can ask who we are without loading it.
 """
 import itertools
 import json
 import os
 import time
-
-import paddle
 
 
 def world_size():
@@ -35,6 +34,7 @@ def local_world_size():
 
 def init():
     """Join the job's process group once (no-op in a single process)."""
+    import paddle
     if world_size() > 1 and not paddle.distributed.is_initialized():
         paddle.distributed.init_parallel_env()
 
@@ -48,6 +48,7 @@ _calls = itertools.count()
 
 
 def _store():
+    import paddle
     init()
     return paddle.base.core.create_or_get_global_tcp_store()
 
@@ -107,6 +108,7 @@ def set_cpu_threads(threads=None):
 
     Paddle sets OMP_NUM_THREADS=1 on import, and the launcher passes that on to every rank, so
     without this a CPU run uses one core whatever the machine has. Returns the number used."""
+    import paddle
     threads = default_cpu_threads() if threads is None else max(1, int(threads))
     paddle.base.core.set_num_threads(threads)
     return threads

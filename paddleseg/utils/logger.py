@@ -3,24 +3,19 @@
 In a job of several ranks (paddle.distributed.launch) only rank 0 prints information, as in
 PaddleSeg; warnings and errors come from every rank, tagged with it, and so does a message
 logged with ``every_rank=True``."""
-import os
 import sys
 import time
+
+from .distributed import rank as _rank, world_size as _world_size
 
 LEVELS = {"DEBUG": 0, "INFO": 1, "WARNING": 2, "ERROR": 3}
 level = LEVELS["INFO"]
 
 
-def _rank_and_size():
-    # from the launcher's environment: importing paddle here would break the import order
-    return (int(os.environ.get("PADDLE_TRAINER_ID", "0") or 0),
-            int(os.environ.get("PADDLE_TRAINERS_NUM", "1") or 1))
-
-
 def log(lvl, msg, every_rank=False):
     if LEVELS[lvl] < level:
         return
-    rank, size = _rank_and_size()
+    rank, size = _rank(), _world_size()
     if rank and not every_rank and LEVELS[lvl] < LEVELS["WARNING"]:
         return
     tag = f" [rank {rank}]" if size > 1 and (rank or every_rank) else ""

@@ -25,6 +25,7 @@ from ...utils.errors import UserError
 from ..allocate import Allocation, TargetUnreachable, _curves, allocate_ratios
 
 ALLOCATIONS = ("loss_per_ms", "equal_loss")
+DEFAULT_ALLOCATION = ALLOCATIONS[0]
 
 
 class LatencyTargetUnreachable(TargetUnreachable):
@@ -137,13 +138,13 @@ def allocate_equal_loss(groups, sensitivities, cost, target, channel_step=8, tol
         return allocate_ratios(groups, sensitivities, predicted, target, tolerance=tolerance,
                                channel_step=channel_step)
     except TargetUnreachable as e:
-        raise LatencyTargetUnreachable(e.target, e.max_reduction, max(
-            max(s) for s in sensitivities.values() if s)) from None
+        raise LatencyTargetUnreachable(e.target, e.max_reduction, e.max_ratio) from None
 
 
-def allocator(name):
-    """The allocation function ``--latency_allocation name`` selects."""
+def allocator(name=None):
+    """The allocation function ``--latency_allocation name`` selects (None: the default)."""
+    name = name or DEFAULT_ALLOCATION
     if name not in ALLOCATIONS:
         raise UserError(f"--latency_allocation must be one of {', '.join(ALLOCATIONS)}, "
                         f"got {name!r}")
-    return allocate_latency if name == "loss_per_ms" else allocate_equal_loss
+    return allocate_latency if name == DEFAULT_ALLOCATION else allocate_equal_loss

@@ -21,7 +21,7 @@ from ...core.export import parse_input_shape
 from ...utils import logger
 from ...utils.errors import UserError
 from . import measure
-from .allocate import LatencyTargetUnreachable, allocator, max_reduction
+from .allocate import DEFAULT_ALLOCATION, LatencyTargetUnreachable, allocator, max_reduction
 from .table import DEFAULT_SAMPLES, blocks_over_runs, check_file, obtain, shares_by_owner
 
 TOLERANCE = 0.03
@@ -51,7 +51,7 @@ def check_options(o):
             raise UserError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
                             "only with --target latency")
         return
-    allocator(o.latency_allocation or "loss_per_ms")    # a bad name fails here, in one line
+    allocator(o.latency_allocation)    # a bad name fails here, in one line
     if o.latency_samples < 3:
         raise UserError(f"--latency_samples must be >= 3, got {o.latency_samples}")
     if o.latency_table and _inside(o.latency_table, o.save_dir):
@@ -74,8 +74,7 @@ def for_pipeline(o, cfg, model, analysis, work_dir):
     logger.info(f"latency target: {backend.name} on {backend.description()}, "
                 f"{backend.cpu_threads} threads, input {backend.shape_text()}")
     return LatencyTarget(model, analysis.groups, backend, o.channel_step, max(o.sen_ratios),
-                         work_dir, o.latency_table, o.latency_samples,
-                         o.latency_allocation or "loss_per_ms")
+                         work_dir, o.latency_table, o.latency_samples, o.latency_allocation)
 
 
 def deploy_shape(val_transforms, default=measure.DEFAULT_SHAPE):
@@ -95,28 +94,28 @@ def next_aim(tried, target):
     overpredicts the time of the layers it prunes, say), so with two tries on either side of
     the target the aim is interpolated between them, with two on one side extrapolated from the
     last two (secant), and after a single try scaled by target / measured."""
-    aim, cut = tried[-1]
     below = [t for t in tried if t[1] < target]
     above = [t for t in tried if t[1] >= target]
     if below and above:
         pair = (max(below, key=lambda t: t[1]), min(above, key=lambda t: t[1]))
-    elif len(tried) >= 2:
-        pair = (tried[-2], tried[-1])
     else:
-        return aim * target / cut if cut > 0.02 else aim + (target - cut)
-    (a0, m0), (a1, m1) = pair
-    if abs(m1 - m0) < 1e-3 or (a1 - a0) * (m1 - m0) <= 0:   # flat or not monotone: scale
-        return aim * target / cut if cut > 0.02 else aim + (target - cut)
-    return a0 + (target - m0) * (a1 - a0) / (m1 - m0)
+        pair = tuple(tried[-2:])
+    if len(pair) == 2:
+        (a0, m0), (a1, m1) = pair
+        if abs(m1 - m0) >= 1e-3 and (a1 - a0) * (m1 - m0) > 0:   # neither flat nor reversed
+            return a0 + (target - m0) * (a1 - a0) / (m1 - m0)
+    aim, cut = tried[-1]
+    return aim * target / cut if cut > 0.02 else aim + (target - cut)
 
 
 class LatencyTarget:
     """The latency side of one pruning run; ``work_dir`` holds its temporary exports."""
 
     def __init__(self, model, groups, backend, channel_step, max_ratio, work_dir,
-                 table_path=None, samples=DEFAULT_SAMPLES, allocation="loss_per_ms"):
+                 table_path=None, samples=DEFAULT_SAMPLES, allocation=None):
         self.groups, self.backend, self.channel_step = groups, backend, channel_step
-        self.allocation, self.allocate = allocation, allocator(allocation)
+        self.allocation = allocation or DEFAULT_ALLOCATION
+        self.allocate = allocator(self.allocation)
         self.table, self.table_path = obtain(model, groups, backend, channel_step, max_ratio,
                                              table_path, samples)
         self.cost = self.table.model(groups)
@@ -262,7 +261,7 @@ def report_lines(lat, top=10):
         "", "## Latency", "",
         f"{lat['backend']} on {lat['device']}, {lat['cpu_threads']} threads, input {shape}; "
         f"table `{lat['table']}` ({lat['table_method']}); allocation "
-        f"{lat.get('allocation', 'loss_per_ms')}.", "",
+        f"{lat.get('allocation', DEFAULT_ALLOCATION)}.", "",
         "| latency (ms) | before | after | cut |", "|-|-:|-:|-:|",
         f"| predicted by the table | {lat['predicted_ms_before']:.1f} | "
         f"{lat['predicted_ms_after']:.1f} | {lat['predicted_reduction']:.3f} |",
