@@ -374,13 +374,17 @@ class ModelRun:
                              criterion=a.criterion, sen_ratios=list(a.sen_ratios),
                              sen_eval_num=a.sen_eval_num)
 
-    def prune_material(self, target, ratio):
+    def latency_setup(self):
+        """What a latency table depends on beyond the model: shape, threads, sample plans."""
         a = self.args
-        latency = None if target == "flops" else {
-            "shape": list(a.input_shape), "threads": a.cpu_threads, "samples": a.latency_samples,
-            "allocation": LATENCY_ALLOCATIONS[target]}
+        return {"shape": list(a.input_shape), "threads": a.cpu_threads,
+                "samples": a.latency_samples}
+
+    def prune_material(self, target, ratio):
+        latency = None if target == "flops" else dict(self.latency_setup(),
+                                                      allocation=LATENCY_ALLOCATIONS[target])
         return dict(self.sensitivity_material(), target=target, ratio=ratio,
-                    retraining_iters=self.retraining_iters, channel_step=a.channel_step,
+                    retraining_iters=self.retraining_iters, channel_step=self.args.channel_step,
                     latency=latency)
 
     def paddleslim_material(self, ratio):
@@ -468,9 +472,9 @@ class ModelRun:
 
     def latency_table_file(self):
         """Shared by the latency-target rows of one setup: measured once."""
-        material = self.prune_material("latency", None)
-        del material["latency"]["allocation"]    # the table does not depend on it
-        key = bench_cache.digest(material)
+        # shared by both allocations: the table does not depend on it
+        key = bench_cache.digest(dict(self.prune_material("latency", None),
+                                      latency=self.latency_setup()))
         return os.path.join(self.steps.root, f"latency_table-{key[:12]}.json")
 
     def prune(self, target, ratio):
