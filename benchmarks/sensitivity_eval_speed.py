@@ -1,6 +1,8 @@
-"""Time one sensitivity evaluation the plain way (as before: ``evaluate_metrics``, images decoded
-each time, every layer run) and with ``slim.fast_eval.SensitivityEvaluator``, on the same pruned
-model, taking turns, and check that both give the same mIoU.
+"""Time one sensitivity evaluation three ways on the same pruned model, taking turns: the plain
+way (as before: ``evaluate_metrics``, images decoded each time, every layer run), with
+``slim.fast_eval.SensitivityEvaluator`` (layer outputs reused; the same mIoU to the bit) and with
+``slim.predictor_eval.PredictorEvaluator`` (a Paddle Inference predictor per point; the mIoU may
+move in its last digits, so the largest change is shown).
 
     python benchmarks/sensitivity_eval_speed.py --configs configs/membrane/*.yml \\
         --eval_num 3 --groups 12 --cpu_threads 1
@@ -20,7 +22,11 @@ from paddleseg import slim  # noqa: E402
 from paddleseg.core.val import evaluate_metrics  # noqa: E402
 from paddleseg.cvlibs import Config  # noqa: E402
 from paddleseg.slim.fast_eval import SensitivityEvaluator  # noqa: E402
+from paddleseg.slim.predictor_eval import PredictorEvaluator  # noqa: E402
 from paddleseg.utils import distributed  # noqa: E402
+
+
+KINDS = ("plain", "reuse", "predictor")
 
 
 def measure(config, eval_num, max_groups, ratio):
@@ -34,29 +40,37 @@ def measure(config, eval_num, max_groups, ratio):
     step = max(1, len(groups) // max_groups)
     chosen = groups[::step][:max_groups]
     by_id = {g.id: g for g in groups}
-    plain_s, fast_s, same = [], [], True
-    with SensitivityEvaluator(model, dataset, eval_num) as fast:
+    seconds = {kind: [] for kind in KINDS}
+    values = {kind: [] for kind in KINDS}
+    # the predictor's export traces the model: before the reuse evaluator wraps its layers
+    with PredictorEvaluator(model, dataset, groups, eval_num) as predictor:
         start = time.time()
-        fast.prepare()
-        reference_s = time.time() - start
-        for k, g in enumerate(chosen):
-            _, undo = slim.apply.prune(model, by_id, {g.id: ratio}, "fpgm")
-            try:
-                order = ("plain", "fast") if k % 2 == 0 else ("fast", "plain")
-                for kind in order:  # take turns: machine noise hits both alike
-                    start = time.time()
-                    if kind == "plain":
-                        plain = evaluate_metrics(model, dataset, eval_num,
-                                                 print_detail=False)["mIoU"]
-                        plain_s.append(time.time() - start)
-                    else:
-                        quick = fast()
-                        fast_s.append(time.time() - start)
-            finally:
-                undo.restore()
-            same = same and plain == quick
+        predictor.prepare()
+        set_up = {"predictor": time.time() - start}
+        with SensitivityEvaluator(model, dataset, eval_num) as reuse:
+            start = time.time()
+            reuse.prepare()
+            set_up["reuse"] = time.time() - start
+            evaluate = {"plain": lambda: evaluate_metrics(model, dataset, eval_num,
+                                                          print_detail=False)["mIoU"],
+                        "reuse": reuse, "predictor": predictor}
+            for k, g in enumerate(chosen):
+                _, undo = slim.apply.prune(model, by_id, {g.id: ratio}, "fpgm")
+                try:
+                    for kind in KINDS[k % 3:] + KINDS[:k % 3]:  # take turns: noise hits all
+                        start = time.time()
+                        values[kind].append(evaluate[kind]())
+                        seconds[kind].append(time.time() - start)
+                finally:
+                    undo.restore()
     return {"model": type(model).__name__, "groups": f"{len(chosen)} of {len(groups)}",
-            "plain": plain_s, "fast": fast_s, "reference": reference_s, "same": same}
+            "seconds": seconds, "values": values, "set_up": set_up,
+            "in_dygraph": predictor.fallback is not None or predictor.dygraph_points > 0}
+
+
+def spread(values):
+    v = np.asarray(values)
+    return f"{np.median(v):.3f} ({v.min():.3f}-{v.max():.3f})"
 
 
 def main():
@@ -71,16 +85,22 @@ def main():
     threads = distributed.set_cpu_threads(args.cpu_threads)
     print(f"{args.eval_num} val images, ratio {args.ratio}, {threads} CPU thread(s), "
           f"load average {os.getloadavg()[0]:.1f}")
-    print("| model | groups timed | plain s/eval (median, min-max) | reuse s/eval (median, min-max)"
-          " | speed-up (total) | same mIoU | reference pass s |")
-    print("|-|-|-:|-:|-:|-|-:|")
+    print("| model | groups timed | plain s/eval | reuse s/eval | predictor s/eval | reuse "
+          "speed-up | predictor speed-up | reuse: same mIoU | predictor: most mIoU change | "
+          "set-up s (reuse, predictor) |")
+    print("|-|-|-:|-:|-:|-:|-:|-|-:|-:|")
     for config in args.configs:
         r = measure(config, args.eval_num, args.groups, args.ratio)
-        plain, fast = np.array(r["plain"]), np.array(r["fast"])
-        print(f"| {r['model']} | {r['groups']} | {np.median(plain):.3f} ({plain.min():.3f}-"
-              f"{plain.max():.3f}) | {np.median(fast):.3f} ({fast.min():.3f}-{fast.max():.3f}) | "
-              f"{plain.sum() / fast.sum():.2f}x | {'yes' if r['same'] else 'NO'} | "
-              f"{r['reference']:.2f} |", flush=True)
+        sec, val = r["seconds"], r["values"]
+        total = {kind: float(np.sum(sec[kind])) for kind in KINDS}
+        same = val["reuse"] == val["plain"]
+        change = float(np.max(np.abs(np.subtract(val["predictor"], val["plain"]))))
+        note = " (fell back to dygraph)" if r["in_dygraph"] else ""
+        print(f"| {r['model']} | {r['groups']} | {spread(sec['plain'])} | {spread(sec['reuse'])} "
+              f"| {spread(sec['predictor'])}{note} | {total['plain'] / total['reuse']:.2f}x | "
+              f"{total['plain'] / total['predictor']:.2f}x | {'yes' if same else 'NO'} | "
+              f"{change:.4f} | {r['set_up']['reuse']:.2f}, {r['set_up']['predictor']:.2f} |",
+              flush=True)
 
 
 if __name__ == "__main__":

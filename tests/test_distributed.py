@@ -187,11 +187,13 @@ def test_shards_of_two_ranks_make_up_the_global_batch(tiny_optic_root, tmp_path)
 
 # -- prune.py on 2 ranks ---------------------------------------------------------------------------
 
-def test_two_rank_sensitivity_file_equals_the_single_process_one(tiny_optic_root, tmp_path):
+@pytest.mark.parametrize("engine", ["predictor", "dygraph"])
+def test_two_rank_sensitivity_file_equals_the_single_process_one(engine, tiny_optic_root,
+                                                                 tmp_path):
     config = write_optic_config(tmp_path / "fastscnn.yml", tiny_optic_root, "FastSCNN", [1, 0.4])
     common = ["--config", config, "--pruning_ratio", 0.2, "--retraining_iters", 1,
               "--sen_ratios", 0.3, 0.6, "--sen_eval_num", 2, "--cpu_threads", 1, "--seed", 0,
-              "--batch_size", 1]
+              "--batch_size", 1, "--sen_engine", engine]
     single = run(PRUNE, *common, "--save_dir", tmp_path / "single")
     assert single.returncode == 0, single.stderr[-3000:]
     log_dir = tmp_path / "log"
@@ -212,6 +214,8 @@ def test_two_rank_sensitivity_file_equals_the_single_process_one(tiny_optic_root
                "here" in log
     assert "[rank 1] training on 2 ranks" in log1
     assert "[INFO] == export" in log0 and "[INFO] == " not in log1
+    with open(tmp_path / "ranks" / "report.json") as f:
+        assert json.load(f)["sen_engine"] == engine
 
 
 def toy_net():

@@ -256,6 +256,28 @@ def test_sensitivity_resumes_after_kill(configs, checkpoint, tmp_path):
     assert not leftovers(save_dir)
 
 
+def test_a_sensitivity_file_of_the_other_engine_is_not_reused(configs, checkpoint, tmp_path):
+    """Predictor and dygraph metrics can differ in their last digits: the engine is part of the
+    file's fingerprint, so switching engines never mixes the two in one file."""
+    name = "FastSCNN"
+    sen_file = tmp_path / "sen.json"
+    dygraph = prune_args(configs[name], checkpoint(name), tmp_path / "dygraph", iters=0,
+                         extra=["--sen_file", sen_file, "--sen_engine", "dygraph"])
+    proc = run_script(PRUNE, *dygraph)
+    assert proc.returncode == 0, failure(proc)
+    with open(tmp_path / "dygraph" / "report.json") as f:
+        assert json.load(f)["sen_engine"] == "dygraph"
+    made = sen_file.read_bytes()
+
+    proc = run_script(PRUNE, *prune_args(configs[name], checkpoint(name), tmp_path / "auto",
+                                         iters=0, extra=["--sen_file", sen_file]))
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "evaluated in Paddle Inference predictors" in last, last
+    assert "Traceback" not in proc.stderr and sen_file.read_bytes() == made
+    assert not (tmp_path / "auto").exists()
+
+
 # --- 4. bad input: one error line, nothing written --------------------------------------------
 def foreign_sen_file(path):
     """A sensitivity file made for FastSCNN (while the run prunes BiSeNetV2)."""

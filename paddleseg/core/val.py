@@ -12,25 +12,32 @@ from .infer import inference
 
 def accumulate_areas(model, dataset, max_images=None, progress=False):
     """Per-class intersection / predicted / label areas over the first ``max_images`` images."""
+    was_training = model.training
+    model.eval()
+    with paddle.no_grad():
+        totals = areas_of(lambda data: inference(model, paddle.to_tensor(data["img"][None]),
+                                                 data["trans_info"]),
+                          dataset, max_images, progress)
+    if was_training:
+        model.train()
+    return totals
+
+
+def areas_of(logit_of, dataset, max_images=None, progress=False):
+    """:func:`accumulate_areas` for any predictor: ``logit_of(sample)`` is the sample's logits
+    ``[1, C, H, W]`` at its original size (a paddle Tensor)."""
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     num_classes = dataset.num_classes
     totals = [np.zeros(num_classes, np.int64) for _ in range(3)]
     bar = Progress(n, "eval") if progress else None
-    was_training = model.training
-    model.eval()
-    with paddle.no_grad():
-        for i in range(n):
-            data = dataset[i]
-            img = paddle.to_tensor(data["img"][None])
-            logit = inference(model, img, data["trans_info"])
-            pred = logit.argmax(axis=1).numpy()[0]
-            for t, a in zip(totals, M.calculate_area(pred, data["label"], num_classes,
-                                                     dataset.ignore_index)):
-                t += a
-            if bar:
-                bar.step(i + 1)
-    if was_training:
-        model.train()
+    for i in range(n):
+        data = dataset[i]
+        pred = logit_of(data).argmax(axis=1).numpy()[0]
+        for t, a in zip(totals, M.calculate_area(pred, data["label"], num_classes,
+                                                 dataset.ignore_index)):
+            t += a
+        if bar:
+            bar.step(i + 1)
     return totals
 
 

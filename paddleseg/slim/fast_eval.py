@@ -77,7 +77,7 @@ def same_value(a, b):
         return False
 
 
-class _Samples:
+class KeptSamples:
     """The eval images after their transforms, kept; reading sample i starts image i's pass."""
 
     def __init__(self, dataset, n, on_read):
@@ -141,7 +141,7 @@ class SensitivityEvaluator:
         if not all(self._clean.values()):
             raise RuntimeError("the reference pass needs the model as it was when the "
                                "evaluator was entered (unpruned)")
-        samples = _Samples(self.dataset, self.n, self._start_image)
+        samples = KeptSamples(self.dataset, self.n, self._start_image)
         if samples.nbytes() > self.budget:
             logger.info("sensitivity: the eval images do not fit the memory budget; evaluating "
                         "without reusing layer outputs")

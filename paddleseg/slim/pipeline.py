@@ -10,6 +10,7 @@ Under ``paddle.distributed.launch`` every rank measures its share of the sensiti
 others, all ranks retrain together (data parallel), and rank 0 alone evaluates, saves and
 exports.
 """
+import contextlib
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ from ..utils.errors import UserError
 from ..utils.fileio import write_json, write_text
 from ..utils.progress import format_seconds
 from . import sensitivity as sens_mod
+from . import predictor_eval
 from .fast_eval import SensitivityEvaluator
 from .latency import target as latency_mod
 from .allocate import TargetUnreachable, allocate_ratios, reachable_reduction
@@ -50,6 +52,7 @@ class PruneOptions:
     sen_file: str = None
     sen_eval_num: int = None
     sen_ratios: tuple = DEFAULT_RATIOS
+    sen_engine: str = "auto"           # what evaluates sensitivity: predictor, dygraph or auto
     num_workers: int = 0
     channel_step: int = 8
     seed: int = None
@@ -188,13 +191,43 @@ def retrain(o, cfg, model, work_dir):
 
 
 def measure_sensitivity(o, cfg, model, analysis, val_dataset):
-    """The sensitivity of every group (this rank's share of the points, in a job), evaluated
-    with decoded images kept and unchanged layer outputs reused (see fast_eval)."""
+    """(The sensitivity of every group, the engine that evaluated it); in a job each rank
+    evaluates its share of the points. Evaluated in a Paddle Inference predictor per point (see
+    predictor_eval), or in dygraph with decoded images kept and unchanged layer outputs reused
+    (see fast_eval)."""
     eval_num = o.sen_eval_num or len(val_dataset)
+    sen_file = sensitivity_file(o)
+    extra = config_fingerprint(cfg, o.model_path, eval_num)
+    with sensitivity_evaluator(o, model, val_dataset, analysis.groups, eval_num,
+                               sens_mod.recorded_extra(sen_file)) as (evaluate, engine):
+        if engine == "predictor":
+            extra += "; " + predictor_eval.FINGERPRINT_NOTE  # its metrics differ in the last digits
+        sens = sens_mod.analyze(model, analysis.groups, evaluate, o.sen_ratios, sen_file,
+                                o.criterion, sensitivity_progress(), extra=extra)
+    return sens, engine
+
+
+@contextlib.contextmanager
+def sensitivity_evaluator(o, model, val_dataset, groups, eval_num, recorded_extra):
+    """(evaluator, engine name) for ``--sen_engine``: ``auto`` resumes a file with the engine
+    it was begun with, else takes whichever of the two measured faster on the unpruned model."""
+    engine = predictor_eval.resolve_engine(o.sen_engine, recorded_extra)
+    if engine in ("auto", "predictor"):
+        with predictor_eval.PredictorEvaluator(model, val_dataset, groups, eval_num) as fast:
+            problem = fast.prepare()
+            if problem:
+                logger.warning(f"sensitivity: {problem}; evaluating in dygraph")
+            elif engine == "auto":
+                estimate = fast.estimated_seconds()
+                engine = fast.faster_engine()
+                logger.info(f"sensitivity: evaluating in {engine} (estimated per evaluation: "
+                            f"predictor {estimate['predictor']:.2f} s, dygraph with reuse "
+                            f"{estimate['dygraph']:.2f} s)")
+            if not problem and engine == "predictor":
+                yield fast, "predictor"
+                return
     with SensitivityEvaluator(model, val_dataset, eval_num) as evaluate:
-        return sens_mod.analyze(model, analysis.groups, evaluate, o.sen_ratios,
-                                sensitivity_file(o), o.criterion, sensitivity_progress(),
-                                extra=config_fingerprint(cfg, o.model_path, eval_num))
+        yield evaluate, "dygraph"
 
 
 def share_plan(plan=None):
@@ -260,7 +293,7 @@ def _run(o, cfg, t, stage):
         target, lowered_to = aimed_reduction(o, analysis, flops_model)
     eval_num = o.sen_eval_num or len(val_dataset)
     with Phase(t, "sensitivity analysis"):
-        sens = measure_sensitivity(o, cfg, model, analysis, val_dataset)
+        sens, sen_engine = measure_sensitivity(o, cfg, model, analysis, val_dataset)
     with Phase(t, "pruning"):
         alloc = latency.search(model, sens, target, o.allow_lower_target) if latency else \
             allocate_ratios(analysis.groups, sens, flops_model, target, channel_step=o.channel_step)
@@ -281,6 +314,7 @@ def _run(o, cfg, t, stage):
         "params_before": params0, "params_after": params1,
         "miou_baseline": base_miou, "miou_pruned": pruned_miou, "miou_retrained": final["mIoU"],
         "retraining_iters": o.retraining_iters, "sen_eval_num": eval_num,
+        "sen_engine": sen_engine,
         "sen_ratios": list(o.sen_ratios), "coverage": analysis.coverage,
         "layer_ratios": {gid: round(r, 4) for gid, r in sorted(alloc.plan.items())},
         "seconds": t,

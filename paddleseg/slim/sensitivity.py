@@ -143,6 +143,25 @@ def load(sen_file):
     return data
 
 
+def recorded_extra(sen_file):
+    """The ``extra`` of the fingerprint an existing sensitivity file (or, before the merge,
+    one of its part files) was begun with; None when there is neither or it cannot be read
+    (the analysis itself then says what is wrong)."""
+    try:
+        data = load(sen_file)
+    except SensitivityMismatch:
+        return None
+    if data is not None:
+        return data["fingerprint"].get("extra")
+    for path in part_files(sen_file):
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)["fingerprint"]["extra"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
 def _losses_of(data, groups, ratios):
     wanted = {ratio_key(r): float(r) for r in ratios}
     return {g.id: {wanted[k]: v for k, v in data["losses"].get(g.id, {}).items() if k in wanted}

@@ -103,12 +103,23 @@ def default_cpu_threads():
     return max(1, available_cores() // local_world_size())
 
 
+_cpu_threads = None  # the last set_cpu_threads value (paddle has no getter for it)
+
+
+def cpu_threads():
+    """The math-library threads set by :func:`set_cpu_threads` (1, Paddle's own default on
+    import, when it was never called)."""
+    return _cpu_threads or 1
+
+
 def set_cpu_threads(threads=None):
     """Set the math-library threads of CPU kernels (``None``: :func:`default_cpu_threads`).
 
     Paddle sets OMP_NUM_THREADS=1 on import, and the launcher passes that on to every rank, so
     without this a CPU run uses one core whatever the machine has. Returns the number used."""
     import paddle
+    global _cpu_threads
     threads = default_cpu_threads() if threads is None else max(1, int(threads))
     paddle.base.core.set_num_threads(threads)
+    _cpu_threads = threads
     return threads

@@ -1,0 +1,302 @@
+"""Sensitivity evaluations in a Paddle Inference predictor (CPU, oneDNN), one per pruned point.
+
+Why: on CPU, Paddle's dygraph runs convolutions without oneDNN. Measured on this project's
+2-core machine (membrane configs at 256x256, one thread), one forward takes 140 ms (BiSeNetV2),
+440-600 ms (HarDNet) and 2.2-2.3 s (UNet) in dygraph, against 30, 84-108 and 300 ms in a
+predictor. Exporting every pruned variant to build its predictor cost 1.0-1.5 s per point,
+which ate the gain at a few eval images.
+
+How: the unpruned model is exported once (:class:`ProgramTemplate`). oneDNN kernels take every
+shape from the weights they are given, not from the shapes recorded in the program, so a pruned
+variant runs on the unpruned model's program with its own, smaller weights. Those weights are
+serialized in memory in the order the export wrote them (by parameter name), so a point costs
+one predictor creation and no file. The predictor is created without IR passes (they took up
+to 17 s for FCN-HRNetW18, against 0.1-0.6 s without); the program asks for oneDNN kernels
+itself. This is checked, not assumed: ``prepare()`` requires the serialized unpruned weights to
+equal the exported file byte for byte, and the predictor's logits to match dygraph's on the
+unpruned model and on pruned probes (four groups from the first to the last, each at half its
+channels); it says what failed, and the caller evaluates in dygraph instead. A point whose
+predictor cannot be built is evaluated in dygraph alone.
+
+Which is faster depends on the model, the image size and the number of eval images (a
+predictor's creation is paid once per point, its forwards are several times faster), so
+``prepare()`` also times both on the unpruned model; ``--sen_engine auto`` picks by that.
+
+The metric is the predictor's: oneDNN's kernels move the logits in their last digits, so a
+point's metric may differ from dygraph's in its last digits (that is why the sensitivity
+fingerprint names the engine). Every rank of a job builds its predictors the same way, so the
+merged file of a job still equals a single process's.
+"""
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import paddle
+
+from ..core import metrics as M
+from ..core.export import MODEL_FILE, PARAMS_FILE, export_model
+from ..core.infer import reverse_transform
+from ..core.val import areas_of
+from ..deploy.predictor import cpu_predictor_from_memory, run_predictor
+from ..utils import distributed, logger
+from . import apply as _apply
+from . import graph as _graph
+from .fast_eval import KeptSamples
+
+ENGINES = ("auto", "predictor", "dygraph")
+FINGERPRINT_NOTE = "evaluated in Paddle Inference predictors"
+PROBE_RATIO = 0.5
+PROBES = 4
+# dygraph's share of a plain evaluation's time once unchanged layer outputs are reused: 0.44 to
+# 0.84 measured on our five models (docs/prune.md), so about 0.6
+REUSE_SHARE = 0.6
+# oneDNN's fused conv+bn and its own GEMMs move logits by about 1e-6 of their scale; a program
+# that ran with wrong shapes or weights misses by far more
+LOGIT_TOLERANCE = 1e-3
+
+
+def resolve_engine(engine, recorded_extra=None):
+    """``predictor`` or ``dygraph`` where that is settled, else ``auto`` (time both). ``auto``
+    resumes a sensitivity file with the engine it was begun with (``recorded_extra``: its
+    fingerprint's extra) and takes dygraph off the CPU or on a Paddle without oneDNN."""
+    if engine not in ENGINES:
+        raise ValueError(f"sensitivity engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine != "auto":
+        return engine
+    if recorded_extra is not None:
+        return "predictor" if FINGERPRINT_NOTE in recorded_extra else "dygraph"
+    if paddle.get_device() != "cpu" or not onednn_available():
+        return "dygraph"
+    return "auto"
+
+
+def probe_groups(groups, count=PROBES):
+    """Up to ``count`` groups spread evenly from the first to the last (of those with a channel
+    to spare)."""
+    candidates = [g for g in groups if g.channels >= 2]
+    if len(candidates) <= count:
+        return candidates
+    step = (len(candidates) - 1) / (count - 1)
+    return [candidates[round(k * step)] for k in range(count)]
+
+
+class Stopwatch:
+    def __init__(self):
+        self.last = time.perf_counter()
+
+    def lap(self):
+        """Seconds since the last lap (or the start)."""
+        now = time.perf_counter()
+        elapsed, self.last = now - self.last, now
+        return elapsed
+
+
+def onednn_available():
+    return paddle.base.core.is_compiled_with_mkldnn()
+
+
+class ProgramTemplate:
+    """The unpruned model's exported program, made to run any pruned variant's weights on
+    oneDNN kernels (every op that has the choice asks for them: no IR pass will).
+
+    A program bakes two things from weight shapes that pruning changes: the reshape of a conv
+    bias to ``[1, C, 1, 1]`` (made ``[1, -1, 1, 1]`` here, once) and the ``groups`` of a
+    depthwise conv (set per variant from its filter's shape, keeping the channel multiplier).
+    Anything else a model bakes is caught by the evaluator's check against dygraph."""
+
+    def __init__(self, program_bytes):
+        self.desc = paddle.base.core.ProgramDesc(program_bytes)
+        self.weights = saved_weight_names(self.desc)
+        self.depthwise = []   # (op, filter name, output channels per group)
+        for op in self._ops():
+            if op.has_attr("use_mkldnn"):
+                op._set_attr("use_mkldnn", True)
+            if op.type() == "reshape2" and set(op.input("X")) <= self.weights:
+                shape = list(op.attr("shape"))
+                if sum(d > 1 for d in shape) == 1 and -1 not in shape:
+                    op._set_attr("shape", [-1 if d > 1 else d for d in shape])
+            elif op.type() in ("conv2d", "depthwise_conv2d") and op.attr("groups") > 1:
+                name = op.input("Filter")[0]
+                out_channels = self.desc.block(0).find_var_recursive(name.encode()).shape()[0]
+                self.depthwise.append((op, name, out_channels // op.attr("groups")))
+
+    def _ops(self):
+        for b in range(self.desc.num_blocks()):
+            block = self.desc.block(b)
+            for i in range(block.op_size()):
+                yield block.op(i)
+
+    def for_shapes(self, shapes):
+        """The program's bytes for weights of ``shapes`` ({weight name: shape})."""
+        for op, name, per_group in self.depthwise:
+            op._set_attr("groups", int(shapes[name][0]) // per_group)
+        return self.desc.serialize_to_string()
+
+
+def saved_weight_names(desc):
+    """Names of the persistable variables an exported program (a ProgramDesc: the static
+    Program.parse_from_string refuses to run in dygraph) loads from its params file."""
+    return {v.name() for i in range(desc.num_blocks()) for v in desc.block(i).all_vars()
+            if v.persistable() and v.name() not in ("feed", "fetch")}
+
+
+def close_logits(got, want):
+    scale = max(1.0, float(np.abs(want).max()))
+    return got.shape == want.shape and bool(np.abs(got - want).max() <= LOGIT_TOLERANCE * scale)
+
+
+class PredictorEvaluator:
+    """``evaluator()`` is the mIoU of ``model`` as it is now on the first ``max_images`` of
+    ``dataset``, evaluated in a Paddle Inference predictor. A context manager like
+    :class:`~paddleseg.slim.fast_eval.SensitivityEvaluator`, entered with the model unpruned;
+    call ``prepare()`` first: it returns what makes predictors unusable for this model (then
+    evaluate in dygraph), or None. ``groups``: the analysis's prunable groups (for the probes)."""
+
+    def __init__(self, model, dataset, groups, max_images=None, cpu_threads=None):
+        self.model, self.dataset, self.groups = model, dataset, list(groups)
+        self.n = len(dataset) if max_images is None else min(max_images, len(dataset))
+        self.cpu_threads = cpu_threads or distributed.cpu_threads()
+        self.samples = None
+        self.program = None      # a ProgramTemplate once exported
+        self.names = None        # state-dict key -> the name the export gave its tensor
+        self.param_order = None  # state-dict keys in the order of the exported params file
+        self.seconds = {}        # creation, first / later forward, dygraph forward (unpruned)
+        self.problem = None
+        self.predictor_points = 0
+        self.dygraph_points = 0
+        self._folder = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._folder:
+            shutil.rmtree(self._folder, ignore_errors=True)
+        self.samples = None
+        return False
+
+    # -- set-up ------------------------------------------------------------------------------
+    def prepare(self):
+        """Keep the eval images, export the unpruned model once, check the predictor against
+        dygraph and time both. Returns the problem that rules predictors out, or None."""
+        if self.program is None and self.problem is None:
+            self.samples = KeptSamples(self.dataset, self.n, on_read=lambda i: None)
+            self.problem = self._export() or self._check_against_dygraph()
+        return self.problem
+
+    def _export(self):
+        self._folder = tempfile.mkdtemp(prefix="paddleseg-sen-")
+        # one key per tensor: a layer kept under two names (UNet's cls and conv) repeats its own
+        names = {}
+        for key, tensor in self.model.state_dict().items():
+            if tensor.name not in names.values():
+                names[key] = tensor.name
+        # jit.save leaves the layers' forwards converted by dy2static; keep the plain ones
+        with _graph._forwards_kept(self.model):
+            export_model(self.model, self._folder, output_op="none", val_transforms_config=[],
+                         model_type=type(self.model).__name__)
+        with open(os.path.join(self._folder, MODEL_FILE), "rb") as f:
+            self.program = ProgramTemplate(f.read())
+        with open(os.path.join(self._folder, PARAMS_FILE), "rb") as f:
+            exported = f.read()
+        # the export keeps only what the eval forward uses (no auxiliary heads)
+        missing = self.program.weights - set(names.values())
+        if missing:
+            return f"the export holds weights the model has not ({sorted(missing)[0]})"
+        self.names = names
+        self.param_order = sorted((key for key in names if names[key] in self.program.weights),
+                                  key=names.get)
+        if self._params() != exported:
+            return "the exported parameters are not the model's state dict in name order"
+        return None
+
+    def _check_against_dygraph(self):
+        by_id = {g.id: g for g in self.groups}
+        for probe in [None] + probe_groups(self.groups):
+            undo = None
+            if probe is not None:
+                _, undo = _apply.prune(self.model, by_id, {probe.id: PROBE_RATIO}, "l1")
+            try:
+                got, want = self._both_logits(timed=probe is None)
+            except Exception as e:  # noqa: BLE001  (any failure means: do not use predictors)
+                text = str(e).strip()
+                return (f"a predictor failed on {probe.id if probe else 'the unpruned model'}: "
+                        f"{text.splitlines()[-1] if text else type(e).__name__}")
+            finally:
+                if undo is not None:
+                    undo.restore()
+            if not close_logits(got, want):
+                where = f"group {probe.id} pruned" if probe else "the unpruned model"
+                return f"the predictor's logits differ from dygraph's on {where}"
+        return None
+
+    def _both_logits(self, timed):
+        """The predictor's and dygraph's logits for the first eval image; ``timed``: record
+        what each costs (a point's predictor is new: its first forward builds the kernels)."""
+        image = self.samples[0]["img"][None]
+        clock = Stopwatch()
+        predictor = self._predictor()
+        creation = clock.lap()
+        got = run_predictor(predictor, image)
+        first = clock.lap()
+        run_predictor(predictor, image)
+        later = clock.lap()
+        with paddle.no_grad():
+            self.model(paddle.to_tensor(image))   # warm-up
+            clock.lap()
+            want = self.model(paddle.to_tensor(image))[0].numpy()
+        if timed:
+            self.seconds = {"creation": creation, "first_forward": first, "forward": later,
+                            "dygraph_forward": clock.lap()}
+        return got, want
+
+    def estimated_seconds(self):
+        """Seconds per evaluation, from ``prepare()``'s timings: {engine: seconds}."""
+        t = self.seconds
+        return {"predictor": t["creation"] + t["first_forward"] + (self.n - 1) * t["forward"],
+                "dygraph": self.n * t["dygraph_forward"] * REUSE_SHARE}
+
+    def faster_engine(self):
+        """``predictor`` or ``dygraph``: the one estimated faster on rank 0 (every rank of a
+        job must evaluate alike)."""
+        estimate = self.estimated_seconds()
+        return distributed.all_gather(min(estimate, key=estimate.get))[0]
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def _params(self):
+        state = self.model.state_dict()
+        return b"".join(paddle.base.core.save_lod_tensor_to_memory(state[key].value().get_tensor())
+                        for key in self.param_order)
+
+    def _predictor(self):
+        state = self.model.state_dict()
+        program = self.program.for_shapes({self.names[k]: state[k].shape for k in self.param_order})
+        return cpu_predictor_from_memory(program, self._params(), self.cpu_threads)
+
+    def __call__(self):
+        if self.prepare():
+            raise RuntimeError(f"predictors cannot evaluate this model: {self.problem}")
+        try:
+            predictor = self._predictor()
+        except Exception as e:  # noqa: BLE001  (this point only: dygraph gives its metric)
+            logger.warning(f"sensitivity: no predictor for this point ({type(e).__name__}); "
+                           "evaluating it in dygraph")
+            self.dygraph_points += 1
+            return self._miou(lambda img: self.model(paddle.to_tensor(img))[0])
+        self.predictor_points += 1
+        return self._miou(lambda img: paddle.to_tensor(run_predictor(predictor, img)))
+
+    def _miou(self, logits_of):
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with paddle.no_grad():
+                areas = areas_of(lambda data: reverse_transform(logits_of(data["img"][None]),
+                                                                data["trans_info"]),
+                                 self.samples, self.n)
+        finally:
+            if was_training:
+                self.model.train()
+        return M.summarize(*areas)["mIoU"]
