@@ -45,7 +45,9 @@ def measure(config, eval_num, max_groups, ratio):
     # the predictor's export traces the model: before the reuse evaluator wraps its layers
     with PredictorEvaluator(model, dataset, groups, eval_num) as predictor:
         start = time.time()
-        predictor.prepare()
+        problem = predictor.prepare()
+        if problem:
+            raise SystemExit(f"error: {type(model).__name__}: {problem}")
         set_up = {"predictor": time.time() - start}
         with SensitivityEvaluator(model, dataset, eval_num) as reuse:
             start = time.time()
@@ -65,7 +67,7 @@ def measure(config, eval_num, max_groups, ratio):
                     undo.restore()
     return {"model": type(model).__name__, "groups": f"{len(chosen)} of {len(groups)}",
             "seconds": seconds, "values": values, "set_up": set_up,
-            "in_dygraph": predictor.fallback is not None or predictor.dygraph_points > 0}
+            "in_dygraph": predictor.dygraph_points > 0, "estimate": predictor.estimated_seconds()}
 
 
 def spread(values):
@@ -87,19 +89,21 @@ def main():
           f"load average {os.getloadavg()[0]:.1f}")
     print("| model | groups timed | plain s/eval | reuse s/eval | predictor s/eval | reuse "
           "speed-up | predictor speed-up | reuse: same mIoU | predictor: most mIoU change | "
-          "set-up s (reuse, predictor) |")
-    print("|-|-|-:|-:|-:|-:|-:|-|-:|-:|")
+          "set-up s (reuse, predictor) | auto's estimate s/eval (predictor, dygraph): takes |")
+    print("|-|-|-:|-:|-:|-:|-:|-|-:|-:|-|")
     for config in args.configs:
         r = measure(config, args.eval_num, args.groups, args.ratio)
         sec, val = r["seconds"], r["values"]
         total = {kind: float(np.sum(sec[kind])) for kind in KINDS}
         same = val["reuse"] == val["plain"]
         change = float(np.max(np.abs(np.subtract(val["predictor"], val["plain"]))))
-        note = " (fell back to dygraph)" if r["in_dygraph"] else ""
+        note = " (some points in dygraph)" if r["in_dygraph"] else ""
+        est = r["estimate"]
         print(f"| {r['model']} | {r['groups']} | {spread(sec['plain'])} | {spread(sec['reuse'])} "
               f"| {spread(sec['predictor'])}{note} | {total['plain'] / total['reuse']:.2f}x | "
               f"{total['plain'] / total['predictor']:.2f}x | {'yes' if same else 'NO'} | "
-              f"{change:.4f} | {r['set_up']['reuse']:.2f}, {r['set_up']['predictor']:.2f} |",
+              f"{change:.4f} | {r['set_up']['reuse']:.2f}, {r['set_up']['predictor']:.2f} | "
+              f"{est['predictor']:.2f}, {est['dygraph']:.2f}: {min(est, key=est.get)} |",
               flush=True)
 
 

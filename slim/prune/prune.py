@@ -39,8 +39,9 @@ def build_parser():
                    help="the ratio grid of the sensitivity analysis (default: 0.1 ... 0.9)")
     p.add_argument("--sen_engine", choices=["auto", "predictor", "dygraph"], default="auto",
                    help="what runs the sensitivity evaluations: predictor (a Paddle Inference "
-                        "predictor per point, oneDNN; several times faster on CPU), dygraph, or "
-                        "auto (predictor on CPU, dygraph on GPU)")
+                        "predictor per point, oneDNN: several times faster forwards on CPU), "
+                        "dygraph, or auto (the faster of the two, timed on the unpruned model; "
+                        "dygraph on GPU)")
     p.add_argument("--allow_lower_target", action="store_true",
                    help="when --pruning_ratio is above what the sensitivity grid can reach, prune "
                         "at that maximum instead of failing")
