@@ -256,26 +256,36 @@ def test_sensitivity_resumes_after_kill(configs, checkpoint, tmp_path):
     assert not leftovers(save_dir)
 
 
-def test_a_sensitivity_file_of_the_other_engine_is_not_reused(configs, checkpoint, tmp_path):
+def test_a_sensitivity_file_is_resumed_with_its_own_engine_only(configs, checkpoint, tmp_path):
     """Predictor and dygraph metrics can differ in their last digits: the engine is part of the
-    file's fingerprint, so switching engines never mixes the two in one file."""
+    file's fingerprint. auto resumes a file with the engine that began it; naming the other
+    engine is refused, so the two never mix in one file."""
     name = "FastSCNN"
     sen_file = tmp_path / "sen.json"
-    dygraph = prune_args(configs[name], checkpoint(name), tmp_path / "dygraph", iters=0,
-                         extra=["--sen_file", sen_file, "--sen_engine", "dygraph"])
-    proc = run_script(PRUNE, *dygraph)
+
+    def prune(save_dir, *engine):
+        return run_script(PRUNE, *prune_args(configs[name], checkpoint(name), tmp_path / save_dir,
+                                             iters=0, extra=["--sen_file", sen_file, *engine]))
+
+    def engine_of(save_dir):
+        with open(tmp_path / save_dir / "report.json") as f:
+            return json.load(f)["sen_engine"]
+
+    proc = prune("dygraph", "--sen_engine", "dygraph")
     assert proc.returncode == 0, failure(proc)
-    with open(tmp_path / "dygraph" / "report.json") as f:
-        assert json.load(f)["sen_engine"] == "dygraph"
+    assert engine_of("dygraph") == "dygraph"
     made = sen_file.read_bytes()
 
-    proc = run_script(PRUNE, *prune_args(configs[name], checkpoint(name), tmp_path / "auto",
-                                         iters=0, extra=["--sen_file", sen_file]))
+    proc = prune("auto")
+    assert proc.returncode == 0, failure(proc)
+    assert engine_of("auto") == "dygraph" and sen_file.read_bytes() == made
+
+    proc = prune("predictor", "--sen_engine", "predictor")
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "evaluated in Paddle Inference predictors" in last, last
     assert "Traceback" not in proc.stderr and sen_file.read_bytes() == made
-    assert not (tmp_path / "auto").exists()
+    assert not (tmp_path / "predictor").exists()
 
 
 # --- 4. bad input: one error line, nothing written --------------------------------------------

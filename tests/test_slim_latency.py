@@ -102,9 +102,12 @@ def test_the_table_is_built_cached_and_reused_without_measuring(tmp_path, monkey
     assert (count.created, count.runs) == (0, 0), "the second run measured again"
     cost = again.model(groups)
     assert cost.full_ms() == pytest.approx(table.model(groups).full_ms())
-    # the model is the same as when built: every pruned plan is predicted faster than unpruned
+    # the model is the same as when built, on a pruned plan too; pruning never predicts a
+    # slower model (a toy this small can time alike pruned or not on a busy machine: not <)
     caps = {gid: cap for gid, (_, cap) in table_mod.plan_limits(groups, 0.6, 8).items()}
-    assert cost.ms(cost.vector(caps)) < cost.full_ms()
+    built = table.model(groups)
+    assert cost.ms(cost.vector(caps)) == pytest.approx(built.ms(built.vector(caps)))
+    assert cost.ms(cost.vector(caps)) <= cost.full_ms()
 
     # without a path the table is cached under SEG_HOME, keyed, and found again
     monkeypatch.setenv("SEG_HOME", str(tmp_path / "seg_home"))

@@ -49,11 +49,11 @@ ENGINES = ("auto", "predictor", "dygraph")
 FINGERPRINT_NOTE = "evaluated in Paddle Inference predictors"
 PROBE_RATIO = 0.5
 PROBES = 4
-# dygraph's share of a plain evaluation's time once unchanged layer outputs are reused: 0.44 to
-# 0.84 measured on our five models (docs/prune.md), so about 0.6
+# dygraph's share of a plain evaluation's time once unchanged layer outputs are reused: 0.39 to
+# 0.88 measured on our five models (docs/prune.md), so about 0.6
 REUSE_SHARE = 0.6
-# oneDNN's fused conv+bn and its own GEMMs move logits by about 1e-6 of their scale; a program
-# that ran with wrong shapes or weights misses by far more
+# oneDNN's kernels move logits by about 1e-6 of their scale (measured on our five models); a
+# program that ran with wrong shapes or weights misses by far more
 LOGIT_TOLERANCE = 1e-3
 
 
