@@ -189,10 +189,11 @@ class PredictorEvaluator:
     def _export(self):
         self._folder = tempfile.mkdtemp(prefix="paddleseg-sen-")
         # one key per tensor: a layer kept under two names (UNet's cls and conv) repeats its own
-        names = {}
+        names, seen = {}, set()
         for key, tensor in self.model.state_dict().items():
-            if tensor.name not in names.values():
+            if tensor.name not in seen:
                 names[key] = tensor.name
+                seen.add(tensor.name)
         # jit.save leaves the layers' forwards converted by dy2static; keep the plain ones
         with _graph._forwards_kept(self.model):
             export_model(self.model, self._folder, output_op="none", val_transforms_config=[],
@@ -202,13 +203,13 @@ class PredictorEvaluator:
         with open(os.path.join(self._folder, PARAMS_FILE), "rb") as f:
             exported = f.read()
         # the export keeps only what the eval forward uses (no auxiliary heads)
-        missing = self.program.weights - set(names.values())
+        missing = self.program.weights - seen
         if missing:
             return f"the export holds weights the model has not ({sorted(missing)[0]})"
         self.names = names
         self.param_order = sorted((key for key in names if names[key] in self.program.weights),
                                   key=names.get)
-        if self._params() != exported:
+        if self._params(self.model.state_dict()) != exported:
             return "the exported parameters are not the model's state dict in name order"
         return None
 
@@ -265,15 +266,14 @@ class PredictorEvaluator:
         return distributed.all_gather(min(estimate, key=estimate.get))[0]
 
     # -- evaluation ----------------------------------------------------------------------------
-    def _params(self):
-        state = self.model.state_dict()
+    def _params(self, state):
         return b"".join(paddle.base.core.save_lod_tensor_to_memory(state[key].value().get_tensor())
                         for key in self.param_order)
 
     def _predictor(self):
         state = self.model.state_dict()
         program = self.program.for_shapes({self.names[k]: state[k].shape for k in self.param_order})
-        return cpu_predictor_from_memory(program, self._params(), self.cpu_threads)
+        return cpu_predictor_from_memory(program, self._params(state), self.cpu_threads)
 
     def __call__(self):
         if self.prepare():
