@@ -46,7 +46,7 @@ def parse_args(argv):
                    metavar=("N", "C", "H", "W"), help="latency input (default 1 3 512 1024)")
     p.add_argument("--cpu_threads", type=int, default=2)
     p.add_argument("--plans", type=int, default=20, help="random plans per model (>= 2)")
-    p.add_argument("--samples", type=int, default=8, help="sample plans of a new latency table")
+    p.add_argument("--samples", type=int, default=8, help="sample plans the latency table is built from (a table cached with another count is not reused)")
     p.add_argument("--max_ratio", type=float, default=0.6,
                    help="largest pruning ratio per group (the sensitivity grid's largest)")
     p.add_argument("--channel_step", type=int, default=8)
@@ -97,8 +97,9 @@ def evaluate_model(name, args):
     model.eval()
     groups = build_groups(model, GROUP_SHAPE).groups
     backend = Backend(cpu_threads=args.cpu_threads, shape=args.shape)
+    # the sample count is in the name: a table built from other samples is never reused
     table_path = os.path.join(args.table_dir, f"{name}-{backend.shape_text()}-t{args.cpu_threads}"
-                                              f"-v{table_format}.json")
+                                              f"-s{args.samples}-v{table_format}.json")
     table, _ = obtain(model, groups, backend, args.channel_step, args.max_ratio, table_path,
                       args.samples)
     cost = table.model(groups)

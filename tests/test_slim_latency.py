@@ -80,7 +80,7 @@ def backend(shape=SHAPE, threads=1):
 
 
 # --- the table: built, cached, reused, refused --------------------------------------------------
-def test_the_table_is_built_cached_and_reused_without_measuring(tmp_path, monkeypatch):
+def test_the_table_is_built_cached_and_reused_without_measuring(tmp_path, monkeypatch, capsys):
     model, groups = toy()
     path = str(tmp_path / "toy_table.json")
     count = Counting(monkeypatch)
@@ -98,8 +98,14 @@ def test_the_table_is_built_cached_and_reused_without_measuring(tmp_path, monkey
     assert on_disk["key"]["channel_step"] == 8 and on_disk["key"]["model"] == "ToyNet"
 
     count.created = count.runs = 0
+    capsys.readouterr()
     again, _ = obtain(model, groups, backend(), 8, 0.6, path, samples=4)
     assert (count.created, count.runs) == (0, 0), "the second run measured again"
+    assert "sample plans, not the" not in capsys.readouterr().out
+    # another sample count does not rebuild the table, and says so
+    obtain(model, groups, backend(), 8, 0.6, path, samples=6)
+    assert count.created == 0
+    assert "built from 4 sample plans, not the 6 asked for" in capsys.readouterr().out
     cost = again.model(groups)
     assert cost.full_ms() == pytest.approx(table.model(groups).full_ms())
     # the model is the same as when built, on a pruned plan too; pruning never predicts a

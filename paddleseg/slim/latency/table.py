@@ -448,6 +448,11 @@ def obtain(model, groups, backend, channel_step, max_ratio, path=None, samples=D
         check_key(table, path, key)
         logger.info(f"latency table: reusing {path} (measured {table.created}, "
                     f"{table.method}, {table.full_ms:.1f} ms unpruned)")
+        if len(table.samples) != samples:
+            # the count only shapes a new table; say so rather than ignore the request quietly
+            logger.warning(f"latency table: {path} was built from {len(table.samples)} sample "
+                           f"plans, not the {samples} asked for; it is reused as it is (delete "
+                           "it or name another file to measure a new one)")
         return table, path
     table = build(model, groups, backend, channel_step, max_ratio, samples)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
