@@ -2,7 +2,9 @@
 way (as before: ``evaluate_metrics``, images decoded each time, every layer run), with
 ``slim.fast_eval.SensitivityEvaluator`` (layer outputs reused; the same mIoU to the bit) and with
 ``slim.predictor_eval.PredictorEvaluator`` (a Paddle Inference predictor per point; the mIoU may
-move in its last digits, so the largest change is shown).
+move in its last digits, so the largest change is shown). Before the timed points it does what
+``--sen_engine auto`` does (both engines on a few pruned probes, where reuse also checks itself
+against a plain evaluation, once) and shows what auto takes and the speed-up that gives.
 
     python benchmarks/sensitivity_eval_speed.py --configs configs/membrane/*.yml \\
         --eval_num 3 --groups 12 --cpu_threads 1
@@ -53,6 +55,11 @@ def measure(config, eval_num, max_groups, ratio):
             start = time.time()
             reuse.prepare()
             set_up["reuse"] = time.time() - start
+            # what --sen_engine auto does before an analysis: both engines on pruned probes
+            # (this is also where reuse checks itself against a plain evaluation, once)
+            start = time.time()
+            engine, measured = predictor.faster_engine(reuse)
+            set_up["auto"] = time.time() - start
             evaluate = {"plain": lambda: evaluate_metrics(model, dataset, eval_num,
                                                           print_detail=False)["mIoU"],
                         "reuse": reuse, "predictor": predictor}
@@ -67,7 +74,7 @@ def measure(config, eval_num, max_groups, ratio):
                     undo.restore()
     return {"model": type(model).__name__, "groups": f"{len(chosen)} of {len(groups)}",
             "seconds": seconds, "values": values, "set_up": set_up,
-            "in_dygraph": predictor.dygraph_points > 0, "estimate": predictor.estimated_seconds()}
+            "in_dygraph": predictor.dygraph_points > 0, "auto": (engine, measured)}
 
 
 def spread(values):
@@ -83,38 +90,33 @@ def main():
     p.add_argument("--ratio", type=float, default=0.4)
     p.add_argument("--cpu_threads", type=int, default=None)
     args = p.parse_args()
-    if args.groups < 2:
-        raise SystemExit(f"error: --groups must be >= 2 (the first point is also shown apart), "
-                         f"got {args.groups}")
+    if args.groups < 1:
+        raise SystemExit(f"error: --groups must be >= 1, got {args.groups}")
     paddle.set_device("cpu")
     threads = distributed.set_cpu_threads(args.cpu_threads)
     print(f"{args.eval_num} val images, ratio {args.ratio}, {threads} CPU thread(s), "
           f"load average {os.getloadavg()[0]:.1f}")
     print("| model | groups timed | plain s/eval | reuse s/eval | predictor s/eval | reuse "
           "speed-up | predictor speed-up | reuse: same mIoU | predictor: most mIoU change | "
-          "set-up s (reuse, predictor) | auto's estimate s/eval (predictor, dygraph): takes "
-          "| speed-ups after the first point (reuse, predictor, auto's) |")
-    print("|-|-|-:|-:|-:|-:|-:|-|-:|-:|-|-|")
+          "set-up s (reuse, predictor, auto's probes) | auto measured s/eval (predictor, "
+          "dygraph): takes | auto's speed-up |")
+    print("|-|-|-:|-:|-:|-:|-:|-|-:|-:|-|-:|")
     for config in args.configs:
         r = measure(config, args.eval_num, args.groups, args.ratio)
         sec, val = r["seconds"], r["values"]
         total = {kind: float(np.sum(sec[kind])) for kind in KINDS}
-        # the first pruned point is where reuse checks itself against a plain evaluation, once
-        # per analysis: what the hundreds of points after it cost is the second figure
-        later = {kind: float(np.sum(sec[kind][1:])) for kind in KINDS}
         same = val["reuse"] == val["plain"]
         change = float(np.max(np.abs(np.subtract(val["predictor"], val["plain"]))))
         note = " (some points in dygraph)" if r["in_dygraph"] else ""
-        est = r["estimate"]
-        takes = min(est, key=est.get)
-        after = {kind: later["plain"] / later[kind] for kind in ("reuse", "predictor")}
+        takes, measured = r["auto"]
+        kind = "reuse" if takes == "dygraph" else "predictor"
+        up = r["set_up"]
         print(f"| {r['model']} | {r['groups']} | {spread(sec['plain'])} | {spread(sec['reuse'])} "
               f"| {spread(sec['predictor'])}{note} | {total['plain'] / total['reuse']:.2f}x | "
               f"{total['plain'] / total['predictor']:.2f}x | {'yes' if same else 'NO'} | "
-              f"{change:.4f} | {r['set_up']['reuse']:.2f}, {r['set_up']['predictor']:.2f} | "
-              f"{est['predictor']:.2f}, {est['dygraph']:.2f}: {takes} | "
-              f"{after['reuse']:.2f}x, {after['predictor']:.2f}x, "
-              f"{after['reuse' if takes == 'dygraph' else 'predictor']:.2f}x |", flush=True)
+              f"{change:.4f} | {up['reuse']:.2f}, {up['predictor']:.2f}, {up['auto']:.2f} | "
+              f"{measured['predictor']:.2f}, {measured['dygraph']:.2f}: {takes} | "
+              f"{total['plain'] / total[kind]:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -320,6 +320,41 @@ def test_reusing_layer_outputs_gives_the_plain_metric_of_every_pruned_model(tiny
     assert not any("forward" in layer.__dict__ for layer in model.sublayers(include_self=True))
 
 
+def test_an_evaluation_by_someone_else_inside_the_evaluator_is_plain(tiny_optic_root, tmp_path):
+    """The layers stay wrapped while the evaluator is entered; a plain evaluation then (as
+    benchmarks/sensitivity_eval_speed.py makes, right after a reuse evaluation of another
+    pruned model) must not reuse anything."""
+    from paddleseg.cvlibs import Config
+    from paddleseg.core.val import evaluate_metrics
+    cfg = Config(write_optic_config(tmp_path / "fastscnn.yml", tiny_optic_root, "FastSCNN", [1, 0.4]))
+    paddle.seed(1)
+    model = cfg.model
+    model.eval()
+    dataset = cfg.val_dataset
+    by_id = {g.id: g for g in slim.build_groups(model, (1, 3, 64, 64)).groups}
+    first, last = list(by_id)[0], list(by_id)[-1]
+
+    image = paddle.to_tensor(dataset[0]["img"][None])
+
+    def plain_with(gid):   # logits: the mIoU of a tiny random model hides small changes
+        _, undo = slim.apply.prune(model, by_id, {gid: 0.5}, "l1")
+        try:
+            with paddle.no_grad():
+                return (model(image)[0].numpy(),
+                        evaluate_metrics(model, dataset, 1, print_detail=False)["mIoU"])
+        finally:
+            undo.restore()
+    alone = plain_with(first)
+    with SensitivityEvaluator(model, dataset, 1) as evaluate:
+        evaluate.prepare()
+        _, undo = slim.apply.prune(model, by_id, {last: 0.5}, "l1")
+        evaluate()   # the first pruned evaluation checks itself against a plain one
+        evaluate()   # this one reuses: layers under a reused one are not called
+        undo.restore()
+        inside = plain_with(first)
+    assert np.array_equal(inside[0], alone[0]) and inside[1] == alone[1]
+
+
 def test_reuse_needs_exactly_equal_inputs():
     a = paddle.to_tensor([1e-10, 2.0])
     b = paddle.to_tensor([2e-10, 2.0])

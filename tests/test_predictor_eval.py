@@ -97,8 +97,8 @@ def test_auto_takes_the_engine_measured_faster_or_the_file_s_own(fastscnn, monke
     model, dataset, groups = fastscnn
 
     def estimate(predictor, dygraph):
-        monkeypatch.setattr(PredictorEvaluator, "estimated_seconds",
-                            lambda self: {"predictor": predictor, "dygraph": dygraph})
+        monkeypatch.setattr(PredictorEvaluator, "time_engines",
+                            lambda self, reuse: {"predictor": predictor, "dygraph": dygraph})
     estimate(predictor=0.1, dygraph=1.0)
     assert engine_of(model, dataset, groups, "auto")[0] == "predictor"
     estimate(predictor=1.0, dygraph=0.1)
@@ -110,16 +110,24 @@ def test_auto_takes_the_engine_measured_faster_or_the_file_s_own(fastscnn, monke
     assert engine_of(model, dataset, groups, "auto", recorded_extra="config abc")[0] == "dygraph"
 
 
-def test_the_timings_cover_what_a_point_costs(fastscnn):
+def test_auto_times_both_engines_on_pruned_probes_and_leaves_the_model_as_it_was(fastscnn):
+    from paddleseg.slim.fast_eval import SensitivityEvaluator
     model, dataset, groups = fastscnn
+    before = snapshot(model)
     with PredictorEvaluator(model, dataset, groups, 2) as evaluate:
         assert evaluate.prepare() is None
-        t = evaluate.seconds
-        assert set(t) == {"creation", "first_forward", "forward", "dygraph_forward"}
-        assert all(v > 0 for v in t.values())
-        est = evaluate.estimated_seconds()
-        assert est["predictor"] == pytest.approx(t["creation"] + t["first_forward"] + t["forward"])
-        assert est["dygraph"] == pytest.approx(2 * t["dygraph_forward"] * predictor_eval.REUSE_SHARE)
+        with SensitivityEvaluator(model, dataset, 2) as reuse:
+            seconds = evaluate.time_engines(reuse)
+            assert set(seconds) == {"predictor", "dygraph"} and min(seconds.values()) > 0
+            assert evaluate.seconds == seconds
+            # reuse was prepared before any probe was pruned, checked once and stays on
+            assert reuse.checked and reuse.reuse and reuse.hits > 0
+            # the probes are not points of the analysis
+            assert evaluate.predictor_points == 0 and evaluate.dygraph_points == 0
+            assert reuse() == plain_miou(model, dataset)
+    after = snapshot(model)
+    assert before.keys() == after.keys()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
 def test_a_point_without_a_predictor_is_evaluated_in_dygraph(fastscnn, monkeypatch, capsys):

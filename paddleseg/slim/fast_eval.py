@@ -103,7 +103,8 @@ class SensitivityEvaluator:
     """``evaluator()`` is the mIoU of ``model`` as it is now on the first ``max_images`` of
     ``dataset``, as ``evaluate_metrics`` gives it. Use it as a context manager around the
     analysis (``with SensitivityEvaluator(model, ds, n) as ev: analyze(..., ev, ...)``), entered
-    with the model unpruned; leaving gives the model its own forward methods back. The
+    with the model unpruned; leaving gives the model its own forward methods back (while it is
+    entered, the wrapped layers act only in its own passes: any other forward is plain). The
     reference pass is the first evaluation of the unpruned model, or ``prepare()`` (which
     ``sensitivity.analyze`` calls before it prunes anything). ``budget_bytes``: memory for
     kept images and recorded outputs."""
@@ -116,6 +117,7 @@ class SensitivityEvaluator:
         self.samples = None
         self.entries = {}        # (image, layer path, call number) -> (args, kwargs, output)
         self.recording = False
+        self._evaluating = False  # inside one of this evaluator's own passes
         self.reuse = True
         self.checked = False
         self.hits = 0
@@ -177,6 +179,8 @@ class SensitivityEvaluator:
         forward = layer.forward
 
         def reusing_forward(*args, **kwargs):
+            if not self._evaluating:   # someone else's forward (a plain evaluation): plain
+                return forward(*args, **kwargs)
             n = self._calls[path] = self._calls.get(path, -1) + 1
             key = (self._image, path, n)
             if self.recording:
@@ -238,7 +242,11 @@ class SensitivityEvaluator:
     # -- evaluation ------------------------------------------------------------------------------
     def _miou(self):
         source = self.samples if self.samples is not None else self.dataset
-        return M.summarize(*accumulate_areas(self.model, source, self.n))["mIoU"]
+        self._evaluating = True
+        try:
+            return M.summarize(*accumulate_areas(self.model, source, self.n))["mIoU"]
+        finally:
+            self._evaluating = False
 
     def __call__(self):
         if self.reference_miou is None and self.reuse:

@@ -210,7 +210,7 @@ def measure_sensitivity(o, cfg, model, analysis, val_dataset):
 @contextlib.contextmanager
 def sensitivity_evaluator(o, model, val_dataset, groups, eval_num, recorded_extra):
     """(evaluator, engine name) for ``--sen_engine``: ``auto`` resumes a file with the engine
-    it was begun with, else takes whichever of the two measured faster on the unpruned model."""
+    it was begun with, else takes whichever of the two measured faster on pruned probes."""
     engine = predictor_eval.resolve_engine(o.sen_engine, recorded_extra)
     if engine in ("auto", "predictor"):
         with predictor_eval.PredictorEvaluator(model, val_dataset, groups, eval_num) as fast:
@@ -218,11 +218,14 @@ def sensitivity_evaluator(o, model, val_dataset, groups, eval_num, recorded_extr
             if problem:
                 logger.warning(f"sensitivity: {problem}; evaluating in dygraph")
             elif engine == "auto":
-                estimate = fast.estimated_seconds()
-                engine = fast.faster_engine()
-                logger.info(f"sensitivity: evaluating in {engine} (estimated per evaluation: "
-                            f"predictor {estimate['predictor']:.2f} s, dygraph with reuse "
-                            f"{estimate['dygraph']:.2f} s)")
+                with SensitivityEvaluator(model, val_dataset, eval_num) as reuse:
+                    engine, seconds = fast.faster_engine(reuse)
+                    logger.info(f"sensitivity: evaluating in {engine} (measured per evaluation "
+                                f"on pruned probes: predictor {seconds['predictor']:.2f} s, "
+                                f"dygraph with reuse {seconds['dygraph']:.2f} s)")
+                    if engine == "dygraph":   # prepared and checked already: used as it is
+                        yield reuse, "dygraph"
+                        return
             if not problem and engine == "predictor":
                 yield fast, "predictor"
                 return

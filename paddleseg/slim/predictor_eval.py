@@ -19,8 +19,10 @@ channels); it says what failed, and the caller evaluates in dygraph instead. A p
 predictor cannot be built is evaluated in dygraph alone.
 
 Which is faster depends on the model, the image size and the number of eval images (a
-predictor's creation is paid once per point, its forwards are several times faster), so
-``prepare()`` also times both on the unpruned model; ``--sen_engine auto`` picks by that.
+predictor's creation is paid once per point, its forwards are several times faster), and on
+where the groups sit (reuse skips what runs before a pruned layer), so ``--sen_engine auto``
+times both on a few real pruned points (:meth:`PredictorEvaluator.time_engines`) and takes the
+faster.
 
 The metric is the predictor's: oneDNN's kernels move the logits in their last digits, so a
 point's metric may differ from dygraph's in its last digits (that is why the sensitivity
@@ -49,9 +51,6 @@ ENGINES = ("auto", "predictor", "dygraph")
 FINGERPRINT_NOTE = "evaluated in Paddle Inference predictors"
 PROBE_RATIO = 0.5
 PROBES = 4
-# dygraph's share of a plain evaluation's time once unchanged layer outputs are reused: 0.39 to
-# 0.88 measured on our five models (docs/prune.md), so about 0.6
-REUSE_SHARE = 0.6
 # oneDNN's kernels move logits by about 1e-6 of their scale (measured on our five models); a
 # program that ran with wrong shapes or weights misses by far more
 LOGIT_TOLERANCE = 1e-3
@@ -162,7 +161,7 @@ class PredictorEvaluator:
         self.program = None      # a ProgramTemplate once exported
         self.names = None        # state-dict key -> the name the export gave its tensor
         self.param_order = None  # state-dict keys in the order of the exported params file
-        self.seconds = {}        # creation, first / later forward, dygraph forward (unpruned)
+        self.seconds = {}        # seconds per evaluation by engine, once time_engines() ran
         self.problem = None
         self.predictor_points = 0
         self.dygraph_points = 0
@@ -220,7 +219,7 @@ class PredictorEvaluator:
             if probe is not None:
                 _, undo = _apply.prune(self.model, by_id, {probe.id: PROBE_RATIO}, "l1")
             try:
-                got, want = self._both_logits(timed=probe is None)
+                got, want = self._both_logits()
             except Exception as e:  # noqa: BLE001  (any failure means: do not use predictors)
                 text = str(e).strip()
                 return (f"a predictor failed on {probe.id if probe else 'the unpruned model'}: "
@@ -233,37 +232,49 @@ class PredictorEvaluator:
                 return f"the predictor's logits differ from dygraph's on {where}"
         return None
 
-    def _both_logits(self, timed):
-        """The predictor's and dygraph's logits for the first eval image; ``timed``: record
-        what each costs (a point's predictor is new: its first forward builds the kernels)."""
+    def _both_logits(self):
+        """The predictor's and dygraph's logits for the first eval image."""
         image = self.samples[0]["img"][None]
-        clock = Stopwatch()
-        predictor = self._predictor()
-        creation = clock.lap()
-        got = run_predictor(predictor, image)
-        first = clock.lap()
-        run_predictor(predictor, image)
-        later = clock.lap()
+        got = run_predictor(self._predictor(), image)
         with paddle.no_grad():
-            self.model(paddle.to_tensor(image))   # warm-up
-            clock.lap()
             want = self.model(paddle.to_tensor(image))[0].numpy()
-        if timed:
-            self.seconds = {"creation": creation, "first_forward": first, "forward": later,
-                            "dygraph_forward": clock.lap()}
         return got, want
 
-    def estimated_seconds(self):
-        """Seconds per evaluation, from ``prepare()``'s timings: {engine: seconds}."""
-        t = self.seconds
-        return {"predictor": t["creation"] + t["first_forward"] + (self.n - 1) * t["forward"],
-                "dygraph": self.n * t["dygraph_forward"] * REUSE_SHARE}
+    def time_engines(self, reuse):
+        """Seconds per evaluation of this engine and of dygraph with reuse (``reuse``: a
+        SensitivityEvaluator entered on the same, unpruned model), measured on real points: the
+        probe groups at half their channels, both engines in turn on each, as the analysis
+        will evaluate them (creation, forwards, metric). A first, untimed round on the first
+        probe takes out what an analysis pays once: reuse's reference pass and its check
+        against a plain evaluation, the process's first oneDNN kernels. Replaces an estimate
+        from one forward of each, which a fixed share for reuse made wrong by up to 1.8x on
+        our models (reuse skips 12-70% of a forward depending on where the groups sit).
+        ``{"predictor": s, "dygraph": s}``, means over the probes."""
+        reuse.prepare()
+        by_id = {g.id: g for g in self.groups}
+        probes = probe_groups(self.groups)
+        engines = {"predictor": self, "dygraph": reuse}
+        times = {name: [] for name in engines}
+        counts = self.predictor_points, self.dygraph_points
+        for k, probe in enumerate(probes[:1] + probes):
+            _, undo = _apply.prune(self.model, by_id, {probe.id: PROBE_RATIO}, "l1")
+            try:
+                for name in (list(engines) if k % 2 else list(engines)[::-1]):  # take turns
+                    clock = Stopwatch()
+                    engines[name]()
+                    if k:
+                        times[name].append(clock.lap())
+            finally:
+                undo.restore()
+        self.predictor_points, self.dygraph_points = counts   # probes are not the analysis's
+        self.seconds = {name: float(np.mean(t)) for name, t in times.items()}
+        return self.seconds
 
-    def faster_engine(self):
-        """``predictor`` or ``dygraph``: the one estimated faster on rank 0 (every rank of a
-        job must evaluate alike)."""
-        estimate = self.estimated_seconds()
-        return distributed.all_gather(min(estimate, key=estimate.get))[0]
+    def faster_engine(self, reuse):
+        """(``predictor`` or ``dygraph``, this rank's :meth:`time_engines`): the engine rank 0
+        measured faster (every rank of a job must evaluate alike)."""
+        measured = self.time_engines(reuse)
+        return distributed.all_gather(min(measured, key=measured.get))[0], measured
 
     # -- evaluation ----------------------------------------------------------------------------
     def _params(self, state):
