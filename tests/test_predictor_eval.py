@@ -156,3 +156,18 @@ def test_auto_measures_on_cpu_only(monkeypatch):
     assert predictor_eval.resolve_engine("auto") == "dygraph"
     with pytest.raises(ValueError, match="one of auto, predictor, dygraph"):
         predictor_eval.resolve_engine("static")
+
+
+@pytest.mark.parametrize("classes", [1, 2, 11])
+def test_label_map_undoes_the_transforms_as_reverse_transform_does(classes):
+    from paddleseg.core.infer import reverse_transform
+    logits = np.random.RandomState(classes).randn(1, classes, 48, 64).astype("float32")
+    # as transforms record them: resized from 90x120 to 50x66, then padded to 48x64 (cropped)
+    records = [("resize", (90, 120)), ("padding", (45, 60))]
+    got = predictor_eval.label_map(logits, records)
+    want = reverse_transform(paddle.to_tensor(logits), records).argmax(axis=1).numpy()[0]
+    assert got.shape == want.shape == (90, 120)
+    # OpenCV's and Paddle's bilinear agree but for rounding: a near tie may flip
+    assert (got != want).mean() < 1e-3
+    with pytest.raises(ValueError, match="unknown transform record"):
+        predictor_eval.label_map(logits, [("rotate", (1, 1))])

@@ -16,23 +16,23 @@ def accumulate_areas(model, dataset, max_images=None, progress=False):
     model.eval()
     with paddle.no_grad():
         totals = areas_of(lambda data: inference(model, paddle.to_tensor(data["img"][None]),
-                                                 data["trans_info"]),
+                                                 data["trans_info"]).argmax(axis=1).numpy()[0],
                           dataset, max_images, progress)
     if was_training:
         model.train()
     return totals
 
 
-def areas_of(logit_of, dataset, max_images=None, progress=False):
-    """:func:`accumulate_areas` for any predictor: ``logit_of(sample)`` is the sample's logits
-    ``[1, C, H, W]`` at its original size (a paddle Tensor)."""
+def areas_of(label_of, dataset, max_images=None, progress=False):
+    """:func:`accumulate_areas` for any predictor: ``label_of(sample)`` is the sample's
+    predicted label map ``[H, W]`` at its original size (numpy)."""
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     num_classes = dataset.num_classes
     totals = [np.zeros(num_classes, np.int64) for _ in range(3)]
     bar = Progress(n, "eval") if progress else None
     for i in range(n):
         data = dataset[i]
-        pred = logit_of(data).argmax(axis=1).numpy()[0]
+        pred = label_of(data)
         for t, a in zip(totals, M.calculate_area(pred, data["label"], num_classes,
                                                  dataset.ignore_index)):
             t += a
