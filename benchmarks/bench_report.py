@@ -305,6 +305,10 @@ def paddleslim_table(results):
                          f"{fmt_speedup(r)} | {r['miou']:.4f} "
                          f"({fmt_points(r['miou_delta_points'])}) "
                          f"| {fmt_seconds(r.get('wall_seconds'))} | {note} |")
+        if not any(r["row"] == "paddleslim" for r in e["rows"]):
+            # say so rather than leave the model's PaddleSlim row silently out
+            lines.append(f"| {model} | PaddleSlim (PaddleSeg 2.6) | - | - | - | - | - | - | "
+                         "not run: its recorded command names no --paddleslim_ratios |")
     return lines
 
 

@@ -131,6 +131,18 @@ def test_report_is_a_pure_function_of_results_json(tmp_path):
         in first["prune.md"].decode()
 
 
+def test_a_model_without_paddleslim_rows_says_so(tmp_path):
+    results = tiny_results()
+    rows = results["models"]["FastSCNN"]["rows"]
+    results["models"]["FastSCNN"]["rows"] = [r for r in rows if r["row"] != "paddleslim"]
+    a = make_workspace(str(tmp_path / "a"), results)
+    assert prune_speedup.main(report_argv(a)) == 0
+    md = read_outputs(a)["RESULTS.md"].decode()
+    assert "| FastSCNN | PaddleSlim (PaddleSeg 2.6) | - | - | - | - | - | - | not run: its " \
+        "recorded command names no --paddleslim_ratios |" in md
+    assert "| BiSeNetV2 | PaddleSlim (PaddleSeg 2.6) | 0.3 |" in md   # the other model's stays
+
+
 def test_report_follows_results_json(tmp_path):
     """Another number in results.json gives other outputs (the report does read it)."""
     a = make_workspace(str(tmp_path / "a"), tiny_results())
