@@ -18,3 +18,9 @@ def inference(model, img, trans_info=()):
     """Logits [N, C, H, W] at the original image size for a batch of one image."""
     logit = model(img)[0]
     return reverse_transform(logit, trans_info)
+
+
+def predicted_labels(logit, trans_info=()):
+    """The label map ``[H, W]`` (numpy) of one image's logits ``[1, C, h, w]`` at the model's
+    size, at the original image size."""
+    return reverse_transform(logit, trans_info).argmax(axis=1).numpy()[0]

@@ -7,7 +7,7 @@ import paddle
 from paddleseg.utils import logger
 from paddleseg.utils.progress import Progress
 from . import metrics as M
-from .infer import inference
+from .infer import predicted_labels
 
 
 def accumulate_areas(model, dataset, max_images=None, progress=False):
@@ -15,9 +15,10 @@ def accumulate_areas(model, dataset, max_images=None, progress=False):
     was_training = model.training
     model.eval()
     with paddle.no_grad():
-        totals = areas_of(lambda data: inference(model, paddle.to_tensor(data["img"][None]),
-                                                 data["trans_info"]).argmax(axis=1).numpy()[0],
-                          dataset, max_images, progress)
+        totals = areas_of(
+            lambda data: predicted_labels(model(paddle.to_tensor(data["img"][None]))[0],
+                                          data["trans_info"]),
+            dataset, max_images, progress)
     if was_training:
         model.train()
     return totals

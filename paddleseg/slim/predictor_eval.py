@@ -41,7 +41,7 @@ import paddle
 
 from ..core import metrics as M
 from ..core.export import MODEL_FILE, PARAMS_FILE, export_model
-from ..core.infer import reverse_transform
+from ..core.infer import predicted_labels
 from ..core.val import areas_of
 from ..deploy.predictor import cpu_predictor_from_memory, run_predictor
 from ..utils import distributed, logger
@@ -304,8 +304,8 @@ class PredictorEvaluator:
                                                  data["trans_info"]))
 
     def _dygraph_label(self, data):
-        logits = self.model(paddle.to_tensor(data["img"][None]))[0]
-        return reverse_transform(logits, data["trans_info"]).argmax(axis=1).numpy()[0]
+        return predicted_labels(self.model(paddle.to_tensor(data["img"][None]))[0],
+                                data["trans_info"])
 
     def _miou(self, label_of):
         was_training = self.model.training
@@ -324,14 +324,14 @@ class PredictorEvaluator:
 
 def label_map(logits, trans_info):
     """The predicted label map ``[H, W]`` at the original size from a predictor's logits
-    ``[1, C, h, w]`` (numpy), undoing the transforms as ``core.infer.reverse_transform`` does
+    ``[1, C, h, w]`` (numpy), as ``core.infer.predicted_labels`` gives it from a tensor,
     but with OpenCV: its bilinear resize (half-pixel centres, as Paddle's) of channels-last
     logits and an argmax over their last axis took a third to a half of the time of Paddle's
     interpolate and argmax (CamVid's 11 classes at 360x480, one thread), which were over a third
     of a Fast-SCNN predictor evaluation. Like oneDNN's kernels, it can move a near tie: 3 of
     172,800 labels differed on random CamVid-sized logits."""
     if logits.shape[1] > CV2_MAX_CHANNELS:
-        return reverse_transform(paddle.to_tensor(logits), trans_info).argmax(axis=1).numpy()[0]
+        return predicted_labels(paddle.to_tensor(logits), trans_info)
     hwc = np.ascontiguousarray(logits[0].transpose(1, 2, 0))
     for op, (h, w) in reversed(trans_info):
         if op == "resize":
