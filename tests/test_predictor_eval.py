@@ -73,10 +73,15 @@ def test_every_pruned_model_gets_the_dygraph_metric(fastscnn):
 
 def engine_of(model, dataset, groups, engine, recorded_extra=None):
     """The engine ``pipeline.sensitivity_evaluator`` settles on, and its evaluator's metric."""
+    return engine_and_split(model, dataset, groups, engine, recorded_extra)[::2]
+
+
+def engine_and_split(model, dataset, groups, engine, recorded_extra=None):
+    """(engine, predictor groups, metric of the unpruned model, evaluator class)."""
     options = types.SimpleNamespace(sen_engine=engine)
     with pipeline.sensitivity_evaluator(options, model, dataset, groups, 2,
-                                        recorded_extra) as (evaluate, chosen):
-        return chosen, evaluate()
+                                        recorded_extra) as (evaluate, chosen, split):
+        return chosen, split, evaluate(), type(evaluate).__name__
 
 
 def test_a_predictor_that_disagrees_with_dygraph_is_not_used(fastscnn, monkeypatch, capsys):
@@ -93,12 +98,22 @@ def test_a_predictor_that_disagrees_with_dygraph_is_not_used(fastscnn, monkeypat
         capsys.readouterr().out
 
 
+def pretend_measured(monkeypatch, per_probe):
+    """time_engines gives ``per_probe(position 0..1)`` = (predictor s, dygraph s) per probe."""
+    def time_engines(self, reuse):
+        probes = predictor_eval.probe_groups(self.groups)
+        index = {g.id: k for k, g in enumerate(self.groups)}
+        self.probe_seconds = [(index[p.id], *per_probe(index[p.id] / (len(self.groups) - 1)))
+                              for p in probes]
+        return {"predictor": 1.0, "dygraph": 1.0}
+    monkeypatch.setattr(PredictorEvaluator, "time_engines", time_engines)
+
+
 def test_auto_takes_the_engine_measured_faster_or_the_file_s_own(fastscnn, monkeypatch):
     model, dataset, groups = fastscnn
 
     def estimate(predictor, dygraph):
-        monkeypatch.setattr(PredictorEvaluator, "time_engines",
-                            lambda self, reuse: {"predictor": predictor, "dygraph": dygraph})
+        pretend_measured(monkeypatch, lambda at: (predictor, dygraph))
     estimate(predictor=0.1, dygraph=1.0)
     assert engine_of(model, dataset, groups, "auto")[0] == "predictor"
     estimate(predictor=1.0, dygraph=0.1)
@@ -108,6 +123,63 @@ def test_auto_takes_the_engine_measured_faster_or_the_file_s_own(fastscnn, monke
     assert engine_of(model, dataset, groups, "auto", recorded_extra=begun)[0] == "predictor"
     estimate(predictor=0.1, dygraph=1.0)
     assert engine_of(model, dataset, groups, "auto", recorded_extra="config abc")[0] == "dygraph"
+
+
+def test_the_predictor_takes_the_first_groups_where_reuse_would_rerun_more():
+    prefix = predictor_eval.predictor_prefix
+    # reuse falls from 4 s (first group) to 0.5 s (last), a predictor costs 2 s anywhere
+    probes = [(0, 2.0, 4.0), (3, 2.1, 3.0), (6, 1.9, 1.5), (9, 2.0, 0.5)]
+    # interpolated reuse: 4, 3.67, 3.33, 3, 2.5, 2, 1.5, ...: above 2 for groups 0-4, a tie at 5
+    assert prefix(10, probes) == 5
+    assert prefix(10, [(0, 1.0, 4.0), (9, 1.0, 2.0)]) == 10      # the predictor is always faster
+    assert prefix(10, [(0, 5.0, 4.0), (9, 5.0, 0.5)]) == 0       # reuse is always faster
+    assert prefix(10, [(0, 1.0, 1.0), (9, 1.0, 1.0)]) == 0       # a tie goes to dygraph
+    assert prefix(10, []) == 0 and prefix(0, probes) == 0
+    # the split is written into the sensitivity fingerprint, and read back from it
+    note = predictor_eval.engine_note("mixed", 5)
+    assert predictor_eval.recorded_split("config abc; " + note) == 5
+    assert predictor_eval.recorded_split("config abc; " + predictor_eval.engine_note("predictor")) \
+        is None
+    assert predictor_eval.engine_note("dygraph") == ""
+    assert [predictor_eval.engine_for_split(k, 10) for k in (0, 5, 10)] == \
+        ["dygraph", "mixed", "predictor"]
+
+
+def test_auto_evaluates_the_first_groups_in_predictors_where_that_is_faster(fastscnn,
+                                                                            monkeypatch):
+    model, dataset, groups = fastscnn
+    # the predictor wins on the first third of the groups only
+    pretend_measured(monkeypatch, lambda at: (1.0, 3.0 - 3.0 * at))
+    engine, split, metric, kind = engine_and_split(model, dataset, groups, "auto")
+    assert engine == "mixed" and 0 < split < len(groups) and kind == "MixedEvaluator"
+    assert metric == plain_miou(model, dataset)   # the loss's base is dygraph's
+    # a file begun that way is resumed with the same split, without timing anything
+    monkeypatch.setattr(PredictorEvaluator, "time_engines", None)
+    extra = "config abc; " + predictor_eval.engine_note("mixed", split)
+    assert engine_and_split(model, dataset, groups, "auto", extra)[:2] == ("mixed", split)
+
+
+def test_a_mixed_analysis_gives_each_group_its_engine_s_metric(fastscnn, tmp_path):
+    from paddleseg.slim import sensitivity
+    from paddleseg.slim.fast_eval import SensitivityEvaluator
+    model, dataset, groups = fastscnn
+    split = len(groups) // 2
+    with PredictorEvaluator(model, dataset, groups, 2) as fast:
+        assert fast.prepare() is None
+        with SensitivityEvaluator(model, dataset, 2) as reuse:
+            mixed = predictor_eval.MixedEvaluator(fast, reuse, split)
+            assert mixed.for_group(groups[0].id) is fast
+            assert mixed.for_group(groups[-1].id) is reuse
+            got = sensitivity.analyze(model, groups, mixed, [0.5], str(tmp_path / "mixed.json"))
+            assert fast.predictor_points == sum(sensitivity.num_pruned(g.channels, 0.5) > 0
+                                                for g in groups[:split])
+    with SensitivityEvaluator(model, dataset, 2) as plain:
+        want = sensitivity.analyze(model, groups, plain, [0.5], str(tmp_path / "plain.json"))
+    for k, g in enumerate(groups):
+        if k >= split:   # dygraph with reuse: the plain metric to the bit
+            assert got[g.id] == want[g.id], g.id
+        else:            # a predictor's: oneDNN may move a near tie
+            assert abs(got[g.id][0.5] - want[g.id][0.5]) < 0.1, g.id
 
 
 def test_auto_times_both_engines_on_pruned_probes_and_leaves_the_model_as_it_was(fastscnn):
@@ -120,6 +192,12 @@ def test_auto_times_both_engines_on_pruned_probes_and_leaves_the_model_as_it_was
             seconds = evaluate.time_engines(reuse)
             assert set(seconds) == {"predictor", "dygraph"} and min(seconds.values()) > 0
             assert evaluate.seconds == seconds
+            # per probe: its group's place in the analysis and both engines' times there
+            probes = predictor_eval.probe_groups(groups)
+            assert [i for i, _, _ in evaluate.probe_seconds] == \
+                [groups.index(p) for p in probes]
+            assert np.isclose(np.mean([p for _, p, _ in evaluate.probe_seconds]),
+                              seconds["predictor"])
             # reuse was prepared before any probe was pruned, checked once and stays on
             assert reuse.checked and reuse.reuse and reuse.hits > 0
             # the probes are not points of the analysis

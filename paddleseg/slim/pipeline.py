@@ -191,46 +191,66 @@ def retrain(o, cfg, model, work_dir):
 
 
 def measure_sensitivity(o, cfg, model, analysis, val_dataset):
-    """(The sensitivity of every group, the engine that evaluated it); in a job each rank
-    evaluates its share of the points. Evaluated in a Paddle Inference predictor per point (see
-    predictor_eval), or in dygraph with decoded images kept and unchanged layer outputs reused
-    (see fast_eval)."""
+    """(The sensitivity of every group, the engine that evaluated it, how many of the first
+    groups it evaluated in predictors); in a job each rank evaluates its share of the points.
+    Evaluated in a Paddle Inference predictor per point (see predictor_eval), in dygraph with
+    decoded images kept and unchanged layer outputs reused (see fast_eval), or the first groups
+    one way and the rest the other."""
     eval_num = o.sen_eval_num or len(val_dataset)
     sen_file = sensitivity_file(o)
     extra = config_fingerprint(cfg, o.model_path, eval_num)
     with sensitivity_evaluator(o, model, val_dataset, analysis.groups, eval_num,
-                               sens_mod.recorded_extra(sen_file)) as (evaluate, engine):
-        if engine == "predictor":
-            extra += "; " + predictor_eval.FINGERPRINT_NOTE  # its metrics differ in the last digits
+                               sens_mod.recorded_extra(sen_file)) as (evaluate, engine, split):
+        note = predictor_eval.engine_note(engine, split)
+        if note:   # a predictor's metrics differ from dygraph's in the last digits
+            extra += "; " + note
         sens = sens_mod.analyze(model, analysis.groups, evaluate, o.sen_ratios, sen_file,
                                 o.criterion, sensitivity_progress(), extra=extra)
-    return sens, engine
+    return sens, engine, split
 
 
 @contextlib.contextmanager
 def sensitivity_evaluator(o, model, val_dataset, groups, eval_num, recorded_extra):
-    """(evaluator, engine name) for ``--sen_engine``: ``auto`` resumes a file with the engine
-    it was begun with, else takes whichever of the two measured faster on pruned probes."""
+    """(evaluator, engine name, how many of the first groups it evaluates in predictors) for
+    ``--sen_engine``: ``auto`` resumes a file with the engines it was begun with, else times
+    both on pruned probes and evaluates each group with the one expected faster there."""
     engine = predictor_eval.resolve_engine(o.sen_engine, recorded_extra)
-    if engine in ("auto", "predictor"):
+    if engine != "dygraph":
         with predictor_eval.PredictorEvaluator(model, val_dataset, groups, eval_num) as fast:
             problem = fast.prepare()
             if problem:
                 logger.warning(f"sensitivity: {problem}; evaluating in dygraph")
-            elif engine == "auto":
-                with SensitivityEvaluator(model, val_dataset, eval_num) as reuse:
-                    engine, seconds = fast.faster_engine(reuse)
-                    logger.info(f"sensitivity: evaluating in {engine} (measured per evaluation "
-                                f"on pruned probes: predictor {seconds['predictor']:.2f} s, "
-                                f"dygraph with reuse {seconds['dygraph']:.2f} s)")
-                    if engine == "dygraph":   # prepared and checked already: used as it is
-                        yield reuse, "dygraph"
-                        return
-            if not problem and engine == "predictor":
-                yield fast, "predictor"
+            elif engine == "predictor":
+                yield fast, "predictor", len(groups)
                 return
+            else:
+                with SensitivityEvaluator(model, val_dataset, eval_num) as reuse:
+                    if engine == "mixed":   # a file begun with both: the same split
+                        split = predictor_eval.recorded_split(recorded_extra)
+                        engine = predictor_eval.engine_for_split(split, len(groups))
+                    else:
+                        engine, split, seconds = fast.choose_engines(reuse)
+                        how = describe_engines(engine, split, len(groups))
+                        logger.info(f"sensitivity: evaluating {how} "
+                                    f"(measured per evaluation on pruned probes: predictor "
+                                    f"{seconds['predictor']:.2f} s, dygraph with reuse "
+                                    f"{seconds['dygraph']:.2f} s)")
+                    if engine == "predictor":
+                        yield fast, "predictor", split
+                    elif engine == "mixed":
+                        yield predictor_eval.MixedEvaluator(fast, reuse, split), "mixed", split
+                    else:   # prepared and checked already: used as it is
+                        yield reuse, "dygraph", 0
+                    return
     with SensitivityEvaluator(model, val_dataset, eval_num) as evaluate:
-        yield evaluate, "dygraph"
+        yield evaluate, "dygraph", 0
+
+
+def describe_engines(engine, predictor_groups, num_groups):
+    if engine == "mixed":
+        return (f"the first {predictor_groups} of {num_groups} groups in predictors and the "
+                f"rest in dygraph")
+    return f"in {engine}"
 
 
 def share_plan(plan=None):
@@ -296,7 +316,8 @@ def _run(o, cfg, t, stage):
         target, lowered_to = aimed_reduction(o, analysis, flops_model)
     eval_num = o.sen_eval_num or len(val_dataset)
     with Phase(t, "sensitivity analysis"):
-        sens, sen_engine = measure_sensitivity(o, cfg, model, analysis, val_dataset)
+        sens, sen_engine, sen_predictor_groups = measure_sensitivity(o, cfg, model, analysis,
+                                                                     val_dataset)
     with Phase(t, "pruning"):
         alloc = latency.search(model, sens, target, o.allow_lower_target) if latency else \
             allocate_ratios(analysis.groups, sens, flops_model, target, channel_step=o.channel_step)
@@ -317,7 +338,7 @@ def _run(o, cfg, t, stage):
         "params_before": params0, "params_after": params1,
         "miou_baseline": base_miou, "miou_pruned": pruned_miou, "miou_retrained": final["mIoU"],
         "retraining_iters": o.retraining_iters, "sen_eval_num": eval_num,
-        "sen_engine": sen_engine,
+        "sen_engine": sen_engine, "sen_predictor_groups": sen_predictor_groups,
         "sen_ratios": list(o.sen_ratios), "coverage": analysis.coverage,
         "layer_ratios": {gid: round(r, 4) for gid, r in sorted(alloc.plan.items())},
         "seconds": t,

@@ -20,9 +20,12 @@ predictor cannot be built is evaluated in dygraph alone.
 
 Which is faster depends on the model, the image size and the number of eval images (a
 predictor's creation is paid once per point, its forwards are several times faster), and on
-where the groups sit (reuse skips what runs before a pruned layer), so ``--sen_engine auto``
-times both on a few real pruned points (:meth:`PredictorEvaluator.time_engines`) and takes the
-faster.
+where the groups sit (reuse skips what runs before a pruned layer, so it is fastest on the
+last groups and slowest on the first), so ``--sen_engine auto`` times both on a few real pruned
+points from the first group to the last (:meth:`PredictorEvaluator.time_engines`) and takes,
+per group, the one expected faster there (:func:`predictor_prefix`): the predictor for the first
+groups of the analysis, dygraph with reuse for the rest (:class:`MixedEvaluator`), or one engine
+for all of them.
 
 The metric is the predictor's: oneDNN's kernels move the logits in their last digits, and
 the logits are resized back to the label's size by OpenCV (:func:`label_map`), so a point's
@@ -31,6 +34,7 @@ fingerprint names the engine). Every rank of a job builds its predictors the sam
 merged file of a job still equals a single process's.
 """
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -51,6 +55,7 @@ from .fast_eval import KeptSamples
 
 ENGINES = ("auto", "predictor", "dygraph")
 FINGERPRINT_NOTE = "evaluated in Paddle Inference predictors"
+MIXED_NOTE = re.compile(re.escape(FINGERPRINT_NOTE) + r" for the first (\d+) groups")
 PROBE_RATIO = 0.5
 CV2_MAX_CHANNELS = 512   # OpenCV's limit on the channels of one image
 PROBES = 4
@@ -60,18 +65,63 @@ LOGIT_TOLERANCE = 1e-3
 
 
 def resolve_engine(engine, recorded_extra=None):
-    """``predictor`` or ``dygraph`` where that is settled, else ``auto`` (time both). ``auto``
-    resumes a sensitivity file with the engine it was begun with (``recorded_extra``: its
-    fingerprint's extra) and takes dygraph off the CPU or on a Paddle without oneDNN."""
+    """``predictor`` or ``dygraph`` where that is settled, ``mixed`` where a file begun with
+    both is resumed (:func:`recorded_split` says where it switched), else ``auto`` (time both).
+    ``auto`` resumes a sensitivity file with the engines it was begun with (``recorded_extra``:
+    its fingerprint's extra) and takes dygraph off the CPU or on a Paddle without oneDNN."""
     if engine not in ENGINES:
         raise ValueError(f"sensitivity engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if engine != "auto":
         return engine
     if recorded_extra is not None:
+        if recorded_split(recorded_extra) is not None:
+            return "mixed"
         return "predictor" if FINGERPRINT_NOTE in recorded_extra else "dygraph"
     if paddle.get_device() != "cpu" or not onednn_available():
         return "dygraph"
     return "auto"
+
+
+def recorded_split(extra):
+    """The number of leading groups a mixed analysis evaluated in predictors, from its
+    fingerprint's extra (:func:`engine_note`); None for a single engine."""
+    found = MIXED_NOTE.search(extra or "")
+    return int(found.group(1)) if found else None
+
+
+def engine_note(engine, predictor_groups=None):
+    """What the sensitivity fingerprint says about the engine: a predictor's metrics can differ
+    from dygraph's in the last digits, so a file is resumed with the engines it was begun with."""
+    if engine == "predictor":
+        return FINGERPRINT_NOTE
+    if engine == "mixed":
+        return f"{FINGERPRINT_NOTE} for the first {predictor_groups} groups"
+    return ""
+
+
+def predictor_prefix(num_groups, probes):
+    """How many of the analysis's first groups to evaluate in predictors, the rest in dygraph
+    with reuse: the split with the least expected total time. ``probes``: (group index,
+    predictor s, dygraph s) measured on pruned probes. A predictor costs about the same on any
+    group; reuse reruns what follows the pruned layer, so its cost at a group is interpolated
+    between the probes around it (in analysis order, which follows the forward pass). Ties go
+    to dygraph, whose metric is the plain evaluation's to the bit."""
+    if not probes or num_groups == 0:
+        return 0
+    probes = sorted(probes)
+    at = np.arange(num_groups)
+    predictor = np.full(num_groups, float(np.mean([p for _, p, _ in probes])))
+    reuse = np.interp(at, [i for i, _, _ in probes], [d for _, _, d in probes])
+    # total(k) = predictor on groups [0, k) + reuse on [k, n)
+    totals = np.concatenate([[0.0], np.cumsum(predictor)]) + \
+        np.concatenate([np.cumsum(reuse[::-1])[::-1], [0.0]])
+    return int(np.argmin(totals))
+
+
+def engine_for_split(predictor_groups, num_groups):
+    if predictor_groups <= 0:
+        return "dygraph"
+    return "predictor" if predictor_groups >= num_groups else "mixed"
 
 
 def probe_groups(groups, count=PROBES):
@@ -165,6 +215,7 @@ class PredictorEvaluator:
         self.names = None        # state-dict key -> the name the export gave its tensor
         self.param_order = None  # state-dict keys in the order of the exported params file
         self.seconds = {}        # seconds per evaluation by engine, once time_engines() ran
+        self.probe_seconds = []  # (group index, predictor s, dygraph s) per probe, likewise
         self.problem = None
         self.predictor_points = 0
         self.dygraph_points = 0
@@ -252,9 +303,11 @@ class PredictorEvaluator:
         against a plain evaluation, the process's first oneDNN kernels. Replaces an estimate
         from one forward of each, which a fixed share for reuse made wrong by up to 1.8x on
         our models (reuse skips 12-70% of a forward depending on where the groups sit).
-        ``{"predictor": s, "dygraph": s}``, means over the probes."""
+        ``{"predictor": s, "dygraph": s}``, means over the probes; ``self.probe_seconds``:
+        (group index, predictor s, dygraph s) per probe."""
         reuse.prepare()
         by_id = {g.id: g for g in self.groups}
+        index = {g.id: k for k, g in enumerate(self.groups)}
         probes = probe_groups(self.groups)
         engines = {"predictor": self, "dygraph": reuse}
         times = {name: [] for name in engines}
@@ -270,14 +323,19 @@ class PredictorEvaluator:
             finally:
                 undo.restore()
         self.predictor_points, self.dygraph_points = counts   # probes are not the analysis's
+        self.probe_seconds = [(index[p.id], t_predictor, t_dygraph) for p, t_predictor, t_dygraph
+                              in zip(probes, times["predictor"], times["dygraph"])]
         self.seconds = {name: float(np.mean(t)) for name, t in times.items()}
         return self.seconds
 
-    def faster_engine(self, reuse):
-        """(``predictor`` or ``dygraph``, this rank's :meth:`time_engines`): the engine rank 0
-        measured faster (every rank of a job must evaluate alike)."""
+    def choose_engines(self, reuse):
+        """(engine, predictor groups, this rank's :meth:`time_engines`): how many of the first
+        groups rank 0 expects to be faster in predictors (:func:`predictor_prefix`; every rank
+        of a job must evaluate alike) and the engine that makes: ``predictor`` (all of them),
+        ``dygraph`` (none) or ``mixed``."""
         measured = self.time_engines(reuse)
-        return distributed.all_gather(min(measured, key=measured.get))[0], measured
+        split = distributed.all_gather(predictor_prefix(len(self.groups), self.probe_seconds))[0]
+        return engine_for_split(split, len(self.groups)), split, measured
 
     # -- evaluation ----------------------------------------------------------------------------
     def _params(self, state):
@@ -320,6 +378,26 @@ class PredictorEvaluator:
             if was_training:
                 self.model.train()
         return M.summarize(*areas)["mIoU"]
+
+
+class MixedEvaluator:
+    """Predictors for the analysis's first ``predictor_groups`` groups, dygraph with reuse for
+    the others (``sensitivity.analyze`` asks :meth:`for_group` which evaluates a point); the
+    unpruned model's metric, the loss's base, is dygraph's. Both evaluators entered and the
+    predictor prepared, on the same unpruned model."""
+
+    def __init__(self, predictor, reuse, predictor_groups):
+        self.predictor, self.reuse = predictor, reuse
+        self.in_predictor = {g.id for g in predictor.groups[:predictor_groups]}
+
+    def prepare(self):
+        return self.reuse.prepare()
+
+    def for_group(self, group_id):
+        return self.predictor if group_id in self.in_predictor else self.reuse
+
+    def __call__(self):
+        return self.reuse()
 
 
 def label_map(logits, trans_info):

@@ -180,8 +180,9 @@ def analyze(model, groups, eval_fn, ratios, sen_file, criterion="l1", progress=N
     ``progress(k, n, group_id, ratio)`` is called before each evaluation (group k of n).
     Points whose ratio removes no channel are recorded as 0 without an evaluation. An
     ``eval_fn.prepare()``, when there is one, is called once before the first group is pruned
-    (:class:`~paddleseg.slim.fast_eval.SensitivityEvaluator` records its reference pass there).
-    In a job of several ranks every rank calls this with the same arguments and gets the same
+    (:class:`~paddleseg.slim.fast_eval.SensitivityEvaluator` records its reference pass there);
+    an ``eval_fn.for_group(group_id)``, when there is one, gives the evaluator of that group's
+    points. In a job of several ranks every rank calls this with the same arguments and gets the same
     result; the points are shared out between them (see the module's doc).
     """
     ratios = sorted({float(r) for r in ratios})
@@ -332,9 +333,12 @@ class _Run:
         if not self.prepared and hasattr(self.eval_fn, "prepare"):
             self.eval_fn.prepare()
         self.prepared = True
+        # an evaluator that picks its engine by group (predictor_eval.MixedEvaluator) says which
+        evaluate = self.eval_fn.for_group(g.id) if hasattr(self.eval_fn, "for_group") else \
+            self.eval_fn
         _, undo = _apply.prune(self.model, self.by_id, {g.id: r}, self.criterion)
         try:
-            return float(self.eval_fn())
+            return float(evaluate())
         finally:
             undo.restore()
 

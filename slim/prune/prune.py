@@ -40,8 +40,9 @@ def build_parser():
     p.add_argument("--sen_engine", choices=["auto", "predictor", "dygraph"], default="auto",
                    help="what runs the sensitivity evaluations: predictor (a Paddle Inference "
                         "predictor per point, oneDNN: several times faster forwards on CPU), "
-                        "dygraph, or auto (the faster of the two, timed on the unpruned model; "
-                        "dygraph on GPU)")
+                        "dygraph, or auto (both timed on pruned probes; the first groups in "
+                        "predictors and the rest in dygraph where that is faster; dygraph on "
+                        "GPU)")
     p.add_argument("--allow_lower_target", action="store_true",
                    help="when --pruning_ratio is above what the sensitivity grid can reach, prune "
                         "at that maximum instead of failing")
