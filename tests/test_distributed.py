@@ -363,6 +363,22 @@ def test_reuse_needs_exactly_equal_inputs():
     assert same_value([a, 3, None], [a.clone(), 3, None]) and not same_value([a], [b])
 
 
+@pytest.mark.parametrize("classes", [1, 2, 3, 4, 5, 11])
+def test_the_evaluator_s_label_maps_are_paddle_s_to_the_bit(classes):
+    from paddleseg.core.infer import predicted_labels
+    from paddleseg.slim import fast_eval
+    rng = np.random.RandomState(classes)
+    # rounded to one decimal: many exact ties between classes, which must go to the first
+    logits = np.round(rng.randn(1, classes, 40, 56), 1).astype("float32")
+    logits[0, -1, :5, :5] = logits[0, 0, :5, :5]
+    records = [("resize", (90, 120)), ("padding", (45, 60))]
+    want = predicted_labels(paddle.to_tensor(logits), records)
+    got = fast_eval.predicted_labels(paddle.to_tensor(logits), records)
+    assert got.shape == want.shape == (90, 120) and np.array_equal(got, want)
+    direct = fast_eval.first_max_labels(paddle.to_tensor(logits))
+    assert np.array_equal(direct, paddle.to_tensor(logits).argmax(axis=1).numpy()[0])
+
+
 # -- ranks' logs, threads, batch norm --------------------------------------------------------
 
 def test_only_rank_0_logs_information(monkeypatch, capsys):

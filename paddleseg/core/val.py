@@ -10,14 +10,16 @@ from . import metrics as M
 from .infer import predicted_labels
 
 
-def accumulate_areas(model, dataset, max_images=None, progress=False):
-    """Per-class intersection / predicted / label areas over the first ``max_images`` images."""
+def accumulate_areas(model, dataset, max_images=None, progress=False,
+                     labels_of=predicted_labels):
+    """Per-class intersection / predicted / label areas over the first ``max_images`` images;
+    ``labels_of(logit, trans_info)`` makes the label map (``core.infer.predicted_labels``)."""
     was_training = model.training
     model.eval()
     with paddle.no_grad():
         totals = areas_of(
-            lambda data: predicted_labels(model(paddle.to_tensor(data["img"][None]))[0],
-                                          data["trans_info"]),
+            lambda data: labels_of(model(paddle.to_tensor(data["img"][None]))[0],
+                                   data["trans_info"]),
             dataset, max_images, progress)
     if was_training:
         model.train()

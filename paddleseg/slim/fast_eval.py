@@ -28,9 +28,14 @@ import numpy as np
 import paddle
 
 from ..core import metrics as M
+from ..core.infer import reverse_transform
 from ..core.val import accumulate_areas
 from ..utils import distributed, logger
 
+# up to this many classes a label map is taken by comparing the classes' planes in numpy, above
+# it by Paddle's argmax (measured, one thread: 2 classes at 512x512 1.7 ms against 6.2 ms;
+# 11 classes at 360x480 6.8 ms against 5.1 ms)
+FEW_CLASSES = 4
 DEFAULT_BUDGET_CAP = 4 << 30
 GPU_BUDGET_CAP = 1 << 30  # recorded outputs stay on the card, beside the model and its work
 
@@ -44,6 +49,28 @@ def default_budget():
         ram = 8 << 30
     cap = DEFAULT_BUDGET_CAP if paddle.get_device() == "cpu" else GPU_BUDGET_CAP
     return min(cap, ram // 4 // distributed.local_world_size())
+
+
+def first_max_labels(scores):
+    """The argmax over the classes of ``scores`` ``[1, C, H, W]`` (a tensor) as a numpy
+    ``[H, W]``, ties to the first class, exactly as Paddle's argmax gives it (no arithmetic:
+    only comparisons). With few classes, Paddle's argmax along a strided axis was 14% of a
+    reused Fast-SCNN evaluation on 2-class membrane images; comparing whole planes is 4x
+    faster there."""
+    if scores.shape[1] > FEW_CLASSES:
+        return scores.argmax(axis=1).numpy()[0]
+    planes = scores.numpy()[0]
+    best, labels = planes[0].copy(), np.zeros(planes.shape[1:], np.int64)
+    for c in range(1, len(planes)):
+        labels[planes[c] > best] = c   # strictly greater: a tie keeps the earlier class
+        np.maximum(best, planes[c], out=best)
+    return labels
+
+
+def predicted_labels(logit, trans_info=()):
+    """``core.infer.predicted_labels`` to the bit: Paddle's resize of the logits, the argmax
+    by :func:`first_max_labels`."""
+    return first_max_labels(reverse_transform(logit, trans_info))
 
 
 def _tensors(obj):
@@ -244,7 +271,8 @@ class SensitivityEvaluator:
         source = self.samples if self.samples is not None else self.dataset
         self._evaluating = True
         try:
-            return M.summarize(*accumulate_areas(self.model, source, self.n))["mIoU"]
+            return M.summarize(*accumulate_areas(self.model, source, self.n,
+                                                 labels_of=predicted_labels))["mIoU"]
         finally:
             self._evaluating = False
 
