@@ -571,9 +571,12 @@ def seconds_per_iter(log_path, seconds, iters):
 
 
 def last_progress(log_path):
+    """The log's last line of our own progress (``[INFO]``), else its last line: a library's
+    warnings (PaddleSlim lists hundreds of variable names) say nothing about where it was."""
     with open(log_path, encoding="utf-8", errors="replace") as f:
         lines = [ln.strip() for ln in f if ln.strip()]
-    return f"last log line: {lines[-1][-200:]}" if lines else "no output"
+    ours = [ln for ln in lines if " [INFO] " in ln]
+    return f"last log line: {(ours or lines)[-1][-200:]}" if lines else "no output"
 
 
 # ---------------------------------------------------------------- one model's entry

@@ -179,6 +179,12 @@ def test_commands_report_their_error_line_and_stop_at_the_timeout(tmp_path):
         ["-c", "import time; print('started', flush=True); time.sleep(60)"], log, 1, timeout=2)
     assert code is None and error is None and seconds < 30
     assert prune_speedup.last_progress(log) == "last log line: started"
+    # a library's warning after our last progress line does not hide it
+    with open(log, "a") as f:
+        f.write("2026-12-02 01:26:05 [INFO] PaddleSlim: building collections\n"
+                "2026-12-02 01:26:28,986-WARNING: Leaves ['batch_norm_0.tmp_0', ...]\n")
+    assert prune_speedup.last_progress(log) == \
+        "last log line: 2026-12-02 01:26:05 [INFO] PaddleSlim: building collections"
 
 
 def test_the_recorded_command_is_the_one_that_runs_every_phase():

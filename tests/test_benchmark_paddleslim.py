@@ -134,7 +134,7 @@ def test_native_only_flags_are_refused_with_engine_paddleslim(tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_prune_cli_runs_paddleslim_end_to_end(tmp_path):
+def test_prune_cli_runs_paddleslim_end_to_end(tmp_path, capsys):
     """Tiny FastSCNN on a tiny set: PaddleSlim's sensitivity, sensitive_prune, retraining,
     evaluation, a reloadable checkpoint and an export."""
     sys.path.insert(0, os.path.join(ROOT, "slim", "prune"))
@@ -159,6 +159,10 @@ def test_prune_cli_runs_paddleslim_end_to_end(tmp_path):
     assert report["engine"] == "paddleslim" and report["criterion"] == "l1"
     assert report["flops_after"] < report["flops_before"]
     assert report["paddleslim"]["collections"] > 0 and report["retraining_iters"] == 1
+    # PaddleSlim's silent graph walk is announced, and its end said with what it found
+    out_text = capsys.readouterr().out
+    assert "building its pruning collections from" in out_text
+    assert f"PaddleSlim: {report['paddleslim']['collections']} pruning collections in" in out_text
     assert (out / "export" / "deploy.yaml").is_file() and (out / "sensitivity.json").is_file()
     model = build_and_load(Config(str(cfg_path)), str(out / "model.pdparams"))
     assert count_flops(model, report["input_shape"]) == report["flops_after"]
