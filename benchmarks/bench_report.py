@@ -7,6 +7,7 @@ without metadata.
 """
 import json
 import os
+import re
 
 from paddleseg.utils.errors import UserError
 from paddleseg.utils.fileio import atomic_path, write_json, write_text
@@ -398,6 +399,9 @@ def _ok_rows(results, kind, ratio=0.3):
 
 def _row_phrase(model, r):
     if r["status"] != "ok":
+        stopped = re.match(r"stopped after (\d+) s", r.get("error") or "")
+        if stopped:   # a time limit, not an error of the method
+            return f"{model} did not finish within {fmt_seconds(int(stopped.group(1)))}"
         return f"{model} {r['status']}"
     return (f"{model} {fmt_speedup(r)} at {r['flops_cut']:.0%} fewer FLOPs "
             f"({fmt_points(r['miou_delta_points'])} mIoU points)")

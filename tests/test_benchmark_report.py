@@ -131,6 +131,19 @@ def test_report_is_a_pure_function_of_results_json(tmp_path):
         in first["prune.md"].decode()
 
 
+def test_a_step_stopped_at_its_time_limit_is_not_called_failed_in_the_headline(tmp_path):
+    results = tiny_results()
+    row = results["models"]["BiSeNetV2"]["rows"][-1]
+    row.update(status="failed", error="stopped after 3600 s (--paddleslim_timeout); last log "
+               "line: PaddleSlim sensitivity: evaluation 300 of at most 1189", wall_seconds=3600)
+    a = make_workspace(str(tmp_path / "a"), results)
+    assert prune_speedup.main(report_argv(a)) == 0
+    out = read_outputs(a)
+    assert "BiSeNetV2 did not finish within 1h00m" in out["README.md"].decode()
+    assert "stopped after 3600 s (--paddleslim_timeout); last log line: PaddleSlim " \
+           "sensitivity: evaluation 300 of at most 1189" in out["RESULTS.md"].decode()
+
+
 def test_a_model_without_paddleslim_rows_says_so(tmp_path):
     results = tiny_results()
     rows = results["models"]["FastSCNN"]["rows"]
