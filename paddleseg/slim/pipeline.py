@@ -235,13 +235,15 @@ def sensitivity_evaluator(o, model, val_dataset, groups, eval_num, recorded_extr
                                     f"(measured per evaluation on pruned probes: predictor "
                                     f"{seconds['predictor']:.2f} s, dygraph with reuse "
                                     f"{seconds['dygraph']:.2f} s)")
-                    if engine == "predictor":
-                        yield fast, "predictor", split
-                    elif engine == "mixed":
+                    if engine == "mixed":
                         yield predictor_eval.MixedEvaluator(fast, reuse, split), "mixed", split
-                    else:   # prepared and checked already: used as it is
+                        return
+                    if engine == "dygraph":   # prepared and checked already: used as it is
                         yield reuse, "dygraph", 0
-                    return
+                        return
+                # predictors alone: reuse's recorded outputs are freed first
+                yield fast, "predictor", split
+                return
     with SensitivityEvaluator(model, val_dataset, eval_num) as evaluate:
         yield evaluate, "dygraph", 0
 
