@@ -213,8 +213,8 @@ def row_cells(model, r):
         return [model, r["label"], "not run: " + _cell(r["note"])] + [""] * 7
     if r["status"] == "failed":
         # PaddleSlim's errors are long: the whole line is in the PaddleSlim table
-        what = ("failed (its error: PaddleSlim table, benchmarks/RESULTS.md)"
-                if r["row"] == "paddleslim" else "failed: " + _cell(r["error"]))
+        what = (f"{status_text(r)} (why: PaddleSlim table, benchmarks/RESULTS.md)"
+                if r["row"] == "paddleslim" else f"{status_text(r)}: " + _cell(r["error"]))
         return [model, r["label"], what] + [""] * 7
     latency = fmt_ms(r["latency"]) if r["row"] != "control" else "same network as unpruned"
     return [model, r["label"], f"{r['gflops']:.3f}", fmt_params(r["params"]),
@@ -296,7 +296,7 @@ def paddleslim_table(results):
             if r["status"] != "ok":
                 lines.append(f"| {model} | {engine} | {r['ratio']:g} | - | - | - | - | "
                              f"{fmt_seconds(r.get('wall_seconds'))} | "
-                             f"{r['status']}: {_cell(r['error'] or r.get('note', ''))} |")
+                             f"{status_text(r)}: {_cell(r['error'] or r.get('note', ''))} |")
                 continue
             ps = r.get("paddleslim") or {}
             convs = f"{ps['pruned_convs']}/{ps['convs']}" if ps else "-"
@@ -397,12 +397,18 @@ def _ok_rows(results, kind, ratio=0.3):
     return out
 
 
+def status_text(r):
+    """``failed``, ``not run``, or, for a step its time limit stopped (not an error of the
+    method), ``did not finish within 1h00m``."""
+    stopped = re.match(r"stopped after (\d+) s", r.get("error") or "")
+    if r["status"] == "failed" and stopped:
+        return f"did not finish within {fmt_seconds(int(stopped.group(1)))}"
+    return r["status"]
+
+
 def _row_phrase(model, r):
     if r["status"] != "ok":
-        stopped = re.match(r"stopped after (\d+) s", r.get("error") or "")
-        if stopped:   # a time limit, not an error of the method
-            return f"{model} did not finish within {fmt_seconds(int(stopped.group(1)))}"
-        return f"{model} {r['status']}"
+        return f"{model} {status_text(r)}"
     return (f"{model} {fmt_speedup(r)} at {r['flops_cut']:.0%} fewer FLOPs "
             f"({fmt_points(r['miou_delta_points'])} mIoU points)")
 

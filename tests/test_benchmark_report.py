@@ -127,7 +127,7 @@ def test_report_is_a_pure_function_of_results_json(tmp_path):
     readme = first["README.md"].decode()
     assert "1.45x by hand" not in readme and readme.startswith("# README.md\n\nintro\n\n")
     assert readme.endswith("\n\ntail\n") and "FastSCNN 1.25x at 30% fewer FLOPs (-0.5 mIoU" in readme
-    assert "| BiSeNetV2 | PaddleSlim 0.3 (PaddleSeg 2.6) | failed (its error: PaddleSlim table" \
+    assert "| BiSeNetV2 | PaddleSlim 0.3 (PaddleSeg 2.6) | failed (why: PaddleSlim table" \
         in first["prune.md"].decode()
 
 
@@ -140,8 +140,11 @@ def test_a_step_stopped_at_its_time_limit_is_not_called_failed_in_the_headline(t
     assert prune_speedup.main(report_argv(a)) == 0
     out = read_outputs(a)
     assert "BiSeNetV2 did not finish within 1h00m" in out["README.md"].decode()
-    assert "stopped after 3600 s (--paddleslim_timeout); last log line: PaddleSlim " \
-           "sensitivity: evaluation 300 of at most 1189" in out["RESULTS.md"].decode()
+    md = out["RESULTS.md"].decode()
+    assert "| 1h00m | did not finish within 1h00m: stopped after 3600 s (--paddleslim_timeout); " \
+           "last log line: PaddleSlim sensitivity: evaluation 300 of at most 1189 |" in md
+    assert "| BiSeNetV2 | PaddleSlim 0.3 (PaddleSeg 2.6) | did not finish within 1h00m (why: " \
+           "PaddleSlim table" in md
 
 
 def test_a_model_without_paddleslim_rows_says_so(tmp_path):
