@@ -404,6 +404,40 @@ def test_cpu_threads_default_to_the_cores_shared_by_the_ranks(monkeypatch):
     assert distributed.default_cpu_threads() == 1
 
 
+def _openmp_max_threads():
+    """Paddle's OpenMP runtime's thread count as its kernels see it (None: not found)."""
+    import ctypes
+    with open("/proc/self/maps") as f:
+        libs = {line.split()[-1] for line in f if "libiomp5" in line}
+    for path in libs:
+        lib = ctypes.CDLL(path)
+        if hasattr(lib, "omp_get_max_threads"):
+            return lib.omp_get_max_threads()
+    return None
+
+
+def test_a_predictor_run_leaves_the_process_threads_as_they_were(tmp_path):
+    from paddleseg.deploy.predictor import cpu_predictor_from_memory, run_predictor
+    net = nn.Sequential(nn.Conv2D(3, 4, 3), nn.ReLU())
+    net.eval()
+    paddle.jit.save(net, str(tmp_path / "net"),
+                    input_spec=[paddle.static.InputSpec([1, 3, 8, 8], "float32")])
+    program = (tmp_path / "net.pdmodel").read_bytes()
+    params = (tmp_path / "net.pdiparams").read_bytes()
+    threads = distributed.cpu_threads()
+    try:
+        distributed.set_cpu_threads(2)
+        if _openmp_max_threads() is None:
+            pytest.skip("this Paddle has no libiomp5 to ask for its thread count")
+        assert _openmp_max_threads() == 2
+        run_predictor(cpu_predictor_from_memory(program, params, 2), np.zeros([1, 3, 8, 8]))
+        # Paddle Inference leaves its OpenMP at 1 thread after a run: dygraph after it (the
+        # retraining after a latency search) ran on one core and computed differently
+        assert _openmp_max_threads() == 2
+    finally:
+        distributed.set_cpu_threads(threads)
+
+
 def test_sync_batch_norm_is_exported_as_plain_batch_norm():
     from paddleseg.models.layers.layer_libs import plain_batchnorm
     paddle.seed(0)

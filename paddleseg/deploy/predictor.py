@@ -12,6 +12,7 @@ import numpy as np
 
 from paddleseg.core.export import (INPUT_NAME, MODEL_FILE, PARAMS_FILE, load_deploy_config,
                                    parse_input_shape)
+from paddleseg.utils import distributed
 from paddleseg.utils.errors import UserError
 from paddleseg.utils.fileio import atomic_path
 
@@ -132,6 +133,7 @@ def run_predictor(predictor, batch):
     handle.reshape(list(batch.shape))
     handle.copy_from_cpu(batch)
     predictor.run()
+    distributed.restore_cpu_threads()   # the run leaves the process's kernels on one thread
     return predictor.get_output_handle(predictor.get_output_names()[0]).copy_to_cpu()
 
 

@@ -112,6 +112,18 @@ def cpu_threads():
     return _cpu_threads or 1
 
 
+def restore_cpu_threads():
+    """Set the math-library threads back to what :func:`set_cpu_threads` chose, if it was
+    called. A Paddle Inference predictor's run leaves them at 1 (measured: libiomp5's
+    ``omp_get_max_threads`` is 1 after ``predictor.run()``), so without this every dygraph op
+    after a predictor (retraining after a latency search, evaluations after the sensitivity
+    engine's probes) ran on one core, and computed differently from a process that never ran
+    a predictor."""
+    if _cpu_threads:
+        import paddle
+        paddle.base.core.set_num_threads(_cpu_threads)
+
+
 def set_cpu_threads(threads=None):
     """Set the math-library threads of CPU kernels (``None``: :func:`default_cpu_threads`).
 
