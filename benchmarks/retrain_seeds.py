@@ -13,11 +13,21 @@ threads) and evaluated on the full val split. Seed 0 repeats the row's own retra
 gives the row's mIoU again is shown. Each (row, seed) result is kept under
 ``WORK_DIR/MODEL/retrain_seeds/``, keyed by the report's bytes, the seed, the threads and the
 code, so a killed run resumes and other arguments never reuse it.
+
+``--allocations balanced`` adds, per model, the latency row's recorded prune.py command run again
+with ``--latency_allocation balanced`` (same checkpoint, sensitivities, latency table, target and
+seed; kept under ``retrain_seeds/`` keyed by the command and the code), its own retraining as the
+run's seed and the other seeds retrained as above: whether another allocation keeps more mIoU
+than the benchmark's at the same target, beyond retraining noise. Speed for every row is then
+also given as prune.py measured it (its own timing of the exports in turn, after retraining), the
+one figure all rows have.
 """
 import argparse
 import hashlib
 import json
 import os
+import shlex
+import subprocess
 import sys
 import time
 
@@ -30,7 +40,8 @@ import bench_report  # noqa: E402
 from paddleseg.utils import cli, logger  # noqa: E402
 from paddleseg.utils.errors import UserError  # noqa: E402
 from paddleseg.utils.fileio import write_json, write_text  # noqa: E402
-from prune_speedup import data_opts, generated_by, step_file  # noqa: E402
+from paddleseg.slim.latency.allocate import ALLOCATIONS  # noqa: E402
+from prune_speedup import LATENCY_ALLOCATIONS, data_opts, generated_by, step_file  # noqa: E402
 
 ROWS = ("latency", "latency_equal_loss")
 SAME_PRUNED_MIOU = 1e-6
@@ -43,6 +54,10 @@ def parse_args(argv):
     p.add_argument("--out", default="docs/retrain_seeds.md")
     p.add_argument("--models", nargs="*", help="default: those that miss the mIoU goal")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--allocations", nargs="*", default=[],
+                   choices=[a for a in ALLOCATIONS if a not in LATENCY_ALLOCATIONS.values()],
+                   help="other --latency_allocation values to prune the latency row with and "
+                        "retrain the same way")
     p.add_argument("--debug", action="store_true")
     return p.parse_args(argv)
 
@@ -82,8 +97,47 @@ def retrain_once(report, seed, threads, dataset_root, work):
             "seconds": round(time.time() - start, 1)}
 
 
-def measure(args, model, entry, row):
-    path = step_file(args.work_dir, model, "prune", row["step_key"], "out", "report.json")
+def with_flag(argv, flag, value):
+    """``argv`` with ``flag value`` set (replaced, or added before ``--opts``, which takes the
+    rest of the line)."""
+    argv = list(argv)
+    if flag in argv:
+        argv[argv.index(flag) + 1] = value
+    else:
+        at = argv.index("--opts") if "--opts" in argv else len(argv)
+        argv[at:at] = [flag, value]
+    return argv
+
+
+def allocation_report(args, model, row, allocation):
+    """report.json of the latency row's recorded prune.py command run again with
+    ``--latency_allocation allocation``; run once per (command, allocation, code)."""
+    record = step_file(args.work_dir, model, "prune", row["step_key"], bench_cache.RECORD)
+    with open(record, encoding="utf-8") as f:
+        recorded = json.load(f)["commands"][0]
+    argv = shlex.split(recorded)
+    if argv[:2] != ["python", "slim/prune/prune.py"]:
+        raise UserError(f"{record}: its command is not a prune.py run: {recorded}")
+    key = bench_cache.digest({"command": recorded, "allocation": allocation,
+                              "code": bench_cache.code_version(bench_cache.PRUNE_SOURCES)})[:12]
+    folder = os.path.join(args.work_dir, model, "retrain_seeds", f"{allocation}-{key}")
+    report = os.path.join(folder, "out", "report.json")
+    if os.path.isfile(report):
+        logger.info(f"{model} {allocation} allocation: reusing {report}")
+        return report
+    cmd = with_flag(with_flag([sys.executable] + argv[1:], "--latency_allocation", allocation),
+                    "--save_dir", os.path.join(folder, "out"))
+    os.makedirs(folder, exist_ok=True)
+    log = os.path.join(folder, "prune.log")
+    logger.info(f"{model}: pruning with --latency_allocation {allocation} (log: {log})")
+    with open(log, "w", encoding="utf-8") as f:
+        if subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode:
+            raise UserError(f"{shlex.join(cmd)} failed; its log: {log}")
+    return report
+
+
+def measure(args, model, entry, kind, path):
+    """[{seed, miou, ...}] of the pruned model of report ``path`` retrained with each seed."""
     with open(path, "rb") as f:
         raw = f.read()
     report = json.loads(raw)
@@ -92,18 +146,24 @@ def measure(args, model, entry, row):
     os.makedirs(folder, exist_ok=True)
     found = []
     for seed in args.seeds:
-        cached = os.path.join(folder, f"{row['row']}-s{seed}-{result_key(raw, seed, threads)}.json")
+        if kind not in ROWS and seed == entry["args"]["seed"]:
+            # the run's own retraining, with this seed (rows of the benchmark are rebuilt
+            # instead, to show whether they repeat)
+            found.append({"seed": seed, "miou": report["miou_retrained"],
+                          "miou_pruned": report["miou_pruned"]})
+            continue
+        cached = os.path.join(folder, f"{kind}-s{seed}-{result_key(raw, seed, threads)}.json")
         if os.path.isfile(cached):
             with open(cached, encoding="utf-8") as f:
                 found.append(json.load(f))
-            logger.info(f"{model} {row['label']} seed {seed}: reusing {cached}")
+            logger.info(f"{model} {kind} seed {seed}: reusing {cached}")
             continue
-        logger.info(f"{model} {row['label']}: retraining with seed {seed} "
+        logger.info(f"{model} {kind}: retraining with seed {seed} "
                     f"({report['retraining_iters']} iterations)")
         result = retrain_once(report, seed, threads, entry["data"]["root"],
                               cached[:-len(".json")] + ".work")
         write_json(cached, result)
-        logger.info(f"{model} {row['label']} seed {seed}: mIoU {result['miou']:.4f}")
+        logger.info(f"{model} {kind} seed {seed}: mIoU {result['miou']:.4f}")
         found.append(result)
     return found
 
@@ -114,41 +174,73 @@ def spread_text(values):
     return f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.4f} ({v.min():.4f}-{v.max():.4f})"
 
 
-def model_lines(model, entry, rows, runs):
+def per_seed_gaps(text, runs, kind, other):
+    """One sentence: mIoU of ``kind`` minus ``other`` per seed, in points, and their mean."""
     import numpy as np
+    gaps = [a["miou"] - b["miou"] for a, b in zip(runs[kind], runs[other])]
+    return (f"{text}, per seed: " + ", ".join(f"{100 * g:+.1f}" for g in gaps)
+            + f" points; mean {100 * float(np.mean(gaps)):+.1f}.")
+
+
+def measured_speedup(path):
+    """prune.py's own measured speedup of a report's model (its exports timed in turn)."""
+    with open(path, encoding="utf-8") as f:
+        latency = json.load(f).get("latency")
+    if latency is None:
+        return "not timed"      # a --target flops run
+    return f"{latency['measured_ms_before'] / latency['measured_ms_after']:.2f}x"
+
+
+def model_lines(model, entry, rows, runs, reports):
+    """``rows``: {kind: benchmark row or None (another allocation: {"label": ...})}."""
+    seeds = " | ".join(f"seed {r['seed']}" for r in runs[ROWS[0]])
     lines = [f"## {model}", "",
-             "| Row | Speedup | The row's mIoU (benchmark) | "
-             + " | ".join(f"seed {r['seed']}" for r in runs[ROWS[0]]) + " | mean ± sd (min-max) |",
-             "|---|---:|---:|" + "---:|" * len(runs[ROWS[0]]) + "---|"]
-    for kind in ROWS:
-        row = rows[kind]
-        lines.append(f"| {row['label']} | {bench_report.fmt_speedup(row)} | {row['miou']:.4f} | "
-                     + " | ".join(f"{r['miou']:.4f}" for r in runs[kind]) + " | "
-                     + spread_text([r["miou"] for r in runs[kind]]) + " |")
-    gaps = [a["miou"] - b["miou"] for a, b in zip(runs[ROWS[0]], runs[ROWS[1]])]
+             f"| Row | Speedup (benchmark) | Speedup (prune.py) | The row's mIoU (benchmark) | "
+             f"{seeds} | mean ± sd (min-max) |",
+             "|---|---:|---:|---:|" + "---:|" * len(runs[ROWS[0]]) + "---|"]
+    for kind, row in rows.items():
+        bench = (bench_report.fmt_speedup(row), f"{row['miou']:.4f}") if kind in ROWS else \
+            ("not a row", "not a row")
+        lines.append(f"| {row['label']} | {bench[0]} | {measured_speedup(reports[kind])} | "
+                     f"{bench[1]} | " + " | ".join(f"{r['miou']:.4f}" for r in runs[kind])
+                     + " | " + spread_text([r["miou"] for r in runs[kind]]) + " |")
     same = [abs(r["miou"] - rows[k]["miou"]) < 1e-6
             for k in ROWS for r in runs[k] if r["seed"] == entry["args"]["seed"]]
-    lines += ["", f"Latency target minus equal-loss control, per seed: "
-              + ", ".join(f"{100 * g:+.1f}" for g in gaps) + f" points; mean "
-              f"{100 * float(np.mean(gaps)):+.1f}. The benchmark's seed repeated here gives the "
-              f"row's mIoU again: {'yes' if same and all(same) else 'no'}.", ""]
-    return lines
+    lines += ["", per_seed_gaps("Latency target minus equal-loss control", runs, *ROWS)
+              + " The benchmark's seed repeated here gives the row's mIoU again: "
+              + f"{'yes' if same and all(same) else 'no'}."]
+    for kind in rows:
+        if kind not in ROWS:
+            name = kind.split("_", 1)[1]
+            lines += ["", per_seed_gaps(f"The {name} allocation minus equal-loss control", runs,
+                                        kind, ROWS[1]) + " "
+                      + per_seed_gaps(f"Minus the latency target ({LATENCY_ALLOCATIONS[ROWS[0]]})",
+                                      runs, kind, ROWS[0])
+                      + f" Its seed {entry['args']['seed']} is its prune.py run's own retraining."]
+    return lines + [""]
 
 
 def main(argv):
     args = parse_args(argv)
     results = bench_report.load_results(os.path.join(ROOT, args.out_dir))
     lines = ["# Retraining noise of the latency target's rows", "",
-             f"{generated_by('retrain_seeds.py', argv)} Each row's pruned model, rebuilt from its report.json, retrained as prune.py does with each seed and "
-             "evaluated on the full val split (rows: benchmarks/RESULTS.md).", ""]
+             f"{generated_by('retrain_seeds.py', argv)} Each row's pruned model, rebuilt from "
+             "its report.json, retrained as prune.py does with each seed and evaluated on the "
+             "full val split (rows: benchmarks/RESULTS.md).", ""]
     for model, entry in results["models"].items():
         verdict = bench_report.latency_goal(entry)
         if verdict is None or (args.models and model not in args.models) or \
                 (not args.models and verdict[3]):
             continue
         rows = {r["row"]: r for r in entry["rows"] if r["row"] in ROWS}
-        runs = {kind: measure(args, model, entry, rows[kind]) for kind in ROWS}
-        lines += model_lines(model, entry, rows, runs)
+        reports = {kind: step_file(args.work_dir, model, "prune", row["step_key"], "out",
+                                   "report.json") for kind, row in rows.items()}
+        for allocation in args.allocations:
+            kind = f"latency_{allocation}"
+            reports[kind] = allocation_report(args, model, rows[ROWS[0]], allocation)
+            rows[kind] = {"label": f"{rows[ROWS[0]]['label']}, {allocation} allocation"}
+        runs = {kind: measure(args, model, entry, kind, path) for kind, path in reports.items()}
+        lines += model_lines(model, entry, rows, runs, reports)
     write_text(os.path.join(ROOT, args.out), "\n".join(lines))
     print(f"wrote {args.out}")
     return 0

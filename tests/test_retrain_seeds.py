@@ -3,6 +3,7 @@ with other seeds; the benchmark's own seed repeats the row; results are cached b
 a report the code no longer reproduces is refused."""
 import json
 import os
+import shlex
 import shutil
 import sys
 
@@ -32,10 +33,14 @@ def pruned_row(request, tiny_optic_root, tmp_path_factory):
     paddle.save(Config(str(config)).model.state_dict(), str(weights))
     work = base / "work"
     out = work / "BiSeNetV2" / f"prune-{'a' * 12}" / "out"
-    assert prune.main(["--config", str(config), "--model_path", str(weights),
-                       "--pruning_ratio", "0.3", "--retraining_iters", "3", "--sen_ratios",
-                       "0.3", "0.6", "--sen_eval_num", "1", "--seed", "0", "--cpu_threads", "1",
-                       "--save_dir", str(out), *target_args(request.param, base)]) == 0
+    argv = ["--config", str(config), "--model_path", str(weights), "--pruning_ratio", "0.3",
+            "--retraining_iters", "3", "--sen_ratios", "0.3", "0.6", "--sen_eval_num", "1",
+            "--seed", "0", "--cpu_threads", "1", "--save_dir", str(out),
+            *target_args(request.param, base)]
+    assert prune.main(argv) == 0
+    # the step record the benchmark writes: its command, as --allocations reruns it
+    (out.parent / "step.json").write_text(json.dumps(
+        {"commands": [shlex.join(["python", "slim/prune/prune.py", *argv])]}))
     shutil.copytree(out, work / "BiSeNetV2" / f"prune-{'b' * 12}" / "out")
     report = json.loads((out / "report.json").read_text())
     rows = [{"row": kind, "ratio": 0.3, "label": label, "status": "ok", "step_key": key * 64,
@@ -72,6 +77,9 @@ def test_rows_are_retrained_per_seed_the_row_s_seed_repeats_it_and_results_are_k
     assert run(work, results, md, "--seeds", "0", "1") == 0
     text = md.read_text()
     assert "| latency target 0.3 | 1.40x |" in text and "| seed 0 | seed 1 |" in text
+    timed = "latency" in json.loads((work / "BiSeNetV2" / f"prune-{'a' * 12}" / "out" /
+                                     "report.json").read_text())
+    assert ("| not timed |" in text) != timed     # prune.py's own speedup, where it timed
     assert "Latency target minus equal-loss control, per seed: +0.0, +0.0 points" in text
     # seed 0 is the benchmark's: the rebuilt model retrained with it is the row's model again
     assert "gives the row's mIoU again: yes" in text
@@ -96,3 +104,36 @@ def test_a_report_this_code_does_not_reproduce_is_refused(pruned_row, tmp_path):
         retrain_seeds.retrain_once(report, 5, 1, json.loads(
             (results / "results.json").read_text())["models"]["BiSeNetV2"]["data"]["root"],
             str(tmp_path / "w"))
+
+
+def test_another_allocation_reruns_the_row_s_command_and_is_retrained_per_seed(
+        pruned_row, tmp_path, monkeypatch):
+    from paddleseg.utils.errors import UserError
+    work, results = pruned_row
+    md = tmp_path / "seeds.md"
+    report = json.loads((work / "BiSeNetV2" / f"prune-{'a' * 12}" / "out" / "report.json")
+                        .read_text())
+    if report["target"] == "flops":
+        # --latency_allocation has no meaning for a FLOPs run: prune.py refuses, and so do we
+        with pytest.raises(UserError, match="failed; its log"):
+            run(work, results, md, "--seeds", "0", "--allocations", "balanced")
+        return
+    assert run(work, results, md, "--seeds", "0", "1", "--allocations", "balanced") == 0
+    text = md.read_text()
+    assert "| latency target 0.3, balanced allocation | not a row |" in text
+    assert "The balanced allocation minus equal-loss control, per seed:" in text
+    made = [d for d in os.listdir(work / "BiSeNetV2" / "retrain_seeds")
+            if d.startswith("balanced-")]
+    assert len(made) == 1
+    variant = json.loads((work / "BiSeNetV2" / "retrain_seeds" / made[0] / "out" / "report.json")
+                         .read_text())
+    assert variant["latency"]["allocation"] == "balanced"
+    cells = text.split("| latency target 0.3, balanced allocation |")[1].split("|")
+    assert cells[3].strip() == f"{variant['miou_retrained']:.4f}"    # seed 0: the run's own
+    # a second run prunes and retrains nothing
+    def ran(*args, **kwargs):
+        raise RuntimeError("ran")
+    monkeypatch.setattr(retrain_seeds.subprocess, "run", ran)
+    monkeypatch.setattr(retrain_seeds, "retrain_once", ran)
+    assert run(work, results, md, "--seeds", "0", "1", "--allocations", "balanced") == 0
+    assert md.read_text() == text

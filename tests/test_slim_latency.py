@@ -21,7 +21,7 @@ from paddleseg.slim.latency import (LatencyTableMismatch, LatencyTargetMissed,
                                     obtain, onednn, profile_model)
 from paddleseg.slim.latency import table as table_mod
 from paddleseg.slim.latency.sites import Site, WidthModel, assign_blocks
-from paddleseg.slim.latency.allocate import allocator
+from paddleseg.slim.latency.allocate import allocate_balanced, allocator
 from paddleseg.slim.latency.target import LatencyTarget, deploy_shape
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
@@ -275,7 +275,7 @@ def test_allocation_hits_the_latency_target_and_cuts_where_time_is_cheap(target)
     assert alloc.pruned.get("fast", 0) == 0
 
 
-@pytest.mark.parametrize("allocate", [allocate_latency, allocate_equal_loss])
+@pytest.mark.parametrize("allocate", [allocate_latency, allocate_balanced, allocate_equal_loss])
 def test_allocation_refuses_an_unreachable_latency_target(allocate):
     groups = toy_groups()
     cost = FakeCost(groups, {"slow": 1.0, "fast": 1.0, "mid": 1.0}, fixed=500.0)
@@ -310,6 +310,32 @@ def test_the_equal_loss_allocation_meets_the_latency_target_blind_to_time(target
     assert total_loss(sens, groups, per_ms.pruned) < total_loss(sens, groups, equal.pruned)
 
 
+def largest_loss(sens, groups, pruned):
+    from paddleseg.slim.allocate import _curves
+    curves = _curves(groups, sens, 8)
+    return max(curves[g].loss(n / curves[g].channels) for g, n in pruned.items())
+
+
+@pytest.mark.parametrize("target", [0.3, 0.4])
+def test_the_balanced_allocation_spreads_a_cut_that_loss_per_ms_puts_on_one_group(target):
+    # "slow" and "mid" lose alike per channel; "slow" saves more time per channel, so least
+    # loss per ms cuts it alone, deep; squared losses make its later channels dearer
+    groups = toy_groups()
+    cost = FakeCost(groups, {"slow": 1.0, "fast": 0.05, "mid": 0.6})
+    sens = {"slow": linear_sens(0.2), "fast": linear_sens(1.0), "mid": linear_sens(0.2)}
+    per_ms = allocate_latency(groups, sens, cost, target)
+    balanced = allocate_balanced(groups, sens, cost, target)
+    got, full = cut_of(cost, balanced)
+    assert got >= target - 1e-9 and got - target <= 0.005 + 8 * 1.0 / full
+    assert all(n % 8 == 0 for n in balanced.pruned.values())
+    assert per_ms.pruned.get("mid", 0) == 0 and balanced.pruned.get("mid", 0) > 0
+    assert balanced.pruned["slow"] < per_ms.pruned["slow"]
+    assert largest_loss(sens, groups, balanced.pruned) < largest_loss(sens, groups, per_ms.pruned)
+    # the price: more summed loss than the allocation that minimises it
+    assert total_loss(sens, groups, balanced.pruned) > total_loss(sens, groups, per_ms.pruned)
+    assert allocator("balanced") is allocate_balanced
+
+
 class FakeSearch(LatencyTarget):
     """The closing loop with the table replaced by FakeCost and the measurement by a backend
     whose real cut is ``factor`` x the predicted one."""
@@ -339,7 +365,7 @@ def search_setup(factor, allocation="loss_per_ms"):
     return FakeSearch(groups, cost, factor, allocation), sens
 
 
-@pytest.mark.parametrize("allocation", ["loss_per_ms", "equal_loss"])
+@pytest.mark.parametrize("allocation", ["loss_per_ms", "balanced", "equal_loss"])
 def test_the_closing_loop_corrects_a_table_that_overpredicts(allocation):
     # the backend gains only 70% of the prediction
     search, sens = search_setup(factor=0.7, allocation=allocation)

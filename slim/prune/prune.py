@@ -62,11 +62,13 @@ def build_parser():
     p.add_argument("--latency_table", default=None,
                    help="latency table file: reused when made for this machine, threads, shape "
                         "and model, else measured and written (default: a cache under SEG_HOME)")
-    p.add_argument("--latency_allocation", choices=["loss_per_ms", "equal_loss"], default=None,
+    p.add_argument("--latency_allocation", choices=["loss_per_ms", "balanced", "equal_loss"],
+                   default=None,
                    help="how --target latency shares the cut among groups: loss_per_ms (least "
-                        "accuracy lost per millisecond saved; the default) or equal_loss (the "
-                        "--target flops allocation, every group pruned to one sensitivity loss, "
-                        "scaled to the latency target: a control for comparisons)")
+                        "accuracy lost per millisecond saved; the default), balanced (least "
+                        "squared loss per millisecond: no group cut deep alone) or equal_loss "
+                        "(the --target flops allocation, every group pruned to one sensitivity "
+                        "loss, scaled to the latency target: a control for comparisons)")
     p.add_argument("--latency_samples", type=int, default=8,
                    help="sample plans a new latency table measures (more: slower, closer fit)")
     p.add_argument("--cpu_threads", type=int, default=None,

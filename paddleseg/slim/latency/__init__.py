@@ -5,7 +5,8 @@
   matching of measured primitives to them;
 - :mod:`.measure`: the backend (device, threads, shape), exports of plans, timing in turn;
 - :mod:`.table`: the latency table (measured sample plans + fitted per-layer model), cached;
-- :mod:`.allocate`: channel counts under a latency budget (loss per millisecond saved);
+- :mod:`.allocate`: channel counts under a latency budget (loss, or squared loss, per
+  millisecond saved);
 - :mod:`.target`: ``--target latency`` in the pipeline (closing loop, report figures);
 - :mod:`.profile`: each layer's share of the measured time.
 
@@ -19,7 +20,8 @@ Typical use::
     cost = table.model(analysis.groups)
     cost.ms(cost.vector({"backbone.stem.conv": 16}))     # predicted ms of a plan
 """
-from .allocate import LatencyTargetUnreachable, allocate_equal_loss, allocate_latency  # noqa: F401
+from .allocate import (LatencyTargetUnreachable, allocate_balanced, allocate_equal_loss,  # noqa: F401
+                       allocate_latency)
 from .measure import Backend  # noqa: F401
 from .profile import format_profile, profile_model  # noqa: F401
 from .table import LatencyModel, LatencyTable, LatencyTableMismatch, obtain  # noqa: F401
