@@ -127,12 +127,11 @@ def allocation_report(args, model, row, allocation):
         return report
     cmd = with_flag(with_flag([sys.executable] + argv[1:], "--latency_allocation", allocation),
                     "--save_dir", os.path.join(folder, "out"))
-    os.makedirs(folder, exist_ok=True)
-    log = os.path.join(folder, "prune.log")
-    logger.info(f"{model}: pruning with --latency_allocation {allocation} (log: {log})")
-    with open(log, "w", encoding="utf-8") as f:
-        if subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode:
-            raise UserError(f"{shlex.join(cmd)} failed; its log: {log}")
+    logger.info(f"{model}: pruning with --latency_allocation {allocation}: {shlex.join(cmd)}")
+    # prune.py's own progress (sensitivity, search rounds, retraining ETA) shows as it runs
+    if subprocess.run(cmd, cwd=ROOT).returncode:
+        raise UserError(f"the {allocation} allocation's prune.py run for {model} failed (its "
+                        "output is above)")
     return report
 
 
@@ -192,7 +191,7 @@ def measured_speedup(path):
 
 
 def model_lines(model, entry, rows, runs, reports):
-    """``rows``: {kind: benchmark row or None (another allocation: {"label": ...})}."""
+    """``rows``: {kind: the benchmark's row, or {"label": ...} for another allocation}."""
     seeds = " | ".join(f"seed {r['seed']}" for r in runs[ROWS[0]])
     lines = [f"## {model}", "",
              f"| Row | Speedup (benchmark) | Speedup (prune.py) | The row's mIoU (benchmark) | "
