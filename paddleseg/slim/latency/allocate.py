@@ -33,8 +33,7 @@ import numpy as np
 from ...utils.errors import UserError
 from ..allocate import Allocation, TargetUnreachable, _curves, allocate_ratios
 
-ALLOCATIONS = ("loss_per_ms", "balanced", "equal_loss")
-DEFAULT_ALLOCATION = ALLOCATIONS[0]
+DEFAULT_ALLOCATION = "loss_per_ms"
 
 
 class LatencyTargetUnreachable(TargetUnreachable):
@@ -156,12 +155,16 @@ def allocate_equal_loss(groups, sensitivities, cost, target, channel_step=8, tol
 # least summed squared loss per millisecond (see the module doc)
 allocate_balanced = functools.partial(allocate_latency, power=2)
 
+# what each --latency_allocation name runs
+ALLOCATORS = {DEFAULT_ALLOCATION: allocate_latency, "balanced": allocate_balanced,
+              "equal_loss": allocate_equal_loss}
+ALLOCATIONS = tuple(ALLOCATORS)
+
 
 def allocator(name=None):
     """The allocation function ``--latency_allocation name`` selects (None: the default)."""
     name = name or DEFAULT_ALLOCATION
-    if name not in ALLOCATIONS:
+    if name not in ALLOCATORS:
         raise UserError(f"--latency_allocation must be one of {', '.join(ALLOCATIONS)}, "
                         f"got {name!r}")
-    return {"loss_per_ms": allocate_latency, "balanced": allocate_balanced,
-            "equal_loss": allocate_equal_loss}[name]
+    return ALLOCATORS[name]
