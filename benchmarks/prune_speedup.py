@@ -517,7 +517,7 @@ class ModelRun:
 
     def paddleslim(self, ratio):
         a = self.args
-        argv = ["slim/prune/prune.py", "--engine", "paddleslim", "--config", self.cfg_path,
+        argv = ["slim/prune/prune.py", "--method", "paddleslim", "--config", self.cfg_path,
                 "--model_path", self.checkpoint, "--pruning_ratio", str(ratio),
                 "--retraining_iters", str(self.retraining_iters),
                 "--criterion", a.paddleslim_criterion, "--sen_eval_num", str(a.sen_eval_num),

@@ -25,8 +25,9 @@ import paddle  # noqa: E402
 from paddleseg import slim  # noqa: E402
 from paddleseg.core.val import evaluate_metrics  # noqa: E402
 from paddleseg.cvlibs import Config  # noqa: E402
-from paddleseg.slim.fast_eval import SensitivityEvaluator  # noqa: E402
-from paddleseg.slim.predictor_eval import PredictorEvaluator  # noqa: E402
+from paddleseg.slim.sensitivity.evaluators import kind_of_split, timed_split  # noqa: E402
+from paddleseg.slim.sensitivity.predictor import PredictorEvaluator  # noqa: E402
+from paddleseg.slim.sensitivity.reuse import SensitivityEvaluator  # noqa: E402
 from paddleseg.utils import distributed  # noqa: E402
 
 
@@ -57,10 +58,11 @@ def measure(config, eval_num, max_groups, ratio):
             start = time.time()
             reuse.prepare()
             set_up["reuse"] = time.time() - start
-            # what --sen_engine auto does before an analysis: both engines on pruned probes
+            # what --sen_evaluator auto does before an analysis: both on pruned probes
             # (this is also where reuse checks itself against a plain evaluation, once)
             start = time.time()
-            engine, split, measured = predictor.choose_engines(reuse)
+            split, measured = timed_split(predictor, reuse)
+            engine = kind_of_split(split, len(groups))
             set_up["auto"] = time.time() - start
             evaluate = {"plain": lambda: evaluate_metrics(model, dataset, eval_num,
                                                           print_detail=False)["mIoU"],

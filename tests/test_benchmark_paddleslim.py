@@ -76,7 +76,7 @@ def test_plain_conv_net_is_pruned_and_reloads(tmp_path):
     flops0 = count_flops(model, SHAPE)
     sen_file = str(tmp_path / "sensitivity.json")
     info = engine.prune_with_paddleslim(model, SHAPE, agreement_metric(model, x), 0.3, "l1",
-                                        sen_file, extra="toy")
+                                        sen_file, setup={"config": "toy"})
     assert info["collections"] == 3 and info["pruned_convs"] >= 1
     assert count_flops(model, SHAPE) < flops0
     assert not [k for k in model.state_dict() if k.endswith("_backup")]
@@ -129,7 +129,7 @@ def test_native_only_flags_are_refused_with_engine_paddleslim(tmp_path):
     import prune
     for flag in (["--sen_ratios", "0.5"], ["--target", "latency"], ["--channel_step", "4"]):
         with pytest.raises(engine.UserError, match=f"no {flag[0]}"):
-            prune.main(["--engine", "paddleslim", "--config", "x.yml", "--pruning_ratio", "0.3",
+            prune.main(["--method", "paddleslim", "--config", "x.yml", "--pruning_ratio", "0.3",
                         "--retraining_iters", "0", "--save_dir", str(tmp_path / "o"), *flag])
     assert not (tmp_path / "o").exists()
 
@@ -152,7 +152,7 @@ def test_prune_cli_runs_paddleslim_end_to_end(tmp_path, capsys):
     weights = tmp_path / "w.pdparams"
     paddle.save(cfg.build_model().state_dict(), str(weights))
     out = tmp_path / "pruned"
-    assert prune.main(["--engine", "paddleslim", "--config", str(cfg_path), "--model_path",
+    assert prune.main(["--method", "paddleslim", "--config", str(cfg_path), "--model_path",
                        str(weights), "--pruning_ratio", "0.3", "--retraining_iters", "1",
                        "--sen_eval_num", "1", "--seed", "0", "--save_dir", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())

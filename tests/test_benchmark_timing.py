@@ -16,19 +16,19 @@ def rounds_of(calls, n, warmup):
 
 def test_random_order_within_each_round():
     calls = []
-    times = bench._time_runs(recording_runs(4, calls), None, 1, 30, shuffle_seed=0)
+    times = bench.time_runs(recording_runs(4, calls), None, 1, 30, shuffle_seed=0)
     rounds = rounds_of(calls, 4, 1)
     assert len(rounds) == 30 and all(sorted(r) == [0, 1, 2, 3] for r in rounds)
     assert len({tuple(r) for r in rounds}) > 5            # the order changes between rounds
     assert [len(t) for t in times] == [30] * 4
     again = []
-    bench._time_runs(recording_runs(4, again), None, 1, 30, shuffle_seed=0)
+    bench.time_runs(recording_runs(4, again), None, 1, 30, shuffle_seed=0)
     assert again == calls                                 # seeded: the same schedule
 
 
 def test_fixed_order_without_a_seed():
     calls = []
-    bench._time_runs(recording_runs(3, calls), None, 0, 5)
+    bench.time_runs(recording_runs(3, calls), None, 0, 5)
     assert rounds_of(calls, 3, 0) == [[0, 1, 2]] * 5
 
 

@@ -18,7 +18,7 @@ from conftest import ROOT, make_tiny_optic, write_optic_config
 from paddleseg import slim
 from paddleseg.core.train_data import ResumableBatches
 from paddleseg.slim import sensitivity
-from paddleseg.slim.fast_eval import SensitivityEvaluator, same_value
+from paddleseg.slim.sensitivity.reuse import SensitivityEvaluator, same_value
 from paddleseg.utils import distributed, logger
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
@@ -193,7 +193,7 @@ def test_two_rank_sensitivity_file_equals_the_single_process_one(engine, tiny_op
     config = write_optic_config(tmp_path / "fastscnn.yml", tiny_optic_root, "FastSCNN", [1, 0.4])
     common = ["--config", config, "--pruning_ratio", 0.2, "--retraining_iters", 1,
               "--sen_ratios", 0.3, 0.6, "--sen_eval_num", 2, "--cpu_threads", 1, "--seed", 0,
-              "--batch_size", 1, "--sen_engine", engine]
+              "--batch_size", 1, "--sen_evaluator", engine]
     single = run(PRUNE, *common, "--save_dir", tmp_path / "single")
     assert single.returncode == 0, single.stderr[-3000:]
     log_dir = tmp_path / "log"
@@ -288,7 +288,7 @@ def test_reusing_layer_outputs_gives_the_plain_metric_of_every_pruned_model(tiny
                                                                            tmp_path, monkeypatch):
     from paddleseg.cvlibs import Config
     from paddleseg.core.val import evaluate_metrics
-    from paddleseg.slim import fast_eval
+    from paddleseg.slim.sensitivity import reuse as fast_eval
     compared = {"all": 0, "ran": 0}
 
     def counting_same_value(a, b):   # what reaches an element-wise comparison
@@ -366,7 +366,7 @@ def test_reuse_needs_exactly_equal_inputs():
 @pytest.mark.parametrize("classes", [1, 2, 3, 4, 5, 11])
 def test_the_evaluator_s_label_maps_are_paddle_s_to_the_bit(classes):
     from paddleseg.core.infer import predicted_labels
-    from paddleseg.slim import fast_eval
+    from paddleseg.slim.sensitivity import reuse as fast_eval
     rng = np.random.RandomState(classes)
     # rounded to one decimal: many exact ties between classes, which must go to the first
     logits = np.round(rng.randn(1, classes, 40, 56), 1).astype("float32")

@@ -2,7 +2,6 @@
 (``paddleseg.slim.predictor_eval``): the same metric as dygraph, checked before use, and a
 dygraph fall-back that gives the plain metric."""
 import os
-import types
 
 import numpy as np
 import paddle
@@ -13,8 +12,9 @@ import paddleseg.models  # noqa: F401
 from conftest import write_optic_config
 from paddleseg import slim
 from paddleseg.core.val import evaluate_metrics
-from paddleseg.slim import pipeline, predictor_eval
-from paddleseg.slim.predictor_eval import PredictorEvaluator
+from paddleseg.slim.sensitivity import evaluators
+from paddleseg.slim.sensitivity import predictor as predictor_eval
+from paddleseg.slim.sensitivity.predictor import PredictorEvaluator
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:When training, we now always track"),
@@ -71,17 +71,17 @@ def test_every_pruned_model_gets_the_dygraph_metric(fastscnn):
     assert all(np.array_equal(after[k], before[k]) for k in before)
 
 
-def engine_of(model, dataset, groups, engine, recorded_extra=None):
-    """The engine ``pipeline.sensitivity_evaluator`` settles on, and its evaluator's metric."""
-    return engine_and_split(model, dataset, groups, engine, recorded_extra)[::2]
+def engine_of(model, dataset, groups, engine, recorded=None):
+    """The evaluator ``evaluators.open_evaluator`` settles on, and its metric."""
+    return engine_and_split(model, dataset, groups, engine, recorded)[::2]
 
 
-def engine_and_split(model, dataset, groups, engine, recorded_extra=None):
-    """(engine, predictor groups, metric of the unpruned model, evaluator class)."""
-    options = types.SimpleNamespace(sen_engine=engine)
-    with pipeline.sensitivity_evaluator(options, model, dataset, groups, 2,
-                                        recorded_extra) as (evaluate, chosen, split):
-        return chosen, split, evaluate(), type(evaluate).__name__
+def engine_and_split(model, dataset, groups, engine, recorded=None):
+    """(evaluator name, predictor groups, metric of the unpruned model, evaluator class)."""
+    with evaluators.open_evaluator(engine, model, dataset, groups, 2, recorded) as evaluator:
+        split = {"dygraph": 0, "predictor": len(groups)}.get(
+            evaluator.facts["name"], evaluator.facts.get("predictor_groups"))
+        return evaluator.facts["name"], split, evaluator.evaluate(None), type(evaluator).__name__
 
 
 def test_a_predictor_that_disagrees_with_dygraph_is_not_used(fastscnn, monkeypatch, capsys):
@@ -119,10 +119,9 @@ def test_auto_takes_the_engine_measured_faster_or_the_file_s_own(fastscnn, monke
     estimate(predictor=1.0, dygraph=0.1)
     assert engine_of(model, dataset, groups, "auto")[0] == "dygraph"
     # a file begun by the other engine is resumed with it, whatever is faster now
-    begun = "config abc; eval images 2; " + predictor_eval.FINGERPRINT_NOTE
-    assert engine_of(model, dataset, groups, "auto", recorded_extra=begun)[0] == "predictor"
+    assert engine_of(model, dataset, groups, "auto", {"name": "predictor"})[0] == "predictor"
     estimate(predictor=0.1, dygraph=1.0)
-    assert engine_of(model, dataset, groups, "auto", recorded_extra="config abc")[0] == "dygraph"
+    assert engine_of(model, dataset, groups, "auto", {"name": "dygraph"})[0] == "dygraph"
 
 
 def test_the_predictor_takes_the_first_groups_where_reuse_would_rerun_more():
@@ -135,13 +134,7 @@ def test_the_predictor_takes_the_first_groups_where_reuse_would_rerun_more():
     assert prefix(10, [(0, 5.0, 4.0), (9, 5.0, 0.5)]) == 0       # reuse is always faster
     assert prefix(10, [(0, 1.0, 1.0), (9, 1.0, 1.0)]) == 0       # a tie goes to dygraph
     assert prefix(10, []) == 0 and prefix(0, probes) == 0
-    # the split is written into the sensitivity fingerprint, and read back from it
-    note = predictor_eval.engine_note("mixed", 5)
-    assert predictor_eval.recorded_split("config abc; " + note) == 5
-    assert predictor_eval.recorded_split("config abc; " + predictor_eval.engine_note("predictor")) \
-        is None
-    assert predictor_eval.engine_note("dygraph") == ""
-    assert [predictor_eval.engine_for_split(k, 10) for k in (0, 5, 10)] == \
+    assert [evaluators.kind_of_split(k, 10) for k in (0, 5, 10)] == \
         ["dygraph", "mixed", "predictor"]
 
 
@@ -151,28 +144,29 @@ def test_auto_evaluates_the_first_groups_in_predictors_where_that_is_faster(fast
     # the predictor wins on the first third of the groups only
     pretend_measured(monkeypatch, lambda at: (1.0, 3.0 - 3.0 * at))
     engine, split, metric, kind = engine_and_split(model, dataset, groups, "auto")
-    assert engine == "mixed" and 0 < split < len(groups) and kind == "MixedEvaluator"
+    assert engine == "mixed" and 0 < split < len(groups) and kind == "SplitEvaluator"
     assert metric == plain_miou(model, dataset)   # the loss's base is dygraph's
     # a file begun that way is resumed with the same split, without timing anything
     monkeypatch.setattr(PredictorEvaluator, "time_engines", None)
-    extra = "config abc; " + predictor_eval.engine_note("mixed", split)
-    assert engine_and_split(model, dataset, groups, "auto", extra)[:2] == ("mixed", split)
+    recorded = {"name": "mixed", "predictor_groups": split}
+    assert engine_and_split(model, dataset, groups, "auto", recorded)[:2] == ("mixed", split)
 
 
 def test_a_mixed_analysis_gives_each_group_its_engine_s_metric(fastscnn, tmp_path):
     from paddleseg.slim import sensitivity
-    from paddleseg.slim.fast_eval import SensitivityEvaluator
+    from paddleseg.slim.criteria import num_pruned
+    from paddleseg.slim.sensitivity.reuse import SensitivityEvaluator
     model, dataset, groups = fastscnn
     split = len(groups) // 2
     with PredictorEvaluator(model, dataset, groups, 2) as fast:
         assert fast.prepare() is None
         with SensitivityEvaluator(model, dataset, 2) as reuse:
-            mixed = predictor_eval.MixedEvaluator(fast, reuse, split)
-            assert mixed.for_group(groups[0].id) is fast
-            assert mixed.for_group(groups[-1].id) is reuse
+            mixed = evaluators.SplitEvaluator(fast, reuse, split)
             got = sensitivity.analyze(model, groups, mixed, [0.5], str(tmp_path / "mixed.json"))
-            assert fast.predictor_points == sum(sensitivity.num_pruned(g.channels, 0.5) > 0
+            assert fast.predictor_points == sum(num_pruned(g.channels, 0.5) > 0
                                                 for g in groups[:split])
+            assert sensitivity.load(str(tmp_path / "mixed.json"))["fingerprint"]["evaluator"] == \
+                {"name": "mixed", "predictor_groups": split}
     with SensitivityEvaluator(model, dataset, 2) as plain:
         want = sensitivity.analyze(model, groups, plain, [0.5], str(tmp_path / "plain.json"))
     for k, g in enumerate(groups):
@@ -183,7 +177,7 @@ def test_a_mixed_analysis_gives_each_group_its_engine_s_metric(fastscnn, tmp_pat
 
 
 def test_auto_times_both_engines_on_pruned_probes_and_leaves_the_model_as_it_was(fastscnn):
-    from paddleseg.slim.fast_eval import SensitivityEvaluator
+    from paddleseg.slim.sensitivity.reuse import SensitivityEvaluator
     model, dataset, groups = fastscnn
     before = snapshot(model)
     with PredictorEvaluator(model, dataset, groups, 2) as evaluate:
@@ -227,13 +221,13 @@ def test_a_point_without_a_predictor_is_evaluated_in_dygraph(fastscnn, monkeypat
 
 
 def test_auto_measures_on_cpu_only(monkeypatch):
-    assert predictor_eval.resolve_engine("auto") == "auto"   # tests run on CPU
-    assert predictor_eval.resolve_engine("dygraph") == "dygraph"
-    assert predictor_eval.resolve_engine("predictor", "config abc") == "predictor"
+    assert evaluators.settled_choice("auto") == "auto"   # tests run on CPU
+    assert evaluators.settled_choice("dygraph") == "dygraph"
+    assert evaluators.settled_choice("predictor", {"name": "dygraph"}) == "predictor"
     monkeypatch.setattr(paddle, "get_device", lambda: "gpu:0")
-    assert predictor_eval.resolve_engine("auto") == "dygraph"
+    assert evaluators.settled_choice("auto") == "dygraph"
     with pytest.raises(ValueError, match="one of auto, predictor, dygraph"):
-        predictor_eval.resolve_engine("static")
+        evaluators.settled_choice("static")
 
 
 @pytest.mark.parametrize("classes", [1, 2, 11])

@@ -295,7 +295,7 @@ def foreign_sen_file(path):
     model = build("FastSCNN", 2)
     groups = slim.build_groups(model, SHAPE).groups
     sensitivity.analyze(model, groups, lambda: 0.5, [0.5], str(path), "fpgm",
-                        extra="another config")
+                        setup={"config": "another config"})
     return str(path)
 
 

@@ -15,14 +15,14 @@ import pytest
 
 from paddleseg import slim
 from paddleseg.slim.dependency import DW, IN, OUT, Member, PruneGroup
-from paddleseg.slim.latency import (LatencyTableMismatch, LatencyTargetMissed,
+from paddleseg.slim.latency import (LatencyTableMismatch,
                                     LatencyTargetUnreachable, allocate_equal_loss,
                                     allocate_latency, measure,
                                     obtain, onednn, profile_model)
 from paddleseg.slim.latency import table as table_mod
 from paddleseg.slim.latency.sites import Site, WidthModel, assign_blocks
 from paddleseg.slim.latency.allocate import allocate_balanced, allocator
-from paddleseg.slim.latency.target import LatencyTarget, deploy_shape
+from paddleseg.slim.targets.latency import LatencyTarget, LatencyTargetMissed, deploy_shape
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
 
@@ -289,8 +289,8 @@ def test_allocation_refuses_an_unreachable_latency_target(allocate):
 def total_loss(sens, groups, pruned):
     """The summed interpolated sensitivity loss of a plan (the quantity both allocations
     trade against time)."""
-    from paddleseg.slim.allocate import _curves
-    curves = _curves(groups, sens, 8)
+    from paddleseg.slim.allocate import curves_of
+    curves = curves_of(groups, sens, 8)
     return sum(curves[g].loss(n / curves[g].channels) for g, n in pruned.items())
 
 
@@ -311,8 +311,8 @@ def test_the_equal_loss_allocation_meets_the_latency_target_blind_to_time(target
 
 
 def largest_loss(sens, groups, pruned):
-    from paddleseg.slim.allocate import _curves
-    curves = _curves(groups, sens, 8)
+    from paddleseg.slim.allocate import curves_of
+    curves = curves_of(groups, sens, 8)
     return max(curves[g].loss(n / curves[g].channels) for g, n in pruned.items())
 
 
@@ -498,7 +498,7 @@ def test_profile_latency_tool_lists_where_the_time_goes(bisenet_config):
 
 
 def test_the_next_aim_interpolates_between_tries_on_either_side():
-    from paddleseg.slim.latency.target import next_aim
+    from paddleseg.slim.targets.latency import next_aim
     assert next_aim([(0.3, 0.2)], 0.3) == pytest.approx(0.45)              # scaled
     # measured = aimed - 0.06: two tries bracketing the target give the exact aim
     assert next_aim([(0.30, 0.24), (0.40, 0.34)], 0.3) == pytest.approx(0.36)

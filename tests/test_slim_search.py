@@ -45,7 +45,7 @@ def test_sensitivity_resumes_without_redoing_points(tmp_path):
     seen = []
     first = Similarity(model, stop_after=7)
     with pytest.raises(KeyboardInterrupt):
-        sensitivity.analyze(model, groups, first, RATIOS, sen_file, "l1", extra="cfg-1",
+        sensitivity.analyze(model, groups, first, RATIOS, sen_file, "l1", setup={"config": "cfg-1"},
                             progress=lambda *a: seen.append(a))
     assert seen[0] == (1, len(groups), groups[0].id, 0.1)
     assert len(seen) == 7      # the 8th eval (base + 7 points) was interrupted
@@ -54,7 +54,7 @@ def test_sensitivity_resumes_without_redoing_points(tmp_path):
     assert sum(len(v) for v in saved["losses"].values()) >= 6
 
     second = Similarity(model)
-    sens = sensitivity.analyze(model, groups, second, RATIOS, sen_file, "l1", extra="cfg-1")
+    sens = sensitivity.analyze(model, groups, second, RATIOS, sen_file, "l1", setup={"config": "cfg-1"})
     needed = sum(slim.criteria.num_pruned(g.channels, r) > 0 for g in groups for r in RATIOS)
     assert second.calls == needed - 6   # no base, none of the 6 finished points again
     assert set(sens) == {g.id for g in groups}
@@ -63,7 +63,7 @@ def test_sensitivity_resumes_without_redoing_points(tmp_path):
 
     third = Similarity(model)
     assert sensitivity.analyze(model, groups, third, RATIOS, sen_file, "l1",
-                               extra="cfg-1") == sens
+                               setup={"config": "cfg-1"}) == sens
     assert third.calls == 0
 
 
@@ -75,19 +75,19 @@ def test_sensitivity_restores_the_model(tmp_path):
     np.testing.assert_array_equal(model(ev.x)[0].numpy(), ev.ref)
 
 
-@pytest.mark.parametrize("change", ["extra", "criterion", "ratios", "groups"])
+@pytest.mark.parametrize("change", ["setup", "criterion", "ratios", "groups"])
 def test_a_foreign_sensitivity_file_is_refused(change, tmp_path):
     model = build_toy("Residual")
     groups = slim.build_groups(model, SHAPE).groups
     sen_file = str(tmp_path / "sen.json")
-    sensitivity.analyze(model, groups[:1], Similarity(model), [0.5], sen_file, "l1", extra="a")
-    kwargs = dict(groups=groups[:1], ratios=[0.5], criterion="l1", extra="a")
-    kwargs.update({"extra": {"extra": "b"}, "criterion": {"criterion": "fpgm"},
+    sensitivity.analyze(model, groups[:1], Similarity(model), [0.5], sen_file, "l1", setup={"config": "a"})
+    kwargs = dict(groups=groups[:1], ratios=[0.5], criterion="l1", setup={"config": "a"})
+    kwargs.update({"setup": {"setup": {"config": "b"}}, "criterion": {"criterion": "fpgm"},
                    "ratios": {"ratios": [0.5, 0.6]}, "groups": {"groups": groups}}[change])
     ev = Similarity(model)
     with pytest.raises(sensitivity.SensitivityMismatch, match="different setup"):
         sensitivity.analyze(model, kwargs["groups"], ev, kwargs["ratios"], sen_file,
-                            kwargs["criterion"], extra=kwargs["extra"])
+                            kwargs["criterion"], setup=kwargs["setup"])
     assert ev.calls == 0
 
 

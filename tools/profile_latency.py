@@ -39,7 +39,8 @@ def main(argv):
     from paddleseg.core.model_loader import build_and_load
     from paddleseg.cvlibs import Config
     from paddleseg.slim import build_groups
-    from paddleseg.slim.latency import Backend, deploy_shape, format_profile, profile_model
+    from paddleseg.slim.latency import Backend, format_profile, profile_model
+    from paddleseg.slim.targets.latency import deploy_shape
     from paddleseg.utils.errors import UserError
 
     if args.top < 1 or args.runs < 1:

@@ -2,7 +2,7 @@
 
 One export (:func:`benchmark_predictor`) or several side by side, with speedups
 (:func:`benchmark_models`, :func:`markdown_table`; :func:`interleaved_latency` for raw samples).
-All time runs with :func:`_time_runs`.
+All time runs with :func:`time_runs`.
 """
 import os
 import time
@@ -17,7 +17,7 @@ from paddleseg.utils import logger
 from paddleseg.utils.errors import UserError
 
 
-def _random_input(shape, seed):
+def random_input(shape, seed):
     return np.random.RandomState(seed).standard_normal(shape).astype(np.float32)
 
 
@@ -31,7 +31,7 @@ def _paddle_runner(model_dir, shape, **predictor_kwargs):
     return run
 
 
-def _time_runs(runs, x, warmup, repeats, shuffle_seed=None):
+def time_runs(runs, x, warmup, repeats, shuffle_seed=None):
     """Latency samples (ms) per callable in ``runs``, each called on ``x``.
 
     Each gets ``warmup`` untimed calls first; then each repeat (round) times one call of each,
@@ -57,12 +57,12 @@ def _time_runs(runs, x, warmup, repeats, shuffle_seed=None):
 
 def interleaved_latency(model_dirs, input_shape, warmup, repeats, cpu_threads, shuffle_seed=None):
     """Per export: latency samples (ms), one run of each export per round (in random order
-    per round with ``shuffle_seed``, see :func:`_time_runs`)."""
+    per round with ``shuffle_seed``, see :func:`time_runs`)."""
     input_shape = parse_input_shape(input_shape)
     for d in model_dirs:
         check_input_shape_fits(load_deploy_config(d), input_shape)
     runs = [_paddle_runner(d, input_shape, cpu_threads=cpu_threads) for d in model_dirs]
-    return _time_runs(runs, _random_input(input_shape, 0), warmup, repeats, shuffle_seed)
+    return time_runs(runs, random_input(input_shape, 0), warmup, repeats, shuffle_seed)
 
 
 def latency_stats(times):
@@ -141,7 +141,7 @@ def benchmark_predictor(model_dir, input_shape=(1, 3, 1024, 2048), warmup=10, re
     shape = parse_input_shape(input_shape)
     _check_counts(warmup, repeats)
     run, row = _prepare(model_dir, shape, **options)
-    times, = _time_runs([run], _random_input(shape, seed), warmup, repeats)
+    times, = time_runs([run], random_input(shape, seed), warmup, repeats)
     return _add_times(row, times, warmup, repeats)
 
 
@@ -184,7 +184,7 @@ def benchmark_models(model_dirs, report_error=None, input_shape=(1, 3, 1024, 204
             report_error(f"skipped {model_dir}: {e}")
     if not prepared:
         return []
-    samples = _time_runs([run for run, _ in prepared], _random_input(shape, seed), warmup, repeats)
+    samples = time_runs([run for run, _ in prepared], random_input(shape, seed), warmup, repeats)
     return add_speedups([_add_times(row, t, warmup, repeats) for (_, row), t in zip(prepared, samples)])
 
 

@@ -44,7 +44,7 @@ class Allocation:
     threshold: float        # the loss threshold the bisection settled on
 
 
-class _Curve:
+class Curve:
     """A group's loss as a function of ratio: running max, interpolated, strictly increasing."""
 
     SLOPE = 1e-6
@@ -89,8 +89,8 @@ class _Curve:
         return self.loss((n + self.step) / self.channels)
 
 
-def _curves(groups, sensitivities, channel_step):
-    return {g.id: _Curve(g.channels, sensitivities[g.id], channel_step) for g in groups
+def curves_of(groups, sensitivities, channel_step):
+    return {g.id: Curve(g.channels, sensitivities[g.id], channel_step) for g in groups
             if sensitivities.get(g.id)}
 
 
@@ -102,7 +102,7 @@ def reachable_reduction(groups, ratios, flops_model, channel_step=8):
     """The largest FLOPs reduction :func:`allocate_ratios` can reach once every group is measured
     at ``ratios``: each group at its cap. Known before the (slow) sensitivity analysis."""
     unmeasured = {g.id: {r: 0.0 for r in ratios} for g in groups}
-    return _max_reduction(_curves(groups, unmeasured, channel_step), flops_model)
+    return _max_reduction(curves_of(groups, unmeasured, channel_step), flops_model)
 
 
 def allocate_ratios(groups, sensitivities, flops_model, target, tolerance=0.01, channel_step=8):
@@ -115,7 +115,7 @@ def allocate_ratios(groups, sensitivities, flops_model, target, tolerance=0.01, 
     """
     if not 0.0 < target < 1.0:
         raise UserError(f"the FLOPs reduction target must lie in (0, 1), got {target}")
-    curves = _curves(groups, sensitivities, channel_step)
+    curves = curves_of(groups, sensitivities, channel_step)
     if not curves:
         raise UserError("no prunable group has sensitivity measurements")
     max_red = _max_reduction(curves, flops_model)

@@ -113,7 +113,7 @@ def training_mode(model, training):
 
 
 @contextlib.contextmanager
-def _forwards_kept(model):
+def forwards_kept(model):
     """Undo what dy2static does to sublayers: it rebinds each ``forward`` to converted code."""
     saved = []
     for _, layer in model.named_sublayers(include_self=True):
@@ -160,7 +160,7 @@ def trace_program(model, input_shape, training=False, prefix=""):
     params = param_map(model)
     wrapper = _Wrapper(model)
     spec = [paddle.static.InputSpec(list(input_shape), "float32", name="x")]
-    with training_mode(model, training), _forwards_kept(model):
+    with training_mode(model, training), forwards_kept(model):
         static = paddle.jit.to_static(wrapper, input_spec=spec, full_graph=True)
         try:
             program = static.forward.concrete_program

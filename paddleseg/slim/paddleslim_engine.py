@@ -1,6 +1,6 @@
 """PaddleSeg release/2.6's original pruning method, run through PaddleSlim, for comparison.
 
-``slim/prune/prune.py --engine paddleslim`` runs what PaddleSeg 2.6's pruning tutorial ran:
+``slim/prune/prune.py --method paddleslim`` runs what PaddleSeg 2.6's pruning tutorial ran:
 PaddleSlim's ``L1NormFilterPruner`` (or ``FPGMFilterPruner`` with ``--criterion fpgm``) built on
 a training-sized sample input, ``pruner.sensitive(eval_func)`` over PaddleSlim's fixed ratio grid
 (0.1 ... 0.9, every conv collection PaddleSlim finds), then ``pruner.sensitive_prune(ratio,
@@ -27,36 +27,27 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
 
+from ..core.model_loader import build_and_load
+from ..core.train import set_seed
 from ..utils import logger
 from ..utils.errors import UserError
 from ..utils.fileio import write_json, write_text
-from ..utils.progress import format_seconds
+from ..utils.progress import Phase, format_seconds
 from . import sensitivity as sens_mod
+from .flops import count_flops_params
+from .options import check_common, setup_facts
+from .publish import staged_run
+from .retrain import miou, retrain_and_evaluate
+from .storage import save_pruned
 
 PADDLESLIM_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))  # fixed in PaddleSlim 2.6
+EVALUATOR_FACTS = {"name": "paddleslim"}   # its sensitivity file's evaluator, in the fingerprint
 SMALL_LAYER_CHANNELS = 8  # PaddleSeg 2.6 skips parameters with this many output channels or fewer
 
 
 class PaddleSlimError(UserError):
     """PaddleSlim cannot prune this model: the message names the layer and PaddleSlim's error."""
-
-
-@dataclass
-class PaddleSlimOptions:
-    config: object                     # a paddleseg.cvlibs.Config
-    pruning_ratio: float
-    retraining_iters: int
-    model_path: str = None
-    save_dir: str = "output"
-    criterion: str = "l1"              # PaddleSeg 2.6 used L1NormFilterPruner
-    sen_file: str = None
-    sen_eval_num: int = None
-    num_workers: int = 0
-    seed: int = None
-    export: bool = True
-    timings: dict = field(default_factory=dict)
 
 
 def one_line(error):
@@ -124,7 +115,7 @@ class JsonStatus:
         if data is None:
             return
         if data.get("fingerprint") != self.fingerprint:
-            diff = sens_mod._describe_difference(data.get("fingerprint", {}), self.fingerprint)
+            diff = sens_mod.describe_difference(data.get("fingerprint", {}), self.fingerprint)
             raise sens_mod.SensitivityMismatch(f"{src} was made for a different setup ({diff}); "
                                                "delete it or choose another file")
         self.sensitivies = {name: {round(float(r), 2): loss for r, loss in losses.items()}
@@ -137,13 +128,13 @@ class JsonStatus:
                             "base": None, "losses": losses})
 
 
-def _fingerprint(model, pruner, criterion, extra):
+def _fingerprint(model, pruner, criterion, setup):
     masters = sorted({c.master_name for c in pruner.collections})
     shapes = {p.name: p.shape for p in model.parameters()}
     return {"model": type(model).__name__,
             "groups": [[name, int(shapes[name][0])] for name in masters if name in shapes],
             "criterion": criterion, "ratios": [sens_mod.ratio_key(r) for r in PADDLESLIM_RATIOS],
-            "extra": f"{extra}; engine paddleslim"}
+            "setup": dict(setup or {}), "evaluator": dict(EVALUATOR_FACTS)}
 
 
 class _LayerTracker:
@@ -174,7 +165,7 @@ def _where(tracker, var, paths):
 
 
 def prune_with_paddleslim(model, input_shape, eval_fn, pruning_ratio, criterion="l1",
-                          sen_file=None, extra="", progress=None):
+                          sen_file=None, setup=None, progress=None):
     """PaddleSeg 2.6's method on ``model`` in place: sensitivity, ``sensitive_prune``, then the
     layers' channel attributes set from the pruned weights and PaddleSlim's backup buffers dropped.
 
@@ -190,7 +181,7 @@ def prune_with_paddleslim(model, input_shape, eval_fn, pruning_ratio, criterion=
         warnings.filterwarnings("ignore", message=".*`product` is deprecated",
                                 category=DeprecationWarning)
         try:
-            info = run.prune(pruner_class, pruning_ratio, criterion, sen_file, extra)
+            info = run.prune(pruner_class, pruning_ratio, criterion, sen_file, setup)
         finally:
             run.tracker.remove()
     sync_layer_attributes(model)
@@ -213,7 +204,7 @@ class _PaddleSlimRun:
         self.tracker = _LayerTracker(model)
         self.var, self.evals, self.total = None, 0, 0
 
-    def prune(self, pruner_class, pruning_ratio, criterion, sen_file, extra):
+    def prune(self, pruner_class, pruning_ratio, criterion, sen_file, setup):
         import paddle
         model = self.model
         # PaddleSlim says nothing while it walks the graph from every conv weight, which took
@@ -233,7 +224,7 @@ class _PaddleSlimRun:
                     f"{format_seconds(time.time() - start)}")
         self.total = 1 + len(collections) * len(PADDLESLIM_RATIOS)
         if sen_file:
-            pruner._status = JsonStatus(sen_file, _fingerprint(model, pruner, criterion, extra))
+            pruner._status = JsonStatus(sen_file, _fingerprint(model, pruner, criterion, setup))
         prune_var = pruner.prune_var
 
         def tracked_prune_var(var_name, *args, **kwargs):
@@ -300,33 +291,27 @@ def drop_backup_buffers(model):
 
 
 def check_options(o):
-    from .pipeline import check_common_options, sensitivity_file
-    check_common_options(o)
-    sens_mod.load(sensitivity_file(o))  # damaged or unsafe: fails here, before any work
+    check_common(o)
+    sens_mod.load(o.sensitivity_path)  # damaged or unsafe: fails here, before any work
 
 
 def run(o):
     """The whole PaddleSlim pipeline into ``o.save_dir`` (staged and switched in as one folder,
     as :func:`paddleseg.slim.pipeline.run` does); returns the report dict."""
-    from ..core.train import set_seed
-    from .publish import staged_run
+    cfg = o.build_config()
     check_options(o)
     set_seed(o.seed)
-    return staged_run(o.save_dir, o.sen_file, lambda stage: _run(o, o.config, o.timings, stage))
+    return staged_run(o.save_dir, o.sen_file, lambda stage: _run(o, cfg, {}, stage))
 
 
 def _build(cfg, model_path):
     """The model with parameter names that do not depend on what the process built before."""
     import paddle
-    from ..core.model_loader import build_and_load
     with paddle.utils.unique_name.guard():
         return build_and_load(cfg, model_path)
 
 
 def _run(o, cfg, t, stage):
-    from .flops import count_flops_params
-    from .pipeline import Phase, config_fingerprint, miou, retrain_and_evaluate, sensitivity_file
-    from .storage import save_pruned
     with Phase(t, "load and baseline evaluation"):
         model = _build(cfg, o.model_path)
         val_dataset, train_dataset = cfg.val_dataset, cfg.train_dataset
@@ -350,7 +335,7 @@ def _run(o, cfg, t, stage):
     with Phase(t, "PaddleSlim sensitivity analysis and sensitive_prune"):
         info = prune_with_paddleslim(
             model, shape, lambda: miou(model, val_dataset, eval_num), o.pruning_ratio,
-            o.criterion, sensitivity_file(o), config_fingerprint(cfg, o.model_path, eval_num),
+            o.criterion, o.sensitivity_path, setup_facts(cfg, o.model_path, eval_num),
             progress)
         flops1, params1 = count_flops_params(model, shape)
         model.eval()

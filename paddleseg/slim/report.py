@@ -5,7 +5,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .dependency import describe_op_freezes  # noqa: E402
-from .latency.target import report_lines as latency_report_lines  # noqa: E402
+from .targets import report_lines as target_report_lines  # noqa: E402
 
 TOP_LAYERS = 8  # labelled curves; the rest are drawn thin and grey
 
@@ -75,6 +75,5 @@ def render_markdown(r):
     lines += [f"| {name} | {sec} |" for name, sec in r["seconds"].items()]
     lines += ["", "| layer (group) | ratio |", "|-|-|"]
     lines += [f"| `{gid}` | {ratio:.3f} |" for gid, ratio in r["layer_ratios"].items()]
-    if r.get("latency"):
-        lines += latency_report_lines(r["latency"])
+    lines += target_report_lines(r)
     return "\n".join(lines) + "\n"

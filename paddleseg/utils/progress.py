@@ -34,3 +34,19 @@ class Progress:
             return
         self.last = now
         logger.info(f"{self.label} {done}/{self.total} {extra}ETA {format_seconds(self.eta(done))}")
+
+
+class Phase:
+    """Times a named phase of a run into ``timings`` (seconds) and logs its start and end."""
+
+    def __init__(self, timings, name):
+        self.timings, self.name = timings, name
+
+    def __enter__(self):
+        logger.info(f"== {self.name}")
+        self.start = time.time()
+
+    def __exit__(self, *exc):
+        self.timings[self.name] = round(time.time() - self.start, 2)
+        if exc[0] is None:
+            logger.info(f"== {self.name} done in {format_seconds(self.timings[self.name])}")

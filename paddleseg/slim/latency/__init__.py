@@ -7,7 +7,7 @@
 - :mod:`.table`: the latency table (measured sample plans + fitted per-layer model), cached;
 - :mod:`.allocate`: channel counts under a latency budget (loss, or squared loss, per
   millisecond saved);
-- :mod:`.target`: ``--target latency`` in the pipeline (closing loop, report figures);
+
 - :mod:`.profile`: each layer's share of the measured time.
 
 Typical use::
@@ -25,4 +25,3 @@ from .allocate import (LatencyTargetUnreachable, allocate_balanced, allocate_equ
 from .measure import Backend  # noqa: F401
 from .profile import format_profile, profile_model  # noqa: F401
 from .table import LatencyModel, LatencyTable, LatencyTableMismatch, obtain  # noqa: F401
-from .target import LatencyTarget, LatencyTargetMissed, deploy_shape  # noqa: F401

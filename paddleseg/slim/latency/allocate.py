@@ -31,7 +31,7 @@ import functools
 import numpy as np
 
 from ...utils.errors import UserError
-from ..allocate import Allocation, TargetUnreachable, _curves, allocate_ratios
+from ..allocate import Allocation, TargetUnreachable, curves_of, allocate_ratios
 
 DEFAULT_ALLOCATION = "loss_per_ms"
 
@@ -50,7 +50,7 @@ def _limits(cost, curves):
 
 def max_reduction(cost, groups, sensitivities, channel_step=8):
     """Predicted latency reduction with every measured group at its cap."""
-    curves = _curves(groups, sensitivities, channel_step)
+    curves = curves_of(groups, sensitivities, channel_step)
     _, caps = _limits(cost, curves)
     return float(1.0 - cost.ms(caps.astype(float)) / cost.ms(np.zeros(len(caps))))
 
@@ -89,7 +89,7 @@ def allocate_latency(groups, sensitivities, cost, target, channel_step=8, tolera
     predicted latency reduction."""
     if not 0.0 < target < 1.0:
         raise UserError(f"the latency reduction target must lie in (0, 1), got {target}")
-    curves = _curves(groups, sensitivities, channel_step)
+    curves = curves_of(groups, sensitivities, channel_step)
     if not curves:
         raise UserError("no prunable group has sensitivity measurements")
     ids = list(cost.group_ids)

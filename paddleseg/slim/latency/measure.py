@@ -12,7 +12,7 @@ import numpy as np
 import paddle
 
 from ...core.export import export_model
-from ...deploy.benchmark import _random_input, _time_runs
+from ...deploy.benchmark import random_input, time_runs
 from ...deploy.predictor import create_predictor, run_predictor
 from ...utils.errors import UserError
 from .. import apply as _apply
@@ -104,7 +104,7 @@ class Backend:
         return run
 
     def input(self):
-        return _random_input(self.shape, 0)
+        return random_input(self.shape, 0)
 
     def profile(self, run, x, runs):
         """Primitives of ``runs`` runs of ``run(x)`` (oneDNN's timer), or None where there is
@@ -123,7 +123,7 @@ def repeats_for(ms_per_run, seconds=TIMED_SECONDS):
 def interleaved_ms(runs, x, warmup, repeats):
     """Latency samples (ms, numpy arrays) of each runner, one run of each per round, in an
     order drawn afresh each round (so none always runs right after the other)."""
-    return _time_runs(runs, x, warmup, repeats, shuffle_seed=0)
+    return time_runs(runs, x, warmup, repeats, shuffle_seed=0)
 
 
 def export_plan(model, groups, counts, folder):
@@ -136,7 +136,7 @@ def export_plan(model, groups, counts, folder):
     try:
         # jit.save leaves the layers' forwards converted by dy2static; the model goes on
         # to be evaluated, pruned and trained as a plain dygraph model
-        with _graph._forwards_kept(model):
+        with _graph.forwards_kept(model):
             export_model(model, folder, val_transforms_config=[], model_type=type(model).__name__)
     finally:
         undo.restore()

@@ -42,7 +42,7 @@ from ...utils.download import seg_home
 from ...utils.errors import UserError
 from ...utils.fileio import check_file_target, write_json
 from ...utils.progress import format_seconds
-from ..allocate import _Curve
+from ..allocate import Curve
 from ..apply import channel_plan
 from . import measure
 from .sites import Site, WidthModel, assign_blocks, conv_sites
@@ -100,7 +100,7 @@ def plan_limits(groups, max_ratio, channel_step):
     (the rule of :mod:`..allocate`: aligned to the channel step where the width allows)."""
     limits = {}
     for g in groups:
-        c = _Curve(g.channels, {max_ratio: 0.0}, channel_step)
+        c = Curve(g.channels, {max_ratio: 0.0}, channel_step)
         if c.cap > 0:
             limits[g.id] = (c.step, c.cap)
     return limits

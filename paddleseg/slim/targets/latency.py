@@ -8,7 +8,7 @@
    the measured cut is within ``TOLERANCE`` of the target (at most ``MAX_ROUNDS``
    candidates). A measured cut that stays short of it is an error that
    says why (one line) unless lowering the target is allowed.
-3. The figures for the report (:meth:`LatencyTarget.final_report`): predicted and measured
+3. The figures for the report (:meth:`LatencyTarget.measured_report`): predicted and measured
    latency before and after, each group's share of the measured time before and after, and
    the table's error on the final model.
 """
@@ -19,62 +19,23 @@ import numpy as np
 
 from ...core.export import parse_input_shape
 from ...utils import logger
+from ...utils.progress import Phase
 from ...utils.errors import UserError
-from . import measure
-from .allocate import DEFAULT_ALLOCATION, LatencyTargetUnreachable, allocator, max_reduction
-from .table import DEFAULT_SAMPLES, blocks_over_runs, check_file, obtain, shares_by_owner
+from ..latency import measure
+from ..latency.allocate import DEFAULT_ALLOCATION, LatencyTargetUnreachable, allocator, max_reduction
+from ..latency.table import DEFAULT_SAMPLES, blocks_over_runs, check_file, obtain, shares_by_owner
 
 TOLERANCE = 0.03
 MAX_ROUNDS = 4
 MIN_AIM = 0.005
 
 
-TARGETS = ("flops", "latency")
-# (--cpu_threads is not among them: it also sets the threads every CPU phase of a run uses)
-LATENCY_ONLY = (("latency_shape", "--latency_shape"), ("latency_table", "--latency_table"),
-                ("latency_allocation", "--latency_allocation"))
-
-
 class LatencyTargetMissed(UserError):
     """The measured latency cut stays short of the target after the closing loop."""
 
 
-def check_options(o):
-    """The pipeline options of ``--target`` (a PruneOptions), before any slow work: the target
-    kind, latency flags given without ``--target latency``, the shape, threads, sample count,
-    and a --latency_table made for another backend, threads, shape or channel step."""
-    if o.target not in TARGETS:
-        raise UserError(f"--target must be one of {', '.join(TARGETS)}, got {o.target!r}")
-    if o.target != "latency":
-        given = [flag for attr, flag in LATENCY_ONLY if getattr(o, attr) is not None]
-        if given:
-            raise UserError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} "
-                            "only with --target latency")
-        return
-    allocator(o.latency_allocation)    # a bad name fails here, in one line
-    if o.latency_samples < 3:
-        raise UserError(f"--latency_samples must be >= 3, got {o.latency_samples}")
-    if o.latency_table and _inside(o.latency_table, o.save_dir):
-        raise UserError(f"--latency_table {o.latency_table} is inside --save_dir, which a run "
-                        "replaces as a whole; keep the table outside it")
-    shape = parse_input_shape(o.latency_shape, "--latency_shape")
-    backend = measure.Backend(device=o.device, cpu_threads=o.cpu_threads,
-                              shape=shape or measure.DEFAULT_SHAPE)
-    check_file(o.latency_table, backend, o.channel_step, check_shape=shape is not None)
-
-
 def _inside(path, folder):
     return os.path.realpath(path).startswith(os.path.realpath(folder).rstrip(os.sep) + os.sep)
-
-
-def for_pipeline(o, cfg, model, analysis, work_dir):
-    """The :class:`LatencyTarget` of a pruning run (options ``o``, config ``cfg``)."""
-    shape = o.latency_shape or deploy_shape(cfg.val_dataset_config.get("transforms"))
-    backend = measure.Backend(device=o.device, cpu_threads=o.cpu_threads, shape=shape)
-    logger.info(f"latency target: {backend.name} on {backend.description()}, "
-                f"{backend.cpu_threads} threads, input {backend.shape_text()}")
-    return LatencyTarget(model, analysis.groups, backend, o.channel_step, max(o.sen_ratios),
-                         work_dir, o.latency_table, o.latency_samples, o.latency_allocation)
 
 
 def deploy_shape(val_transforms, default=measure.DEFAULT_SHAPE):
@@ -109,10 +70,17 @@ def next_aim(tried, target):
 
 
 class LatencyTarget:
-    """The latency side of one pruning run; ``work_dir`` holds its temporary exports."""
+    """The latency side of one pruning run (``model``: unpruned); ``work_dir`` holds its
+    temporary exports."""
+
+    name = "latency"
+    # (--cpu_threads is not among them: it also sets the threads every CPU phase of a run uses)
+    only_flags = (("latency_shape", "--latency_shape"), ("latency_table", "--latency_table"),
+                  ("latency_allocation", "--latency_allocation"))
 
     def __init__(self, model, groups, backend, channel_step, max_ratio, work_dir,
                  table_path=None, samples=DEFAULT_SAMPLES, allocation=None):
+        self.model = model
         self.groups, self.backend, self.channel_step = groups, backend, channel_step
         self.allocation = allocation or DEFAULT_ALLOCATION
         self.allocate = allocator(self.allocation)
@@ -124,6 +92,47 @@ class LatencyTarget:
         self.repeats = measure.repeats_for(self.table.full_ms)
         self.rounds, self.chosen = [], None
         self._full_dir = None
+
+    # -- the target interface (paddleseg.slim.targets) -----------------------------------------
+    @classmethod
+    def check(cls, o):
+        """Before any slow work: the allocation's name, the sample count, the shape, and a
+        --latency_table made for another backend, threads, shape or channel step."""
+        allocator(o.latency_allocation)    # a bad name fails here, in one line
+        if o.latency_samples < 3:
+            raise UserError(f"--latency_samples must be >= 3, got {o.latency_samples}")
+        if o.latency_table and _inside(o.latency_table, o.save_dir):
+            raise UserError(f"--latency_table {o.latency_table} is inside --save_dir, which a "
+                            "run replaces as a whole; keep the table outside it")
+        shape = parse_input_shape(o.latency_shape, "--latency_shape")
+        backend = measure.Backend(device=o.device, cpu_threads=o.cpu_threads,
+                                  shape=shape or measure.DEFAULT_SHAPE)
+        check_file(o.latency_table, backend, o.channel_step, check_shape=shape is not None)
+
+    @classmethod
+    def build(cls, o, cfg, model, analysis, work_dir, timings):
+        """The latency target of a pruning run: its table measured (or reused) here."""
+        with Phase(timings, "latency table"):
+            shape = o.latency_shape or deploy_shape(cfg.val_dataset_config.get("transforms"))
+            backend = measure.Backend(device=o.device, cpu_threads=o.cpu_threads, shape=shape)
+            logger.info(f"latency target: {backend.name} on {backend.description()}, "
+                        f"{backend.cpu_threads} threads, input {backend.shape_text()}")
+            return cls(model, analysis.groups, backend, o.channel_step, max(o.sen_ratios),
+                       work_dir, o.latency_table, o.latency_samples, o.latency_allocation)
+
+    def reachable(self, o):
+        return self.aimed_reduction(o.pruning_ratio, o.sen_ratios, o.allow_lower_target)
+
+    def allocate(self, sensitivities, aim, allow_lower=False):
+        return self.search(self.model, sensitivities, aim, allow_lower)
+
+    def final_report(self, model, export_dir, timings):
+        with Phase(timings, "latency measurement"):
+            return {"latency": self.measured_report(model, export_dir)}
+
+    @staticmethod
+    def report_lines(report):
+        return report_lines(report["latency"]) if report.get("latency") else []
 
     # -- before the sensitivity analysis --------------------------------------------------------
     def aimed_reduction(self, target, ratios, allow_lower):
@@ -218,7 +227,7 @@ class LatencyTarget:
         shares = shares_by_owner(width.owner, blocks, measure.low(times))
         return {k: round(v, 4) for k, v in shares.items()}
 
-    def final_report(self, model, export_dir=None):
+    def measured_report(self, model, export_dir=None):
         """Measured and predicted figures of the final (pruned, retrained) model, after
         :meth:`search`; its export is ``export_dir``, or made here when None. Removes the work
         folder."""

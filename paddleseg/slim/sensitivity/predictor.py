@@ -18,23 +18,18 @@ unpruned model and on pruned probes (four groups from the first to the last, eac
 channels); it says what failed, and the caller evaluates in dygraph instead. A point whose
 predictor cannot be built is evaluated in dygraph alone.
 
-Which is faster depends on the model, the image size and the number of eval images (a
-predictor's creation is paid once per point, its forwards are several times faster), and on
-where the groups sit (reuse skips what runs before a pruned layer, so it is fastest on the
-last groups and slowest on the first), so ``--sen_engine auto`` times both on a few real pruned
-points from the first group to the last (:meth:`PredictorEvaluator.time_engines`) and takes,
-per group, the one expected faster there (:func:`predictor_prefix`): the predictor for the first
-groups of the analysis, dygraph with reuse for the rest (:class:`MixedEvaluator`), or one engine
-for all of them.
+Which is faster than dygraph with reuse depends on the model, the images and where a group
+sits: :meth:`PredictorEvaluator.time_engines` measures both on pruned probes, and
+:func:`predictor_prefix` turns those times into a split (``--sen_evaluator auto``, see
+:mod:`.evaluators`).
 
 The metric is the predictor's: oneDNN's kernels move the logits in their last digits, and
 the logits are resized back to the label's size by OpenCV (:func:`label_map`), so a point's
 metric may differ from dygraph's in its last digits (that is why the sensitivity
-fingerprint names the engine). Every rank of a job builds its predictors the same way, so the
+fingerprint names the evaluator). Every rank of a job builds its predictors the same way, so the
 merged file of a job still equals a single process's.
 """
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -43,60 +38,23 @@ import cv2
 import numpy as np
 import paddle
 
-from ..core import metrics as M
-from ..core.export import MODEL_FILE, PARAMS_FILE, export_model
-from ..core.infer import predicted_labels
-from ..core.val import areas_of
-from ..deploy.predictor import cpu_predictor_from_memory, run_predictor
-from ..utils import distributed, logger
-from . import apply as _apply
-from . import graph as _graph
-from .fast_eval import KeptSamples
+from ...core import metrics as M
+from ...core.export import MODEL_FILE, PARAMS_FILE, export_model
+from ...core.infer import predicted_labels
+from ...core.val import areas_of
+from ...deploy.predictor import cpu_predictor_from_memory, run_predictor
+from ...utils import distributed, logger
+from .. import apply as _apply
+from .. import graph as _graph
+from .protocol import Evaluator
+from .reuse import KeptSamples
 
-ENGINES = ("auto", "predictor", "dygraph")
-FINGERPRINT_NOTE = "evaluated in Paddle Inference predictors"
-MIXED_NOTE = re.compile(re.escape(FINGERPRINT_NOTE) + r" for the first (\d+) groups")
 PROBE_RATIO = 0.5
 CV2_MAX_CHANNELS = 512   # OpenCV's limit on the channels of one image
 PROBES = 4
 # oneDNN's kernels move logits by about 1e-6 of their scale (measured on our five models); a
 # program that ran with wrong shapes or weights misses by far more
 LOGIT_TOLERANCE = 1e-3
-
-
-def resolve_engine(engine, recorded_extra=None):
-    """``predictor`` or ``dygraph`` where that is settled, ``mixed`` where a file begun with
-    both is resumed (:func:`recorded_split` says where it switched), else ``auto`` (time both).
-    ``auto`` resumes a sensitivity file with the engines it was begun with (``recorded_extra``:
-    its fingerprint's extra) and takes dygraph off the CPU or on a Paddle without oneDNN."""
-    if engine not in ENGINES:
-        raise ValueError(f"sensitivity engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    if engine != "auto":
-        return engine
-    if recorded_extra is not None:
-        if recorded_split(recorded_extra) is not None:
-            return "mixed"
-        return "predictor" if FINGERPRINT_NOTE in recorded_extra else "dygraph"
-    if paddle.get_device() != "cpu" or not onednn_available():
-        return "dygraph"
-    return "auto"
-
-
-def recorded_split(extra):
-    """The number of leading groups a mixed analysis evaluated in predictors, from its
-    fingerprint's extra (:func:`engine_note`); None for a single engine."""
-    found = MIXED_NOTE.search(extra or "")
-    return int(found.group(1)) if found else None
-
-
-def engine_note(engine, predictor_groups=None):
-    """What the sensitivity fingerprint says about the engine: a predictor's metrics can differ
-    from dygraph's in the last digits, so a file is resumed with the engines it was begun with."""
-    if engine == "predictor":
-        return FINGERPRINT_NOTE
-    if engine == "mixed":
-        return f"{FINGERPRINT_NOTE} for the first {predictor_groups} groups"
-    return ""
 
 
 def predictor_prefix(num_groups, probes):
@@ -116,12 +74,6 @@ def predictor_prefix(num_groups, probes):
     totals = np.concatenate([[0.0], np.cumsum(predictor)]) + \
         np.concatenate([np.cumsum(reuse[::-1])[::-1], [0.0]])
     return int(np.argmin(totals))
-
-
-def engine_for_split(predictor_groups, num_groups):
-    if predictor_groups <= 0:
-        return "dygraph"
-    return "predictor" if predictor_groups >= num_groups else "mixed"
 
 
 def probe_groups(groups, count=PROBES):
@@ -199,7 +151,7 @@ def close_logits(got, want):
     return got.shape == want.shape and bool(np.abs(got - want).max() <= LOGIT_TOLERANCE * scale)
 
 
-class PredictorEvaluator:
+class PredictorEvaluator(Evaluator):
     """``evaluator()`` is the mIoU of ``model`` as it is now on the first ``max_images`` of
     ``dataset``, evaluated in a Paddle Inference predictor. A context manager like
     :class:`~paddleseg.slim.fast_eval.SensitivityEvaluator`, entered with the model unpruned;
@@ -248,7 +200,7 @@ class PredictorEvaluator:
                 names[key] = tensor.name
                 seen.add(tensor.name)
         # jit.save leaves the layers' forwards converted by dy2static; keep the plain ones
-        with _graph._forwards_kept(self.model):
+        with _graph.forwards_kept(self.model):
             export_model(self.model, self._folder, output_op="none", val_transforms_config=[],
                          model_type=type(self.model).__name__)
         with open(os.path.join(self._folder, MODEL_FILE), "rb") as f:
@@ -328,15 +280,6 @@ class PredictorEvaluator:
         self.seconds = {name: float(np.mean(t)) for name, t in times.items()}
         return self.seconds
 
-    def choose_engines(self, reuse):
-        """(engine, predictor groups, this rank's :meth:`time_engines`): how many of the first
-        groups rank 0 expects to be faster in predictors (:func:`predictor_prefix`; every rank
-        of a job must evaluate alike) and the engine that makes: ``predictor`` (all of them),
-        ``dygraph`` (none) or ``mixed``."""
-        measured = self.time_engines(reuse)
-        split = distributed.all_gather(predictor_prefix(len(self.groups), self.probe_seconds))[0]
-        return engine_for_split(split, len(self.groups)), split, measured
-
     # -- evaluation ----------------------------------------------------------------------------
     def _params(self, state):
         return b"".join(paddle.base.core.save_lod_tensor_to_memory(state[key].value().get_tensor())
@@ -346,6 +289,11 @@ class PredictorEvaluator:
         state = self.model.state_dict()
         program = self.program.for_shapes({self.names[k]: state[k].shape for k in self.param_order})
         return cpu_predictor_from_memory(program, self._params(state), self.cpu_threads)
+
+    facts = {"name": "predictor"}
+
+    def evaluate(self, group_id=None):
+        return self()
 
     def __call__(self):
         if self.prepare():
@@ -378,26 +326,6 @@ class PredictorEvaluator:
             if was_training:
                 self.model.train()
         return M.summarize(*areas)["mIoU"]
-
-
-class MixedEvaluator:
-    """Predictors for the analysis's first ``predictor_groups`` groups, dygraph with reuse for
-    the others (``sensitivity.analyze`` asks :meth:`for_group` which evaluates a point); the
-    unpruned model's metric, the loss's base, is dygraph's. Both evaluators entered and the
-    predictor prepared, on the same unpruned model."""
-
-    def __init__(self, predictor, reuse, predictor_groups):
-        self.predictor, self.reuse = predictor, reuse
-        self.in_predictor = {g.id for g in predictor.groups[:predictor_groups]}
-
-    def prepare(self):
-        return self.reuse.prepare()
-
-    def for_group(self, group_id):
-        return self.predictor if group_id in self.in_predictor else self.reuse
-
-    def __call__(self):
-        return self.reuse()
 
 
 def label_map(logits, trans_info):

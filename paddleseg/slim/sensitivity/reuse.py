@@ -27,10 +27,11 @@ import weakref
 import numpy as np
 import paddle
 
-from ..core import metrics as M
-from ..core.infer import reverse_transform
-from ..core.val import accumulate_areas
-from ..utils import distributed, logger
+from ...core import metrics as M
+from ...core.infer import reverse_transform
+from ...core.val import accumulate_areas
+from ...utils import distributed, logger
+from .protocol import Evaluator
 
 # up to this many classes a label map is taken by comparing the classes' planes in numpy, above
 # it by Paddle's argmax (measured, one thread: 2 classes at 512x512 1.7 ms against 6.2 ms;
@@ -126,7 +127,7 @@ class KeptSamples:
         return sum(v.nbytes for s in self.samples for v in s.values() if isinstance(v, np.ndarray))
 
 
-class SensitivityEvaluator:
+class SensitivityEvaluator(Evaluator):
     """``evaluator()`` is the mIoU of ``model`` as it is now on the first ``max_images`` of
     ``dataset``, as ``evaluate_metrics`` gives it. Use it as a context manager around the
     analysis (``with SensitivityEvaluator(model, ds, n) as ev: analyze(..., ev, ...)``), entered
@@ -275,6 +276,11 @@ class SensitivityEvaluator:
                                                  labels_of=predicted_labels))["mIoU"]
         finally:
             self._evaluating = False
+
+    facts = {"name": "dygraph"}
+
+    def evaluate(self, group_id=None):
+        return self()
 
     def __call__(self):
         if self.reference_miou is None and self.reuse:

@@ -1,0 +1,101 @@
+"""A pruning run's options: read from prune.py's parser into one frozen dataclass, checked before
+any slow work, and the config built from them (nothing is filled in later)."""
+import hashlib
+import json
+import os
+from dataclasses import dataclass, fields
+
+from ..utils.errors import UserError
+from .criteria import CRITERIA
+from .publish import DEFAULT_SEN_FILE, check_save_dir
+
+DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))
+METHODS = ("native", "paddleslim")
+
+
+@dataclass(frozen=True)
+class PruneOptions:
+    config: str                        # the configuration file
+    pruning_ratio: float
+    retraining_iters: int
+    model_path: str = None
+    save_dir: str = "output"
+    method: str = "native"             # this project's engine, or PaddleSeg 2.6's (PaddleSlim)
+    criterion: str = "fpgm"
+    sen_file: str = None
+    sen_eval_num: int = None
+    sen_ratios: tuple = DEFAULT_RATIOS
+    sen_evaluator: str = "auto"        # what evaluates sensitivity: predictor, dygraph or auto
+    target: str = "flops"              # what pruning_ratio cuts: see paddleseg.slim.targets
+    allow_lower_target: bool = False   # prune at the most the grid reaches instead of failing
+    min_coverage: float = 0.5          # least share of conv FLOPs that must be prunable
+    channel_step: int = 8
+    latency_shape: tuple = None        # N C H W of the latency target (None: the deploy shape)
+    latency_table: str = None          # latency table file (None: cached under SEG_HOME)
+    latency_allocation: str = None     # see paddleseg.slim.latency.allocate.ALLOCATORS
+    latency_samples: int = 8           # sample plans a new latency table measures
+    batch_size: int = None             # retraining batch size (None: the config's)
+    learning_rate: float = None        # retraining learning rate (None: the config's)
+    num_workers: int = 0
+    seed: int = None
+    device: str = "cpu"                # where everything runs, latency measured included
+    cpu_threads: int = None            # threads per process (None: every core, shared by ranks)
+    opts: tuple = None                 # --opts KEY=VALUE overrides of the config
+    export: bool = True
+
+    @classmethod
+    def from_args(cls, args):
+        """The options of a parsed prune.py command line (an ``argparse.Namespace``)."""
+        given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
+        method = given.get("method") or "native"
+        given["criterion"] = given.get("criterion") or ("l1" if method == "paddleslim" else "fpgm")
+        given["sen_ratios"] = tuple(given.get("sen_ratios") or DEFAULT_RATIOS)
+        for name in ("latency_shape", "opts"):
+            if given.get(name) is not None:
+                given[name] = tuple(given[name])
+        return cls(**given)
+
+    @property
+    def sensitivity_path(self):
+        return self.sen_file or os.path.join(self.save_dir, DEFAULT_SEN_FILE)
+
+    def build_config(self):
+        """The config the run retrains with: --retraining_iters, --batch_size and
+        --learning_rate put into it (its schedule spans the retraining, as a fresh training run
+        of that length)."""
+        from ..cvlibs import Config
+        return Config(self.config, learning_rate=self.learning_rate, batch_size=self.batch_size,
+                      iters=self.retraining_iters or None,
+                      opts=list(self.opts) if self.opts else None)
+
+
+def check_common(o):
+    """The checks both methods (ours and PaddleSlim's) make before any slow work."""
+    if not 0.0 < o.pruning_ratio < 1.0:
+        raise UserError(f"--pruning_ratio must lie in (0, 1), got {o.pruning_ratio}")
+    if o.retraining_iters < 0:
+        raise UserError(f"--retraining_iters must be >= 0, got {o.retraining_iters}")
+    if o.batch_size is not None and o.batch_size < 1:
+        raise UserError(f"--batch_size must be >= 1, got {o.batch_size}")
+    if o.learning_rate is not None and o.learning_rate <= 0:
+        raise UserError(f"--learning_rate must be > 0, got {o.learning_rate}")
+    if o.criterion not in CRITERIA:
+        raise UserError(f"--criterion must be one of {', '.join(CRITERIA)}, got {o.criterion}")
+    if o.sen_eval_num is not None and o.sen_eval_num < 1:
+        raise UserError(f"--sen_eval_num must be >= 1, got {o.sen_eval_num}")
+    if o.model_path and not os.path.exists(o.model_path):
+        raise UserError(f"--model_path not found: {o.model_path}")
+    check_save_dir(o.save_dir, o.sen_file)
+
+
+def setup_facts(cfg, model_path, eval_num):
+    """The sensitivity fingerprint's ``setup``: what makes two analyses' metrics comparable
+    (the model and val-set config, the weights, the number of eval images)."""
+    keyed = {k: cfg.dic.get(k) for k in ("model", "val_dataset")}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    weights = ""
+    if model_path:
+        path = model_path if os.path.isfile(model_path) else os.path.join(model_path, "model.pdparams")
+        with open(path, "rb") as f:
+            weights = hashlib.sha256(f.read()).hexdigest()[:16]
+    return {"config": digest, "weights": weights or "none", "eval_images": eval_num}
