@@ -8,6 +8,7 @@ import paddle
 from paddleseg.cvlibs import manager
 from paddleseg.transforms import Compose
 from paddleseg.utils.errors import UserError
+from paddleseg.utils.image_io import read_image, shown
 
 IGNORE_INDEX = 255
 
@@ -82,9 +83,10 @@ class Dataset(paddle.io.Dataset):
         return pairs
 
     def read_label(self, path):
-        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if label is None:
-            raise DatasetError(f"cannot read label {path}")
+        try:
+            label = read_image(path, cv2.IMREAD_UNCHANGED, what="label")
+        except UserError as e:
+            raise DatasetError(str(e)) from None
         if label.ndim == 3:
             raise DatasetError(f"label {path} has {label.shape[2]} channels; labels must be "
                                "single-channel PNGs of class ids")

@@ -5,6 +5,7 @@ import sys
 import warnings
 
 from .errors import UserError
+from .image_io import shown
 
 
 def add_common_args(parser):
@@ -51,14 +52,14 @@ def run(main, argv=None):
     except UserError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {shown(e)}", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # an unexpected failure still gets one line first
         if debug:
             raise
         msg = str(e).strip().splitlines()
-        print(f"error: {type(e).__name__}: {msg[-1] if msg else ''} (run with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"error: {type(e).__name__}: {shown(msg[-1]) if msg else ''} (run with --debug for "
+              "the traceback)", file=sys.stderr)
         sys.exit(1)
     sys.exit(code or 0)
 

@@ -1,0 +1,138 @@
+"""Hardening findings of issue 21: file names that are not UTF-8, checkpoints whose values are not
+finite or not float, oversized configs, misleading messages, and errors under
+paddle.distributed.launch."""
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import ROOT, tiny_model
+
+PY = sys.executable
+BAD = os.fsdecode(b"bad\xff")  # a file-name part that is not UTF-8 (surrogate-escaped in Python)
+
+
+def run_script(script, *args, env=None):
+    """Run one of our scripts in a child process (a native crash must not take pytest down)."""
+    full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
+    return subprocess.run([PY, os.path.join(ROOT, script), *args], capture_output=True,
+                          text=True, errors="backslashreplace", env=full_env, timeout=300)
+
+
+def one_line_error(proc):
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert "Traceback" not in proc.stderr
+    return lines[0]
+
+
+# -- 1. file names that are not UTF-8 ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory):
+    from paddleseg.core import export as ex
+    out = str(tmp_path_factory.mktemp("export") / "fastscnn")
+    ex.export_model(tiny_model(0), out, model_type="FastSCNN",
+                    val_transforms_config=[{"type": "Resize", "target_size": [64, 64]},
+                                           {"type": "Normalize"}])
+    return out
+
+
+@pytest.fixture(scope="module")
+def odd_names(tmp_path_factory):
+    """A folder with an image and a broken image, both named with bytes that are not UTF-8."""
+    folder = str(tmp_path_factory.mktemp("odd"))
+    ok, buf = cv2.imencode(".jpg", np.random.RandomState(0).randint(0, 255, (40, 30, 3), np.uint8))
+    with open(os.path.join(folder, BAD + ".jpg"), "wb") as f:
+        f.write(buf.tobytes())
+    images = os.path.join(folder, "images")
+    os.mkdir(images)
+    with open(os.path.join(images, BAD + ".jpg"), "wb") as f:
+        f.write(buf.tobytes())
+    with open(os.path.join(folder, "junk" + BAD + ".png"), "wb") as f:
+        f.write(b"not an image")
+    return folder
+
+
+def test_shown_makes_any_name_printable():
+    from paddleseg.utils.image_io import shown
+    assert shown(BAD + ".jpg") == "bad\\xff.jpg"
+    assert shown(b"bad\xff.jpg") == "bad\\xff.jpg"
+    assert shown("café.png") == "café.png"
+    shown("\ud800").encode("utf-8")  # a lone surrogate too
+
+
+def test_read_image_reads_a_name_that_is_not_utf8(odd_names):
+    from paddleseg.utils import UserError
+    from paddleseg.utils.image_io import read_image
+    assert read_image(os.path.join(odd_names, BAD + ".jpg")).shape == (40, 30, 3)
+    assert read_image(os.fsencode(os.path.join(odd_names, BAD + ".jpg"))).shape == (40, 30, 3)
+    with pytest.raises(UserError, match=r"cannot read image .*junkbad\\xff\.png: not an image"):
+        read_image(os.path.join(odd_names, "junk" + BAD + ".png"))
+    with pytest.raises(UserError, match=r"cannot read label .*missing\.png"):
+        read_image(os.path.join(odd_names, "missing.png"), what="label")
+
+
+def test_infer_on_a_folder_with_a_name_that_is_not_utf8(export_dir, odd_names, tmp_path):
+    out = tmp_path / "result"
+    proc = run_script("deploy/python/infer.py", "--config", export_dir,
+                      "--image_path", os.path.join(odd_names, "images"), "--save_dir", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert os.listdir(out) == [BAD + ".png"]
+    from PIL import Image
+    with Image.open(os.path.join(out, BAD + ".png")) as png:
+        assert png.mode == "P" and png.size == (30, 40)
+
+
+def test_infer_on_an_undecodable_file_named_not_utf8(export_dir, odd_names, tmp_path):
+    args = ["deploy/python/infer.py", "--config", export_dir, "--image_path",
+            os.path.join(odd_names, "junk" + BAD + ".png"), "--save_dir", str(tmp_path / "r")]
+    line = one_line_error(run_script(*args))
+    assert "junkbad\\xff.png" in line and "not an image" in line
+    proc = run_script(*args, "--debug")  # the traceback, not a native crash
+    assert proc.returncode == 1 and "UserError" in proc.stderr, proc.stderr
+    # and the folder that holds it: one line, no crash
+    line = one_line_error(run_script("deploy/python/infer.py", "--config", export_dir,
+                                     "--image_path", odd_names, "--save_dir", str(tmp_path / "r")))
+    assert "junkbad\\xff.png" in line
+
+
+def test_dataset_under_a_root_that_is_not_utf8(tmp_path):
+    """A dataset_root given through --opts (argv) may hold any bytes: images and labels read."""
+    from conftest import make_tiny_optic
+    root = str(tmp_path / ("optic" + BAD))
+    os.rename(make_tiny_optic(tmp_path / "optic", num_train=2, num_val=1), root)
+    code = ("import sys, paddleseg.datasets as d\n"
+            "ds = d.OpticDiscSeg(dataset_root=sys.argv[1], transforms=[], mode='val')\n"
+            "item = ds[0]\n"
+            "print(item['img'].shape, item['label'].shape, item['img_path'])\n")
+    proc = subprocess.run([PY, "-c", code, root], capture_output=True, text=True,
+                          errors="backslashreplace", env=dict(os.environ, PYTHONPATH=ROOT),
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "(3, 64, 64) (64, 64)" in proc.stdout
+
+
+def test_logger_and_errors_print_names_that_are_not_utf8(capsys):
+    from paddleseg.utils import UserError, cli, logger
+
+    def main(argv):
+        logger.info(f"reading {BAD}.jpg")
+        raise UserError(f"cannot read image {BAD}.jpg")
+    with pytest.raises(SystemExit) as exc:
+        cli.run(main, [])
+    captured = capsys.readouterr()
+    assert exc.value.code == 2
+    assert "reading bad\\xff.jpg" in captured.out
+    assert captured.err == "error: cannot read image bad\\xff.jpg\n"
+
+
+def test_synthetic_data_tool_writes_under_a_folder_that_is_not_utf8(tmp_path):
+    proc = run_script("tools/make_synthetic_optic_disc.py", "--save_dir",
+                      str(tmp_path / BAD), "--num_train", "1", "--num_val", "1", "--size", "32")
+    assert proc.returncode == 0, proc.stderr
+    assert "bad\\xff" in proc.stdout
+    assert sorted(os.listdir(tmp_path / BAD / "JPEGImages")) == ["syn_0000.jpg", "syn_0001.jpg"]
