@@ -136,3 +136,119 @@ def test_synthetic_data_tool_writes_under_a_folder_that_is_not_utf8(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "bad\\xff" in proc.stdout
     assert sorted(os.listdir(tmp_path / BAD / "JPEGImages")) == ["syn_0000.jpg", "syn_0001.jpg"]
+
+
+# -- 2./3. checkpoints whose values are not finite or not float ----------------------------------
+
+def load_script(path):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3],
+                                                  os.path.join(ROOT, path))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_main(script, argv, capsys):
+    """A CLI in-process through cli.run: (exit code, stdout, stderr)."""
+    from paddleseg.utils import cli
+    with pytest.raises(SystemExit) as exc:
+        cli.run(load_script(script).main, argv)
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+def saved_state(tmp_path, edit, name="model.pdparams"):
+    """A FastSCNN state dict as numpy arrays, changed by ``edit(state)``, saved; its path."""
+    import paddle
+    state = {k: v.numpy() for k, v in tiny_model(0).state_dict().items()}
+    edit(state)
+    path = str(tmp_path / name)
+    paddle.save(state, path)
+    return path
+
+
+def first_param(state):
+    return next(iter(state))
+
+
+def test_val_refuses_nan_weights_naming_file_and_parameter(tmp_path, tiny_optic_root, capsys):
+    from conftest import write_tiny_config
+    config = write_tiny_config(tmp_path / "tiny.yml", tiny_optic_root, model="FastSCNN")
+    names = []
+
+    def nan_everywhere(state):
+        names.append(first_param(state))
+        for v in state.values():
+            if v.dtype == np.float32:
+                v[...] = np.nan
+    path = saved_state(tmp_path, nan_everywhere)
+    code, out, err = run_main("val.py", ["--config", config, "--model_path", path], capsys)
+    assert code == 2 and out.count("mIoU") == 0, (out, err)
+    assert err.count("\n") == 1
+    assert f"{path}: parameter {names[0]} holds" in err and "NaN or infinite" in err
+
+
+@pytest.mark.parametrize("bad,dtype", [(lambda a: a.astype(object), "object"),
+                                       (lambda a: a.astype(str), "<U"),
+                                       (lambda a: a.astype(np.int64), "int64")])
+def test_checkpoint_of_other_dtypes_names_file_parameter_and_dtype(tmp_path, bad, dtype):
+    from paddleseg.utils.checkpoint import CheckpointError, load_checkpoint
+    names = []
+
+    def edit(state):
+        names.append(first_param(state))
+        state[names[0]] = bad(state[names[0]])
+    path = saved_state(tmp_path, edit)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(tiny_model(1), path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: parameter {names[0]} has dtype {dtype}")
+    assert msg.endswith("expected float32")
+
+
+def test_checkpoint_entry_that_is_not_a_tensor(tmp_path):
+    from paddleseg.utils.checkpoint import CheckpointError, load_checkpoint
+
+    def edit(state):
+        state[first_param(state)] = "weights"
+    path = saved_state(tmp_path, edit)
+    with pytest.raises(CheckpointError, match=r"is a str, expected a float32 tensor"):
+        load_checkpoint(tiny_model(1), path)
+
+
+def test_pretrained_weights_with_inf_are_refused(tmp_path):
+    from paddleseg.utils.checkpoint import CheckpointError, load_pretrained_model
+
+    def edit(state):
+        state[first_param(state)].flat[0] = np.inf
+    path = saved_state(tmp_path, edit)
+    with pytest.raises(CheckpointError, match=r"holds 1 of \d+ values that are NaN or infinite"):
+        load_pretrained_model(tiny_model(1), path)
+
+
+def test_no_matching_names_gives_the_file_and_model_counts(tmp_path):
+    import paddle
+    from paddleseg.utils.checkpoint import CheckpointError, load_checkpoint
+    path = str(tmp_path / "other.pdparams")
+    paddle.save({"a.weight": np.zeros(2, np.float32), "b.weight": np.zeros(2, np.float32)}, path)
+    model = tiny_model(0)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(model, path)
+    assert f"none of its 2 entries is named like one of the model's " \
+           f"{len(model.state_dict())} parameters" in str(e.value)
+
+
+def test_evaluation_warns_when_the_logits_are_not_finite(tiny_optic_root, capsys):
+    import paddle
+    from paddleseg import transforms as T
+    from paddleseg.core.val import accumulate_areas
+    from paddleseg.datasets import OpticDiscSeg
+
+    class NaNModel(paddle.nn.Layer):
+        def forward(self, x):
+            return [paddle.full([x.shape[0], 2, *x.shape[2:]], float("nan"))]
+    ds = OpticDiscSeg(dataset_root=tiny_optic_root, mode="val", transforms=[T.Normalize()])
+    accumulate_areas(NaNModel(), ds)
+    out = capsys.readouterr().out
+    assert "NaN or infinite logits on 2 of 2 images" in out and "MEANINGLESS" in out
