@@ -2,6 +2,7 @@
 finite or not float, oversized configs, misleading messages, and errors under
 paddle.distributed.launch."""
 import os
+import re
 import subprocess
 import sys
 
@@ -252,3 +253,121 @@ def test_evaluation_warns_when_the_logits_are_not_finite(tiny_optic_root, capsys
     accumulate_areas(NaNModel(), ds)
     out = capsys.readouterr().out
     assert "NaN or infinite logits on 2 of 2 images" in out and "MEANINGLESS" in out
+
+
+# -- 4. oversized configs ------------------------------------------------------------------------
+
+def write(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return str(path)
+
+
+def config_error(path, opts=None):
+    from paddleseg.cvlibs import Config
+    from paddleseg.cvlibs.config import ConfigError
+    with pytest.raises(ConfigError) as e:
+        Config(str(path), opts=opts).build_model()
+    return str(e.value)
+
+
+def test_config_over_one_mib_is_refused_before_parsing(tmp_path, monkeypatch):
+    import yaml
+    big = tmp_path / "big.yml"
+    with open(big, "w") as f:
+        f.write("model: {type: FastSCNN, num_classes: 2}\nnotes:\n")
+        f.write("  - 'padding padding padding padding padding padding'\n" * 20000)  # ~1.1 MB
+
+    def no_parsing(*a, **k):
+        raise AssertionError("parsed")
+    monkeypatch.setattr(yaml, "safe_load", no_parsing)
+    assert re.search(r"big\.yml is \d+ bytes; a config must be at most 1048576 bytes \(1 MiB\)",
+                     config_error(big))
+    # a small file whose _base_ is the big one: the base is refused the same way
+    child = write(tmp_path / "child.yml", "_base_: big.yml\nbatch_size: 2\n")
+    monkeypatch.undo()
+    msg = config_error(child)
+    assert re.search(r"^config file \S*big\.yml \(the _base_ of \S*child\.yml\) is \d+ bytes",
+                     msg), msg
+
+
+def test_deploy_yaml_over_one_mib_is_refused(tmp_path):
+    from paddleseg.core.export import load_deploy_config
+    from paddleseg.utils import UserError
+    with open(tmp_path / "deploy.yaml", "w") as f:
+        f.write("Deploy: {}\n" + "#" * (1 << 20))
+    with pytest.raises(UserError, match=r"deploy config .*deploy.yaml is 1048587 bytes; a config must be at most"):
+        load_deploy_config(str(tmp_path))
+
+
+# -- 5. messages that blamed the wrong thing ----------------------------------------------------
+
+MODEL_CONFIG = "batch_size: 2\niters: 5\noptimizer: {type: sgd, momentum: 0.9}\n" \
+               "model: {type: FastSCNN, num_classes: %s}\n"
+
+
+@pytest.mark.parametrize("num", ["0", "-3", "2.5", "true"])
+def test_num_classes_below_one_says_so(tmp_path, num):
+    msg = config_error(write(tmp_path / "c.yml", MODEL_CONFIG % num))
+    assert "num_classes must be an integer >= 1" in msg and "c.yml" in msg
+
+
+def test_num_classes_from_opts_names_opts(tmp_path):
+    msg = config_error(write(tmp_path / "c.yml", MODEL_CONFIG % 2), ["model.num_classes=0"])
+    assert msg.startswith("--opts model.num_classes=0: num_classes must be an integer >= 1")
+
+
+def test_base_naming_a_folder_says_it_is_a_folder(tmp_path):
+    msg = config_error(write(tmp_path / "c.yml", "_base_: .\n" + MODEL_CONFIG % 2))
+    assert "_base_ '.' named in" in msg and "is a folder" in msg
+    assert "config file " in config_error(tmp_path) and "is a folder" in config_error(tmp_path)
+
+
+@pytest.mark.parametrize("opt,key", [("batch_size=abc", "batch_size"), ("iters=-1", "iters")])
+def test_bad_opts_value_names_opts_not_the_file(tmp_path, opt, key):
+    msg = config_error(write(tmp_path / "c.yml", MODEL_CONFIG % 2), [opt])
+    assert msg.startswith(f"--opts {opt}: {key} must be a positive integer")
+
+
+def test_opts_below_a_plain_value_says_it_is_a_value(tmp_path):
+    msg = config_error(write(tmp_path / "c.yml", MODEL_CONFIG % 2), ["optimizer.momentum.x=1"])
+    assert msg == ("--opts optimizer.momentum.x=1: optimizer.momentum is a value (0.9), not a "
+                   "mapping, so it has no 'x'; set it with --opts optimizer.momentum=VALUE")
+
+
+def list_dataset(tmp_path, lines, mode="train", separator=" "):
+    from paddleseg.datasets import Dataset
+    from conftest import make_tiny_optic
+    root = make_tiny_optic(tmp_path / "optic", num_train=1, num_val=1)
+    with open(os.path.join(root, "list.txt"), "wb") as f:
+        f.write(lines)
+    return lambda: Dataset(mode, root, [], 2, separator=separator,
+                           **{f"{mode}_path": os.path.join(root, "list.txt")})
+
+
+def test_list_file_line_that_is_not_utf8_names_file_and_line(tmp_path):
+    from paddleseg.datasets import DatasetError
+    make = list_dataset(tmp_path, b"JPEGImages/syn_0000.jpg Annotations/syn_0000.png\n"
+                                  b"JPEGImages/syn_\xff.jpg Annotations/syn_0001.png\n")
+    with pytest.raises(DatasetError, match=r"list\.txt:2: not UTF-8 text \(byte 0xff at column "
+                                           r"16\); list files must be saved as UTF-8"):
+        make()
+
+
+def test_list_file_name_with_a_space_says_fields_split_at_spaces(tmp_path):
+    from paddleseg.datasets import DatasetError
+    import shutil
+    make = list_dataset(tmp_path, b"JPEGImages/syn 0000.jpg Annotations/syn_0000.png\n")
+    with pytest.raises(DatasetError) as e:
+        make()
+    msg = str(e.value)
+    assert "list.txt:1: expected 'image label' (fields separated by a space), got 3 fields" in msg
+    assert "file names containing a space are not supported" in msg and "separator" in msg
+    # with another separator (as in PaddleSeg), names with spaces work
+    from paddleseg.datasets import Dataset
+    root = str(tmp_path / "optic")
+    shutil.copy(os.path.join(root, "JPEGImages", "syn_0000.jpg"),
+                os.path.join(root, "JPEGImages", "syn 0000.jpg"))
+    write(os.path.join(root, "bar.txt"), "JPEGImages/syn 0000.jpg|Annotations/syn_0000.png\n")
+    ds = Dataset("train", root, [], 2, train_path=os.path.join(root, "bar.txt"), separator="|")
+    assert ds[0]["img_path"].endswith("syn 0000.jpg")
