@@ -371,3 +371,37 @@ def test_list_file_name_with_a_space_says_fields_split_at_spaces(tmp_path):
     write(os.path.join(root, "bar.txt"), "JPEGImages/syn 0000.jpg|Annotations/syn_0000.png\n")
     ds = Dataset("train", root, [], 2, train_path=os.path.join(root, "bar.txt"), separator="|")
     assert ds[0]["img_path"].endswith("syn 0000.jpg")
+
+
+# -- 6. bad input under paddle.distributed.launch ------------------------------------------------
+
+def test_bad_input_under_the_launcher_exits_2_with_one_line_and_no_environment(tmp_path):
+    """Both ranks refuse the missing config before the collective: rank 0 prints the one line,
+    rank 1 stays quiet, and the launcher exits 2 (not 241) without its 'Container failed'
+    dump of the environment or a second copy of the line."""
+    log_dir = tmp_path / "log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PADDLE_")}
+    env["SEG_SECRET_PROBE"] = "do-not-print-me"
+    proc = subprocess.run([PY, "-m", "paddle.distributed.launch", "--nproc_per_node", "2",
+                           "--log_dir", str(log_dir), "train.py", "--config", "missing.yml"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    console = proc.stdout + proc.stderr
+    assert proc.returncode == 2, console
+    assert [line for line in console.splitlines() if "error" in line.lower()] == \
+        ["error: config file not found: missing.yml"], console
+    assert "do-not-print-me" not in console and "Container failed" not in console
+    with open(log_dir / "workerlog.1", encoding="utf-8") as f:
+        assert "error" not in f.read()
+
+
+def test_outside_the_launcher_errors_print_at_once(capsys, monkeypatch):
+    from paddleseg.utils import UserError, cli
+    monkeypatch.setenv("PADDLE_TRAINERS_NUM", "2")
+    monkeypatch.setenv("PADDLE_TRAINER_ID", "1")  # a rank, but pytest is not its launcher
+    assert cli.launcher_pid() is None
+
+    def main(argv):
+        raise UserError("bad")
+    with pytest.raises(SystemExit) as exc:
+        cli.run(main, [])
+    assert exc.value.code == 2 and capsys.readouterr().err == "error: bad\n"
