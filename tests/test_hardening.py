@@ -122,12 +122,14 @@ def test_logger_and_errors_print_names_that_are_not_utf8(capsys):
 
     def main(argv):
         logger.info(f"reading {BAD}.jpg")
+        print(f"a plain print of {BAD}.jpg")  # cli.run makes stdout take any text
         raise UserError(f"cannot read image {BAD}.jpg")
     with pytest.raises(SystemExit) as exc:
         cli.run(main, [])
     captured = capsys.readouterr()
     assert exc.value.code == 2
     assert "reading bad\\xff.jpg" in captured.out
+    assert "a plain print of bad\\udcff.jpg" in captured.out
     assert captured.err == "error: cannot read image bad\\xff.jpg\n"
 
 

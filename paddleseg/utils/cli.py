@@ -40,10 +40,23 @@ def quiet_library_deprecations():
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+def printable_streams():
+    """Let stdout and stderr print any text: a file name that is not UTF-8 (surrogate escapes)
+    prints as ``\\udcNN`` instead of raising UnicodeEncodeError in the middle of a run (our own
+    messages show such names as ``\\xNN`` through ``image_io.shown``)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream.errors == "strict":
+                stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a reconfigurable text stream
+            pass
+
+
 def run(main, argv=None):
     """Call ``main(argv)``; bad input -> one line on stderr and exit 2, unless --debug."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    printable_streams()
     if not debug:
         quiet_library_deprecations()
     try:
