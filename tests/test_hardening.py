@@ -86,6 +86,12 @@ def test_infer_on_a_folder_with_a_name_that_is_not_utf8(export_dir, odd_names, t
     from PIL import Image
     with Image.open(os.path.join(out, BAD + ".png")) as png:
         assert png.mode == "P" and png.size == (30, 40)
+    # the file itself, into a folder whose name is not UTF-8 either
+    out = tmp_path / ("result" + BAD)
+    proc = run_script("deploy/python/infer.py", "--config", export_dir, "--image_path",
+                      os.path.join(odd_names, "images", BAD + ".jpg"), "--save_dir", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert os.listdir(out) == [BAD + ".png"] and "resultbad\\xff" in proc.stdout
 
 
 def test_infer_on_an_undecodable_file_named_not_utf8(export_dir, odd_names, tmp_path):
