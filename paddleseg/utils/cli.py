@@ -108,10 +108,10 @@ LAUNCHER_STOP_S = 30.0  # a rank the launcher never stops reports its own error 
 
 
 def launcher_pid():
-    """The pid of the ``paddle.distributed.launch`` that started this process as one of
-    several ranks, or None (a single process, another launcher, not Linux)."""
-    from .distributed import world_size
-    if world_size() <= 1 or "PADDLE_TRAINER_ID" not in os.environ:
+    """The pid of the ``paddle.distributed.launch`` that started this process as a rank (one
+    rank of one, too: the launcher dumps the environment all the same), or None (no launcher,
+    another launcher, not Linux)."""
+    if "PADDLE_TRAINER_ID" not in os.environ:
         return None
     ppid = os.getppid()
     try:
