@@ -9,6 +9,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import paddleseg  # noqa: E402,F401
 from paddleseg.datasets.dataset import DatasetError  # noqa: E402
 from paddleseg.datasets.optic_disc_seg import URL, download_optic_disc  # noqa: E402
+from paddleseg.utils.image_io import shown  # noqa: E402
 from make_synthetic_optic_disc import make_dataset  # noqa: E402
 
 
@@ -25,17 +26,17 @@ def main():
     p.add_argument("--size", type=int, default=512)
     args = p.parse_args()
     if os.path.isfile(os.path.join(args.dataset_root, "train_list.txt")):
-        print(f"using the optic-disc set at {args.dataset_root}")
+        print(f"using the optic-disc set at {shown(args.dataset_root)}")
         return
     if not args.offline:
         try:
             download_optic_disc(args.dataset_root, url=args.url, sha256=args.sha256)
-            print(f"downloaded the real optic_disc_seg to {args.dataset_root}")
+            print(f"downloaded the real optic_disc_seg to {shown(args.dataset_root)}")
             return
         except DatasetError as e:
-            print(f"{e}\n-> writing the synthetic set instead", file=sys.stderr)
+            print(f"{shown(e)}\n-> writing the synthetic set instead", file=sys.stderr)
     make_dataset(args.dataset_root, num_train=args.num_train, num_val=args.num_val, size=args.size)
-    print(f"wrote a synthetic optic-disc set to {args.dataset_root}")
+    print(f"wrote a synthetic optic-disc set to {shown(args.dataset_root)}")
 
 
 if __name__ == "__main__":

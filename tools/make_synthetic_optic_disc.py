@@ -256,9 +256,20 @@ def _check_args(num_train, num_val, size, seed):
 
 
 def _write(path, img, params=()):
-    ok = cv2.imwrite(path, img, list(params))
+    # encoded in memory and written by Python: cv2.imwrite crashes on a path that is not UTF-8
+    ok, buf = cv2.imencode(os.path.splitext(path)[1], img, list(params))
     if not ok:
-        raise OSError(f"could not write {path}")
+        raise OSError(f"could not encode {_shown(path)}")
+    with open(path, "wb") as fh:
+        fh.write(buf.tobytes())
+
+
+def _shown(path):
+    """``path`` printable anywhere: bytes of a name that are not UTF-8 become \\xNN."""
+    try:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def make_dataset(save_dir, num_train=60, num_val=20, size=512, seed=0, overwrite=False):
@@ -346,13 +357,13 @@ def main(argv=None):
         out = make_dataset(args.save_dir, args.num_train, args.num_val, args.size,
                            args.seed, overwrite=args.overwrite)
     except (ValueError, FileExistsError) as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {_shown(str(e))}", file=sys.stderr)
         return 2
     except OSError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {_shown(str(e))}", file=sys.stderr)
         return 1
     print(f"wrote {args.num_train} train + {args.num_val} val images "
-          f"({args.size}x{args.size}) to {out}")
+          f"({args.size}x{args.size}) to {_shown(out)}")
     return 0
 
 

@@ -211,12 +211,17 @@ def check_input_shape_fits(deploy, shape):
 def load_deploy_config(path):
     """The ``Deploy`` section of an export (``path``: deploy.yaml or its directory), with
     ``model_dir``, ``model_path`` and ``params_path`` added as real paths."""
+    from paddleseg.cvlibs.config import check_config_size
     yml = deploy_yaml_path(path)
+    check_config_size(yml, "deploy config")
     try:
         with open(yml, "r", encoding="utf-8") as f:
             dic = yaml.safe_load(f)
     except yaml.YAMLError as e:
         raise UserError(f"malformed YAML in {yml}: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{yml} is not a YAML text file (byte {e.object[e.start]:#04x} at offset "
+                        f"{e.start} is not UTF-8)") from None
     if not isinstance(dic, dict) or not isinstance(dic.get("Deploy"), dict):
         raise UserError(f"{yml} has no 'Deploy' section (not a PaddleSeg deploy.yaml)")
     deploy = dict(dic["Deploy"])

@@ -18,7 +18,8 @@ import paddle
 
 from paddleseg.utils import distributed, logger
 from paddleseg.utils.checkpoint import (TRAIN_STATE_FILE, CheckpointError, check_state_dict,
-                                        checkpoint_iteration, read_state_dict, read_train_state,
+                                        checkpoint_iteration, model_dtypes, params_file,
+                                        read_state_dict, read_train_state,
                                         safe_load_state_dict, save_checkpoint)
 from paddleseg.utils.errors import UserError
 from paddleseg.utils.fileio import (check_folder_target, remove_stale_temporaries,
@@ -50,8 +51,8 @@ def loss_computation(logits_list, labels, losses):
 
 def resume(model, optimizer, resume_dir):
     """Load model and optimizer state (the LR schedule travels with the optimizer)."""
-    state = read_state_dict(resume_dir)
-    check_state_dict(model, state, resume_dir)
+    state = read_state_dict(resume_dir, model_dtypes(model))
+    check_state_dict(model, state, params_file(resume_dir))
     model.set_state_dict(state)
     opt_path = os.path.join(resume_dir, "model.pdopt")
     if not os.path.isfile(opt_path):

@@ -16,13 +16,23 @@ def accumulate_areas(model, dataset, max_images=None, progress=False,
     ``labels_of(logit, trans_info)`` makes the label map (``core.infer.predicted_labels``)."""
     was_training = model.training
     model.eval()
+    not_finite = []
+
+    def label_of(data):
+        logit = model(paddle.to_tensor(data["img"][None]))[0]
+        if not bool(paddle.isfinite(logit).all()):
+            not_finite.append(data.get("img_path"))
+        return labels_of(logit, data["trans_info"])
+
     with paddle.no_grad():
-        totals = areas_of(
-            lambda data: labels_of(model(paddle.to_tensor(data["img"][None]))[0],
-                                   data["trans_info"]),
-            dataset, max_images, progress)
+        totals = areas_of(label_of, dataset, max_images, progress)
     if was_training:
         model.train()
+    if not_finite:  # argmax of NaN is class 0: the figures would look normal
+        n = len(dataset) if max_images is None else min(max_images, len(dataset))
+        logger.warning(f"the model gave NaN or infinite logits on {len(not_finite)} of {n} "
+                       f"images (first: {not_finite[0]}): THESE METRICS ARE MEANINGLESS; "
+                       "check the weights")
     return totals
 
 

@@ -34,9 +34,28 @@ def _yaml_problem(e):
     return " ".join(str(text).split())
 
 
-def read_yaml(path):
+# a config is a few kB; reading one of many MB (or a _base_ pointing at a data file) would take
+# minutes inside the YAML parser, so larger files are refused before any parsing
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def check_config_size(path, what="config file", base_of=None):
+    """ConfigError when ``path`` (the ``_base_`` of file ``base_of``, if given) is larger than
+    MAX_CONFIG_BYTES (checked before parsing)."""
+    size = os.path.getsize(path)
+    if size > MAX_CONFIG_BYTES:
+        named = f" (the _base_ of {base_of})" if base_of else ""
+        raise ConfigError(f"{what} {path}{named} is {size} bytes; a config must be at most "
+                          f"{MAX_CONFIG_BYTES} bytes ({MAX_CONFIG_BYTES >> 20} MiB): is it the "
+                          "right file?")
+
+
+def read_yaml(path, base_of=None):
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a folder; give the .yml file inside it")
     if not os.path.isfile(path):
         raise ConfigError(f"config file not found: {path}")
+    check_config_size(path, base_of=base_of)
     try:
         with codecs.open(path, "r", "utf-8") as f:
             dic = yaml.safe_load(f)
@@ -80,19 +99,22 @@ def _base_paths(dic, path):
     return [os.path.join(os.path.dirname(path), b) for b in bases]
 
 
-def load_config_dict(path, _chain=()):
+def load_config_dict(path, _chain=(), _base_of=None):
     """The config at ``path`` with its ``_base_`` chain resolved (paths relative to the file)."""
     here = os.path.realpath(path)
     if here in _chain:  # a file that is its own base, directly or through others
         cycle = [*_chain[_chain.index(here):], here]
         raise ConfigError("_base_ cycle: " + " -> ".join(os.path.relpath(p) for p in cycle))
-    dic = read_yaml(path)
+    dic = read_yaml(path, _base_of)
     merged = {}
     for base_path in _base_paths(dic, path):
+        named = os.path.relpath(base_path, os.path.dirname(path))
+        if os.path.isdir(base_path):
+            raise ConfigError(f"_base_ '{named}' named in {path} is a folder ({base_path}); "
+                              "_base_ must name a config file")
         if not os.path.isfile(base_path):
-            raise ConfigError(f"_base_ file '{os.path.relpath(base_path, os.path.dirname(path))}' "
-                              f"named in {path} not found: {base_path}")
-        merged = merge_config(merged, load_config_dict(base_path, (*_chain, here)))
+            raise ConfigError(f"_base_ file '{named}' named in {path} not found: {base_path}")
+        merged = merge_config(merged, load_config_dict(base_path, (*_chain, here), path))
     return merge_config(merged, dic)
 
 
@@ -122,6 +144,36 @@ def parse_opts(opts):
                                   f"'{'.'.join(parts[:depth + 1])}=...'")
         node[parts[-1]] = value
     return out
+
+
+def _positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _opts_text(value):
+    """An --opts value as the user typed it (YAML's spelling of what it parsed to)."""
+    if isinstance(value, str):
+        return value
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def check_opts_paths(dic, opts):
+    """ConfigError for an ``--opts a.b.c=v`` whose ``a.b`` is a plain value in the config
+    (``optimizer.momentum.x=1`` when momentum is 0.9): the override would replace the value by
+    a mapping, which the component then rejects with a message that names neither."""
+    for item in opts or []:
+        key = item.partition("=")[0]
+        parts = key.split(".")
+        node = dic
+        for depth, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+            if node is not None and not isinstance(node, dict):
+                prefix = ".".join(parts[:depth + 1])
+                raise ConfigError(f"--opts {item}: {prefix} is a value ({node!r}), not a mapping, "
+                                  f"so it has no '{parts[depth + 1]}'; set it with --opts "
+                                  f"{prefix}=VALUE")
 
 
 def check_top_level(dic, path):
@@ -200,7 +252,9 @@ class Config:
             raise ConfigError("please give a config file (--config)")
         self.path = path
         dic = load_config_dict(path)
-        dic = check_top_level(merge_config(dic, parse_opts(opts)), path)
+        self.opts = parse_opts(opts)
+        check_opts_paths(dic, opts)
+        dic = check_top_level(merge_config(dic, self.opts), path)
         if learning_rate is not None:
             dic.setdefault("lr_scheduler", {})["learning_rate"] = learning_rate
         if batch_size is not None:
@@ -214,18 +268,30 @@ class Config:
         self._optimizer = None
         self._check()
 
+    def source(self, key):
+        """Where the value at dotted ``key`` came from, for messages: ``--opts key=...`` when an
+        override set it, else the config file."""
+        node = self.opts
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return self.path
+            node = node[part]
+        return f"--opts {key}={_opts_text(node)}"
+
     def _check(self):
         for key in ("model",):
             if key not in self.dic:
                 raise ConfigError(f"{self.path}: the config has no '{key}' section")
-        if "iters" in self.dic and (not isinstance(self.dic["iters"], int) or self.dic["iters"] < 1):
-            raise ConfigError(f"{self.path}: iters must be a positive integer, got {self.dic['iters']!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"{self.path}: batch_size must be a positive integer, got {self.batch_size!r}")
+        if "iters" in self.dic and not _positive_int(self.dic["iters"]):
+            raise ConfigError(f"{self.source('iters')}: iters must be a positive integer, got "
+                              f"{self.dic['iters']!r}")
+        if not _positive_int(self.batch_size):
+            raise ConfigError(f"{self.source('batch_size')}: batch_size must be a positive integer, "
+                              f"got {self.batch_size!r}")
         lr = (self.dic.get("lr_scheduler") or {}).get("learning_rate")
         if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
-            raise ConfigError(f"{self.path}: lr_scheduler.learning_rate must be a positive number, "
-                              f"got {lr!r}")
+            raise ConfigError(f"{self.source('lr_scheduler.learning_rate')}: "
+                              f"lr_scheduler.learning_rate must be a positive number, got {lr!r}")
 
     # -- plain values -------------------------------------------------------------------
     @property
@@ -293,6 +359,11 @@ class Config:
         """A fresh model from the config (``model`` is the cached one)."""
         cfg = self.model_config
         cfg.setdefault("num_classes", self.num_classes)
+        if not _positive_int(cfg["num_classes"]):
+            where = (self.source("model.num_classes") if "num_classes" in self.dic["model"]
+                     else self.path)
+            raise ConfigError(f"{where}: num_classes must be an integer >= 1 (the classes the "
+                              f"model predicts, background included), got {cfg['num_classes']!r}")
         return build_component(cfg, manager.MODELS)
 
     @property

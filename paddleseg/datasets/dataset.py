@@ -8,6 +8,7 @@ import paddle
 from paddleseg.cvlibs import manager
 from paddleseg.transforms import Compose
 from paddleseg.utils.errors import UserError
+from paddleseg.utils.image_io import read_image, shown
 
 IGNORE_INDEX = 255
 
@@ -61,17 +62,24 @@ class Dataset(paddle.io.Dataset):
             if not os.path.isfile(list_path_in_root):
                 raise DatasetError(f"list file not found: {list_path}")
             list_path = list_path_in_root
+        if not isinstance(separator, str) or not separator:
+            raise DatasetError(f"separator must be a non-empty string, got {separator!r}")
         pairs = []
-        with open(list_path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                line = line.strip()
+        with open(list_path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8").strip()
+                except UnicodeDecodeError as e:
+                    raise DatasetError(f"{list_path}:{lineno}: not UTF-8 text (byte "
+                                       f"{raw[e.start]:#04x} at column {e.start + 1}); list "
+                                       "files must be saved as UTF-8") from None
                 if not line:
                     continue
                 items = line.split(separator)
                 if len(items) == 1 and self.mode == "test":
                     items = [items[0], None]
                 if len(items) != 2:
-                    raise DatasetError(f"{list_path}:{lineno}: expected 'image{separator}label', got {line!r}")
+                    raise DatasetError(self._line_error(list_path, lineno, line, items, separator))
                 pairs.append(tuple(self.resolve(p) if p else None for p in items))
         if not pairs:
             raise DatasetError(f"list file {list_path} names no images")
@@ -81,10 +89,24 @@ class Dataset(paddle.io.Dataset):
                     raise DatasetError(f"{list_path} names a missing file: {p}")
         return pairs
 
+    def _line_error(self, list_path, lineno, line, items, separator):
+        """Why a list-file line does not split into image and label (PaddleSeg 2.6 splits at
+        every ``separator`` too, so a name that contains it cannot be listed with it)."""
+        sep = "a space" if separator == " " else repr(separator)
+        want = f"'image{separator}label'" + (" or 'image'" if self.mode == "test" else "")
+        msg = (f"{list_path}:{lineno}: expected {want} (fields separated by {sep}), got "
+               f"{len(items)} fields in {line!r}")
+        if len(items) > 2:
+            msg += (f"; file names containing {sep} are not supported with this separator: "
+                    "rename them, or use the generic Dataset type with another separator "
+                    "(e.g. separator: '|') in the config and in the list file")
+        return msg
+
     def read_label(self, path):
-        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-        if label is None:
-            raise DatasetError(f"cannot read label {path}")
+        try:
+            label = read_image(path, cv2.IMREAD_UNCHANGED, what="label")
+        except UserError as e:
+            raise DatasetError(str(e)) from None
         if label.ndim == 3:
             raise DatasetError(f"label {path} has {label.shape[2]} channels; labels must be "
                                "single-channel PNGs of class ids")

@@ -11,6 +11,7 @@ import numpy as np
 
 from paddleseg.cvlibs import manager
 from paddleseg.utils.errors import UserError
+from paddleseg.utils.image_io import read_image
 from . import functional as F
 
 __all__ = ["Compose", "Resize", "ResizeStepScaling", "RandomPaddingCrop", "RandomHorizontalFlip",
@@ -52,9 +53,7 @@ class Compose:
         self.img_channels = img_channels
 
     def read_image(self, path):
-        img = cv2.imread(path, cv2.IMREAD_COLOR if self.img_channels == 3 else cv2.IMREAD_GRAYSCALE)
-        if img is None:
-            raise UserError(f"cannot read image {path} (missing or not an image file)")
+        img = read_image(path, cv2.IMREAD_COLOR if self.img_channels == 3 else cv2.IMREAD_GRAYSCALE)
         if self.img_channels == 3 and self.to_rgb:
             img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
         return img

@@ -71,9 +71,35 @@ def restricted_unpickle(data):
     return _StateDictUnpickler(io.BytesIO(data), encoding="latin1").load()
 
 
-def safe_load_state_dict(path):
+# the numpy dtypes a Paddle tensor can hold: paddle.load fails on any other array with a raw
+# InvalidArgument that names neither the file nor the entry
+PADDLE_DTYPES = frozenset(("bool", "float16", "float32", "float64", "int8", "int16", "int32",
+                           "int64", "uint8", "uint16", "complex64", "complex128"))
+
+
+def dtype_name(dtype):
+    """``float32`` for numpy's ``float32`` and Paddle's ``paddle.float32`` alike."""
+    return str(dtype).replace("paddle.", "")
+
+
+def _check_array_dtypes(content, path, expected=None, prefix=""):
+    """CheckpointError naming the first array of ``content`` (nested dicts too) that no Paddle
+    tensor can hold (objects, strings, ...); ``expected`` maps names to the model's dtypes."""
+    for name, value in content.items():
+        full = f"{prefix}{name}"
+        if isinstance(value, dict):
+            _check_array_dtypes(value, path, None, prefix=f"{full}.")
+        elif isinstance(value, np.ndarray) and value.dtype.name not in PADDLE_DTYPES:
+            want = (expected or {}).get(full)
+            raise CheckpointError(f"{path}: parameter {full} has dtype {value.dtype}, expected "
+                                  + (dtype_name(want) if want is not None else
+                                     "a numeric tensor (float32 for weights)"))
+
+
+def safe_load_state_dict(path, expected=None):
     """``paddle.load(path)`` for a state dict (``.pdparams``) or optimizer state (``.pdopt``),
-    refusing any file that would run code: ``not a Paddle checkpoint: PATH (...)``."""
+    refusing any file that would run code: ``not a Paddle checkpoint: PATH (...)``, and any
+    array no Paddle tensor holds (``expected``: the model's dtypes by name, for the message)."""
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -90,6 +116,7 @@ def safe_load_state_dict(path):
     if not isinstance(content, dict):
         raise CheckpointError(f"not a Paddle checkpoint: {path} (it holds a "
                               f"{type(content).__name__}, not a state dict)")
+    _check_array_dtypes(content, path, expected)
     del content
     # These bytes are now known to name nothing beyond the globals above, so paddle's own
     # loader may read them: it restores tensors and their parameter names as paddle.load does.
@@ -108,16 +135,42 @@ def params_file(path):
     return path
 
 
-def read_checkpoint(path):
-    """(state dict, pruned-structure record or None) of a checkpoint file or folder."""
+def read_checkpoint(path, expected=None):
+    """(state dict, pruned-structure record or None) of a checkpoint file or folder;
+    ``expected``: the model's dtypes by parameter name, for error messages."""
     path = params_file(path)
-    state = safe_load_state_dict(path)
+    state = safe_load_state_dict(path, expected)
     return state, _pop_structure(state, path)
 
 
-def read_state_dict(path):
+def read_state_dict(path, expected=None):
     """The tensors of a checkpoint file or folder (a pruned one's structure record left out)."""
-    return read_checkpoint(path)[0]
+    return read_checkpoint(path, expected)[0]
+
+
+def model_dtypes(model):
+    """{parameter name: dtype} of ``model``'s state dict."""
+    return {k: v.dtype for k, v in model.state_dict().items()}
+
+
+def check_values(own, state, path, names=None):
+    """CheckpointError naming the file and the first parameter (of ``names``, default all of
+    ``own``'s found in ``state``) that is not a tensor of the model's dtype, or that holds NaN
+    or infinite values: such weights load without complaint and evaluate to nonsense."""
+    for k in (names if names is not None else [k for k in own if k in state]):
+        value, want = state[k], own[k].dtype
+        if not hasattr(value, "dtype") or not hasattr(value, "shape"):
+            raise CheckpointError(f"{path}: parameter {k} is a {type(value).__name__}, expected "
+                                  f"a {dtype_name(want)} tensor")
+        if dtype_name(value.dtype) != dtype_name(want):
+            raise CheckpointError(f"{path}: parameter {k} has dtype {dtype_name(value.dtype)}, "
+                                  f"expected {dtype_name(want)}")
+        array = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+        if array.dtype.kind in "fc" and not np.isfinite(array).all():
+            bad = int(array.size - np.isfinite(array).sum())
+            raise CheckpointError(f"{path}: parameter {k} holds {bad} of {array.size} values that "
+                                  "are NaN or infinite (the weights are broken: a diverged "
+                                  "training run?); use an earlier checkpoint")
 
 
 # -- pruned checkpoints: the layer shapes travel inside model.pdparams ------------------------------
@@ -178,14 +231,17 @@ def _legacy_plan(path):
 
 
 def check_state_dict(model, state, path):
-    """Refuse a checkpoint whose keys or shapes do not fit ``model``; returns nothing."""
+    """Refuse a checkpoint whose keys, dtypes or shapes do not fit ``model``, or whose values
+    are not finite (:func:`check_values`); returns nothing."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
+    if len(missing) == len(own):
+        raise CheckpointError(f"{path} does not belong to this model: none of its {len(state)} "
+                              f"entries is named like one of the model's {len(own)} parameters "
+                              "(wrong --config or --model_path?)")
+    check_values(own, state, path)
     mismatched = [(k, list(state[k].shape), list(own[k].shape)) for k in own
                   if k in state and list(state[k].shape) != list(own[k].shape)]
-    if len(missing) == len(own):
-        raise CheckpointError(f"{path} does not belong to this model: none of its "
-                              f"{len(own)} parameter names match (wrong --config or --model_path?)")
     if missing or mismatched:
         detail = (f"{len(missing)} missing (e.g. {missing[0]})" if missing else
                   f"{len(mismatched)} with other shapes (e.g. {mismatched[0][0]}: file "
@@ -200,10 +256,11 @@ def load_checkpoint(model, path):
     its config, and return its pruned-structure record (None when unpruned). A pruned
     checkpoint first shrinks the model to its saved layer shapes: this is the one place where
     pruned models are restored."""
-    state, record = read_checkpoint(path)
+    state, record = read_checkpoint(path, model_dtypes(model))
+    source = params_file(path)
     if record is not None:
-        structure.resize_to(model, record, source=params_file(path))
-    check_state_dict(model, state, path)
+        structure.resize_to(model, record, source=source)
+    check_state_dict(model, state, source)
     model.set_state_dict(state)
     return record
 
@@ -222,7 +279,7 @@ def load_pretrained_model(model, pretrained):
         return model
     path = fetch_pretrained(pretrained) if is_url(pretrained) else pretrained
     try:
-        state = read_state_dict(path)
+        state = read_state_dict(path, model_dtypes(model))
     except CheckpointError as e:
         if path is pretrained:
             raise
@@ -232,6 +289,7 @@ def load_pretrained_model(model, pretrained):
     if not usable:
         raise CheckpointError(f"pretrained weights {pretrained} share no parameter with "
                               f"{type(model).__name__} ({skipped})")
+    check_values(own, usable, pretrained, names=list(usable))
     model.set_state_dict({**own, **usable})  # complete: paddle warns once per absent key
     logger.info(f"loaded {len(usable)}/{len(own)} pretrained tensors into {type(model).__name__} "
                 f"from {pretrained}" + (f"; not loaded: {skipped}" if skipped else ""))

@@ -27,6 +27,12 @@ def is_main():
     return rank() == 0
 
 
+def local_rank():
+    """This rank's index among the ranks on its machine."""
+    value = os.environ.get("PADDLE_LOCAL_RANK") or os.environ.get("PADDLE_RANK_IN_NODE")
+    return int(value) if value else rank() % local_world_size()
+
+
 def local_world_size():
     """Ranks on this machine (they share its CPU cores)."""
     return int(os.environ.get("PADDLE_LOCAL_SIZE", "0") or 0) or world_size()

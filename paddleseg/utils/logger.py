@@ -7,6 +7,7 @@ import sys
 import time
 
 from .distributed import rank as _rank, world_size as _world_size
+from .image_io import shown
 
 LEVELS = {"DEBUG": 0, "INFO": 1, "WARNING": 2, "ERROR": 3}
 level = LEVELS["INFO"]
@@ -20,7 +21,8 @@ def log(lvl, msg, every_rank=False):
         return
     tag = f" [rank {rank}]" if size > 1 and (rank or every_rank) else ""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    print(f"{stamp} [{lvl}]{tag} {msg}", file=sys.stdout, flush=True)
+    # shown: a file name that is not UTF-8 prints as \xNN instead of raising UnicodeEncodeError
+    print(f"{stamp} [{lvl}]{tag} {shown(msg)}", file=sys.stdout, flush=True)
 
 
 def debug(msg):
