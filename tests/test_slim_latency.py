@@ -342,7 +342,7 @@ class FakeSearch(LatencyTarget):
 
     def __init__(self, groups, cost, factor, allocation="loss_per_ms"):
         self.groups, self.cost, self.channel_step = groups, cost, 8
-        self.allocation, self.allocate = allocation, allocator(allocation)
+        self.allocation, self.allocator = allocation, allocator(allocation)
         self.rounds, self.chosen, self.factor, self.exports = [], None, factor, []
 
     def _full_runner(self, model):

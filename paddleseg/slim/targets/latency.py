@@ -83,7 +83,7 @@ class LatencyTarget:
         self.model = model
         self.groups, self.backend, self.channel_step = groups, backend, channel_step
         self.allocation = allocation or DEFAULT_ALLOCATION
-        self.allocate = allocator(self.allocation)
+        self.allocator = allocator(self.allocation)
         self.table, self.table_path = obtain(model, groups, backend, channel_step, max_ratio,
                                              table_path, samples)
         self.cost = self.table.model(groups)
@@ -170,7 +170,7 @@ class LatencyTarget:
         run_full = self._full_runner(model)
         tried, aim = {}, min(target, most - 1e-9)
         for i in range(MAX_ROUNDS):
-            alloc = self.allocate(self.groups, sensitivities, self.cost, aim,
+            alloc = self.allocator(self.groups, sensitivities, self.cost, aim,
                                   channel_step=self.channel_step)
             key = tuple(sorted(alloc.pruned.items()))
             if key not in tried:
