@@ -1,4 +1,4 @@
-"""prune.py --engine paddleslim: PaddleSeg 2.6's method through PaddleSlim, on toy nets (it
+"""prune.py --method paddleslim: PaddleSeg 2.6's method through PaddleSlim, on toy nets (it
 prunes a plain conv net; it fails in one line, naming the layer, on a depthwise conv with a
 channel multiplier) and end to end through the command line on a tiny set."""
 import json
