@@ -1,0 +1,110 @@
+"""Hardening of slim/prune/prune.py (issue 21): bad paths, flags and files are refused in one
+line before any slow work, nothing the user had is lost, and a missed latency target is said
+plainly. prune.py runs in-process through cli.run (the one-line error and exit 2)."""
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
+
+
+def load_prune_cli():
+    spec = importlib.util.spec_from_file_location("prune_cli",
+                                                  os.path.join(ROOT, "slim", "prune", "prune.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_prune(argv, capsys):
+    """prune.py in-process through cli.run: (exit code, stdout, stderr)."""
+    from paddleseg.utils import cli
+    with pytest.raises(SystemExit) as exc:
+        cli.run(load_prune_cli().main, [str(a) for a in argv])
+    captured = capsys.readouterr()
+    return exc.value.code, captured.out, captured.err
+
+
+def prune_args(config, save_dir, *extra):
+    return ["--config", config, "--pruning_ratio", 0.1, "--retraining_iters", 1,
+            "--save_dir", save_dir, "--sen_ratios", 0.5, "--sen_eval_num", 1, *extra]
+
+
+def one_error_line(code, out, err):
+    """The error line of a run refused before any work (exit 2, one line, no traceback)."""
+    lines = err.strip().splitlines()
+    assert code == 2, f"exit {code}\nstdout:\n{out[-2000:]}\nstderr:\n{err[-2000:]}"
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and "baseline mIoU" not in out, out + err
+    return lines[0]
+
+
+def snapshot(folder):
+    return {os.path.relpath(os.path.join(d, n), folder): open(os.path.join(d, n), "rb").read()
+            for d, _, names in os.walk(folder) for n in names}
+
+
+# -- 1. a save_dir holding the input checkpoint; files of an earlier run ------------------------
+def earlier_output(folder):
+    """A folder as an earlier prune.py run leaves it: model, reports, sensitivity file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("model.pdparams", "prune_plan.json", "report.json", "report.md",
+                 "sensitivity.png", "sensitivity.json"):
+        (folder / name).write_bytes(f"earlier {name}\n".encode())
+    return folder
+
+
+@pytest.mark.parametrize("given", ["file", "folder", "symlink"])
+def test_pruning_in_place_is_refused_and_the_input_kept(given, tiny_config, tmp_path, capsys):
+    out = earlier_output(tmp_path / "out" / "pruned")
+    before = snapshot(out)
+    model_path = {"file": out / "model.pdparams", "folder": out}.get(given)
+    if given == "symlink":   # another name for the same file: real paths are compared
+        (tmp_path / "link").symlink_to(out)
+        model_path = tmp_path / "link" / "model.pdparams"
+    line = one_error_line(*run_prune(prune_args(tiny_config, out, "--model_path", model_path),
+                                     capsys))
+    assert f"--save_dir {out} holds the input checkpoint --model_path {model_path}" in line, line
+    assert snapshot(out) == before
+
+
+def test_a_model_path_beside_save_dir_is_not_refused_for_it(tiny_config, tmp_path, capsys):
+    # out/model.pdparams pruned into out/pruned: the checkpoint is not in the replaced folder
+    from paddleseg.slim.publish import check_input_outside
+    earlier_output(tmp_path / "out")
+    check_input_outside(str(tmp_path / "out" / "model.pdparams"), str(tmp_path / "out" / "pruned"))
+    check_input_outside(str(tmp_path / "out"), str(tmp_path / "out" / "pruned"))
+
+
+def publish_over(save_dir, sen_file, tmp_path):
+    """Publish a new stage (a model and a plot) over ``save_dir``; the new folder's names."""
+    from paddleseg.slim.publish import make_stage, publish
+    stage = make_stage(str(save_dir))
+    for name in ("model.pdparams", "sensitivity.png"):
+        with open(os.path.join(stage, name), "w") as f:
+            f.write(f"new {name}\n")
+    publish(stage, str(save_dir), None if sen_file is None else str(sen_file))
+    return sorted(os.listdir(save_dir))
+
+
+def test_a_sensitivity_file_this_run_did_not_use_is_not_carried(tmp_path):
+    out = earlier_output(tmp_path / "out")
+    (out / "sensitivity.json.part1.json").write_text("{}")
+    elsewhere = tmp_path / "sens" / "mine.json"
+    assert publish_over(out, elsewhere, tmp_path) == ["model.pdparams", "sensitivity.png"]
+
+
+def test_the_sensitivity_file_this_run_resumed_is_carried(tmp_path):
+    out = earlier_output(tmp_path / "out")
+    assert publish_over(out, None, tmp_path) == ["model.pdparams", "sensitivity.json",
+                                                 "sensitivity.png"]
+    assert (out / "sensitivity.json").read_text() == "earlier sensitivity.json\n"
+    # a --sen_file of its own name in save_dir: that one is carried, the default one is not
+    out = earlier_output(tmp_path / "out2")
+    (out / "mine.json").write_text("my analysis\n")
+    assert publish_over(out, out / "mine.json", tmp_path) == ["mine.json", "model.pdparams",
+                                                              "sensitivity.png"]
