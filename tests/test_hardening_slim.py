@@ -108,3 +108,89 @@ def test_the_sensitivity_file_this_run_resumed_is_carried(tmp_path):
     (out / "mine.json").write_text("my analysis\n")
     assert publish_over(out, out / "mine.json", tmp_path) == ["mine.json", "model.pdparams",
                                                               "sensitivity.png"]
+
+
+# -- 4. a FIFO or a device named as a file: refused, never opened -------------------------------
+class FifoWatch:
+    """Whether anyone opened ``path`` (a FIFO) for reading: a thread tries to open its writing
+    end for ``seconds``; when it can (a reader is waiting), it records that and closes it, so
+    a reader blocked in open() is released (and reads an empty file) instead of hanging."""
+
+    def __init__(self, path, seconds=60):
+        import threading
+        import time
+        os.mkfifo(path)
+        self.path, self.opened, self.done = str(path), False, threading.Event()
+
+        def watch():
+            end = time.time() + seconds
+            while not self.done.is_set() and time.time() < end:
+                try:
+                    fd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+                except OSError:   # ENXIO: no reader
+                    time.sleep(0.1)
+                    continue
+                self.opened = True
+                os.close(fd)
+        self.thread = threading.Thread(target=watch, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.done.set()
+        self.thread.join()
+        return self.opened
+
+
+def test_a_fifo_as_latency_table_is_refused_unopened(tiny_config, tmp_path, capsys):
+    fifo = FifoWatch(tmp_path / "table.json")
+    result = run_prune(prune_args(tiny_config, tmp_path / "out", "--target", "latency",
+                                  "--latency_table", fifo.path), capsys)
+    opened = fifo.stop()
+    line = one_error_line(*result)
+    assert f"--latency_table {fifo.path} is not a regular file" in line, line
+    assert not opened and not (tmp_path / "out").exists()
+
+
+def test_a_fifo_or_device_as_sen_file_is_refused_unopened(tiny_config, tmp_path, capsys):
+    fifo = FifoWatch(tmp_path / "sens.json")
+    result = run_prune(prune_args(tiny_config, tmp_path / "out", "--sen_file", fifo.path), capsys)
+    opened = fifo.stop()
+    line = one_error_line(*result)
+    assert f"--sen_file {fifo.path} is not a regular file" in line, line
+    assert not opened and not (tmp_path / "out").exists()
+    # /dev/null reads empty where /dev/zero would read without end: the same refusal
+    line = one_error_line(*run_prune(prune_args(tiny_config, tmp_path / "out", "--sen_file",
+                                                os.devnull), capsys))
+    assert f"--sen_file {os.devnull} is not a regular file" in line, line
+
+
+# -- 7. a path under an existing file -----------------------------------------------------------
+@pytest.mark.parametrize("flag", ["--save_dir", "--sen_file", "--latency_table"])
+def test_a_path_under_a_file_is_refused_before_any_work(flag, tiny_config, tmp_path, capsys):
+    a_file = tmp_path / "somefile.txt"
+    a_file.write_text("the user's notes\n")
+    bad = a_file / "deeper" / ("out" if flag == "--save_dir" else "x.json")
+    save_dir = bad if flag == "--save_dir" else tmp_path / "out"
+    extra = [] if flag == "--save_dir" else [flag, bad]
+    if flag == "--latency_table":
+        extra += ["--target", "latency"]
+    line = one_error_line(*run_prune(prune_args(tiny_config, save_dir, *extra), capsys))
+    assert line == (f"error: {flag} {bad} cannot be made: {a_file} is an existing file, not a "
+                    "folder; choose a path under a folder"), line
+    assert a_file.read_text() == "the user's notes\n"
+    assert sorted(os.listdir(tmp_path)) == ["somefile.txt"]
+
+
+# -- 8. a .json sensitivity file that is not JSON text ------------------------------------------
+@pytest.mark.parametrize("content", [
+    bytes(range(256)) * 4,                                                    # binary garbage
+    json.dumps({"format": 2, "fingerprint": {}, "base": None, "losses": {}}).encode("utf-16"),
+], ids=["binary", "utf-16"])
+def test_a_sen_file_that_is_not_json_text_is_refused_in_one_line(content, tiny_config, tmp_path,
+                                                                   capsys):
+    sen = tmp_path / "sens.json"
+    sen.write_bytes(content)
+    line = one_error_line(*run_prune(prune_args(tiny_config, tmp_path / "out", "--sen_file", sen),
+                                     capsys))
+    assert line.startswith(f"error: {sen} is not a JSON sensitivity file ("), line
+    assert "UnicodeDecodeError" not in line and sen.read_bytes() == content

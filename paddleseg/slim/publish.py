@@ -19,7 +19,8 @@ import os
 import shutil
 
 from ..core.export import EXPORT_FILES
-from ..utils.fileio import (OutputPathError, check_folder_target, exchange_paths, foreign_entries,
+from ..utils.fileio import (OutputPathError, check_folder_target, check_parent_folder,
+                            exchange_paths, foreign_entries,
                             fsync_path, fsync_tree, left_by_dead_process,
                             remove_stale_temporaries, removed_if_left_empty)
 from .sensitivity import part_file_names
@@ -83,6 +84,9 @@ def _is_previous_export(folder):
 def check_save_dir(save_dir, sen_file=None):
     """OutputPathError unless ``save_dir`` is absent, empty or an earlier pruning output."""
     check_folder_target(save_dir)
+    check_parent_folder(save_dir, "--save_dir")
+    if sen_file:
+        check_parent_folder(sen_file, "--sen_file")
     if _same_path(save_dir, os.getcwd()) or _inside(os.getcwd(), save_dir):
         raise OutputPathError(f"--save_dir {save_dir} is the current folder or holds it; "
                               "choose a folder inside it")

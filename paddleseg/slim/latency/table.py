@@ -40,7 +40,7 @@ from scipy.optimize import nnls
 from ...utils import logger
 from ...utils.download import seg_home
 from ...utils.errors import UserError
-from ...utils.fileio import check_file_target, write_json
+from ...utils.fileio import check_file_target, check_parent_folder, write_json
 from ...utils.progress import format_seconds
 from ..allocate import Curve
 from ..apply import channel_plan
@@ -399,6 +399,10 @@ def read(path):
     """The table in ``path``; LatencyTableMismatch (one line) when it is not one."""
     if os.path.isdir(path):
         raise LatencyTableMismatch(f"--latency_table {path} is a folder, not a file")
+    if not os.path.isfile(path):   # a FIFO or a device: open() could block or never end
+        raise LatencyTableMismatch(f"--latency_table {path} is not a regular file (a FIFO, "
+                                   "device or socket); name a JSON file, or a path that does "
+                                   "not exist yet to measure a table there")
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
@@ -429,6 +433,7 @@ def check_file(path, backend, channel_step, check_shape=True):
     if path is None:
         return
     check_file_target(path, "--latency_table")
+    check_parent_folder(path, "--latency_table")
     if not os.path.exists(path):
         return
     partial = backend.key()
