@@ -194,3 +194,40 @@ def test_a_sen_file_that_is_not_json_text_is_refused_in_one_line(content, tiny_c
                                      capsys))
     assert line.startswith(f"error: {sen} is not a JSON sensitivity file ("), line
     assert "UnicodeDecodeError" not in line and sen.read_bytes() == content
+
+
+# -- 5. the latency shape is bounded; 6. so is --channel_step ------------------------------------
+@pytest.mark.parametrize("shape,words", [
+    ((1, 3, 100000, 100000), "H and W must lie in [32, 8192]"),
+    ((1, 3, 3, 3), "H and W must lie in [32, 8192]"),
+    ((1, 3, 64, 16), "H and W must lie in [32, 8192]"),
+    ((65, 3, 64, 64), "N must lie in [1, 64]"),
+    ((2, 3, 8192, 8192), "N*H*W = 134217728 is above the 16777216"),
+    ((1, 4, 64, 64), "needs C = 3"),
+])
+def test_a_latency_shape_out_of_bounds_is_refused_before_any_work(shape, words, tiny_config,
+                                                                  tmp_path, capsys):
+    line = one_error_line(*run_prune(prune_args(tiny_config, tmp_path / "out", "--target",
+                                                "latency", "--latency_shape", *shape), capsys))
+    assert "--latency_shape" in line and words in line, line
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_bounds_of_the_latency_shape_are_allowed():
+    from paddleseg.slim.targets.latency import check_latency_shape
+    for shape in [(1, 3, 32, 32), (1, 3, 4096, 4096), (8, 3, 1024, 2048), (64, 3, 512, 512)]:
+        check_latency_shape(shape)
+
+
+def test_the_flag_help_states_the_latency_shape_bounds():
+    action = next(a for a in load_prune_cli().build_parser()._actions
+                  if "--latency_shape" in a.option_strings)
+    assert "32 <= H, W <= 8192" in action.help and "N <= 64" in action.help
+
+
+@pytest.mark.parametrize("step", [0, 65, 100000])
+def test_a_channel_step_out_of_bounds_is_refused(step, tiny_config, tmp_path, capsys):
+    line = one_error_line(*run_prune(prune_args(tiny_config, tmp_path / "out", "--channel_step",
+                                                step), capsys))
+    assert line.startswith("error: --channel_step must lie in [1, 64]") and \
+        line.endswith(f"got {step}"), line

@@ -25,6 +25,13 @@ from ..latency import measure
 from ..latency.allocate import DEFAULT_ALLOCATION, LatencyTargetUnreachable, allocator, max_reduction
 from ..latency.table import DEFAULT_SAMPLES, blocks_over_runs, check_file, obtain, shares_by_owner
 
+# bounds of the latency input shape (N C H W): the latency table exports and runs the model at
+# it many times, so a shape far beyond any deployment would only exhaust the memory; below the
+# models' total stride (32) the feature maps vanish
+MIN_SIDE, MAX_SIDE = 32, 8192
+MAX_BATCH = 64
+MAX_PIXELS = 4096 * 4096      # N * H * W: e.g. 1x3x4096x4096, 8x3x1024x2048
+
 TOLERANCE = 0.03
 MAX_ROUNDS = 4
 MIN_AIM = 0.005
@@ -36,6 +43,21 @@ class LatencyTargetMissed(UserError):
 
 def _inside(path, folder):
     return os.path.realpath(path).startswith(os.path.realpath(folder).rstrip(os.sep) + os.sep)
+
+
+def check_latency_shape(shape, what="--latency_shape"):
+    """UserError (one line) for a latency input shape outside the bounds above (C = 3 is
+    :func:`~paddleseg.core.export.parse_input_shape`'s check)."""
+    n, _, h, w = shape
+    shown = " ".join(map(str, shape))
+    if not 1 <= n <= MAX_BATCH:
+        raise UserError(f"{what} {shown}: N must lie in [1, {MAX_BATCH}]")
+    if not (MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE):
+        raise UserError(f"{what} {shown}: H and W must lie in [{MIN_SIDE}, {MAX_SIDE}] (the "
+                        f"models downsample by up to {MIN_SIDE})")
+    if n * h * w > MAX_PIXELS:
+        raise UserError(f"{what} {shown}: N*H*W = {n * h * w} is above the {MAX_PIXELS} "
+                        "(4096x4096) a latency table is measured at; use a smaller shape")
 
 
 def deploy_shape(val_transforms, default=measure.DEFAULT_SHAPE):
@@ -105,6 +127,8 @@ class LatencyTarget:
             raise UserError(f"--latency_table {o.latency_table} is inside --save_dir, which a "
                             "run replaces as a whole; keep the table outside it")
         shape = parse_input_shape(o.latency_shape, "--latency_shape")
+        if shape is not None:
+            check_latency_shape(shape)
         backend = measure.Backend(device=o.device, cpu_threads=o.cpu_threads,
                                   shape=shape or measure.DEFAULT_SHAPE)
         check_file(o.latency_table, backend, o.channel_step, check_shape=shape is not None)
@@ -114,6 +138,7 @@ class LatencyTarget:
         """The latency target of a pruning run: its table measured (or reused) here."""
         with Phase(timings, "latency table"):
             shape = o.latency_shape or deploy_shape(cfg.val_dataset_config.get("transforms"))
+            check_latency_shape(shape, "the latency shape from the val transforms' Resize")
             backend = measure.Backend(device=o.device, cpu_threads=o.cpu_threads, shape=shape)
             logger.info(f"latency target: {backend.name} on {backend.description()}, "
                         f"{backend.cpu_threads} threads, input {backend.shape_text()}")
