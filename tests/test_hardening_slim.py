@@ -231,3 +231,137 @@ def test_a_channel_step_out_of_bounds_is_refused(step, tiny_config, tmp_path, ca
                                                 step), capsys))
     assert line.startswith("error: --channel_step must lie in [1, 64]") and \
         line.endswith(f"got {step}"), line
+
+
+# -- 2./3. a latency table's values and structure; a missed latency target said plainly ---------
+@pytest.fixture(scope="module")
+def toy_table(tmp_path_factory):
+    """(table file contents, the ToyNet, its groups): a real table measured on ToyNet."""
+    from paddleseg.slim.latency import obtain
+    from test_slim_latency import backend, toy
+    model, groups = toy()
+    path = str(tmp_path_factory.mktemp("table") / "toy.json")
+    obtain(model, groups, backend(), 8, 0.6, path, samples=3)
+    with open(path) as f:
+        return json.load(f), model, groups
+
+
+def edited_table(toy_table, tmp_path, edit):
+    d = json.loads(json.dumps(toy_table[0]))
+    edit(d)
+    path = str(tmp_path / "edited.json")
+    with open(path, "w") as f:
+        json.dump(d, f)   # NaN and Infinity are written as JSON's json module reads them
+    return path
+
+
+def obtain_refused(toy_table, path):
+    from paddleseg.slim.latency import LatencyTableMismatch, obtain
+    from test_slim_latency import backend
+    _, model, groups = toy_table
+    with pytest.raises(LatencyTableMismatch) as e:
+        obtain(model, groups, backend(), 8, 0.6, path)
+    message = str(e.value)
+    assert path in message and "\n" not in message and "measure afresh" in message, message
+    return message
+
+
+def test_the_untouched_table_is_reused(toy_table, tmp_path):
+    from paddleseg.slim.latency import obtain
+    from test_slim_latency import backend
+    _, model, groups = toy_table
+    path = edited_table(toy_table, tmp_path, lambda d: None)
+    table, _ = obtain(model, groups, backend(), 8, 0.6, path)
+    assert table.coef == toy_table[0]["coef"]
+
+
+@pytest.mark.parametrize("edit,words", [
+    (lambda d: d["coef"][2].__setitem__(0, 1e300), "coef[2] (site "),
+    (lambda d: d["coef"][0].__setitem__(3, float("nan")), "coef[0] (site "),
+    (lambda d: d["coef"][1].__setitem__(1, -0.5), "coef[1] (site "),
+    (lambda d: d["rest"].__setitem__(0, 1e300), "rest[0] = 1e+300"),
+    (lambda d: d["rest"].__setitem__(2, float("inf")), "rest[2] = inf"),
+    (lambda d: d.__setitem__("full_ms", float("nan")), "full_ms = nan"),
+    (lambda d: d["samples"][1].__setitem__("total_ms", float("nan")), "samples[1].total_ms = nan"),
+    (lambda d: d.__setitem__("sites", d["sites"][:3]), "3 sites, 5 coefficient rows"),
+    (lambda d: d["sites"][1].__setitem__("cin", "16"), "sites[1].cin = '16'"),
+], ids=["coef 1e300", "coef nan", "coef negative", "scale 1e300", "rest inf", "full_ms nan",
+        "sample nan", "sites cut", "site field"])
+def test_a_table_with_an_edited_value_is_refused_naming_it(edit, words, toy_table, tmp_path):
+    path = edited_table(toy_table, tmp_path, edit)
+    message = obtain_refused(toy_table, path)
+    assert f"latency table {path} holds a value no measurement writes: " in message, message
+    assert words in message, message
+
+
+def test_a_table_listing_other_sites_is_refused_against_the_model(toy_table, tmp_path):
+    def three_sites(d):   # consistent in itself, but not the model's 5 convs
+        for k in ("sites", "coef", "present"):
+            d[k] = d[k][:3]
+    message = obtain_refused(toy_table, edited_table(toy_table, tmp_path, three_sites))
+    assert "lists 3 conv sites where the model runs 5 at 1x3x32x32" in message, message
+
+    def unknown_group(d):
+        d["samples"][2]["counts"] = {"no.such.group": 8}
+    message = obtain_refused(toy_table, edited_table(toy_table, tmp_path, unknown_group))
+    assert "sample plan 2 prunes group 'no.such.group'" in message, message
+
+
+def test_a_nan_table_is_refused_by_prune_naming_the_table(toy_table, tiny_config, tmp_path,
+                                                          capsys):
+    path = edited_table(toy_table, tmp_path, lambda d: d["coef"][0].__setitem__(0, float("nan")))
+    line = one_error_line(*run_prune(prune_args(tiny_config, tmp_path / "out", "--target",
+                                                "latency", "--latency_table", path), capsys))
+    assert line.startswith(f"error: latency table {path} holds a value no measurement writes: "
+                           "coef[0]"), line
+    assert "--pruning_ratio" not in line and "got nan" not in line
+
+
+def test_a_missed_latency_target_is_recorded_by_the_closing_loop():
+    from test_slim_latency import search_setup
+    search, sens = search_setup(factor=0.3)     # even the grid's most measures far below 0.3
+    search.search(None, sens, 0.3, allow_lower=True)
+    assert search.verdict["target_met"] is False and search.verdict["target_reduction"] == 0.3
+    assert search.verdict["search_measured_reduction"] < 0.27
+    search, sens = search_setup(factor=0.7)     # the loop closes the gap
+    search.search(None, sens, 0.3)
+    assert search.verdict["target_met"] is True
+
+
+def latency_report(met):
+    lat = {"backend": "paddle-inference-cpu", "device": "cpu", "cpu_threads": 1,
+           "shape": [1, 3, 64, 64], "table": "/t.json", "table_method": "onednn-profile-fit",
+           "allocation": "loss_per_ms", "target_tolerance": 0.03, "target_met": met,
+           "target_reduction": 0.3, "search_measured_reduction": 0.09 if not met else 0.3,
+           "rounds": [{"aimed": 0.3, "predicted": 0.304, "measured": 0.09}],
+           "predicted_ms_before": 10.0, "predicted_ms_after": 6.96, "predicted_reduction": 0.304,
+           "measured_ms_before": 10.0, "measured_ms_after": 9.1, "measured_reduction": 0.09,
+           "table_error": 0.3, "group_time_share_before": {"a": 1.0},
+           "group_time_share_after": {"a": 1.0}}
+    return {"model_name": "BiSeNetV2", "flops_before": 100.0, "flops_after": 90.0,
+            "target_reachable": True, "target_lowered_to": None, "target_met": met,
+            "miou_baseline": 0.5, "miou_pruned": 0.4, "miou_retrained": 0.45, "latency": lat}
+
+
+@pytest.mark.parametrize("met", [False, True])
+def test_a_missed_latency_target_is_said_in_the_summary_and_the_report(met, tiny_config,
+                                                                       tmp_path, capsys,
+                                                                       monkeypatch):
+    from paddleseg.slim import pipeline
+    from paddleseg.slim.targets.latency import report_lines
+    from paddleseg.utils import cli
+    report = latency_report(met)
+    monkeypatch.setattr(pipeline, "check_options", lambda o: None)
+    monkeypatch.setattr(pipeline, "run", lambda o: report)
+    monkeypatch.setattr(cli, "set_device", lambda *a: None)
+    code, out, err = run_prune(prune_args(tiny_config, tmp_path / "out", "--target", "latency",
+                                          "--pruning_ratio", 0.3, "--allow_lower_target"), capsys)
+    assert code == 0, err
+    final = out.strip().splitlines()[-1]
+    md = "\n".join(report_lines(report["latency"]))
+    if met:
+        assert "NOT MET" not in final and "Target not met" not in md
+    else:
+        assert ("(TARGET NOT MET: latency cut 0.300 asked, 0.090 measured at best; kept by "
+                "--allow_lower_target)") in final, final
+        assert "**Target not met**: latency cut 0.300 asked, 0.090 measured" in md, md

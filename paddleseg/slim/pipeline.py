@@ -188,7 +188,10 @@ def _run(o, cfg, t, stage):
             export_model(model, export_dir,
                          val_transforms_config=cfg.val_dataset_config.get("transforms"),
                          model_type=report["model_name"])
-    report.update(target.final_report(model, export_dir, t))
+    final = target.final_report(model, export_dir, t)
+    report.update(final)
+    # met: neither lowered before the analysis nor missed by a measured target's closing loop
+    report["target_met"] = lowered_to is None and final.get("target_met", True)
     plot_sensitivity(sens, alloc.plan, os.path.join(stage, "sensitivity.png"))
     write_json(os.path.join(stage, "report.json"), report)
     write_text(os.path.join(stage, "report.md"), render_markdown(report))

@@ -7,7 +7,9 @@
    candidate, time it in turn with the unpruned export, and re-aim (:func:`next_aim`) until
    the measured cut is within ``TOLERANCE`` of the target (at most ``MAX_ROUNDS``
    candidates). A measured cut that stays short of it is an error that
-   says why (one line) unless lowering the target is allowed.
+   says why (one line) unless lowering the target is allowed; then the report says plainly that
+   the target was not met (``target_met: false``, the target and the measured cut), and so does
+   prune.py's closing line.
 3. The figures for the report (:meth:`LatencyTarget.measured_report`): predicted and measured
    latency before and after, each group's share of the measured time before and after, and
    the table's error on the final model.
@@ -153,7 +155,8 @@ class LatencyTarget:
 
     def final_report(self, model, export_dir, timings):
         with Phase(timings, "latency measurement"):
-            return {"latency": self.measured_report(model, export_dir)}
+            lat = self.measured_report(model, export_dir)
+        return {"latency": lat, "target_met": lat["target_met"]}
 
     @staticmethod
     def report_lines(report):
@@ -224,6 +227,10 @@ class LatencyTarget:
 
     def _judge(self, best, target, most, allow_lower):
         cut = best["measured"]
+        # what the report says of the closing loop (measured_report): met, or short by how much
+        self.verdict = {"target_met": bool(cut >= target - TOLERANCE),
+                        "target_reduction": round(float(target), 4),
+                        "search_measured_reduction": round(float(cut), 4)}
         if cut > target + TOLERANCE:
             logger.warning(f"measured latency cut {cut:.3f} is above the target {target:.3f} "
                            f"(+{TOLERANCE}) after {len(self.rounds)} rounds; keeping it")
@@ -271,7 +278,7 @@ class LatencyTarget:
                 "cpu_threads": self.backend.cpu_threads, "shape": list(self.backend.shape),
                 "table": os.path.abspath(self.table_path), "table_method": self.table.method,
                 "allocation": self.allocation,
-                "target_tolerance": TOLERANCE, "rounds": self.rounds,
+                "target_tolerance": TOLERANCE, **self.verdict, "rounds": self.rounds,
                 "predicted_ms_before": round(pred_before, 3),
                 "predicted_ms_after": round(pred_after, 3),
                 "predicted_reduction": round(1 - pred_after / pred_before, 4),
@@ -286,6 +293,13 @@ class LatencyTarget:
         finally:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         return report
+
+
+def missed_text(lat):
+    """What a report says of a latency target the closing loop did not reach."""
+    return (f"**Target not met**: latency cut {lat['target_reduction']:.3f} asked, "
+            f"{lat['search_measured_reduction']:.3f} measured at best in the search (tolerance "
+            f"{lat['target_tolerance']}); the plan was kept as --allow_lower_target allows")
 
 
 def report_lines(lat, top=10):
@@ -307,6 +321,8 @@ def report_lines(lat, top=10):
     ]
     lines += [f"| {i} | {r['aimed']:.3f} | {r['predicted']:.3f} | {r['measured']:.3f} |"
               for i, r in enumerate(lat["rounds"], 1)]
+    if not lat.get("target_met", True):
+        lines += ["", missed_text(lat) + "."]
     before, after = lat["group_time_share_before"], lat["group_time_share_after"]
     lines += ["", f"Share of the measured time per group (the {top} largest before pruning):", "",
               "| group | before | after |", "|-|-:|-:|"]
