@@ -214,10 +214,10 @@ def export_onnx(export_dir, shape, out_path):
     import paddle
     import paddle2onnx
     from paddleseg.core.export import load_deploy_config
-    from paddleseg.deploy.predictor import _fix_input_shape
+    from paddleseg.deploy.predictor import fix_input_shape
     deploy = load_deploy_config(export_dir)
     with tempfile.TemporaryDirectory() as work:
-        model_file, _ = _fix_input_shape(deploy, list(shape), work)  # static shapes, re-saved
+        model_file, _ = fix_input_shape(deploy, list(shape), work)  # static shapes, re-saved
         paddle.enable_static()
         try:
             with paddle.static.scope_guard(paddle.static.Scope()):

@@ -11,7 +11,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 os.environ.setdefault("FLAGS_call_stack_level", "0")
 # CPU runs use every core (utils.distributed.set_cpu_threads); OpenMP threads that finish early
 # then sleep at once instead of spinning for 200 ms, which on a machine other jobs keep busy
-# made two threads 1.4-2.1x slower than one (0.9-1.5x with this; docs/prune.md)
+# made two threads 1.4-2.1x slower than one (0.9-1.5x with this; measured, see commit 26216dd)
 os.environ.setdefault("KMP_BLOCKTIME", "0")
 
 import cv2  # noqa: E402,F401

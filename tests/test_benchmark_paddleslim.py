@@ -1,4 +1,4 @@
-"""prune.py --engine paddleslim: PaddleSeg 2.6's method through PaddleSlim, on toy nets (it
+"""prune.py --method paddleslim: PaddleSeg 2.6's method through PaddleSlim, on toy nets (it
 prunes a plain conv net; it fails in one line, naming the layer, on a depthwise conv with a
 channel multiplier) and end to end through the command line on a tiny set."""
 import json
@@ -88,7 +88,7 @@ def test_plain_conv_net_is_pruned_and_reloads(tmp_path):
     # the sensitivity file is this project's JSON, PaddleSlim's grid, keyed by parameter names
     data = json.loads(open(sen_file).read())
     assert data["fingerprint"]["ratios"] == [sens_mod.ratio_key(r) for r in engine.PADDLESLIM_RATIOS]
-    assert "engine paddleslim" in data["fingerprint"]["extra"]
+    assert data["fingerprint"]["evaluator"] == {"name": "paddleslim"}
     assert set(data["losses"]) == {"conv2d_0.w_0", "conv2d_1.w_0", "conv2d_2.w_0"}
     # saved like this project's pruned models: a fresh model is shrunk to it on load
     save_pruned(model, str(tmp_path / "pruned"))

@@ -322,7 +322,7 @@ def test_reusing_layer_outputs_gives_the_plain_metric_of_every_pruned_model(tiny
 
 def test_an_evaluation_by_someone_else_inside_the_evaluator_is_plain(tiny_optic_root, tmp_path):
     """The layers stay wrapped while the evaluator is entered; a plain evaluation then (as
-    benchmarks/sensitivity_eval_speed.py makes, right after a reuse evaluation of another
+    benchmarks/studies/sensitivity_eval_speed.py makes, right after a reuse evaluation of another
     pruned model) must not reuse anything."""
     from paddleseg.cvlibs import Config
     from paddleseg.core.val import evaluate_metrics

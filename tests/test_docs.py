@@ -1,53 +1,58 @@
-"""docs/prune.md's flags table must say what prune.py --help does."""
-import importlib.util
+"""docs/prune.md's flag table is what prune.py's parser says (help text, defaults, groups, old
+names), and the docs' links lead to files that exist."""
 import os
 import re
+import sys
 
 from conftest import ROOT
 
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+import prune_flags_doc  # noqa: E402
 
-def load_prune_cli():
-    spec = importlib.util.spec_from_file_location("prune_cli", os.path.join(ROOT, "slim", "prune", "prune.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+DOC = os.path.join(ROOT, "docs", "prune.md")
 
 
-def doc_flag_rows():
-    """{flag: (required, default)} from the table rows that start with a --flag."""
-    rows = {}
-    with open(os.path.join(ROOT, "docs", "prune.md"), encoding="utf-8") as f:
-        for line in f:
-            m = re.match(r"\|\s*`?(--\w+)`?\s*\|(.*)\|(.*)\|(.*)\|\s*$", line)
-            if m:
-                rows[m.group(1)] = (m.group(3).strip(), m.group(4).strip().strip("`"))
-    return rows
+def read(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
 
-def parser_flags():
-    flags = {}
-    for action in load_prune_cli().build_parser()._actions:
-        if not action.option_strings or action.option_strings[0] == "-h":
-            continue
-        default = action.default
-        if default is None or default is False:
-            default = ""
-        elif isinstance(default, (list, tuple)):
-            default = " ".join(map(str, default))
-        flags[action.option_strings[0]] = ("yes" if action.required else "no", str(default))
-    return flags
+def test_prune_flags_table_is_the_one_generated_from_the_parser():
+    documented = prune_flags_doc.doc_block(read(DOC))
+    assert documented == prune_flags_doc.block(), (
+        "docs/prune.md's flag table differs from prune.py's parser; run "
+        "python tools/prune_flags_doc.py")
 
 
-def test_prune_flags_table_matches_help():
-    documented, actual = doc_flag_rows(), parser_flags()
-    assert set(documented) == set(actual), (
-        f"only in docs: {sorted(set(documented) - set(actual))}, "
-        f"only in prune.py: {sorted(set(actual) - set(documented))}")
-    for flag, (required, default) in actual.items():
-        assert documented[flag][0] == required, f"{flag}: docs say required={documented[flag][0]}"
-        assert documented[flag][1] == default, f"{flag}: docs default {documented[flag][1]!r}, prune.py {default!r}"
+def test_the_table_names_every_flag_and_old_name_of_the_parser():
+    parser = prune_flags_doc.load_prune_cli().build_parser()
+    table = prune_flags_doc.flag_table(parser)
+    names = [s for a in parser._actions for s in a.option_strings if s not in ("-h", "--help")]
+    assert "--sen_engine" in names and "--engine" in names   # the old names are aliases
+    for name in names:
+        assert f"`{name}`" in table, name
+    for group in parser._action_groups:
+        if any(a.option_strings and a.option_strings[0] != "-h" for a in group._group_actions):
+            assert f"| {group.title} |" in table, group.title
+
+
+def test_the_tutorial_stays_a_tutorial():
+    assert len(read(DOC).splitlines()) <= 250
 
 
 def test_readme_links_the_tutorial():
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
-        assert "docs/prune.md" in f.read()
+    assert "docs/prune.md" in read(os.path.join(ROOT, "README.md"))
+
+
+def test_relative_links_of_the_docs_lead_to_files():
+    docs = [os.path.join(ROOT, "README.md")] + [
+        os.path.join(ROOT, "docs", name) for name in os.listdir(os.path.join(ROOT, "docs"))
+        if name.endswith(".md")]
+    missing = []
+    for doc in docs:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", read(doc)):
+            if "://" in target:
+                continue
+            if not os.path.exists(os.path.join(os.path.dirname(doc), target)):
+                missing.append(f"{os.path.relpath(doc, ROOT)}: {target}")
+    assert not missing, missing

@@ -1,6 +1,6 @@
-"""benchmarks/retrain_seeds.py: a row's pruned model rebuilt from its report.json and retrained
-with other seeds; the benchmark's own seed repeats the row; results are cached by what made them;
-a report the code no longer reproduces is refused."""
+"""benchmarks/studies/retrain_seeds.py: a row's pruned model rebuilt from its report.json and
+retrained with other seeds; the benchmark's own seed repeats the row; results are cached by what
+made them; a report the code no longer reproduces is refused."""
 import json
 import os
 import shlex
@@ -13,6 +13,7 @@ import pytest
 from conftest import ROOT, write_tiny_config
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks", "studies"))
 sys.path.insert(0, os.path.join(ROOT, "slim", "prune"))
 import bench_report  # noqa: E402
 import retrain_seeds  # noqa: E402

@@ -67,6 +67,58 @@ def test_sensitivity_resumes_without_redoing_points(tmp_path):
     assert third.calls == 0
 
 
+def as_format_1(path, extra):
+    """Rewrite a sensitivity file as the previous format wrote it: setup and evaluator as one
+    prose ``extra`` string."""
+    data = json.load(open(path))
+    fp = {k: v for k, v in data["fingerprint"].items() if k not in ("setup", "evaluator")}
+    data.update(format=1, fingerprint={**fp, "extra": extra})
+    with open(path, "w") as f:
+        json.dump(data, f)
+
+
+@pytest.mark.parametrize("evaluator, note", [
+    ({"name": "dygraph"}, ""),
+    ({"name": "predictor"}, "; evaluated in Paddle Inference predictors"),
+    ({"name": "mixed", "predictor_groups": 2},
+     "; evaluated in Paddle Inference predictors for the first 2 groups")])
+def test_a_file_of_the_previous_format_resumes_with_its_evaluator(evaluator, note, tmp_path):
+    model = build_toy("Concat")
+    groups = slim.build_groups(model, SHAPE).groups
+    sen_file = str(tmp_path / "sen.json")
+    setup = {"config": "0123abcd", "weights": "none", "eval_images": 2}
+    first = sensitivity.FunctionEvaluator(Similarity(model), facts=evaluator)
+    sens = sensitivity.analyze(model, groups, first, RATIOS, sen_file, "l1", setup=setup)
+    as_format_1(sen_file, "config 0123abcd; weights none; eval images 2" + note)
+    assert sensitivity.recorded_evaluator(sen_file) == evaluator
+    again = Similarity(model)
+    resumed = sensitivity.analyze(model, groups, sensitivity.FunctionEvaluator(again, evaluator),
+                                  RATIOS, sen_file, "l1", setup=setup)
+    assert resumed == sens and again.calls == 0
+    # a format-1 file of another setup is refused, the difference named
+    as_format_1(sen_file, "config ffffffff; weights none; eval images 2" + note)
+    with pytest.raises(sensitivity.SensitivityMismatch, match="setup: file has .*ffffffff"):
+        sensitivity.analyze(model, groups, sensitivity.FunctionEvaluator(again, evaluator),
+                            RATIOS, sen_file, "l1", setup=setup)
+
+
+@pytest.mark.parametrize("bad, named", [(float("nan"), "nan"), (float("inf"), "inf"),
+                                        (-3.0, "outside"), (1e308, "outside")])
+def test_a_sensitivity_file_with_impossible_values_is_refused(bad, named, tmp_path):
+    model = build_toy("Concat")
+    groups = slim.build_groups(model, SHAPE).groups
+    sen_file = str(tmp_path / "sen.json")
+    sensitivity.analyze(model, groups, Similarity(model), [0.5], sen_file, "l1")
+    data = json.load(open(sen_file))
+    data["losses"][groups[1].id]["0.5"] = bad
+    with open(sen_file, "w") as f:
+        json.dump(data, f)
+    with pytest.raises(sensitivity.SensitivityMismatch,
+                       match=f"holds a value no analysis writes: loss .*{named}.* of group "
+                             f"'{groups[1].id}'"):
+        sensitivity.load(sen_file)
+
+
 def test_sensitivity_restores_the_model(tmp_path):
     model = build_toy("GatherExpand")
     groups = slim.build_groups(model, SHAPE).groups

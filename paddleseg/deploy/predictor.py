@@ -144,7 +144,7 @@ def _have(module):
     return importlib.util.find_spec(module) is not None
 
 
-def _fix_input_shape(deploy, input_shape, out_dir):
+def fix_input_shape(deploy, input_shape, out_dir):
     """Re-save the export's program with its input fixed to ``input_shape`` and every shape
     inferred again: paddle2onnx turns adaptive pooling (Fast-SCNN's pyramid pooling, for one)
     into fixed-size ONNX pools only when the shapes in the program are static."""
@@ -197,7 +197,7 @@ def convert_to_onnx(model_dir, input_shape, cache_dir=None, opset_version=11):
     os.makedirs(os.path.dirname(out), exist_ok=True)
     try:
         with tempfile.TemporaryDirectory(dir=os.path.dirname(out)) as work, atomic_path(out) as tmp:
-            model_file, params_file = _fix_input_shape(deploy, shape, work)
+            model_file, params_file = fix_input_shape(deploy, shape, work)
             paddle2onnx.export(model_file, params_file, save_file=tmp, opset_version=opset_version,
                                auto_upgrade_opset=True, verbose=False, enable_onnx_checker=True,
                                enable_optimize=True)

@@ -19,7 +19,7 @@ more the more that group has already lost, so the cuts spread over more groups. 
 millisecond minimises the summed loss, the accuracy right after pruning that the sensitivity
 curves predict; but it may cut a few costly groups deep, and retraining need not recover a
 deep cut as well as several shallow ones. Squared losses sit between that and
-:func:`allocate_equal_loss`, the least largest loss. What it gave on HarDNet: docs/prune.md.
+:func:`allocate_equal_loss`, the least largest loss (measured on HarDNet: commit f6ec80a).
 
 :func:`allocate_equal_loss` is the other allocation ``--latency_allocation`` offers: the one
 ``--target flops`` makes (every group pruned up to one common sensitivity loss), with that

@@ -2,8 +2,8 @@
 and its equal-loss control (RESULTS.md, "The latency target against its goal") retrained again
 with other seeds, from the same pruned model. Writes docs/retrain_seeds.md.
 
-    python benchmarks/retrain_seeds.py --work_dir /work/bench_work --seeds 0 1 2         # the misses
-    python benchmarks/retrain_seeds.py --work_dir /work/bench_work --models UNet --seeds 0 1 2
+    python benchmarks/studies/retrain_seeds.py --work_dir WORK_DIR --seeds 0 1 2   # the misses
+    python benchmarks/studies/retrain_seeds.py --work_dir WORK_DIR --models UNet --seeds 0 1 2
 
 Each row's pruned model is rebuilt from its report.json: the same checkpoint, the same plan (its
 ``layer_ratios``) and criterion; its mIoU right after pruning must equal the row's (else the code
@@ -31,9 +31,9 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path[:0] = [HERE, ROOT]
+BENCHMARKS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # prune_speedup, bench_*
+ROOT = os.path.dirname(BENCHMARKS)
+sys.path[:0] = [BENCHMARKS, ROOT]
 
 import bench_cache  # noqa: E402
 import bench_report  # noqa: E402
@@ -223,8 +223,8 @@ def main(argv):
     args = parse_args(argv)
     results = bench_report.load_results(os.path.join(ROOT, args.out_dir))
     lines = ["# Retraining noise of the latency target's rows", "",
-             f"{generated_by('retrain_seeds.py', argv)} Each row's pruned model, rebuilt from "
-             "its report.json, retrained as prune.py does with each seed and evaluated on the "
+             f"{generated_by('studies/retrain_seeds.py', argv)} Each row's pruned model, rebuilt "
+             "from its report.json, retrained as prune.py does with each seed and evaluated on the "
              "full val split (rows: benchmarks/RESULTS.md).", ""]
     for model, entry in results["models"].items():
         verdict = bench_report.latency_goal(entry)

@@ -3,8 +3,8 @@ latency target against its goal"): the unpruned model, the latency-target row an
 equal-loss control, each through ``tools/profile_latency.py`` at the benchmark's latency
 setup. Writes docs/latency_profiles.md.
 
-    python benchmarks/latency_profiles.py --work_dir /work/bench_work          # the misses
-    python benchmarks/latency_profiles.py --work_dir /work/bench_work --all    # every model
+    python benchmarks/studies/latency_profiles.py --work_dir /work/bench_work          # the misses
+    python benchmarks/studies/latency_profiles.py --work_dir /work/bench_work --all    # every model
 
 The checkpoints are the benchmark's own steps under ``--work_dir`` (found by the step keys
 results.json records), so run it on the machine that ran the benchmark; a quiet machine gives
@@ -16,9 +16,9 @@ import shlex
 import subprocess
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path[:0] = [HERE, ROOT]
+BENCHMARKS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # prune_speedup, bench_*
+ROOT = os.path.dirname(BENCHMARKS)
+sys.path[:0] = [BENCHMARKS, ROOT]
 
 import bench_report  # noqa: E402
 from paddleseg.utils import cli  # noqa: E402
@@ -68,7 +68,7 @@ def main(argv):
     args = parse_args(argv)
     results = bench_report.load_results(os.path.join(ROOT, args.out_dir))
     lines = ["# Where the time goes: models against the latency target's goal", "",
-             f"{generated_by('latency_profiles.py', argv)} Each block is "
+             f"{generated_by('studies/latency_profiles.py', argv)} Each block is "
              "`tools/profile_latency.py` on one checkpoint of `benchmarks/prune_speedup.py` "
              "(verdicts: benchmarks/RESULTS.md).", ""]
     for model, entry in results["models"].items():
