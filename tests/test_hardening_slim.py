@@ -365,3 +365,13 @@ def test_a_missed_latency_target_is_said_in_the_summary_and_the_report(met, tiny
         assert ("(TARGET NOT MET: latency cut 0.300 asked, 0.090 measured at best; kept by "
                 "--allow_lower_target)") in final, final
         assert "**Target not met**: latency cut 0.300 asked, 0.090 measured" in md, md
+
+
+def test_a_table_whose_fit_disagrees_with_its_own_measurements_is_refused(toy_table, tmp_path):
+    # every value plausible alone (within 10x the full-model time), the whole 4x too slow
+    def slower(d):
+        d["coef"] = [[v * 4 for v in row] for row in d["coef"]]
+        d["rest"][1:] = [v * 4 for v in d["rest"][1:]]
+    message = obtain_refused(toy_table, edited_table(toy_table, tmp_path, slower))
+    assert "for the unpruned model, measured at" in message and "more than 3x apart" in message, \
+        message

@@ -58,6 +58,9 @@ CONTENDED = 1.05    # profiled blocks above this share of the plain runs' time: 
 # table's own measured full-model time (features are widths relative to the unpruned model,
 # so no term of a real fit comes near it); the blocks' scale at most this factor
 PLAUSIBLE = 10.0
+# and the fit's prediction for each plan it was fitted to (the unpruned model and the sample
+# plans) within this factor of the time measured for it
+FIT_SLACK = 3.0
 BLOCK_FEATURES, REST_FEATURES = 5, 4   # see _Features: [1, cin, cout, MACs, ragged]; [s, r0..r2]
 KEY_FIELDS = ("backend", "device", "threads", "shape", "paddle", "channel_step", "model",
               "structure")
@@ -528,22 +531,21 @@ def check_fits_model(table, path, model, groups, shape):
             f"the model runs {runs}); delete it (or pass another --latency_table) to measure "
             "afresh")
     cost = table.model(groups)
-    most = PLAUSIBLE * table.full_ms
-    plans = [("the unpruned model", {})] + [(f"sample plan {i}", s["counts"])
-                                            for i, s in enumerate(table.samples)]
-    for name, counts in plans:
+    plans = [("the unpruned model", {}, table.full_ms)] + [
+        (f"sample plan {i}", s["counts"], s["total_ms"]) for i, s in enumerate(table.samples)]
+    for name, counts, measured in plans:
         unknown = sorted(set(counts) - set(cost.group_ids))
         if unknown:
             raise LatencyTableMismatch(
                 f"latency table {path}: {name} prunes group {unknown[0]!r}, which the model "
                 "does not have; delete it (or pass another --latency_table) to measure afresh")
         ms = float(cost.ms(cost.vector(counts)))
-        if not (math.isfinite(ms) and 0 < ms <= most) or (not counts and ms < table.full_ms
-                                                           / PLAUSIBLE):
+        if not (math.isfinite(ms) and measured / FIT_SLACK <= ms <= measured * FIT_SLACK):
             raise LatencyTableMismatch(
-                f"latency table {path} predicts {ms:.4g} ms for {name}, implausible against its "
-                f"measured full-model time {table.full_ms:.4g} ms (more than {PLAUSIBLE:g}x "
-                "apart); delete it (or pass another --latency_table) to measure afresh")
+                f"latency table {path} predicts {ms:.4g} ms for {name}, measured at "
+                f"{measured:.4g} ms (more than {FIT_SLACK:g}x apart: its coefficients do not fit "
+                "its own measurements); delete it (or pass another --latency_table) to measure "
+                "afresh")
 
 
 def check_key(table, path, key, fields=KEY_FIELDS):
