@@ -446,6 +446,11 @@ def test_prune_target_latency_end_to_end_on_bisenetv2(bisenet_config, tmp_path):
     assert lat["measured_ms_before"] > 0 and lat["measured_ms_after"] > 0
     assert lat["predicted_ms_after"] < lat["predicted_ms_before"]
     assert 1 <= len(lat["rounds"]) <= 4
+    # the closing loop's verdict: met, or said plainly (issue 21)
+    assert lat["target_reduction"] == pytest.approx(0.1)
+    assert lat["target_met"] == (lat["search_measured_reduction"] >= 0.1 - lat["target_tolerance"])
+    assert report["target_met"] is lat["target_met"]
+    assert ("TARGET NOT MET" in final) is (not lat["target_met"]), final
     assert lat["table_error"] == pytest.approx(
         (1 - lat["predicted_reduction"]) / (1 - lat["measured_reduction"]) - 1, abs=2e-3)
     for shares in (lat["group_time_share_before"], lat["group_time_share_after"]):

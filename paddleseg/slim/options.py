@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 
 from ..utils.errors import UserError
 from .criteria import CRITERIA
-from .publish import DEFAULT_SEN_FILE, check_save_dir
+from .publish import DEFAULT_SEN_FILE, check_input_outside, check_save_dir
 
 DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 METHODS = ("native", "paddleslim")
@@ -85,6 +85,7 @@ def check_common(o):
         raise UserError(f"--sen_eval_num must be >= 1, got {o.sen_eval_num}")
     if o.model_path and not os.path.exists(o.model_path):
         raise UserError(f"--model_path not found: {o.model_path}")
+    check_input_outside(o.model_path, o.save_dir)
     check_save_dir(o.save_dir, o.sen_file)
 
 

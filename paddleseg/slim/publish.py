@@ -10,15 +10,17 @@ switch was cut between its two renames.
 
 ``save_dir`` is ours as a whole, so it must be new, empty, or an earlier run's output: the names
 above, sensitivity files and our temporaries. Anything else is refused before any work and never
-deleted. Sensitivity files in it (written there during the run, resumable) are carried into the
-new folder.
+deleted. The sensitivity file this run used (written there during the run, resumable), and the
+part files beside it, are carried into the new folder; any other file of an earlier run is not.
+It must not hold the checkpoint the run reads (``--model_path``): that would be replaced too.
 """
 import errno
 import os
 import shutil
 
 from ..core.export import EXPORT_FILES
-from ..utils.fileio import (OutputPathError, check_folder_target, exchange_paths, foreign_entries,
+from ..utils.fileio import (OutputPathError, check_folder_target, check_parent_folder,
+                            exchange_paths, foreign_entries,
                             fsync_path, fsync_tree, left_by_dead_process,
                             remove_stale_temporaries, removed_if_left_empty)
 from .sensitivity import part_file_names
@@ -42,6 +44,26 @@ def sensitivity_names(save_dir, sen_file=None):
     return names | {part for name in names for part in part_file_names(save_dir, name)}
 
 
+def carried_names(save_dir, sen_file=None):
+    """Names of the files publish() carries from the old save_dir into the new one: this run's
+    sensitivity file (``sen_file``, default save_dir/sensitivity.json) when it lies in save_dir,
+    with its part files. Another run's sensitivity file there was not used by this run: the new
+    output does not keep it."""
+    if sen_file and not _same_path(os.path.dirname(os.path.abspath(sen_file)), save_dir):
+        return set()
+    name = os.path.basename(sen_file) if sen_file else DEFAULT_SEN_FILE
+    return {name, *part_file_names(save_dir, name)}
+
+
+def check_input_outside(model_path, save_dir):
+    """OutputPathError when ``save_dir`` (replaced as a whole) holds the checkpoint the run
+    reads: ``model_path``, a file or a folder (compared by real paths)."""
+    if model_path and (_same_path(model_path, save_dir) or _inside(model_path, save_dir)):
+        raise OutputPathError(
+            f"--save_dir {save_dir} holds the input checkpoint --model_path {model_path}, which "
+            "the pruned output would replace; choose another --save_dir")
+
+
 def _same_path(a, b):
     return os.path.realpath(a) == os.path.realpath(b)
 
@@ -62,6 +84,9 @@ def _is_previous_export(folder):
 def check_save_dir(save_dir, sen_file=None):
     """OutputPathError unless ``save_dir`` is absent, empty or an earlier pruning output."""
     check_folder_target(save_dir)
+    check_parent_folder(save_dir, "--save_dir")
+    if sen_file:
+        check_parent_folder(sen_file, "--sen_file")
     if _same_path(save_dir, os.getcwd()) or _inside(os.getcwd(), save_dir):
         raise OutputPathError(f"--save_dir {save_dir} is the current folder or holds it; "
                               "choose a folder inside it")
@@ -140,7 +165,7 @@ def _carry(src, dst):
 def publish(stage, save_dir, sen_file=None):
     """Switch the complete ``stage`` in as ``save_dir`` in one step; the old output goes."""
     path = os.path.realpath(save_dir)
-    for name in sorted(sensitivity_names(save_dir, sen_file)):
+    for name in sorted(carried_names(save_dir, sen_file)):
         src = os.path.join(path, name)
         if os.path.isfile(src) and not os.path.lexists(os.path.join(stage, name)):
             _carry(src, os.path.join(stage, name))

@@ -29,6 +29,17 @@ def check_file_target(path, what=None):
         raise OutputPathError(f"{_shown(path, what)} is an existing folder, not a file path")
 
 
+def check_parent_folder(path, what=None):
+    """OutputPathError when ``path`` cannot be made because one of the folders above it is an
+    existing file (``notes.txt/table.json``); checked before any work, not when writing."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise OutputPathError(f"{_shown(path, what)} cannot be made: {parent} is an existing "
+                              "file, not a folder; choose a path under a folder")
+
+
 def foreign_entries(folder, own_names):
     """Entries of ``folder`` that are not plain files named in ``own_names`` (sorted)."""
     with os.scandir(folder) as entries:

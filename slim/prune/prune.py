@@ -68,12 +68,14 @@ def build_parser():
     target.add_argument("--channel_step", type=int, default=8,
                         help="remove channels in multiples of this where a layer's width allows, "
                              "so pruned widths stay aligned for fast CPU/GPU kernels (1: any "
-                             "count)" + NATIVE_ONLY_NOTE)
+                             "count; at most 64)" + NATIVE_ONLY_NOTE)
     latency = p.add_argument_group("latency target", "flags that apply only with --target latency")
     latency.add_argument("--latency_shape", type=int, nargs=4, default=None,
                          metavar=("N", "C", "H", "W"),
                          help="input shape latency is measured at (default: the val transforms' "
-                              "Resize, else 1 3 512 1024)" + LATENCY_ONLY)
+                              "Resize, else 1 3 512 1024); C = 3, 32 <= H, W <= 8192, N <= 64 and "
+                              "N*H*W <= 4096*4096 (the table runs the model at it many times)"
+                              + LATENCY_ONLY)
     latency.add_argument("--latency_table", default=None,
                          help="latency table file: reused when made for this machine, threads, "
                               "shape and model, else measured and written (default: a cache "
@@ -132,6 +134,10 @@ def main(argv):
         lat = report["latency"]
         cut = (f"latency -{lat['measured_reduction']:.1%} measured ({lat['measured_ms_before']:.1f}"
                f" -> {lat['measured_ms_after']:.1f} ms), FLOPs -{cut:.1%}")
+        if not lat.get("target_met", True):
+            lowered += (f" (TARGET NOT MET: latency cut {lat['target_reduction']:.3f} asked, "
+                        f"{lat['search_measured_reduction']:.3f} measured at best; kept by "
+                        "--allow_lower_target)")
     else:
         cut = f"FLOPs -{cut:.1%}"
     print(f"pruned {report['model_name']}: {cut}{lowered}, "

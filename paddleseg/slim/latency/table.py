@@ -27,8 +27,10 @@ The table is cached as JSON under a key (backend, device, threads, shape, Paddle
 channel step, model structure): a second run on the same machine reuses it, a table made for
 another key is refused with one line.
 """
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -40,7 +42,7 @@ from scipy.optimize import nnls
 from ...utils import logger
 from ...utils.download import seg_home
 from ...utils.errors import UserError
-from ...utils.fileio import check_file_target, write_json
+from ...utils.fileio import check_file_target, check_parent_folder, write_json
 from ...utils.progress import format_seconds
 from ..allocate import Curve
 from ..apply import channel_plan
@@ -51,6 +53,15 @@ FORMAT = 3
 DEFAULT_SAMPLES = 8
 PROFILE_RUNS = 4
 CONTENDED = 1.05    # profiled blocks above this share of the plain runs' time: contended
+# a table's values are checked when it is read (an edited or damaged file would steer the
+# allocation): every coefficient in ms, and every prediction, at most this many times the
+# table's own measured full-model time (features are widths relative to the unpruned model,
+# so no term of a real fit comes near it); the blocks' scale at most this factor
+PLAUSIBLE = 10.0
+# and the fit's prediction for each plan it was fitted to (the unpruned model and the sample
+# plans) within this factor of the time measured for it
+FIT_SLACK = 3.0
+BLOCK_FEATURES, REST_FEATURES = 5, 4   # see _Features: [1, cin, cout, MACs, ragged]; [s, r0..r2]
 KEY_FIELDS = ("backend", "device", "threads", "shape", "paddle", "channel_step", "model",
               "structure")
 
@@ -395,10 +406,92 @@ def _well_formed(d):
         and all(isinstance(d.get(k), list) for k in ("sites", "coef", "present", "rest", "samples"))
 
 
+def _number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _bad_value(name, value, most=None, what="ms"):
+    """Why ``value`` cannot stand in a table (not a number, not finite, negative, above
+    ``most``), or None."""
+    if not _number(value) or not math.isfinite(value) or value < 0:
+        return f"{name} = {value!r} (must be a finite number >= 0)"
+    if most is not None and value > most:
+        return f"{name} = {value!r} (implausible: above {most:.4g} {what})"
+    return None
+
+
+SITE_FIELDS = {f.name: (bool if f.type in (bool, "bool") else int)
+               for f in dataclasses.fields(Site) if f.name != "path"}
+
+
+def _bad_site(i, d):
+    if not isinstance(d, dict) or set(d) != {"path", *SITE_FIELDS} \
+            or not isinstance(d["path"], str):
+        return f"sites[{i}] is not a conv site"
+    for k, kind in SITE_FIELDS.items():
+        v = d[k]
+        ok = isinstance(v, bool) if kind is bool else (
+            isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or k == "call" and v == 0))
+        if not ok:
+            return f"sites[{i}].{k} = {v!r}"
+    return None
+
+
+def first_bad_entry(d):
+    """The first entry of a table file's contents (a dict) that no measurement writes: a
+    value not finite, negative or implausible against the table's own full-model time, or a
+    structure whose parts disagree; None when there is none."""
+    full = d["full_ms"]
+    if not _number(full) or not math.isfinite(full) or full <= 0:
+        return f"full_ms = {full!r} (must be a finite time > 0)"
+    if not isinstance(d["lanes"], int) or isinstance(d["lanes"], bool) or d["lanes"] < 1:
+        return f"lanes = {d['lanes']!r} (must be an integer >= 1)"
+    n = len(d["sites"])
+    if len(d["coef"]) != n or len(d["present"]) != n:
+        return (f"{n} sites, {len(d['coef'])} coefficient rows and {len(d['present'])} "
+                "'present' flags (must be as many)")
+    most = PLAUSIBLE * full
+    for i, site in enumerate(d["sites"]):
+        bad = _bad_site(i, site)
+        if bad:
+            return bad
+        row = d["coef"][i]
+        where = f"coef[{i}] (site {site['path']})"
+        if not isinstance(row, list) or len(row) != BLOCK_FEATURES:
+            return f"{where} is not a list of {BLOCK_FEATURES} numbers"
+        for k, v in enumerate(row):
+            bad = _bad_value(f"{where}[{k}]", v, most,
+                             f"ms, {PLAUSIBLE:g}x the table's full-model time {full:.4g} ms")
+            if bad:
+                return bad
+        if not isinstance(d["present"][i], bool):
+            return f"present[{i}] = {d['present'][i]!r} (must be true or false)"
+    rest = d["rest"]
+    if len(rest) != REST_FEATURES:
+        return f"rest has {len(rest)} numbers (must be {REST_FEATURES})"
+    bad = _bad_value("rest[0]", rest[0], PLAUSIBLE, "(the blocks' scale)")
+    for k in range(1, REST_FEATURES):
+        bad = bad or _bad_value(f"rest[{k}]", rest[k], most,
+                                f"ms, {PLAUSIBLE:g}x the table's full-model time {full:.4g} ms")
+    if bad:
+        return bad
+    for i, s in enumerate(d["samples"]):
+        if not isinstance(s, dict) or not isinstance(s.get("counts"), dict):
+            return f"samples[{i}] is not a sample plan"
+        total = s.get("total_ms")
+        if not _number(total) or not math.isfinite(total) or total <= 0:
+            return f"samples[{i}].total_ms = {total!r} (must be a finite time > 0)"
+    return None
+
+
 def read(path):
     """The table in ``path``; LatencyTableMismatch (one line) when it is not one."""
     if os.path.isdir(path):
         raise LatencyTableMismatch(f"--latency_table {path} is a folder, not a file")
+    if not os.path.isfile(path):   # a FIFO or a device: open() could block or never end
+        raise LatencyTableMismatch(f"--latency_table {path} is not a regular file (a FIFO, "
+                                   "device or socket); name a JSON file, or a path that does "
+                                   "not exist yet to measure a table there")
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)
@@ -408,9 +501,51 @@ def read(path):
     if not _well_formed(d):
         raise LatencyTableMismatch(f"{path} is not a latency table of this version")
     try:
-        return LatencyTable.from_dict(d)
+        table = LatencyTable.from_dict(d)
     except (KeyError, TypeError) as e:
         raise LatencyTableMismatch(f"{path} is not a latency table of this version ({e})") from None
+    bad = first_bad_entry(d)
+    if bad:
+        raise LatencyTableMismatch(f"latency table {path} holds a value no measurement writes: "
+                                   f"{bad}; delete it (or pass another --latency_table) to "
+                                   "measure afresh")
+    return table
+
+
+def check_fits_model(table, path, model, groups, shape):
+    """LatencyTableMismatch (one line) unless the table's conv sites are the ones ``model``
+    runs at ``shape`` and its predictions are plausible: the structure hash of its key covers
+    the layers and groups, not the sites and coefficients, which an edit can change alone."""
+    sites = conv_sites(model, shape)
+    listed = [Site(**s) for s in table.sites]
+    if listed != sites:
+        first = next((i for i, (a, b) in enumerate(zip(listed, sites)) if a != b),
+                     min(len(listed), len(sites)))
+        found = f"{listed[first].path} call {listed[first].call}" if first < len(listed) \
+            else "nothing"
+        runs = f"{sites[first].path} call {sites[first].call}" if first < len(sites) \
+            else "nothing"
+        raise LatencyTableMismatch(
+            f"latency table {path} lists {len(listed)} conv sites where the model runs "
+            f"{len(sites)} at {'x'.join(map(str, shape))} (site {first}: the table has {found}, "
+            f"the model runs {runs}); delete it (or pass another --latency_table) to measure "
+            "afresh")
+    cost = table.model(groups)
+    plans = [("the unpruned model", {}, table.full_ms)] + [
+        (f"sample plan {i}", s["counts"], s["total_ms"]) for i, s in enumerate(table.samples)]
+    for name, counts, measured in plans:
+        unknown = sorted(set(counts) - set(cost.group_ids))
+        if unknown:
+            raise LatencyTableMismatch(
+                f"latency table {path}: {name} prunes group {unknown[0]!r}, which the model "
+                "does not have; delete it (or pass another --latency_table) to measure afresh")
+        ms = float(cost.ms(cost.vector(counts)))
+        if not (math.isfinite(ms) and measured / FIT_SLACK <= ms <= measured * FIT_SLACK):
+            raise LatencyTableMismatch(
+                f"latency table {path} predicts {ms:.4g} ms for {name}, measured at "
+                f"{measured:.4g} ms (more than {FIT_SLACK:g}x apart: its coefficients do not fit "
+                "its own measurements); delete it (or pass another --latency_table) to measure "
+                "afresh")
 
 
 def check_key(table, path, key, fields=KEY_FIELDS):
@@ -429,6 +564,7 @@ def check_file(path, backend, channel_step, check_shape=True):
     if path is None:
         return
     check_file_target(path, "--latency_table")
+    check_parent_folder(path, "--latency_table")
     if not os.path.exists(path):
         return
     partial = backend.key()
@@ -446,6 +582,7 @@ def obtain(model, groups, backend, channel_step, max_ratio, path=None, samples=D
     if os.path.exists(path):
         table = read(path)
         check_key(table, path, key)
+        check_fits_model(table, path, model, groups, backend.shape)
         logger.info(f"latency table: reusing {path} (measured {table.created}, "
                     f"{table.method}, {table.full_ms:.1f} ms unpruned)")
         if len(table.samples) != samples:

@@ -112,8 +112,16 @@ def save(sen_file, data):
 
 def _read(sen_file):
     if not _is_pickle(sen_file):
-        with open(sen_file, encoding="utf-8") as f:
-            return json.load(f)
+        with open(sen_file, "rb") as f:
+            raw = f.read()
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:   # binary bytes, or text in another encoding (UTF-16)
+            why = "its bytes are not UTF-8 text"
+        except ValueError as e:
+            why = f"{type(e).__name__}: {e}"
+        raise SensitivityMismatch(f"{sen_file} is not a JSON sensitivity file ({why}); delete it "
+                                  "or choose another --sen_file to measure afresh")
     with open(sen_file, "rb") as f:
         raw = f.read()
     try:
@@ -180,6 +188,10 @@ def load(sen_file):
         return None
     if os.path.isdir(sen_file):
         raise SensitivityMismatch(f"--sen_file {sen_file} is a folder, not a file")
+    if not os.path.isfile(sen_file):   # a FIFO or a device: open() could block or never end
+        raise SensitivityMismatch(f"--sen_file {sen_file} is not a regular file (a FIFO, device "
+                                  "or socket); name a sensitivity file, or a path that does not "
+                                  "exist yet to measure one there")
     try:
         data = _read(sen_file)
     except SensitivityMismatch:
@@ -211,6 +223,8 @@ def recorded_evaluator(sen_file):
     if data is not None:
         return data["fingerprint"].get("evaluator")
     for path in part_files(sen_file):
+        if not os.path.isfile(path):   # a FIFO or a device: never opened
+            continue
         try:
             with open(path, encoding="utf-8") as f:
                 part = json.load(f)
@@ -261,6 +275,9 @@ def load_matching(path, fp):
 
 def load_part(path, fp):
     """{group id: {ratio key: metric}} of a part file (SensitivityMismatch when unusable)."""
+    if not os.path.isfile(path):   # a FIFO or a device: open() could block or never end
+        raise SensitivityMismatch(f"sensitivity part file {path} is not a regular file; "
+                                  "delete it")
     try:
         with open(path, encoding="utf-8") as f:
             part = json.load(f)

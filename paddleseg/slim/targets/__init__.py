@@ -14,7 +14,8 @@ A target class has:
   :class:`~paddleseg.slim.allocate.Allocation`), including any closing loop that measures
   candidates;
 - ``final_report(model, export_dir, timings)``: the target's own figures for report.json
-  (``{}`` when it has none), after retraining and export;
+  (``{}`` when it has none), after retraining and export; ``target_met: False`` among them
+  when a measured target was missed (kept by ``--allow_lower_target``);
 - ``report_lines(report)`` (static): its Markdown lines for report.md (``[]`` when none).
 """
 from ...utils.errors import UserError

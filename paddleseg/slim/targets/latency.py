@@ -7,7 +7,9 @@
    candidate, time it in turn with the unpruned export, and re-aim (:func:`next_aim`) until
    the measured cut is within ``TOLERANCE`` of the target (at most ``MAX_ROUNDS``
    candidates). A measured cut that stays short of it is an error that
-   says why (one line) unless lowering the target is allowed.
+   says why (one line) unless lowering the target is allowed; then the report says plainly that
+   the target was not met (``target_met: false``, the target and the measured cut), and so does
+   prune.py's closing line.
 3. The figures for the report (:meth:`LatencyTarget.measured_report`): predicted and measured
    latency before and after, each group's share of the measured time before and after, and
    the table's error on the final model.
@@ -25,6 +27,13 @@ from ..latency import measure
 from ..latency.allocate import DEFAULT_ALLOCATION, LatencyTargetUnreachable, allocator, max_reduction
 from ..latency.table import DEFAULT_SAMPLES, blocks_over_runs, check_file, obtain, shares_by_owner
 
+# bounds of the latency input shape (N C H W): the latency table exports and runs the model at
+# it many times, so a shape far beyond any deployment would only exhaust the memory; below the
+# models' total stride (32) the feature maps vanish
+MIN_SIDE, MAX_SIDE = 32, 8192
+MAX_BATCH = 64
+MAX_PIXELS = 4096 * 4096      # N * H * W: e.g. 1x3x4096x4096, 8x3x1024x2048
+
 TOLERANCE = 0.03
 MAX_ROUNDS = 4
 MIN_AIM = 0.005
@@ -36,6 +45,21 @@ class LatencyTargetMissed(UserError):
 
 def _inside(path, folder):
     return os.path.realpath(path).startswith(os.path.realpath(folder).rstrip(os.sep) + os.sep)
+
+
+def check_latency_shape(shape, what="--latency_shape"):
+    """UserError (one line) for a latency input shape outside the bounds above (C = 3 is
+    :func:`~paddleseg.core.export.parse_input_shape`'s check)."""
+    n, _, h, w = shape
+    shown = " ".join(map(str, shape))
+    if not 1 <= n <= MAX_BATCH:
+        raise UserError(f"{what} {shown}: N must lie in [1, {MAX_BATCH}]")
+    if not (MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE):
+        raise UserError(f"{what} {shown}: H and W must lie in [{MIN_SIDE}, {MAX_SIDE}] (the "
+                        f"models downsample by up to {MIN_SIDE})")
+    if n * h * w > MAX_PIXELS:
+        raise UserError(f"{what} {shown}: N*H*W = {n * h * w} is above the {MAX_PIXELS} "
+                        "(4096x4096) a latency table is measured at; use a smaller shape")
 
 
 def deploy_shape(val_transforms, default=measure.DEFAULT_SHAPE):
@@ -105,6 +129,8 @@ class LatencyTarget:
             raise UserError(f"--latency_table {o.latency_table} is inside --save_dir, which a "
                             "run replaces as a whole; keep the table outside it")
         shape = parse_input_shape(o.latency_shape, "--latency_shape")
+        if shape is not None:
+            check_latency_shape(shape)
         backend = measure.Backend(device=o.device, cpu_threads=o.cpu_threads,
                                   shape=shape or measure.DEFAULT_SHAPE)
         check_file(o.latency_table, backend, o.channel_step, check_shape=shape is not None)
@@ -114,6 +140,7 @@ class LatencyTarget:
         """The latency target of a pruning run: its table measured (or reused) here."""
         with Phase(timings, "latency table"):
             shape = o.latency_shape or deploy_shape(cfg.val_dataset_config.get("transforms"))
+            check_latency_shape(shape, "the latency shape from the val transforms' Resize")
             backend = measure.Backend(device=o.device, cpu_threads=o.cpu_threads, shape=shape)
             logger.info(f"latency target: {backend.name} on {backend.description()}, "
                         f"{backend.cpu_threads} threads, input {backend.shape_text()}")
@@ -128,7 +155,8 @@ class LatencyTarget:
 
     def final_report(self, model, export_dir, timings):
         with Phase(timings, "latency measurement"):
-            return {"latency": self.measured_report(model, export_dir)}
+            lat = self.measured_report(model, export_dir)
+        return {"latency": lat, "target_met": lat["target_met"]}
 
     @staticmethod
     def report_lines(report):
@@ -199,6 +227,10 @@ class LatencyTarget:
 
     def _judge(self, best, target, most, allow_lower):
         cut = best["measured"]
+        # what the report says of the closing loop (measured_report): met, or short by how much
+        self.verdict = {"target_met": bool(cut >= target - TOLERANCE),
+                        "target_reduction": round(float(target), 4),
+                        "search_measured_reduction": round(float(cut), 4)}
         if cut > target + TOLERANCE:
             logger.warning(f"measured latency cut {cut:.3f} is above the target {target:.3f} "
                            f"(+{TOLERANCE}) after {len(self.rounds)} rounds; keeping it")
@@ -246,7 +278,7 @@ class LatencyTarget:
                 "cpu_threads": self.backend.cpu_threads, "shape": list(self.backend.shape),
                 "table": os.path.abspath(self.table_path), "table_method": self.table.method,
                 "allocation": self.allocation,
-                "target_tolerance": TOLERANCE, "rounds": self.rounds,
+                "target_tolerance": TOLERANCE, **self.verdict, "rounds": self.rounds,
                 "predicted_ms_before": round(pred_before, 3),
                 "predicted_ms_after": round(pred_after, 3),
                 "predicted_reduction": round(1 - pred_after / pred_before, 4),
@@ -261,6 +293,13 @@ class LatencyTarget:
         finally:
             shutil.rmtree(self.work_dir, ignore_errors=True)
         return report
+
+
+def missed_text(lat):
+    """What a report says of a latency target the closing loop did not reach."""
+    return (f"**Target not met**: latency cut {lat['target_reduction']:.3f} asked, "
+            f"{lat['search_measured_reduction']:.3f} measured at best in the search (tolerance "
+            f"{lat['target_tolerance']}); the plan was kept as --allow_lower_target allows")
 
 
 def report_lines(lat, top=10):
@@ -282,6 +321,8 @@ def report_lines(lat, top=10):
     ]
     lines += [f"| {i} | {r['aimed']:.3f} | {r['predicted']:.3f} | {r['measured']:.3f} |"
               for i, r in enumerate(lat["rounds"], 1)]
+    if not lat.get("target_met", True):
+        lines += ["", missed_text(lat) + "."]
     before, after = lat["group_time_share_before"], lat["group_time_share_after"]
     lines += ["", f"Share of the measured time per group (the {top} largest before pruning):", "",
               "| group | before | after |", "|-|-:|-:|"]
