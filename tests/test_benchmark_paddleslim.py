@@ -15,7 +15,7 @@ from conftest import ROOT, TINY_CONFIG, make_tiny_optic
 from paddleseg.slim import count_flops
 from paddleseg.slim import paddleslim_engine as engine
 from paddleseg.slim import sensitivity as sens_mod
-from paddleseg.slim.storage import save_pruned
+from paddleseg.slim.output.storage import save_pruned
 from paddleseg.utils import cli
 from paddleseg.utils.checkpoint import load_model_weights
 

@@ -272,7 +272,7 @@ def test_a_killed_rank_loses_no_point_and_none_is_counted_twice(tmp_path, monkey
 
 
 def test_part_files_in_save_dir_belong_to_the_prune_output(tmp_path):
-    from paddleseg.slim.publish import check_save_dir
+    from paddleseg.slim.output.publish import check_save_dir
     save_dir = tmp_path / "out"
     save_dir.mkdir()
     (save_dir / "sensitivity.json.part1.json").write_text("{}")

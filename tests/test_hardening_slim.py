@@ -74,7 +74,7 @@ def test_pruning_in_place_is_refused_and_the_input_kept(given, tiny_config, tmp_
 
 def test_a_model_path_beside_save_dir_is_not_refused_for_it(tiny_config, tmp_path, capsys):
     # out/model.pdparams pruned into out/pruned: the checkpoint is not in the replaced folder
-    from paddleseg.slim.publish import check_input_outside
+    from paddleseg.slim.output.publish import check_input_outside
     earlier_output(tmp_path / "out")
     check_input_outside(str(tmp_path / "out" / "model.pdparams"), str(tmp_path / "out" / "pruned"))
     check_input_outside(str(tmp_path / "out"), str(tmp_path / "out" / "pruned"))
@@ -82,7 +82,7 @@ def test_a_model_path_beside_save_dir_is_not_refused_for_it(tiny_config, tmp_pat
 
 def publish_over(save_dir, sen_file, tmp_path):
     """Publish a new stage (a model and a plot) over ``save_dir``; the new folder's names."""
-    from paddleseg.slim.publish import make_stage, publish
+    from paddleseg.slim.output.publish import make_stage, publish
     stage = make_stage(str(save_dir))
     for name in ("model.pdparams", "sensitivity.png"):
         with open(os.path.join(stage, name), "w") as f:

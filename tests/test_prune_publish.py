@@ -1,4 +1,4 @@
-"""Publishing a pruning output (paddleseg.slim.publish): one switch, whatever moment a run is
+"""Publishing a pruning output (paddleseg.slim.output.publish): one switch, whatever moment a run is
 killed at; stale staging cleaned up; a save_dir holding anything else refused untouched."""
 import errno
 import os
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from paddleseg.slim import publish as pub
+from paddleseg.slim.output import publish as pub
 from paddleseg.utils.errors import UserError
 
 OLD = {"model.pdparams": "old weights", "prune_plan.json": "old plan",

@@ -6,7 +6,7 @@ Typical use::
     analysis = slim.build_groups(model, (1, 3, 256, 256))      # dependency groups
     flops = slim.FlopsModel(analysis)                           # analytic FLOPs of a plan
     sens = slim.sensitivity.analyze(model, analysis.groups, eval_fn, [0.1, 0.2, ...],
-                                    "sen.json", criterion="fpgm", extra=config_hash)
+                                    "sen.json", criterion="fpgm", setup={"config": config_hash})
     alloc = slim.allocate_ratios(analysis.groups, sens, flops, target=0.3)
     slim.prune_model(model, analysis, alloc.plan, criterion="fpgm")
     ... fine-tune ...
@@ -16,17 +16,18 @@ Typical use::
 
 Modules: ``graph`` (static trace), ``dependency`` (groups), ``criteria`` (l1/fpgm),
 ``apply`` (physical pruning, channel plans), ``flops``, ``sensitivity``, ``allocate``,
-``storage`` (save/load of pruned models: the layer shapes travel inside ``model.pdparams``).
+``output`` (the pruned checkpoint: its layer shapes travel inside ``model.pdparams``; the report;
+the save_dir, switched in as one folder), ``targets`` (flops, latency), ``options``, ``retrain``.
 """
 import time
 
 from . import (allocate, apply, criteria, dependency, flops, graph,  # noqa: F401
-               sensitivity, storage)
+               output, sensitivity)
 from .allocate import Allocation, TargetUnreachable, allocate_ratios  # noqa: F401
 from .apply import channel_plan, rebuild_from_plan  # noqa: F401
 from .dependency import GroupAnalysis, Member, PruneGroup  # noqa: F401
 from .flops import FlopsModel, count_flops, count_flops_params, count_params  # noqa: F401
-from .storage import load_pruned, save_pruned  # noqa: F401
+from .output.storage import load_pruned, save_pruned  # noqa: F401
 from ..utils.structure import mark_pruned, pruned_info
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 
 from ..utils.errors import UserError
 from .criteria import CRITERIA
-from .publish import DEFAULT_SEN_FILE, check_input_outside, check_save_dir
+from .output.publish import DEFAULT_SEN_FILE, check_input_outside, check_save_dir
 
 DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 METHODS = ("native", "paddleslim")

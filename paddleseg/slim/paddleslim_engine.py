@@ -37,9 +37,9 @@ from ..utils.progress import Phase, format_seconds
 from . import sensitivity as sens_mod
 from .flops import count_flops_params
 from .options import check_common, setup_facts
-from .publish import staged_run
+from .output.publish import staged_run
 from .retrain import miou, retrain_and_evaluate
-from .storage import save_pruned
+from .output.storage import save_pruned
 
 PADDLESLIM_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))  # fixed in PaddleSlim 2.6
 EVALUATOR_FACTS = {"name": "paddleslim"}   # its sensitivity file's evaluator, in the fingerprint

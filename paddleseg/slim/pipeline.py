@@ -2,7 +2,7 @@
 retrain -> evaluate -> save. ``slim/prune/prune.py`` is its command line.
 
 Outputs are built in a staging folder and switched in as one folder at the end (see
-:mod:`paddleseg.slim.publish`); only the sensitivity file is written during the run, so that a
+:mod:`paddleseg.slim.output.publish`); only the sensitivity file is written during the run, so that a
 killed run resumes.
 
 Under ``paddle.distributed.launch`` every rank measures its share of the sensitivity points
@@ -24,10 +24,10 @@ from . import build_groups, prune_model
 from . import sensitivity
 from .flops import count_flops_params
 from .options import check_common, setup_facts
-from .publish import staged_run
-from .report import plot_sensitivity, render_markdown
+from .output.publish import staged_run
+from .output.report import plot_sensitivity, render_markdown
 from .retrain import miou, retrain, retrain_and_evaluate
-from .storage import save_pruned
+from .output.storage import save_pruned
 from .targets import check_target_options, target_class
 
 # --channel_step: wider alignment than this buys no kernel anything (AVX-512 holds 16 floats, GPU

@@ -7,9 +7,9 @@ that, plus the pruning facts recorded on the model.
 """
 import os
 
-from ..utils import structure
-from ..utils.checkpoint import load_checkpoint, save_model_state
-from ..utils.fileio import atomic_path
+from ...utils import structure
+from ...utils.checkpoint import load_checkpoint, save_model_state
+from ...utils.fileio import atomic_path
 
 PARAMS_FILE = "model.pdparams"
 

@@ -4,8 +4,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .dependency import describe_op_freezes  # noqa: E402
-from .targets import report_lines as target_report_lines  # noqa: E402
+from ..dependency import describe_op_freezes  # noqa: E402
+from ..targets import report_lines as target_report_lines  # noqa: E402
 
 TOP_LAYERS = 8  # labelled curves; the rest are drawn thin and grey
 

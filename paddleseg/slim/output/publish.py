@@ -18,12 +18,12 @@ import errno
 import os
 import shutil
 
-from ..core.export import EXPORT_FILES
-from ..utils.fileio import (OutputPathError, check_folder_target, check_parent_folder,
+from ...core.export import EXPORT_FILES
+from ...utils.fileio import (OutputPathError, check_folder_target, check_parent_folder,
                             exchange_paths, foreign_entries,
                             fsync_path, fsync_tree, left_by_dead_process,
                             remove_stale_temporaries, removed_if_left_empty)
-from .sensitivity import part_file_names
+from ..sensitivity import part_file_names
 
 PUBLISHED_FILES = ("model.pdparams", "prune_plan.json", "report.json", "report.md",
                    "sensitivity.png")
