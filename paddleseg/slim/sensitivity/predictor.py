@@ -252,10 +252,9 @@ class PredictorEvaluator(Evaluator):
         probe groups at half their channels, both engines in turn on each, as the analysis
         will evaluate them (creation, forwards, metric). A first, untimed round on the first
         probe takes out what an analysis pays once: reuse's reference pass and its check
-        against a plain evaluation, the process's first oneDNN kernels. Replaces an estimate
-        from one forward of each, which a fixed share for reuse made wrong by up to 1.8x on
-        our models (reuse skips 12-70% of a forward depending on where the groups sit).
-        ``{"predictor": s, "dygraph": s}``, means over the probes; ``self.probe_seconds``:
+        against a plain evaluation, the process's first oneDNN kernels. Measured rather than
+        estimated from one forward: how much of a forward reuse skips depends on where the
+        group sits (12-70% on our models). ``{"predictor": s, "dygraph": s}``, means over the probes; ``self.probe_seconds``:
         (group index, predictor s, dygraph s) per probe."""
         reuse.prepare()
         by_id = {g.id: g for g in self.groups}
