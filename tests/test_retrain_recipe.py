@@ -261,3 +261,23 @@ def test_the_recipe_is_refused_with_the_paddleslim_method(flags, fcn_config, tmp
                                "--retraining_iters", "2", "--save_dir", str(tmp_path / "out"),
                                "--method", "paddleslim", *flags])
     assert not (tmp_path / "out").exists()
+
+
+def test_two_ranks_each_distill_from_their_own_teacher(fcn_config, tmp_path):
+    """paddle.distributed.launch, 2 CPU ranks: every rank retrains with the recipe (its own
+    teacher), rank 0 reports it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PADDLE_")}
+    log_dir = tmp_path / "log"
+    proc = subprocess.run(
+        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+         str(log_dir), PRUNE, *prune_argv(fcn_config, tmp_path / "out", "--distill", "channel",
+                                          "--retrain_schedule", "finetune", "--batch_size", "1",
+                                          "--cpu_threads", "1", "--seed", "0")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    logs = [(log_dir / f"workerlog.{r}").read_text() for r in range(2)]
+    assert proc.returncode == 0, proc.stderr[-2000:] + logs[0][-2000:] + logs[1][-2000:]
+    for rank, log in enumerate(logs):
+        assert f"[rank {rank}] retraining recipe: schedule finetune, distill channel" in log
+        assert f"[rank {rank}] training on 2 ranks" in log
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["retraining_recipe"]["distill"] == "channel"

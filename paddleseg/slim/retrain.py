@@ -11,6 +11,7 @@ import paddle
 
 from ..core.train import train
 from ..core.val import evaluate_metrics
+from ..utils import logger
 from ..utils.progress import Phase
 from .distill import Distillation
 from .options import DEFAULT_FINETUNE_LR_SCALE
@@ -69,6 +70,9 @@ def retrain(o, cfg, model, work_dir, teacher=None):
     if o.retraining_iters == 0:
         return
     extra_loss = None
+    if (o.retrain_schedule, o.distill) != ("config", "none"):  # every rank says what it runs
+        logger.info("retraining recipe: " + ", ".join(
+            f"{k} {v}" for k, v in recipe(o, cfg).items() if v is not None), every_rank=True)
     if o.distill != "none":
         if teacher is None:
             raise ValueError("--distill needs the teacher (the unpruned model)")
