@@ -1,7 +1,6 @@
 """The retraining recipe of issue 22: distillation from the unpruned model (pixel and channel
 losses against numpy, a frozen teacher, exact resume) and the finetune schedule (its rates
 against the formula), through prune.py end to end and its refusals."""
-import copy
 import importlib.util
 import json
 import math

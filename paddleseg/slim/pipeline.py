@@ -22,11 +22,11 @@ from ..utils.fileio import write_json, write_text
 from ..utils.progress import Phase, format_seconds
 from . import build_groups, prune_model
 from . import sensitivity
+from .distill import make_teacher
 from .flops import count_flops_params
 from .options import check_common, setup_facts
 from .publish import staged_run
 from .report import plot_sensitivity, render_markdown
-from .distill import make_teacher
 from .retrain import miou, recipe, retrain, retrain_and_evaluate
 from .storage import save_pruned
 from .targets import check_target_options, target_class
