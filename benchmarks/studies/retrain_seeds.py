@@ -70,10 +70,10 @@ def result_key(report_bytes, seed, threads):
 
 def retrain_once(report, seed, threads, dataset_root, work):
     """mIoU on the full val split after retraining the report's pruned model with ``seed``."""
-    import types
     from paddleseg.cvlibs import Config
     from paddleseg.core.model_loader import build_and_load
     from paddleseg.slim import build_groups, prune_model
+    from paddleseg.slim.distill import make_teacher
     from paddleseg.slim.pipeline import miou, retrain
     from paddleseg.utils import distributed
     distributed.set_cpu_threads(threads)
@@ -81,6 +81,8 @@ def retrain_once(report, seed, threads, dataset_root, work):
                  opts=data_opts(dataset_root))
     model = build_and_load(cfg, report["model_path"])
     model.eval()
+    options = retrain_options(report, seed)
+    teacher = make_teacher(model) if options.distill != "none" else None  # before pruning
     val = cfg.val_dataset
     prune_model(model, build_groups(model, [1] + list(val[0]["img"].shape)),
                 report["layer_ratios"], report["criterion"])
@@ -89,12 +91,26 @@ def retrain_once(report, seed, threads, dataset_root, work):
         raise UserError(f"the rebuilt pruned model's mIoU is {pruned:.6f}, the row's "
                         f"{report['miou_pruned']:.6f}: this code prunes differently from the "
                         "code that made the row; run this script at the row's commit")
-    options = types.SimpleNamespace(retraining_iters=report["retraining_iters"], num_workers=0,
-                                    seed=seed)
     start = time.time()
-    retrain(options, cfg, model, work)
+    retrain(options, cfg, model, work, teacher)
     return {"seed": seed, "miou": miou(model, val), "miou_pruned": pruned,
             "seconds": round(time.time() - start, 1)}
+
+
+def retrain_options(report, seed):
+    """The retraining options of the report's row with ``seed``: its iterations and recipe
+    (``retraining_recipe``; rows made before it existed used the config's schedule and no
+    distillation)."""
+    import types
+    recipe = report.get("retraining_recipe") or {}
+    finetune = recipe.get("schedule") == "finetune"
+    return types.SimpleNamespace(
+        retraining_iters=report["retraining_iters"], num_workers=0, seed=seed,
+        retrain_schedule=recipe.get("schedule", "config"), distill=recipe.get("distill", "none"),
+        distill_weight=recipe.get("distill_weight", 1.0),
+        distill_temperature=recipe.get("distill_temperature", 1.0),
+        learning_rate=recipe.get("learning_rate") if finetune else None,  # the peak it used
+        finetune_lr_scale=None)
 
 
 def with_flag(argv, flag, value):

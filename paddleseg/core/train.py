@@ -187,7 +187,7 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
           test_config=None, precision="fp32", amp_level="O1", profiler_options=None,
           to_static_training=False,
           # this project's own
-          seed=None, extra_files=None, eval_max_images=None):
+          seed=None, extra_files=None, eval_max_images=None, extra_loss=None):
     """Train ``model`` for ``iters`` iterations; returns the best val mIoU (or None).
 
     A fresh run (no ``resume_model``) starts from nothing: it does not read what an earlier run
@@ -197,6 +197,10 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
     PaddleSeg: N ranks train on global batches of N * batch_size.
     ``extra_files``: {file name: writer(path)} added to every checkpoint directory (a pruned
     model needs none: its layer shapes travel inside ``model.pdparams``).
+    ``extra_loss``: a callable ``(images, logits) -> loss tensor`` added to the config's losses
+    every iteration (e.g. distillation from a teacher: :mod:`paddleseg.slim.distill`). It is not
+    saved in checkpoints: a resumed run must be given the same one to repeat the uninterrupted
+    run.
     """
     del amp_level  # PaddleSeg's, accepted for compatibility: only used with precision fp16
     if optimizer is None or losses is None:
@@ -244,6 +248,8 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
                 seed_step(data.seed, it)  # dropout draws depend on (seed, iteration) only
                 logits = train_model(images)
                 loss, _ = loss_computation(logits, labels, losses)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(images, logits)
                 loss.backward()
                 optimizer.step()
                 optimizer.clear_grad()

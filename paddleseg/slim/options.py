@@ -11,6 +11,7 @@ from .output.publish import DEFAULT_SEN_FILE, check_input_outside, check_save_di
 
 DEFAULT_RATIOS = tuple(round(0.1 * i, 1) for i in range(1, 10))
 METHODS = ("native", "paddleslim")
+DEFAULT_FINETUNE_LR_SCALE = 0.1   # --finetune_lr_scale when not given
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,11 @@ class PruneOptions:
     learning_rate: float = None        # retraining learning rate (None: the config's)
     num_workers: int = 0
     seed: int = None
+    distill: str = "none"              # distillation from the unpruned model: none, pixel, channel
+    distill_weight: float = 1.0
+    distill_temperature: float = 1.0
+    retrain_schedule: str = "config"   # config: the config's lr_scheduler; finetune: warm-up+cosine
+    finetune_lr_scale: float = None    # finetune peak = config rate times this (None: 0.1)
     device: str = "cpu"                # where everything runs, latency measured included
     cpu_threads: int = None            # threads per process (None: every core, shared by ranks)
     opts: tuple = None                 # --opts KEY=VALUE overrides of the config
@@ -79,6 +85,7 @@ def check_common(o):
         raise UserError(f"--batch_size must be >= 1, got {o.batch_size}")
     if o.learning_rate is not None and o.learning_rate <= 0:
         raise UserError(f"--learning_rate must be > 0, got {o.learning_rate}")
+    check_recipe(o)
     if o.criterion not in CRITERIA:
         raise UserError(f"--criterion must be one of {', '.join(CRITERIA)}, got {o.criterion}")
     if o.sen_eval_num is not None and o.sen_eval_num < 1:
@@ -87,6 +94,33 @@ def check_common(o):
         raise UserError(f"--model_path not found: {o.model_path}")
     check_input_outside(o.model_path, o.save_dir)
     check_save_dir(o.save_dir, o.sen_file)
+
+
+def check_recipe(o):
+    """The retraining recipe's flags: values in range, none given that would have no effect."""
+    from .distill import DISTILL_KINDS
+    from .retrain import SCHEDULES
+    if o.distill not in DISTILL_KINDS:
+        raise UserError(f"--distill must be one of {', '.join(DISTILL_KINDS)}, got {o.distill}")
+    if o.retrain_schedule not in SCHEDULES:
+        raise UserError(f"--retrain_schedule must be one of {', '.join(SCHEDULES)}, got "
+                        f"{o.retrain_schedule}")
+    if not o.distill_weight > 0:
+        raise UserError(f"--distill_weight must be > 0, got {o.distill_weight}")
+    if not o.distill_temperature > 0:
+        raise UserError(f"--distill_temperature must be > 0, got {o.distill_temperature}")
+    if o.distill == "none" and (o.distill_weight, o.distill_temperature) != (1.0, 1.0):
+        raise UserError("--distill_weight and --distill_temperature need --distill pixel or "
+                        "channel (without it there is no distillation)")
+    if o.finetune_lr_scale is not None:
+        if not o.finetune_lr_scale > 0:
+            raise UserError(f"--finetune_lr_scale must be > 0, got {o.finetune_lr_scale}")
+        if o.retrain_schedule != "finetune":
+            raise UserError("--finetune_lr_scale needs --retrain_schedule finetune")
+        if o.learning_rate is not None:
+            raise UserError("--finetune_lr_scale scales the config's learning rate; with "
+                            "--learning_rate the finetune schedule peaks at that rate instead: "
+                            "give one of the two")
 
 
 def setup_facts(cfg, model_path, eval_num):

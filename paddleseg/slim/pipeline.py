@@ -22,12 +22,13 @@ from ..utils.fileio import write_json, write_text
 from ..utils.progress import Phase, format_seconds
 from . import build_groups, prune_model
 from . import sensitivity
+from .distill import make_teacher
 from .flops import count_flops_params
 from .options import check_common, setup_facts
 from .output.publish import staged_run
 from .output.report import plot_sensitivity, render_markdown
-from .retrain import miou, retrain, retrain_and_evaluate
 from .output.storage import save_pruned
+from .retrain import miou, recipe, retrain, retrain_and_evaluate
 from .targets import check_target_options, target_class
 
 # --channel_step: wider alignment than this buys no kernel anything (AVX-512 holds 16 floats, GPU
@@ -103,6 +104,7 @@ def _run_other_rank(o, cfg):
     retraining together with rank 0. Nothing is written but their sensitivity part files."""
     model = build_and_load(cfg, o.model_path)
     model.eval()
+    teacher = teacher_of(o, model)
     val_dataset = cfg.val_dataset
     if val_dataset is None:
         raise UserError(f"{cfg.path} has no val_dataset; pruning needs one to measure mIoU")
@@ -110,8 +112,15 @@ def _run_other_rank(o, cfg):
     analysis.require_coverage(o.min_coverage)
     measure_sensitivity(o, cfg, model, analysis, val_dataset)
     prune_model(model, analysis, share_plan(), o.criterion)
-    retrain(o, cfg, model, os.path.join(o.save_dir, "retrain"))  # rank 0 alone writes there
+    # rank 0 alone writes there; each rank distills from its own teacher
+    retrain(o, cfg, model, os.path.join(o.save_dir, "retrain"), teacher)
     return None
+
+
+def teacher_of(o, model):
+    """With --distill (and retraining), the frozen copy of the unpruned ``model`` that teaches
+    the pruned one; else None."""
+    return make_teacher(model) if o.distill != "none" and o.retraining_iters > 0 else None
 
 
 def run(o):
@@ -133,6 +142,7 @@ def _run(o, cfg, t, stage):
         if val_dataset is None:
             raise UserError(f"{cfg.path} has no val_dataset; pruning needs one to measure mIoU")
         model.eval()
+        teacher = teacher_of(o, model)  # before pruning changes the model in place
         base_miou = miou(model, val_dataset)
         logger.info(f"baseline mIoU {base_miou:.4f}")
     shape = sample_input_shape(val_dataset)
@@ -158,7 +168,8 @@ def _run(o, cfg, t, stage):
         pruned_miou = miou(model, val_dataset)
         logger.info(f"FLOPs {flops0 / 1e9:.3f}G -> {flops1 / 1e9:.3f}G ({1 - flops1 / flops0:.1%} fewer), "
                     f"params {params0 / 1e6:.3f}M -> {params1 / 1e6:.3f}M, mIoU right after pruning {pruned_miou:.4f}")
-    final = retrain_and_evaluate(o, cfg, model, stage, val_dataset, t)
+    final = retrain_and_evaluate(o, cfg, model, stage, val_dataset, t, teacher)
+    del teacher
     report = {
         "model_name": type(model).__name__, "config": cfg.path, "model_path": o.model_path,
         "criterion": o.criterion, "pruning_ratio": o.pruning_ratio, "channel_step": o.channel_step,
@@ -169,7 +180,8 @@ def _run(o, cfg, t, stage):
         "flops_before": flops0, "flops_after": flops1, "flops_reduction": round(1 - flops1 / flops0, 4),
         "params_before": params0, "params_after": params1,
         "miou_baseline": base_miou, "miou_pruned": pruned_miou, "miou_retrained": final["mIoU"],
-        "retraining_iters": o.retraining_iters, "sen_eval_num": eval_num,
+        "retraining_iters": o.retraining_iters, "retraining_recipe": recipe(o, cfg),
+        "sen_eval_num": eval_num,
         "sen_engine": evaluator_facts["name"],
         "sen_predictor_groups": predictor_groups(evaluator_facts, len(analysis.groups)),
         "sen_ratios": list(o.sen_ratios), "coverage": analysis.coverage,

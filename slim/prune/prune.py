@@ -95,6 +95,25 @@ def build_parser():
                             help="batch size when retraining (default: from the config)")
     retraining.add_argument("--learning_rate", type=float, default=None,
                             help="learning rate when retraining (default: from the config)")
+    retraining.add_argument("--retrain_schedule", choices=["config", "finetune"], default="config",
+                            help="the retraining's learning-rate schedule: config (its "
+                                 "lr_scheduler over --retraining_iters) or finetune (linear "
+                                 "warm-up from 0 over the first 5%% of the iterations, then cosine "
+                                 "decay to 0; optimizer as the config's)" + NATIVE_ONLY_NOTE)
+    retraining.add_argument("--finetune_lr_scale", type=float, default=None,
+                            help="the finetune schedule peaks at the config's learning rate times "
+                                 "this (default: 0.1), or at --learning_rate when given"
+                                 + NATIVE_ONLY_NOTE)
+    retraining.add_argument("--distill", choices=["none", "pixel", "channel"], default="none",
+                            help="distill from the unpruned model while retraining: pixel "
+                                 "(KL of the class softmaxes per pixel) or channel (KL of each "
+                                 "channel's softmax over the positions, Shu et al. 2021); costs "
+                                 "one teacher forward per batch" + NATIVE_ONLY_NOTE)
+    retraining.add_argument("--distill_weight", type=float, default=1.0,
+                            help="weight of the distillation loss, > 0" + NATIVE_ONLY_NOTE)
+    retraining.add_argument("--distill_temperature", type=float, default=1.0,
+                            help="softmax temperature T of the distillation (the loss is "
+                                 "scaled by T^2), > 0" + NATIVE_ONLY_NOTE)
     retraining.add_argument("--num_workers", type=int, default=0, help="data-loading workers")
     retraining.add_argument("--seed", type=int, default=None, help="random seed")
     runtime = p.add_argument_group("runtime")
@@ -172,7 +191,9 @@ def run_paddleslim(options):
 
 # options of the native method that PaddleSeg 2.6's method has no equivalent for
 NATIVE_ONLY = ("sen_ratios", "sen_evaluator", "allow_lower_target", "min_coverage", "channel_step",
-               "target", "latency_shape", "latency_table", "latency_samples", "latency_allocation")
+               "target", "latency_shape", "latency_table", "latency_samples", "latency_allocation",
+               "distill", "distill_weight", "distill_temperature", "retrain_schedule",
+               "finetune_lr_scale")
 
 
 if __name__ == "__main__":

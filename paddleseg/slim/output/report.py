@@ -40,6 +40,14 @@ def plot_sensitivity(sens, plan, path):
     plt.close(fig)
 
 
+def recipe_lines(recipe):
+    """The retraining recipe, when it is not the default (the config's schedule, no teacher)."""
+    if not recipe or (recipe.get("schedule"), recipe.get("distill")) == ("config", "none"):
+        return []
+    text = ", ".join(f"{k} {v}" for k, v in recipe.items() if v is not None)
+    return [f"Retraining recipe: {text}.", ""]
+
+
 def render_markdown(r):
     cov = r["coverage"]
     lines = [
@@ -65,6 +73,7 @@ def render_markdown(r):
         f"| right after pruning | {r['miou_pruned']:.4f} |",
         f"| after {r['retraining_iters']} retraining iterations | {r['miou_retrained']:.4f} |",
         "",
+    ] + recipe_lines(r.get("retraining_recipe")) + [
         f"Coverage: {cov['prunable_convs']} of {cov['convs']} convs prunable, "
         f"{cov['flops_coverage']:.1%} of conv FLOPs in prunable groups"
         + (f"; {describe_op_freezes(cov)}." if cov.get("frozen_by_ops") else "."),
