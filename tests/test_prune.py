@@ -283,7 +283,8 @@ def test_a_sensitivity_file_is_resumed_with_its_own_engine_only(configs, checkpo
     proc = prune("predictor", "--sen_engine", "predictor")
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and "evaluated in Paddle Inference predictors" in last, last
+    assert last.startswith("error: ") and \
+        "evaluator: file has {'name': 'dygraph'}, now {'name': 'predictor'}" in last, last
     assert "Traceback" not in proc.stderr and sen_file.read_bytes() == made
     assert not (tmp_path / "predictor").exists()
 
