@@ -131,3 +131,93 @@ def tiny_model(seed):
     model = FastSCNN(num_classes=2)
     model.eval()
     return model
+
+
+# --- the command lines, run in this process ---------------------------------------------------
+# A CLI run as `python script.py` pays Paddle's import (2-3 s) each time. Error paths and most
+# end-to-end checks call the script's ``main(argv)`` here instead, through the same
+# ``cli.run`` wrapper its ``__main__`` uses (one `error: ...` line, exit 2 or 1, --debug
+# re-raising); each CLI keeps one subprocess smoke test of its own.
+class CliResult:
+    """What ``subprocess.run(..., capture_output=True, text=True)`` gives: returncode, stdout,
+    stderr."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def load_script(script):
+    """The module of a CLI script (a path relative to the repository root), imported once."""
+    import importlib.util
+    name = "cli_" + script.replace(os.sep, "/").replace("/", "_")[:-len(".py")]
+    if name not in sys.modules:
+        path = os.path.join(ROOT, script)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+class _Timeout(BaseException):
+    pass
+
+
+def run_cli(script, *args, env=None, timeout=None):
+    """``python script *args`` in this process (cwd ROOT, ``env`` added to the environment):
+    its exit code, stdout and stderr as a :class:`CliResult`. An exception that escapes
+    ``cli.run`` (with --debug) is printed as the interpreter prints an uncaught one, exit 1.
+    Process-wide state the run changes is put back: the working directory, the environment, the
+    math threads (``cli.set_device``) and the warning filters. ``timeout``: seconds, after which
+    the run is interrupted and the test fails (SIGALRM: main thread only)."""
+    import contextlib
+    import io
+    import signal
+    import traceback
+    import warnings
+    from paddleseg.utils import cli, distributed
+    main = load_script(script).main
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    cwd, threads = os.getcwd(), distributed._cpu_threads
+    saved_env = {k: os.environ.get(k) for k in (env or {})}
+    alarm = timeout is not None and hasattr(signal, "SIGALRM")
+    code = None
+    try:
+        os.chdir(ROOT)
+        os.environ.update({k: str(v) for k, v in (env or {}).items()})
+        if alarm:
+            def expire(signum, frame):
+                raise _Timeout()
+            previous = signal.signal(signal.SIGALRM, expire)
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
+            try:
+                cli.run(main, argv)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if not isinstance(e.code, (int, type(None))):
+                    print(e.code, file=sys.stderr)
+            except _Timeout:
+                raise
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+    except _Timeout:
+        pytest.fail(f"{script} {' '.join(argv)} ran past {timeout} s\nstdout:\n"
+                    f"{out.getvalue()[-3000:]}\nstderr:\n{err.getvalue()[-3000:]}")
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        os.chdir(cwd)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if distributed._cpu_threads != threads:
+            paddle.base.core.set_num_threads(threads or 1)
+            distributed._cpu_threads = threads
+    return CliResult(code, out.getvalue(), err.getvalue())
