@@ -13,6 +13,12 @@ paddle.set_device("cpu")
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 
+def pytest_configure(config):
+    # pytest-xdist's mark, known to a run without it too (make test runs `pytest -n 2 --dist
+    # loadgroup`: the tests of one group run in one worker, sharing their module fixtures)
+    config.addinivalue_line("markers", "xdist_group(name): run these tests in one xdist worker")
+
+
 def shared_dataset(name):
     """Path of a development data set beside the project, or skip the test."""
     path = os.path.join(SHARED_DATA, name)
@@ -101,6 +107,41 @@ def tiny_config(tiny_optic_root, tmp_path_factory):
     return write_tiny_config(tmp_path_factory.mktemp("tiny_config") / "tiny.yml", tiny_optic_root)
 
 
+@pytest.fixture(scope="session")
+def optic_configs(tiny_optic_root, tmp_path_factory):
+    """{model name: config path}: each of the five models (test_prune.MODELS, built as
+    test_models.SPECS builds it, with its configs/*_optic_disc loss coefs) at 64x64 over
+    ``tiny_optic_root``, 2 iterations. Shared: do not modify."""
+    from test_prune import COEFS, MODELS, model_config
+    folder = tmp_path_factory.mktemp("optic_configs")
+    return {name: write_optic_config(folder / f"{name}.yml", tiny_optic_root, model_config(name),
+                                     COEFS[name]) for name in MODELS}
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(optic_configs, tmp_path_factory):
+    """trained_checkpoint(name): model.pdparams of ``optic_configs[name]``'s model trained 2
+    iterations (seed 0), made on first use, once per session. Shared: do not modify."""
+    from paddleseg.core.train import train
+    from paddleseg.cvlibs import Config
+    folder = tmp_path_factory.mktemp("trained")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cfg = Config(optic_configs[name])
+            model = cfg.model
+            save_dir = str(folder / f"train_{name}")
+            train(model, cfg.train_dataset, optimizer=cfg.build_optimizer(model), save_dir=save_dir,
+                  iters=2, batch_size=2, save_interval=2, log_iters=1, losses=cfg.loss,
+                  keep_checkpoint_max=1, seed=0)
+            path = os.path.join(save_dir, "iter_2", "model.pdparams")
+            assert os.path.isfile(path)
+            cache[name] = path
+        return cache[name]
+    return get
+
+
 def write_optic_config(path, root, model, coef, flip=False):
     """A 64x64 OpticDiscSeg config over ``root`` for ``model`` (a type name, or a model block),
     with one CrossEntropyLoss per ``coef`` entry and 2 iterations; returns its path."""
@@ -149,9 +190,9 @@ class CliResult:
 def load_script(script):
     """The module of a CLI script (a path relative to the repository root), imported once."""
     import importlib.util
-    name = "cli_" + script.replace(os.sep, "/").replace("/", "_")[:-len(".py")]
+    path = os.path.join(ROOT, script)
+    name = "cli_" + os.path.relpath(path, ROOT).replace(os.sep, "_")[:-len(".py")]
     if name not in sys.modules:
-        path = os.path.join(ROOT, script)
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
@@ -161,6 +202,20 @@ def load_script(script):
 
 class _Timeout(BaseException):
     pass
+
+
+# what `python script.py` starts with (Python's defaults, the last applied first), then
+# paddleseg.env's filter
+PROGRAM_WARNING_FILTERS = [
+    ("ignore", ResourceWarning, ""), ("ignore", ImportWarning, ""),
+    ("ignore", PendingDeprecationWarning, ""), ("ignore", DeprecationWarning, ""),
+    ("ignore", Warning, ".*always track global mean.*"),
+]
+
+
+def _show_on_stderr(message, category, filename, lineno, file=None, line=None):
+    import warnings
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def run_cli(script, *args, env=None, timeout=None):
@@ -193,6 +248,12 @@ def run_cli(script, *args, env=None, timeout=None):
             signal.setitimer(signal.ITIMER_REAL, timeout)
         with warnings.catch_warnings(), contextlib.redirect_stdout(out), \
                 contextlib.redirect_stderr(err):
+            # warnings as the program would show them on its stderr: a fresh interpreter's
+            # filters and paddleseg.env's, not pytest's (cli.run adds its own on top)
+            warnings.resetwarnings()
+            for action, category, message in PROGRAM_WARNING_FILTERS:
+                warnings.filterwarnings(action, message=message, category=category)
+            warnings.showwarning = _show_on_stderr
             try:
                 cli.run(main, argv)
             except SystemExit as e:
