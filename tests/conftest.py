@@ -13,12 +13,6 @@ paddle.set_device("cpu")
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 
-def pytest_configure(config):
-    # pytest-xdist's mark, known to a run without it too (make test runs `pytest -n 2 --dist
-    # loadgroup`: the tests of one group run in one worker, sharing their module fixtures)
-    config.addinivalue_line("markers", "xdist_group(name): run these tests in one xdist worker")
-
-
 def shared_dataset(name):
     """Path of a development data set beside the project, or skip the test."""
     path = os.path.join(SHARED_DATA, name)

@@ -89,7 +89,6 @@ def two_rank_run(same_image_root, tmp_path_factory):
     return work, config
 
 
-@pytest.mark.xdist_group("two_rank_run")  # one launch under pytest -n
 def test_two_ranks_share_the_evaluation_and_get_one_process_metrics(two_rank_run):
     from paddleseg.core.val import evaluate_metrics
     from paddleseg.cvlibs import Config
@@ -108,7 +107,6 @@ def test_two_ranks_share_the_evaluation_and_get_one_process_metrics(two_rank_run
     assert best["mIoU"] == pytest.approx(max(m for m, _ in logged), abs=1e-4)
 
 
-@pytest.mark.xdist_group("two_rank_run")  # one launch under pytest -n
 def test_two_ranks_train_as_one_process_on_the_same_global_batch(two_rank_run, tmp_path):
     work, config = two_rank_run
     single = run("train.py", "--config", config, *TRAIN_ARGS, "--batch_size", 4,
@@ -143,7 +141,6 @@ def test_two_ranks_train_as_one_process_on_the_same_global_batch(two_rank_run, t
     assert max(float(np.abs(moved[k].numpy() - b[k].numpy()).max()) for k in b) > 1e-3
 
 
-@pytest.mark.xdist_group("two_rank_run")  # one launch under pytest -n
 def test_a_two_rank_run_resumed_repeats_the_uninterrupted_one(two_rank_run, tmp_path):
     work, config = two_rank_run
     log_dir = tmp_path / "log"
