@@ -38,8 +38,12 @@ data: $(STAMP)
 demo: data
 	bash tools/demo.sh $(PY) $(DEMO_DIR)
 
+# two worker processes (pytest-xdist), one per core of the 2-core machines the suite is sized for;
+# each test file runs in one worker (--dist loadscope), so its module fixtures (a 2-rank job, a
+# prune run, a traced model) are built once. CI prints the 15 slowest.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadscope --durations=15 tests
 
 clean:
 	rm -rf $(DEMO_DIR)

@@ -101,6 +101,41 @@ def tiny_config(tiny_optic_root, tmp_path_factory):
     return write_tiny_config(tmp_path_factory.mktemp("tiny_config") / "tiny.yml", tiny_optic_root)
 
 
+@pytest.fixture(scope="session")
+def optic_configs(tiny_optic_root, tmp_path_factory):
+    """{model name: config path}: each of the five models (test_prune.MODELS, built as
+    test_models.SPECS builds it, with its configs/*_optic_disc loss coefs) at 64x64 over
+    ``tiny_optic_root``, 2 iterations. Shared: do not modify."""
+    from test_prune import COEFS, MODELS, model_config
+    folder = tmp_path_factory.mktemp("optic_configs")
+    return {name: write_optic_config(folder / f"{name}.yml", tiny_optic_root, model_config(name),
+                                     COEFS[name]) for name in MODELS}
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(optic_configs, tmp_path_factory):
+    """trained_checkpoint(name): model.pdparams of ``optic_configs[name]``'s model trained 2
+    iterations (seed 0), made on first use, once per session. Shared: do not modify."""
+    from paddleseg.core.train import train
+    from paddleseg.cvlibs import Config
+    folder = tmp_path_factory.mktemp("trained")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cfg = Config(optic_configs[name])
+            model = cfg.model
+            save_dir = str(folder / f"train_{name}")
+            train(model, cfg.train_dataset, optimizer=cfg.build_optimizer(model), save_dir=save_dir,
+                  iters=2, batch_size=2, save_interval=2, log_iters=1, losses=cfg.loss,
+                  keep_checkpoint_max=1, seed=0)
+            path = os.path.join(save_dir, "iter_2", "model.pdparams")
+            assert os.path.isfile(path)
+            cache[name] = path
+        return cache[name]
+    return get
+
+
 def write_optic_config(path, root, model, coef, flip=False):
     """A 64x64 OpticDiscSeg config over ``root`` for ``model`` (a type name, or a model block),
     with one CrossEntropyLoss per ``coef`` entry and 2 iterations; returns its path."""
@@ -131,3 +166,113 @@ def tiny_model(seed):
     model = FastSCNN(num_classes=2)
     model.eval()
     return model
+
+
+# --- the command lines, run in this process ---------------------------------------------------
+# A CLI run as `python script.py` pays Paddle's import (2-3 s) each time. Error paths and most
+# end-to-end checks call the script's ``main(argv)`` here instead, through the same
+# ``cli.run`` wrapper its ``__main__`` uses (one `error: ...` line, exit 2 or 1, --debug
+# re-raising); each CLI keeps one subprocess smoke test of its own.
+class CliResult:
+    """What ``subprocess.run(..., capture_output=True, text=True)`` gives: returncode, stdout,
+    stderr."""
+
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+def load_script(script):
+    """The module of a CLI script (a path relative to the repository root), imported once."""
+    import importlib.util
+    path = os.path.join(ROOT, script)
+    name = "cli_" + os.path.relpath(path, ROOT).replace(os.sep, "_")[:-len(".py")]
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+class _Timeout(BaseException):
+    pass
+
+
+# what `python script.py` starts with (Python's defaults, the last applied first), then
+# paddleseg.env's filter
+PROGRAM_WARNING_FILTERS = [
+    ("ignore", ResourceWarning, ""), ("ignore", ImportWarning, ""),
+    ("ignore", PendingDeprecationWarning, ""), ("ignore", DeprecationWarning, ""),
+    ("ignore", Warning, ".*always track global mean.*"),
+]
+
+
+def _show_on_stderr(message, category, filename, lineno, file=None, line=None):
+    import warnings
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
+def run_cli(script, *args, env=None, timeout=None):
+    """``python script *args`` in this process (cwd ROOT, ``env`` added to the environment):
+    its exit code, stdout and stderr as a :class:`CliResult`. An exception that escapes
+    ``cli.run`` (with --debug) is printed as the interpreter prints an uncaught one, exit 1.
+    Process-wide state the run changes is put back: the working directory, the environment, the
+    math threads (``cli.set_device``) and the warning filters. ``timeout``: seconds, after which
+    the run is interrupted and the test fails (SIGALRM: main thread only)."""
+    import contextlib
+    import io
+    import signal
+    import traceback
+    import warnings
+    from paddleseg.utils import cli, distributed
+    main = load_script(script).main
+    argv = [str(a) for a in args]
+    out, err = io.StringIO(), io.StringIO()
+    cwd, threads = os.getcwd(), distributed._cpu_threads
+    saved_env = {k: os.environ.get(k) for k in (env or {})}
+    alarm = timeout is not None and hasattr(signal, "SIGALRM")
+    code = None
+    try:
+        os.chdir(ROOT)
+        os.environ.update({k: str(v) for k, v in (env or {}).items()})
+        if alarm:
+            def expire(signum, frame):
+                raise _Timeout()
+            previous = signal.signal(signal.SIGALRM, expire)
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out), \
+                contextlib.redirect_stderr(err):
+            # warnings as the program would show them on its stderr: a fresh interpreter's
+            # filters and paddleseg.env's, not pytest's (cli.run adds its own on top)
+            warnings.resetwarnings()
+            for action, category, message in PROGRAM_WARNING_FILTERS:
+                warnings.filterwarnings(action, message=message, category=category)
+            warnings.showwarning = _show_on_stderr
+            try:
+                cli.run(main, argv)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+                if not isinstance(e.code, (int, type(None))):
+                    print(e.code, file=sys.stderr)
+            except _Timeout:
+                raise
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+    except _Timeout:
+        pytest.fail(f"{script} {' '.join(argv)} ran past {timeout} s\nstdout:\n"
+                    f"{out.getvalue()[-3000:]}\nstderr:\n{err.getvalue()[-3000:]}")
+    finally:
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        os.chdir(cwd)
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        if distributed._cpu_threads != threads:
+            paddle.base.core.set_num_threads(threads or 1)
+            distributed._cpu_threads = threads
+    return CliResult(code, out.getvalue(), err.getvalue())

@@ -3,14 +3,12 @@ paddleseg.utils.fileio refuse to replace what is not a previous output of theirs
 run leaves no empty folder it made (prune.py here; train.py in test_cli, export.py in
 test_export)."""
 import os
-import subprocess
-import sys
 
 import paddle
 import pytest
 import yaml
 
-from conftest import ROOT
+from conftest import run_cli
 from paddleseg.utils import UserError
 from paddleseg.utils.checkpoint import save_checkpoint
 from paddleseg.utils.fileio import (OutputPathError, atomic_dir, atomic_path, removed_if_left_empty,
@@ -151,18 +149,16 @@ def test_failed_prune_leaves_no_empty_folders_it_made(tmp_path, tiny_config):
     del cfg["val_dataset"]  # pruning fails once it has made save_dir: it needs a val set
     (tmp_path / "c.yml").write_text(yaml.safe_dump(cfg))
     save_dir = tmp_path / "runs" / "pruned"
-    proc = subprocess.run([sys.executable, os.path.join("slim", "prune", "prune.py"),
-                           "--config", str(tmp_path / "c.yml"), "--pruning_ratio", "0.3",
-                           "--retraining_iters", "0", "--save_dir", str(save_dir)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_cli(os.path.join("slim", "prune", "prune.py"),
+                   "--config", tmp_path / "c.yml", "--pruning_ratio", "0.3",
+                   "--retraining_iters", "0", "--save_dir", save_dir)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error:") and "val_dataset" in proc.stderr
     assert listing(tmp_path) == ["c.yml"]
     a_file = tmp_path / "a_file"
     a_file.write_text("keep")
-    proc = subprocess.run([sys.executable, os.path.join("slim", "prune", "prune.py"),
-                           "--config", str(tmp_path / "c.yml"), "--pruning_ratio", "0.3",
-                           "--retraining_iters", "0", "--save_dir", str(a_file)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = run_cli(os.path.join("slim", "prune", "prune.py"),
+                   "--config", tmp_path / "c.yml", "--pruning_ratio", "0.3",
+                   "--retraining_iters", "0", "--save_dir", a_file)
     assert proc.returncode == 2 and "is an existing file, not a folder" in proc.stderr, proc.stderr
     assert a_file.read_text() == "keep"

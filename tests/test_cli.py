@@ -1,19 +1,19 @@
-"""train.py / val.py on bad input: exit non-zero with one 'error:' line and no traceback."""
+"""train.py / val.py on bad input: exit non-zero with one 'error:' line and no traceback.
+
+The scripts run in this process, through ``cli.run(main, argv)`` as their ``__main__`` does
+(conftest.run_cli); test_train.py::test_acceptance_run_and_val runs them as programs."""
 import os
 import shutil
-import subprocess
-import sys
 
 import cv2
 import paddle
 import pytest
 
-from conftest import ROOT, write_tiny_config
+from conftest import run_cli, write_tiny_config
 
 
-def run(script, *args, timeout=120):
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+def run(script, *args, timeout=None):
+    return run_cli(script, *args, timeout=timeout)
 
 
 def assert_user_error(proc, *needles):

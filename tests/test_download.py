@@ -17,7 +17,7 @@ import numpy as np
 import paddle
 import pytest
 
-from conftest import ROOT, make_tiny_optic, write_tiny_config
+from conftest import ROOT, make_tiny_optic, run_cli, write_tiny_config
 from paddleseg.utils.checkpoint import (CheckpointError, load_pretrained_model, read_state_dict,
                                         safe_load_state_dict)
 from paddleseg.utils.download import DownloadError, fetch_pretrained
@@ -290,9 +290,7 @@ def test_cli_without_network_exits_with_one_error_line(tmp_path, seg_home, tiny_
     cfg = write_tiny_config(tmp_path / "fcn.yml", tiny_optic_root, model="FCN")
     with open(cfg, "a") as f:  # model: is the config's last section
         f.write(f"  backbone:\n    type: HRNet_W18_Small_V1\n    pretrained: {url}\n")
-    proc = subprocess.run([sys.executable, "train.py", "--config", cfg, "--iters", "1",
-                           "--save_dir", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    proc = run_cli("train.py", "--config", cfg, "--iters", "1", "--save_dir", tmp_path / "out")
     lines = [l for l in proc.stderr.splitlines() if l.strip()]
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr

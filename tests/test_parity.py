@@ -31,6 +31,9 @@ def test_logits_match_paddleseg(name):
     # every key, every shape: PaddleSeg's checkpoints load by name with nothing missing or extra
     assert len(model.state_dict()) == pinned["num_keys"]
     assert pins_tool.key_digest(model) == pinned["keys_sha256"]
+    if name == "BiSeNetV2":  # and in PaddleSeg's creation order: db, sb, bga, aux heads, head
+        keys = list(model.state_dict())
+        assert keys[0] == "db.convs.0._conv.weight" and keys[-1] == "head.conv_1x1.bias"
     for mode in ("eval", "train"):
         assert len(outputs[mode]) == len(pinned[mode]), f"{mode}: number of logits"
         for logit, ref in zip(outputs[mode], pinned[mode]):

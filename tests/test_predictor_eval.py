@@ -22,11 +22,13 @@ pytestmark = [
 ]
 
 
-@pytest.fixture
-def fastscnn(tiny_optic_root, tmp_path):
+@pytest.fixture(scope="module")
+def fastscnn(tiny_optic_root, tmp_path_factory):
+    """The model, its val set and its groups, built and traced once for the file: every test
+    leaves the model as it found it (the ones that prune undo it; the first checks that)."""
     from paddleseg.cvlibs import Config
-    cfg = Config(write_optic_config(tmp_path / "fastscnn.yml", tiny_optic_root, "FastSCNN",
-                                    [1, 0.4]))
+    cfg = Config(write_optic_config(tmp_path_factory.mktemp("predictor_eval") / "fastscnn.yml",
+                                    tiny_optic_root, "FastSCNN", [1, 0.4]))
     paddle.seed(1)
     model = cfg.model
     model.eval()

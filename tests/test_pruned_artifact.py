@@ -4,15 +4,13 @@ alone, every checkpoint a run writes carries them on, and an export's deploy.yam
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import paddle
 import pytest
 import yaml
 
-from conftest import ROOT, write_tiny_config
+from conftest import run_cli, write_tiny_config
 from paddleseg import slim
 from paddleseg.cvlibs import Config
 from paddleseg.utils import UserError
@@ -25,9 +23,8 @@ FASTSCNN_LOSS = ("--opts", "loss.coef=[1, 0.4]")  # the tiny config's coef fit B
 
 
 def run(script, *args):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
-    return proc
+    """The script's main(argv) in this process, through cli.run (conftest.run_cli)."""
+    return run_cli(script, *args)
 
 
 def n_params(model):

@@ -1,16 +1,14 @@
 """prune.py --min_coverage: a model too little of which can be pruned fails with one line."""
 import pytest
 
-from conftest import write_optic_config
-from test_prune import COEFS, PRUNE, check_failed_cleanly, model_config, prune_args, run_script
+from test_prune import PRUNE, check_failed_cleanly, prune_args, run_script
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
 
 
-@pytest.fixture(scope="module")
-def fast_scnn_config(tiny_optic_root, tmp_path_factory):
-    path = tmp_path_factory.mktemp("coverage") / "fast_scnn.yml"
-    return write_optic_config(path, tiny_optic_root, model_config("FastSCNN"), COEFS["FastSCNN"])
+@pytest.fixture
+def fast_scnn_config(optic_configs):
+    return optic_configs["FastSCNN"]
 
 
 def test_min_coverage_above_what_the_model_allows_fails_before_pruning(fast_scnn_config,

@@ -25,7 +25,6 @@ from paddleseg import slim
 from paddleseg.cvlibs import manager
 from paddleseg.slim import apply, graph
 from paddleseg.slim.dependency import BN, BN_TYPES, DW, OUT
-from test_slim_models import MODELS, build
 from test_slim_nets import TOYS, build_toy
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
@@ -238,13 +237,17 @@ def test_the_check_catches_a_wrong_channel_multiplier_mapping(monkeypatch):
 # -- the five models at a tiny input ---------------------------------------------------------
 
 MODEL_SHAPE = (1, 3, 64, 64)
+MODELS = ["BiSeNetV2", "FCN", "FastSCNN", "HarDNet", "UNet"]
 
 
 def build_real(name):
+    paddle.seed(0)
     if name == "UNet-deconv":       # the one real model with transposed convs
-        paddle.seed(0)
         return manager.MODELS["UNet"](num_classes=2, use_deconv=True)
-    return build(name)
+    if name == "FCN":
+        backbone = manager.BACKBONES["HRNet_W18"]()
+        return manager.MODELS["FCN"](num_classes=2, backbone=backbone, backbone_indices=[-1])
+    return manager.MODELS[name](num_classes=2)
 
 
 @pytest.fixture(scope="module", params=MODELS + ["UNet-deconv"])

@@ -13,6 +13,7 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 import pytest
 
+from conftest import run_cli
 from paddleseg import slim
 from paddleseg.slim.dependency import DW, IN, OUT, Member, PruneGroup
 from paddleseg.slim.latency import (LatencyTableMismatch,
@@ -406,8 +407,14 @@ def test_the_profile_times_every_conv_and_adds_up():
 
 # --- the command lines -------------------------------------------------------------------------
 def run_script(script, *args, env=None, timeout=600):
+    """``script`` as a program (the tool's smoke test)."""
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def run_prune(*args, env=None):
+    """prune.py's main(argv) in this process, through cli.run (conftest.run_cli)."""
+    return run_cli(PRUNE, *args, env=env)
 
 
 def failure(proc):
@@ -429,7 +436,7 @@ def prune_args(config, save_dir, *extra):
 def test_prune_target_latency_end_to_end_on_bisenetv2(bisenet_config, tmp_path):
     save_dir = tmp_path / "out"
     env = {"SEG_HOME": str(tmp_path / "seg_home")}
-    proc = run_script(PRUNE, *prune_args(bisenet_config, save_dir, "--target", "latency",
+    proc = run_prune(*prune_args(bisenet_config, save_dir, "--target", "latency",
                                          "--latency_shape", 1, 3, 64, 64, "--cpu_threads", 1,
                                          "--latency_samples", 4, "--allow_lower_target"), env=env)
     assert proc.returncode == 0, failure(proc)
@@ -464,10 +471,10 @@ def test_prune_target_latency_end_to_end_on_bisenetv2(bisenet_config, tmp_path):
 
 def test_latency_flags_are_checked_before_any_work(bisenet_config, tmp_path):
     save_dir = tmp_path / "out"
-    proc = run_script(PRUNE, *prune_args(bisenet_config, save_dir, "--latency_shape", 1, 3, 64, 64))
+    proc = run_prune(*prune_args(bisenet_config, save_dir, "--latency_shape", 1, 3, 64, 64))
     assert proc.returncode == 2, failure(proc)
     assert proc.stderr.strip() == "error: --latency_shape applies only with --target latency"
-    proc = run_script(PRUNE, *prune_args(bisenet_config, save_dir, "--latency_allocation",
+    proc = run_prune(*prune_args(bisenet_config, save_dir, "--latency_allocation",
                                          "equal_loss"))
     assert proc.returncode == 2, failure(proc)
     assert proc.stderr.strip() == \
@@ -475,7 +482,7 @@ def test_latency_flags_are_checked_before_any_work(bisenet_config, tmp_path):
 
     table = tmp_path / "table.json"
     fake_table(str(table), shape=[1, 3, 128, 128], threads=1)
-    proc = run_script(PRUNE, *prune_args(bisenet_config, save_dir, "--target", "latency",
+    proc = run_prune(*prune_args(bisenet_config, save_dir, "--target", "latency",
                                          "--latency_table", table, "--cpu_threads", 1,
                                          "--latency_shape", 1, 3, 64, 64))
     assert proc.returncode == 2, failure(proc)
@@ -485,7 +492,7 @@ def test_latency_flags_are_checked_before_any_work(bisenet_config, tmp_path):
     assert "baseline mIoU" not in proc.stdout and not save_dir.exists()
 
     inside = save_dir / "table.json"
-    proc = run_script(PRUNE, *prune_args(bisenet_config, save_dir, "--target", "latency",
+    proc = run_prune(*prune_args(bisenet_config, save_dir, "--target", "latency",
                                          "--latency_table", inside))
     assert proc.returncode == 2, failure(proc)
     assert "is inside --save_dir" in proc.stderr and not save_dir.exists(), failure(proc)

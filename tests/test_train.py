@@ -15,7 +15,7 @@ import pytest
 
 import paddleseg.datasets  # noqa: F401  (registers the components)
 import paddleseg.models  # noqa: F401
-from conftest import ROOT, write_tiny_config
+from conftest import ROOT, run_cli, write_tiny_config
 from paddleseg.core import train
 from paddleseg.cvlibs import Config
 from paddleseg.utils.checkpoint import save_checkpoint
@@ -24,8 +24,14 @@ TRAIN_LINE = re.compile(r"\[TRAIN\] iter (\d+)/(\d+), loss ([0-9.]+), lr ([0-9.]
 
 
 def run(script, *args, timeout=240):
+    """``script`` as a program (the acceptance run: train.py's and val.py's smoke test)."""
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_main(script, *args):
+    """The script's main(argv) in this process, through cli.run (conftest.run_cli)."""
+    return run_cli(script, *args)
 
 
 def train_log(text):
@@ -186,11 +192,11 @@ def test_resume_from_a_checkpoint_without_train_state(tmp_path, noflip_config, c
 def test_resume_cli_continues_at_the_next_iteration_with_the_same_lr(tmp_path, tiny_config):
     args = ["--config", tiny_config, "--iters", 4, "--batch_size", 2, "--save_interval", 2,
             "--log_iters", 1, "--seed", 3]
-    straight = run("train.py", *args, "--save_dir", tmp_path / "A")
+    straight = run_main("train.py", *args, "--save_dir", tmp_path / "A")
     assert straight.returncode == 0, straight.stderr[-3000:]
     os.makedirs(tmp_path / "B")
     shutil.copytree(tmp_path / "A" / "iter_2", tmp_path / "B" / "iter_2")
-    resumed = run("train.py", *args, "--save_dir", tmp_path / "B",
+    resumed = run_main("train.py", *args, "--save_dir", tmp_path / "B",
                   "--resume_model", tmp_path / "B" / "iter_2")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log_a, log_b = train_log(straight.stdout), train_log(resumed.stdout)
@@ -369,7 +375,7 @@ def test_crash_while_saving_leaves_the_previous_checkpoints_intact(tmp_path, nof
 
 def test_seed_makes_runs_repeatable(tmp_path, tiny_config):
     def go(name, seed, iters=3):
-        proc = run("train.py", "--config", tiny_config, "--iters", iters, "--batch_size", 2,
+        proc = run_main("train.py", "--config", tiny_config, "--iters", iters, "--batch_size", 2,
                    "--save_interval", iters, "--log_iters", 1, "--seed", seed,
                    "--save_dir", tmp_path / name)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -390,7 +396,7 @@ def test_seed_makes_runs_repeatable(tmp_path, tiny_config):
 
 def test_keep_checkpoint_max_removes_old_iter_dirs(tmp_path, tiny_config):
     out = tmp_path / "out"
-    proc = run("train.py", "--config", tiny_config, "--iters", 4, "--batch_size", 2,
+    proc = run_main("train.py", "--config", tiny_config, "--iters", 4, "--batch_size", 2,
                "--save_interval", 1, "--keep_checkpoint_max", 2, "--save_dir", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(os.listdir(out)) == ["iter_3", "iter_4"]
