@@ -286,9 +286,7 @@ def load_part(path, fp):
                                   f"{type(e).__name__}: {e}") from None
     metrics = part.get("metrics") if isinstance(part, dict) else None
     if not isinstance(metrics, dict) or part.get("format") not in (1, FORMAT) or not all(
-            isinstance(v, dict) and all(_is_number(m) and math.isfinite(m) and
-                                        -METRIC_SLACK <= m <= 1 + METRIC_SLACK
-                                        for m in v.values())
+            isinstance(v, dict) and all(_is_number(m) and math.isfinite(m) for m in v.values())
             for v in metrics.values()):
         raise SensitivityMismatch(f"{path} is not a sensitivity part file of this version")
     recorded = part.get("fingerprint")
