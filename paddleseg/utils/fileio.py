@@ -29,6 +29,17 @@ def check_file_target(path, what=None):
         raise OutputPathError(f"{_shown(path, what)} is an existing folder, not a file path")
 
 
+def not_a_readable_file(path, flag, remedy):
+    """Why ``path`` (an existing path given as ``flag``) cannot be read as a file, or None: a
+    folder, or a FIFO or device, which open() could block on forever. ``remedy``: what to name
+    instead."""
+    if os.path.isdir(path):
+        return f"{flag} {path} is a folder, not a file"
+    if not os.path.isfile(path):
+        return f"{flag} {path} is not a regular file (a FIFO, device or socket); {remedy}"
+    return None
+
+
 def check_parent_folder(path, what=None):
     """OutputPathError when ``path`` cannot be made because one of the folders above it is an
     existing file (``notes.txt/table.json``); checked before any work, not when writing."""

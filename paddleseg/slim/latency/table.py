@@ -42,7 +42,7 @@ from scipy.optimize import nnls
 from ...utils import logger
 from ...utils.download import seg_home
 from ...utils.errors import UserError
-from ...utils.fileio import check_file_target, check_parent_folder, write_json
+from ...utils.fileio import check_file_target, check_parent_folder, not_a_readable_file, write_json
 from ...utils.progress import format_seconds
 from ..allocate import Curve
 from ..apply import channel_plan
@@ -486,12 +486,10 @@ def first_bad_entry(d):
 
 def read(path):
     """The table in ``path``; LatencyTableMismatch (one line) when it is not one."""
-    if os.path.isdir(path):
-        raise LatencyTableMismatch(f"--latency_table {path} is a folder, not a file")
-    if not os.path.isfile(path):   # a FIFO or a device: open() could block or never end
-        raise LatencyTableMismatch(f"--latency_table {path} is not a regular file (a FIFO, "
-                                   "device or socket); name a JSON file, or a path that does "
-                                   "not exist yet to measure a table there")
+    problem = not_a_readable_file(path, "--latency_table", "name a JSON file, or a path that "
+                                  "does not exist yet to measure a table there")
+    if problem:
+        raise LatencyTableMismatch(problem)
     try:
         with open(path, encoding="utf-8") as f:
             d = json.load(f)

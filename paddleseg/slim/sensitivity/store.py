@@ -25,7 +25,7 @@ import re
 
 from ...utils.checkpoint import ForbiddenPickleGlobal, restricted_unpickle
 from ...utils.errors import UserError
-from ...utils.fileio import write_durably
+from ...utils.fileio import not_a_readable_file, write_durably
 
 FORMAT = 2
 # format 1 kept the caller's setup and the evaluator as one string, e.g. "config 0123abcd;
@@ -186,12 +186,10 @@ def load(sen_file):
     (one line) for a file that is damaged, refused or of another kind."""
     if not os.path.exists(sen_file):
         return None
-    if os.path.isdir(sen_file):
-        raise SensitivityMismatch(f"--sen_file {sen_file} is a folder, not a file")
-    if not os.path.isfile(sen_file):   # a FIFO or a device: open() could block or never end
-        raise SensitivityMismatch(f"--sen_file {sen_file} is not a regular file (a FIFO, device "
-                                  "or socket); name a sensitivity file, or a path that does not "
-                                  "exist yet to measure one there")
+    problem = not_a_readable_file(sen_file, "--sen_file", "name a sensitivity file, or a path "
+                                  "that does not exist yet to measure one there")
+    if problem:
+        raise SensitivityMismatch(problem)
     try:
         data = _read(sen_file)
     except SensitivityMismatch:
