@@ -16,7 +16,12 @@ import make_parity_pins as pins_tool  # noqa: E402
 with open(os.path.join(ROOT, "tests", "data", "parity_pins.json")) as f:
     PINS = json.load(f)
 
-TOLERANCE = 1e-4  # max |ours - ref| / max |ref|, fp32
+# max |ours - ref| / max |ref|, fp32. The pins were made on one machine; on another CPU (other
+# oneDNN kernels, another summation order) PaddleSeg's own code moves by up to 9e-7 in eval mode
+# and, where training-mode batch statistics amplify it, by up to 1.9e-4 (HarDNet, measured on an
+# Intel Xeon with AVX-512 VBMI against pins from an AMD EPYC; ours and PaddleSeg's were
+# bit-identical there). A real model difference moves logits by far more than either.
+TOLERANCE = {"eval": 1e-4, "train": 1e-3}
 
 
 def test_pins_come_from_paddleseg():
@@ -42,6 +47,7 @@ def test_logits_match_paddleseg(name):
             scale = max(ref["max_abs"], 1e-12)
             sample_err = np.abs(np.array(got["samples"]) - np.array(ref["samples"])).max() / scale
             mean_err = np.abs(np.array(got["channel_means"]) - np.array(ref["channel_means"])).max() / scale
-            assert sample_err <= TOLERANCE, f"{name} {mode}: sampled logits differ by {sample_err:.2e}"
-            assert mean_err <= TOLERANCE, f"{name} {mode}: channel means differ by {mean_err:.2e}"
-            assert abs(got["max_abs"] - ref["max_abs"]) / scale <= TOLERANCE
+            tolerance = TOLERANCE[mode]
+            assert sample_err <= tolerance, f"{name} {mode}: sampled logits differ by {sample_err:.2e}"
+            assert mean_err <= tolerance, f"{name} {mode}: channel means differ by {mean_err:.2e}"
+            assert abs(got["max_abs"] - ref["max_abs"]) / scale <= tolerance
