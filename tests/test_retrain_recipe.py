@@ -177,7 +177,7 @@ def test_the_config_schedule_stays_the_default(toy_config):
     assert (o.retrain_schedule, o.distill) == ("config", "none")
     cfg = o.build_config()
     assert rates(build_schedule(o, cfg), 10) == rates(cfg.build_lr_scheduler(), 10)
-    assert recipe(o, cfg) == {"schedule": "config", "distill": "none"}
+    assert recipe(o, cfg) == {"schedule": "config", "distill": "none", "prune_steps": 1}
 
 
 # --- prune.py ---------------------------------------------------------------------------------
@@ -211,7 +211,8 @@ def test_prune_with_the_recipe_end_to_end_records_it(fcn_config, tmp_path, capsy
                                "finetune", "--distill_temperature", "2", "--seed", "0")) == 0
     report = json.loads((save_dir / "report.json").read_text())
     assert report["retraining_recipe"] == {
-        "schedule": "finetune", "distill": "pixel", "learning_rate": pytest.approx(0.001),
+        "schedule": "finetune", "distill": "pixel", "prune_steps": 1,
+        "learning_rate": pytest.approx(0.001),
         "warmup_iters": 1, "finetune_lr_scale": 0.1, "distill_weight": 1.0,
         "distill_temperature": 2.0}
     assert "Retraining recipe: schedule finetune, distill pixel" in (save_dir / "report.md").read_text()
@@ -264,19 +265,23 @@ def test_the_recipe_is_refused_with_the_paddleslim_method(flags, fcn_config, tmp
 
 def test_two_ranks_each_distill_from_their_own_teacher(fcn_config, tmp_path):
     """paddle.distributed.launch, 2 CPU ranks: every rank retrains with the recipe (its own
-    teacher), rank 0 reports it."""
+    teacher) in two pruning steps (--prune_steps), rank 0 reports it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PADDLE_")}
     log_dir = tmp_path / "log"
     proc = subprocess.run(
         [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
          str(log_dir), PRUNE, *prune_argv(fcn_config, tmp_path / "out", "--distill", "channel",
                                           "--retrain_schedule", "finetune", "--batch_size", "1",
-                                          "--cpu_threads", "1", "--seed", "0")],
+                                          "--cpu_threads", "1", "--seed", "0",
+                                          "--prune_steps", "2")],
         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     logs = [(log_dir / f"workerlog.{r}").read_text() for r in range(2)]
     assert proc.returncode == 0, proc.stderr[-2000:] + logs[0][-2000:] + logs[1][-2000:]
     for rank, log in enumerate(logs):
         assert f"[rank {rank}] retraining recipe: schedule finetune, distill channel" in log
-        assert f"[rank {rank}] training on 2 ranks" in log
+        # one data-parallel retraining per step, on both ranks
+        assert log.count(f"[rank {rank}] training on 2 ranks") == 2, log[-3000:]
+    assert "stepwise pruning: step 2 of 2" in logs[0]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["retraining_recipe"]["distill"] == "channel"
+    assert [s["retraining_iters"] for s in report["prune_steps"]] == [1, 1]

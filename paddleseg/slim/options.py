@@ -44,6 +44,7 @@ class PruneOptions:
     distill_temperature: float = 1.0
     retrain_schedule: str = "config"   # config: the config's lr_scheduler; finetune: warm-up+cosine
     finetune_lr_scale: float = None    # finetune peak = config rate times this (None: 0.1)
+    prune_steps: int = 1               # prune-and-retrain steps that reach the plan
     device: str = "cpu"                # where everything runs, latency measured included
     cpu_threads: int = None            # threads per process (None: every core, shared by ranks)
     opts: tuple = None                 # --opts KEY=VALUE overrides of the config
@@ -112,6 +113,11 @@ def check_recipe(o):
     if o.distill == "none" and (o.distill_weight, o.distill_temperature) != (1.0, 1.0):
         raise UserError("--distill_weight and --distill_temperature need --distill pixel or "
                         "channel (without it there is no distillation)")
+    if o.prune_steps < 1:
+        raise UserError(f"--prune_steps must be >= 1, got {o.prune_steps}")
+    if o.prune_steps > 1 and o.retraining_iters < o.prune_steps:
+        raise UserError(f"--prune_steps {o.prune_steps} retrains after every step: give at least "
+                        f"as many --retraining_iters (got {o.retraining_iters})")
     if o.finetune_lr_scale is not None:
         if not o.finetune_lr_scale > 0:
             raise UserError(f"--finetune_lr_scale must be > 0, got {o.finetune_lr_scale}")

@@ -11,9 +11,11 @@ others, all ranks retrain together (data parallel), and rank 0 alone evaluates, 
 exports.
 """
 import os
+import shutil
 import time
 
 from ..core.model_loader import build_and_load
+from ..core.val import evaluate_metrics
 from ..core.train import set_seed
 from ..models.layers.layer_libs import plain_batchnorm
 from ..utils import distributed, logger
@@ -28,7 +30,9 @@ from .options import check_common, setup_facts
 from .output.publish import staged_run
 from .output.report import plot_sensitivity, render_markdown
 from .output.storage import save_pruned
-from .retrain import miou, recipe, retrain, retrain_and_evaluate
+from .retrain import miou, recipe, retrain
+from .steps import StepCheckpoints, prune_in_steps
+from .steps import fingerprint as steps_fingerprint
 from .targets import check_target_options, target_class
 
 # --channel_step: wider alignment than this buys no kernel anything (AVX-512 holds 16 floats, GPU
@@ -111,10 +115,37 @@ def _run_other_rank(o, cfg):
     analysis = build_groups(model, sample_input_shape(val_dataset))
     analysis.require_coverage(o.min_coverage)
     measure_sensitivity(o, cfg, model, analysis, val_dataset)
-    prune_model(model, analysis, share_plan(), o.criterion)
-    # rank 0 alone writes there; each rank distills from its own teacher
-    retrain(o, cfg, model, os.path.join(o.save_dir, "retrain"), teacher)
+    # rank 0 alone writes in save_dir; each rank distills from its own teacher
+    prune_and_retrain(o, cfg, model, analysis, share_plan(), sample_input_shape(val_dataset),
+                      os.path.join(o.save_dir, "retrain"), {}, teacher, evaluate=lambda: None)
     return None
+
+
+def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, teacher, evaluate):
+    """Prune ``model`` (traced at ``shape`` into ``analysis``) to ``plan`` and retrain it
+    (scratch checkpoints in ``work_dir``, removed after), at once or in --prune_steps steps
+    (:mod:`paddleseg.slim.steps`); ``evaluate()`` is the mIoU right after pruning (of the last
+    step). Returns (that mIoU, the steps' records or None)."""
+    if o.prune_steps == 1:
+        with Phase(timings, "pruning"):
+            prune_model(model, analysis, plan, o.criterion)
+            pruned_miou = evaluate()
+        with Phase(timings, "retraining"):
+            retrain(o, cfg, model, work_dir, teacher)
+        records = None
+    else:
+        def retrain_step(step_options, step):
+            retrain(step_options, step_options.build_config(), model,
+                    os.path.join(work_dir, f"step_{step}"), teacher)
+        # the weights and config decide the steps' models, not the sensitivity's eval images
+        setup = setup_facts(cfg, o.model_path, eval_num=None)
+        checkpoints = StepCheckpoints(o.save_dir, steps_fingerprint(o, setup, plan))
+        with Phase(timings, f"pruning and retraining in {o.prune_steps} steps"):
+            records = prune_in_steps(o, model, analysis, plan, shape,
+                                     retrain_step, evaluate, checkpoints)
+        pruned_miou = records[-1]["miou_pruned"]
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return pruned_miou, records
 
 
 def teacher_of(o, model):
@@ -163,13 +194,16 @@ def _run(o, cfg, t, stage):
         sens, evaluator_facts = measure_sensitivity(o, cfg, model, analysis, val_dataset)
     with Phase(t, "pruning"):
         alloc = target.allocate(sens, aim, o.allow_lower_target)
-        prune_model(model, analysis, share_plan(alloc.plan), o.criterion)
-        flops1, params1 = count_flops_params(model, shape)
-        pruned_miou = miou(model, val_dataset)
-        logger.info(f"FLOPs {flops0 / 1e9:.3f}G -> {flops1 / 1e9:.3f}G ({1 - flops1 / flops0:.1%} fewer), "
-                    f"params {params0 / 1e6:.3f}M -> {params1 / 1e6:.3f}M, mIoU right after pruning {pruned_miou:.4f}")
-    final = retrain_and_evaluate(o, cfg, model, stage, val_dataset, t, teacher)
+    pruned_miou, steps = prune_and_retrain(
+        o, cfg, model, analysis, share_plan(alloc.plan), shape, os.path.join(stage, "retrain"), t,
+        teacher, evaluate=lambda: miou(model, val_dataset))
     del teacher
+    flops1, params1 = count_flops_params(model, shape)
+    logger.info(f"FLOPs {flops0 / 1e9:.3f}G -> {flops1 / 1e9:.3f}G ({1 - flops1 / flops0:.1%} fewer), "
+                f"params {params0 / 1e6:.3f}M -> {params1 / 1e6:.3f}M, mIoU right after pruning "
+                f"{pruned_miou:.4f}")
+    with Phase(t, "final evaluation"):
+        final = evaluate_metrics(model, val_dataset, print_detail=True)
     report = {
         "model_name": type(model).__name__, "config": cfg.path, "model_path": o.model_path,
         "criterion": o.criterion, "pruning_ratio": o.pruning_ratio, "channel_step": o.channel_step,
@@ -181,6 +215,7 @@ def _run(o, cfg, t, stage):
         "params_before": params0, "params_after": params1,
         "miou_baseline": base_miou, "miou_pruned": pruned_miou, "miou_retrained": final["mIoU"],
         "retraining_iters": o.retraining_iters, "retraining_recipe": recipe(o, cfg),
+        "prune_steps": steps or [],
         "sen_eval_num": eval_num,
         "sen_engine": evaluator_facts["name"],
         "sen_predictor_groups": predictor_groups(evaluator_facts, len(analysis.groups)),

@@ -47,6 +47,7 @@ class Phase:
         self.start = time.time()
 
     def __exit__(self, *exc):
-        self.timings[self.name] = round(time.time() - self.start, 2)
+        # a phase entered again (pruning: allocation, then the cut) adds to its time
+        self.timings[self.name] = round(self.timings.get(self.name, 0) + time.time() - self.start, 2)
         if exc[0] is None:
             logger.info(f"== {self.name} done in {format_seconds(self.timings[self.name])}")

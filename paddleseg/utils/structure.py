@@ -74,6 +74,17 @@ def new_param(old, value):
     return new
 
 
+def renew_parameters(model):
+    """Give every parameter of ``model`` a new tensor with the same value and settings. A model
+    trained under paddle.DataParallel keeps that wrapper's gradient hooks on its parameters; a
+    second DataParallel over it would also run the first one's hooks, whose reducer is gone by
+    then (a segmentation fault in Paddle 2.6)."""
+    for layer in model.sublayers(include_self=True):
+        for name, param in list(layer._parameters.items()):
+            if param is not None:
+                setattr(layer, name, new_param(param, param.numpy()))
+
+
 def replace_param(layer, name, value, undo):
     undo.set_attr(layer, name, new_param(getattr(layer, name), value))
 

@@ -114,6 +114,11 @@ def build_parser():
     retraining.add_argument("--distill_temperature", type=float, default=1.0,
                             help="softmax temperature T of the distillation (the loss is "
                                  "scaled by T^2), > 0" + NATIVE_ONLY_NOTE)
+    retraining.add_argument("--prune_steps", type=int, default=1,
+                            help="reach the pruning plan in this many prune-and-retrain steps, "
+                                 "the retraining iterations shared equally (each step with the "
+                                 "whole schedule); a killed run resumes after its last finished "
+                                 "step" + NATIVE_ONLY_NOTE)
     retraining.add_argument("--num_workers", type=int, default=0, help="data-loading workers")
     retraining.add_argument("--seed", type=int, default=None, help="random seed")
     runtime = p.add_argument_group("runtime")
@@ -193,7 +198,7 @@ def run_paddleslim(options):
 NATIVE_ONLY = ("sen_ratios", "sen_evaluator", "allow_lower_target", "min_coverage", "channel_step",
                "target", "latency_shape", "latency_table", "latency_samples", "latency_allocation",
                "distill", "distill_weight", "distill_temperature", "retrain_schedule",
-               "finetune_lr_scale")
+               "finetune_lr_scale", "prune_steps")
 
 
 if __name__ == "__main__":

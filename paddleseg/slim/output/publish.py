@@ -28,6 +28,8 @@ from ..sensitivity import part_file_names
 PUBLISHED_FILES = ("model.pdparams", "prune_plan.json", "report.json", "report.md",
                    "sensitivity.png")
 EXPORT_DIR = "export"
+STEPS_DIR = "prune_steps"  # --prune_steps: the finished steps' models, for a killed run to resume
+STEPS_STATE = "state.json"  # in STEPS_DIR, beside step_N/ folders
 DEFAULT_SEN_FILE = "sensitivity.json"
 LEGACY_SEN_FILE = "sen.pickle"  # the default before sensitivity.json
 STAGING, ASIDE = ".staging", ".old"
@@ -81,6 +83,15 @@ def _is_previous_export(folder):
     return os.path.isdir(folder) and not foreign_entries(folder, set(EXPORT_FILES))
 
 
+def _is_previous_steps(folder):
+    """A killed --prune_steps run's folder: its state file and step_N/ folders only."""
+    if not os.path.isdir(folder) or os.path.islink(folder):
+        return False
+    return all(name == STEPS_STATE or _is_temporary(name)
+               or (name.startswith("step_") and name[len("step_"):].isdigit())
+               for name in os.listdir(folder))
+
+
 def check_save_dir(save_dir, sen_file=None):
     """OutputPathError unless ``save_dir`` is absent, empty or an earlier pruning output."""
     check_folder_target(save_dir)
@@ -95,7 +106,8 @@ def check_save_dir(save_dir, sen_file=None):
         return
     own = set(PUBLISHED_FILES) | sensitivity_names(save_dir, sen_file)
     foreign = [name for name in foreign_entries(save_dir, own) if not _is_temporary(name)
-               and not (name == EXPORT_DIR and _is_previous_export(os.path.join(save_dir, name)))]
+               and not (name == EXPORT_DIR and _is_previous_export(os.path.join(save_dir, name)))
+               and not (name == STEPS_DIR and _is_previous_steps(os.path.join(save_dir, name)))]
     if foreign:
         listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise OutputPathError(

@@ -42,10 +42,21 @@ def plot_sensitivity(sens, plan, path):
 
 def recipe_lines(recipe):
     """The retraining recipe, when it is not the default (the config's schedule, no teacher)."""
-    if not recipe or (recipe.get("schedule"), recipe.get("distill")) == ("config", "none"):
+    if not recipe or (recipe.get("schedule"), recipe.get("distill"),
+                      recipe.get("prune_steps", 1)) == ("config", "none", 1):
         return []
     text = ", ".join(f"{k} {v}" for k, v in recipe.items() if v is not None)
     return [f"Retraining recipe: {text}.", ""]
+
+
+def step_lines(steps):
+    """The table of a stepwise run's steps (none for a one-step run)."""
+    if not steps:
+        return []
+    return ["| step | channels removed (in all) | mIoU right after its pruning | retraining "
+            "iterations |", "|-|-|-|-|"] + [
+        f"| {s['step']} | {s['channels_removed']} | {s['miou_pruned']:.4f} | "
+        f"{s['retraining_iters']} |" for s in steps] + [""]
 
 
 def render_markdown(r):
@@ -73,7 +84,7 @@ def render_markdown(r):
         f"| right after pruning | {r['miou_pruned']:.4f} |",
         f"| after {r['retraining_iters']} retraining iterations | {r['miou_retrained']:.4f} |",
         "",
-    ] + recipe_lines(r.get("retraining_recipe")) + [
+    ] + recipe_lines(r.get("retraining_recipe")) + step_lines(r.get("prune_steps")) + [
         f"Coverage: {cov['prunable_convs']} of {cov['convs']} convs prunable, "
         f"{cov['flops_coverage']:.1%} of conv FLOPs in prunable groups"
         + (f"; {describe_op_freezes(cov)}." if cov.get("frozen_by_ops") else "."),
