@@ -12,6 +12,8 @@ import re
 from paddleseg.utils.errors import UserError
 from paddleseg.utils.fileio import atomic_path, write_json, write_text
 
+import bench_recovery
+
 RESULTS, MARKDOWN, PLOT = "results.json", "RESULTS.md", "speedup.png"
 FORMAT = 2
 MODEL_ORDER = ("BiSeNetV2", "FCN-HRNetW18", "FastSCNN", "HarDNet", "UNet")
@@ -143,6 +145,16 @@ def merge_model(out_dir, name, entry):
     data["models"][name] = entry
     data["models"] = {k: data["models"][k] for k in sorted(data["models"], key=_model_rank)}
     os.makedirs(out_dir, exist_ok=True)
+    write_json(path, data)
+    return data
+
+
+def merge_recovery(out_dir, name, entry):
+    """Put (or replace) one model's accuracy-recovery entry in out_dir/results.json."""
+    path = os.path.join(out_dir, RESULTS)
+    data = load_results(out_dir)
+    recovery = dict(data.get("recovery") or {}, **{name: entry})
+    data["recovery"] = {k: recovery[k] for k in sorted(recovery, key=_model_rank)}
     write_json(path, data)
     return data
 
@@ -381,6 +393,8 @@ def render_results(results):
               "Same checkpoint, config, data and retraining; PaddleSlim's sensitivity grid is its "
               "fixed 0.1 ... 0.9, evaluated on the same number of val images as ours.", ""]
     lines += paddleslim_table(results)
+    lines += ["", "## Accuracy recovery: retraining recipes over seeds", ""]
+    lines += bench_recovery.recovery_lines(results)
     lines += ["", "## GPU", ""] + gpu_lines(results)
     lines += ["", "## Commands", ""]
     for model, e in results["models"].items():

@@ -4,6 +4,7 @@
     python benchmarks/prune_speedup.py --models UNet --phase prepare   # train/prune only
     python benchmarks/prune_speedup.py --models UNet --phase latency   # time it (quiet machine)
     python benchmarks/prune_speedup.py --phase report            # RESULTS.md etc. from results.json
+    python benchmarks/prune_speedup.py --models FastSCNN --phase recovery   # recipes x seeds
 
 Per model (``configs/camvid/``; its resolution, batch and iterations are the training budget):
 
@@ -21,6 +22,11 @@ Per model (``configs/camvid/``; its resolution, batch and iterations are the tra
 5. latency: Paddle Inference (CPU, oneDNN) of every export of the model, ``--warmup`` runs
    each, then ``--repeats`` rounds timing one run of each export in a random order per round;
    median and p10/p90 per export, speedup = unpruned median / median.
+
+``--phase recovery`` (see bench_recovery.py): the latency-target row's pruned model retrained
+with each of ``--recipes`` and each of ``--seeds``, beside the control fine-tuned with each
+recipe's schedule and the same seeds; merged into results.json's ``recovery`` (its own section of
+RESULTS.md), not into the headline rows.
 
 Every step is cached under ``--work_dir`` keyed by a hash of all that affects it (see
 bench_cache.py), so an interrupted run continues and a run with other arguments or other code
@@ -51,6 +57,7 @@ from paddleseg.utils import cli, logger  # noqa: E402
 from paddleseg.utils.errors import UserError  # noqa: E402
 
 import bench_cache  # noqa: E402
+import bench_recovery  # noqa: E402
 import bench_report  # noqa: E402
 
 MODELS = {
@@ -66,7 +73,8 @@ DEFAULT_DOCS = ("README.md", os.path.join("docs", "prune.md"))
 MIN_ROUNDS = 30
 # bump when a step's own logic here changes what it produces (its sources are hashed too)
 STEP_VERSION = {"train": 1, "unpruned": 1, "control": 1, "prune": 1, "paddleslim": 1,
-                "count": 1}
+                "count": 1, "recovery": 1}
+RECOVERY_SOURCES = bench_cache.PRUNE_SOURCES + ("benchmarks/bench_recovery.py",)
 
 
 class BenchmarkError(UserError):
@@ -76,10 +84,17 @@ class BenchmarkError(UserError):
 def parse_args(argv):
     p = cli.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--phase", choices=["all", "prepare", "latency", "report"], default="all",
+    p.add_argument("--phase", choices=["all", "prepare", "latency", "report", "recovery"],
+                   default="all",
                    help="prepare: train/prune/export only; latency: time prepared steps and "
                         "merge (fails on a missing step); all: both; report: rebuild the "
-                        "outputs from results.json")
+                        "outputs from results.json; recovery: the retraining recipes x seeds "
+                        "on the first latency ratio's row")
+    p.add_argument("--recipes", nargs="+", default=list(bench_recovery.RECIPES),
+                   choices=list(bench_recovery.RECIPES),
+                   help="--phase recovery: the retraining recipes (bench_recovery.RECIPES)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                   help="--phase recovery: retraining seeds of every recipe and control")
     p.add_argument("--ratios", nargs="*", type=float, default=[0.3],
                    help="FLOPs-target pruning ratios (0.1 0.2 0.3 where time allows)")
     p.add_argument("--latency_ratios", nargs="*", type=float, default=[0.3],
@@ -558,6 +573,35 @@ class ModelRun:
             return {"flops": flops, "params": params}, []
         return self.steps.run("count", self.count_material(record), compute)["result"]
 
+    # -- accuracy recovery (--phase recovery)
+
+    def recovery(self, row, recipe, seed, control=False):
+        """The latency ``row``'s pruned model retrained with ``recipe`` and ``seed`` (its
+        control with ``control``: the unpruned model fine-tuned with the recipe's schedule)."""
+        a = self.args
+        flags = bench_recovery.RECIPES[recipe][1]
+        if control:
+            flags = bench_recovery.control_flags(flags)
+        material = self.material("recovery", RECOVERY_SOURCES, train=self.train_record["key"],
+                                 retraining_iters=self.retraining_iters, flags=flags, seed=seed,
+                                 control=control, row=None if control else row["key"])
+
+        def compute(folder):
+            out = os.path.join(folder, "result.json")
+            argv = ["benchmarks/bench_recovery.py", "--report",
+                    rel(os.path.join(ROOT, os.path.dirname(row["result"]["model"]),
+                                     "report.json")),
+                    "--seed", str(seed), "--out", rel(out), "--save_dir",
+                    rel(os.path.join(folder, "out")), "--dataset_root", a.dataset_root,
+                    *(["--control"] if control else []), "--", *flags]
+            code, error, seconds = run_command(argv, os.path.join(folder, "recovery.log"),
+                                               a.train_threads)
+            if code != 0:
+                raise BenchmarkError(f"{command_text(argv)} failed: {error or f'exit {code}'}")
+            shutil.rmtree(os.path.join(folder, "out"), ignore_errors=True)
+            return bench_report.read_json(out), [command_text(argv)]
+        return self.steps.run("recovery", material, compute)["result"]
+
     def count_material(self, record):
         return self.material("count", bench_cache.TRAIN_SOURCES, pruned=record["key"],
                              input_shape=list(self.args.input_shape))
@@ -634,6 +678,42 @@ def prepare_model(name, args):
     return run, variants
 
 
+def recovery_entry(name, args, argv):
+    """Every recipe x seed on the first latency ratio's row, and their controls."""
+    run = ModelRun(name, args)
+    ratio = args.latency_ratios[0]
+    logger.info(f"==== {name}: accuracy recovery at latency target {ratio}: recipes "
+                f"{', '.join(args.recipes)}, seeds {args.seeds}, {run.retraining_iters} "
+                "retraining iterations each")
+    run.train()
+    row = run.prune("latency", ratio)
+    if row["result"].get("error"):
+        raise BenchmarkError(f"{name}'s latency row failed: {row['result']['error']}")
+    report = bench_report.read_json(os.path.join(ROOT, os.path.dirname(row["result"]["model"]),
+                                                 "report.json"))
+    recipes, controls = {}, {}
+    for recipe in args.recipes:
+        label, flags = bench_recovery.RECIPES[recipe]
+        control_key = " ".join(bench_recovery.control_flags(flags)) or "config schedule"
+        if control_key not in controls:
+            units = [run.recovery(row, recipe, seed, control=True) for seed in args.seeds]
+            controls[control_key] = {"flags": bench_recovery.control_flags(flags),
+                                     "mious": [u["miou"] for u in units]}
+        units = [run.recovery(row, recipe, seed) for seed in args.seeds]
+        recipes[recipe] = {"label": label, "flags": flags, "control": control_key,
+                           "mious": [u["miou"] for u in units],
+                           "seconds_per_iter": [u["seconds_per_iter"] for u in units]}
+    latency = report.get("latency") or {}
+    speedup = (f"{latency['measured_ms_before'] / latency['measured_ms_after']:.2f}x"
+               if latency.get("measured_ms_after") else "not timed")
+    return {"ratio": ratio, "row_label": bench_report.row_label("latency", ratio),
+            "speedup": speedup, "retraining_iters": run.retraining_iters, "seeds": args.seeds,
+            "machine": machine(), "git": bench_cache.git_commit(),
+            "date": datetime.date.today().isoformat(),
+            "command": command_text(["benchmarks/prune_speedup.py", *argv]),
+            "recipes": recipes, "controls": controls}
+
+
 def time_model(run, variants, args):
     """Interleaved latency of the model's exports; fills each row's latency and speedup."""
     from paddleseg.deploy.benchmark import interleaved_latency, latency_stats
@@ -688,6 +768,11 @@ def main(argv):
                                    args.gpu_results)
         return 0
     bench_report.check_results_file(os.path.join(out_dir, bench_report.RESULTS))
+    if args.phase == "recovery":
+        for name in args.models:
+            bench_report.merge_recovery(out_dir, name, recovery_entry(name, args, argv))
+            bench_report.write_outputs(out_dir, [os.path.join(ROOT, d) for d in args.docs])
+        return 0
     for name in args.models:
         run, variants = prepare_model(name, args)
         if args.phase == "prepare":

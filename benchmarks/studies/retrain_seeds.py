@@ -103,6 +103,9 @@ def retrain_options(report, seed):
     distillation)."""
     import types
     recipe = report.get("retraining_recipe") or {}
+    if recipe.get("prune_steps", 1) != 1:
+        raise UserError("a --prune_steps row is pruned and retrained in steps, which this study "
+                        "does not rebuild: use benchmarks/prune_speedup.py --phase recovery")
     finetune = recipe.get("schedule") == "finetune"
     return types.SimpleNamespace(
         retraining_iters=report["retraining_iters"], num_workers=0, seed=seed,
@@ -110,7 +113,7 @@ def retrain_options(report, seed):
         distill_weight=recipe.get("distill_weight", 1.0),
         distill_temperature=recipe.get("distill_temperature", 1.0),
         learning_rate=recipe.get("learning_rate") if finetune else None,  # the peak it used
-        finetune_lr_scale=None)
+        finetune_lr_scale=None, prune_steps=1)
 
 
 def with_flag(argv, flag, value):

@@ -1,0 +1,212 @@
+"""Accuracy recovery rows of the benchmark (``prune_speedup.py --phase recovery``): the
+latency-target row's pruned model retrained with each retraining recipe and each seed, beside its
+control (the unpruned model fine-tuned as many iterations with the recipe's schedule and the same
+seeds).
+
+Every recipe prunes to the row's own plan (its report.json ``layer_ratios``, the same criterion
+and checkpoint): the widths, hence the speed, are the row's, and the recipes differ only in how
+the pruned model is retrained. One unit (a recipe or a control, one seed) runs as
+
+    python benchmarks/bench_recovery.py --report REPORT --seed S --out RESULT.json \\
+        [--control] [--dataset_root ROOT] -- RECIPE FLAGS
+
+in its own process (the benchmark caches it as a step). The flags are prune.py's, parsed by
+prune.py's parser, and run through the pipeline's own ``prune_and_retrain``.
+"""
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path[:0] = [HERE, ROOT]
+
+# name: (label, prune.py flags). "plain" is the benchmark's latency row as it retrains today.
+RECIPES = {
+    "plain": ("config schedule (as the row)", []),
+    "finetune": ("finetune schedule", ["--retrain_schedule", "finetune"]),
+    "distill": ("channel distillation", ["--distill", "channel"]),
+    "steps": ("2 prune steps", ["--prune_steps", "2"]),
+    "combined": ("finetune + channel distillation + 2 steps",
+                 ["--retrain_schedule", "finetune", "--distill", "channel", "--prune_steps", "2"]),
+}
+# flags of a recipe that only a pruned model has a use for: its control goes without them
+PRUNED_ONLY = {"--distill": 1, "--distill_weight": 1, "--distill_temperature": 1,
+               "--prune_steps": 1}
+NOISE_SE = 2.0   # a difference of means beyond 2 standard errors is called a difference
+
+
+def control_flags(flags):
+    """The recipe's flags its control retrains with: the schedule, not distillation or steps."""
+    out, i = [], 0
+    while i < len(flags):
+        if flags[i] in PRUNED_ONLY:
+            i += 1 + PRUNED_ONLY[flags[i]]
+            continue
+        out.append(flags[i])
+        i += 1
+    return out
+
+
+def prune_parser():
+    spec = importlib.util.spec_from_file_location(
+        "prune_cli", os.path.join(ROOT, "slim", "prune", "prune.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_parser()
+
+
+def recipe_options(report, flags, seed, save_dir, dataset_root=None):
+    """prune.py's options for the report's row with ``flags`` and ``seed``."""
+    from paddleseg.slim.options import PruneOptions
+    argv = ["--config", os.path.join(ROOT, report["config"]),
+            "--pruning_ratio", str(report["pruning_ratio"]),
+            "--retraining_iters", str(report["retraining_iters"]), "--save_dir", save_dir,
+            "--criterion", report["criterion"], "--seed", str(seed), *flags]
+    if dataset_root:
+        argv += ["--opts", f"train_dataset.dataset_root={dataset_root}",
+                 f"val_dataset.dataset_root={dataset_root}"]
+    return PruneOptions.from_args(prune_parser().parse_args(argv))
+
+
+def retrain_unit(report, flags, seed, save_dir, dataset_root=None, control=False):
+    """{miou, seconds_per_iter, ...}: the report's unpruned checkpoint pruned to its plan (not
+    for ``control``) and retrained with ``flags`` and ``seed``, evaluated on the full val split."""
+    from paddleseg.core.model_loader import build_and_load
+    from paddleseg.slim import build_groups
+    from paddleseg.slim.flops import count_flops_params
+    from paddleseg.slim.pipeline import prune_and_retrain, teacher_of
+    from paddleseg.slim.retrain import miou, retrain
+    from paddleseg.utils.errors import UserError
+    o = recipe_options(report, control_flags(flags) if control else flags, seed, save_dir,
+                       dataset_root)
+    cfg = o.build_config()
+    model = build_and_load(cfg, os.path.join(ROOT, report["model_path"]))
+    model.eval()
+    val = cfg.val_dataset
+    shape = [1] + list(val[0]["img"].shape)
+    start, result = time.time(), {"seed": seed, "flags": list(flags), "control": control}
+    if control:
+        retrain(o, cfg, model, os.path.join(save_dir, "retrain"), None)
+    else:
+        teacher = teacher_of(o, model)  # before pruning
+        pruned, steps = prune_and_retrain(o, cfg, model, build_groups(model, shape),
+                                          report["layer_ratios"], shape,
+                                          os.path.join(save_dir, "retrain"), {}, teacher,
+                                          evaluate=lambda: miou(model, val))
+        flops = count_flops_params(model, report["input_shape"])[0]
+        if flops != report["flops_after"]:
+            raise UserError(f"the rebuilt model has {flops} FLOPs, the row's {report['flops_after']}:"
+                            " this code prunes differently from the code that made the row")
+        result.update(miou_pruned=pruned, steps=steps)
+    seconds = time.time() - start
+    result.update(miou=miou(model, val), seconds=round(seconds, 1),
+                  seconds_per_iter=round(seconds / max(1, o.retraining_iters), 3))
+    return result
+
+
+# ---------------------------------------------------------------- the table
+
+
+def mean_sd(values):
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, sd
+
+
+def compare(a, b):
+    """(difference of means in points, the noise bound in points, beyond it?) of two seed
+    lists: the bound is NOISE_SE standard errors of the difference."""
+    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+    noise = NOISE_SE * math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+    diff = 100 * (ma - mb)
+    return diff, 100 * noise, abs(ma - mb) > noise and len(a) > 1 and len(b) > 1
+
+
+def spread(values):
+    mean, sd = mean_sd(values)
+    return f"{mean:.4f} ± {sd:.4f} (n={len(values)})"
+
+
+def verdict(diff, noise, beyond):
+    return f"{diff:+.1f} ± {noise:.1f}: " + ("beyond the noise" if beyond else "within the noise")
+
+
+def model_lines(model, entry):
+    recipes, controls = entry["recipes"], entry["controls"]
+    plain = recipes.get("plain")
+    lines = [f"### {model}", "",
+             f"Row: {entry['row_label']}, speedup {entry['speedup']} (measured by prune.py on this "
+             f"machine), {entry['retraining_iters']} retraining iterations, seeds "
+             f"{', '.join(map(str, entry['seeds']))}. Machine: {entry['machine']}; "
+             f"`{entry['command']}` (code {entry['git']}, {entry['date']}).", "",
+             "| Recipe | prune.py flags | mIoU mean ± sd | its control (same schedule) | "
+             "Δ vs control, points (± 2 SE) | Δ vs config schedule, points (± 2 SE) | "
+             "retraining s/iter (× config) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in recipes.items():
+        control = controls[r["control"]]["mious"]
+        vs_plain = verdict(*compare(r["mious"], plain["mious"])) if plain and name != "plain" \
+            else ""
+        cost = (f"{mean_sd(r['seconds_per_iter'])[0]:.2f} "
+                f"({mean_sd(r['seconds_per_iter'])[0] / mean_sd(plain['seconds_per_iter'])[0]:.2f}x)"
+                if plain else f"{mean_sd(r['seconds_per_iter'])[0]:.2f}")
+        lines.append(f"| {r['label']} | `{' '.join(r['flags']) or '(none)'}` | "
+                     f"{spread(r['mious'])} | {spread(control)} | "
+                     f"{verdict(*compare(r['mious'], control))} | {vs_plain} | {cost} |")
+    met = [r["label"] for r in recipes.values()
+           if 100 * (mean_sd(r["mious"])[0] - mean_sd(controls[r["control"]]["mious"])[0]) >= -1.0]
+    lines += ["", "Within 1.0 point of the control (3-seed means): "
+              + (", ".join(met) if met else "no recipe") + ".", ""]
+    return lines
+
+
+def recovery_lines(results):
+    """RESULTS.md's accuracy recovery section, from results.json's ``recovery``."""
+    recovery = results.get("recovery") or {}
+    if not recovery:
+        return ["Not yet measured: run `benchmarks/prune_speedup.py --phase recovery`."]
+    lines = ["Each recipe retrains the latency-target row's own pruned model (same plan, widths "
+             "and speed), once per seed; its control fine-tunes the unpruned model as many "
+             "iterations with the recipe's schedule and the same seeds. mIoU on the full val "
+             f"split. A difference counts only beyond {NOISE_SE:g} standard errors of the "
+             "difference of the means (sd of the seeds); inside that it is reported as noise.", ""]
+    for model, entry in recovery.items():
+        lines += model_lines(model, entry)
+    return lines
+
+
+# ---------------------------------------------------------------- one unit, as a program
+
+
+def main(argv):
+    from paddleseg.utils.fileio import write_json
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--report", required=True, help="the latency row's report.json")
+    p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--out", required=True, help="result JSON to write")
+    p.add_argument("--save_dir", required=True, help="scratch folder")
+    p.add_argument("--dataset_root", default=None)
+    p.add_argument("--control", action="store_true",
+                   help="fine-tune the unpruned model with the recipe's schedule instead")
+    p.add_argument("flags", nargs=argparse.REMAINDER, help="-- then prune.py's recipe flags")
+    args = p.parse_args(argv)
+    flags = args.flags[1:] if args.flags[:1] == ["--"] else args.flags
+    with open(args.report, encoding="utf-8") as f:
+        report = json.load(f)
+    result = retrain_unit(report, flags, args.seed, args.save_dir, args.dataset_root,
+                          args.control)
+    write_json(args.out, result)
+    print(f"mIoU {result['miou']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    import paddleseg  # noqa: F401  (import order: cv2 before paddle)
+    from paddleseg.utils import cli
+    cli.run(main)

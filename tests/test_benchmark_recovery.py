@@ -1,0 +1,147 @@
+"""benchmarks/bench_recovery.py (``prune_speedup.py --phase recovery``): a row's pruned model
+rebuilt from its report and retrained with a recipe and a seed (the row's own recipe and seed
+repeat it), the controls, the noise verdicts, and the results.json entry and RESULTS.md section."""
+import json
+import os
+import sys
+
+import pytest
+
+from conftest import ROOT, write_optic_config
+
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(0, os.path.join(ROOT, "slim", "prune"))
+import bench_recovery  # noqa: E402
+import bench_report  # noqa: E402
+import prune_speedup  # noqa: E402
+from test_benchmark_report import tiny_results  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
+
+
+def test_a_control_keeps_the_schedule_but_not_what_needs_a_pruned_model():
+    flags = ["--retrain_schedule", "finetune", "--distill", "channel", "--distill_weight", "2",
+             "--prune_steps", "2", "--finetune_lr_scale", "0.2"]
+    assert bench_recovery.control_flags(flags) == ["--retrain_schedule", "finetune",
+                                                   "--finetune_lr_scale", "0.2"]
+    for name, (_, recipe_flags) in bench_recovery.RECIPES.items():
+        # every recipe parses as prune.py's flags
+        o = bench_recovery.recipe_options(
+            {"config": "configs/camvid/fastscnn_camvid_256x192.yml", "pruning_ratio": 0.3,
+             "retraining_iters": 4, "criterion": "fpgm"}, recipe_flags, 1, "/tmp/x")
+        assert o.seed == 1 and o.retraining_iters == 4, name
+
+
+def test_a_difference_counts_only_beyond_two_standard_errors():
+    diff, noise, beyond = bench_recovery.compare([0.40, 0.41, 0.42], [0.30, 0.31, 0.32])
+    assert diff == pytest.approx(10.0) and beyond
+    assert noise == pytest.approx(2 * (2 * 0.01 ** 2 / 3) ** 0.5 * 100)
+    diff, noise, beyond = bench_recovery.compare([0.40, 0.44, 0.36], [0.39, 0.43, 0.38])
+    assert abs(diff) < noise and not beyond
+    # one seed has no spread to judge by: never "beyond"
+    assert not bench_recovery.compare([0.5], [0.1])[2]
+
+
+def recovery_entry(plain, plain_control, finetune, finetune_control):
+    recipes = {"plain": {"label": "config schedule (as the row)", "flags": [],
+                         "control": "config schedule", "mious": plain,
+                         "seconds_per_iter": [1.0, 1.0, 1.0]},
+               "finetune": {"label": "finetune schedule", "flags": ["--retrain_schedule",
+                                                                    "finetune"],
+                            "control": "--retrain_schedule finetune", "mious": finetune,
+                            "seconds_per_iter": [1.2, 1.2, 1.2]}}
+    controls = {"config schedule": {"flags": [], "mious": plain_control},
+                "--retrain_schedule finetune": {"flags": ["--retrain_schedule", "finetune"],
+                                                "mious": finetune_control}}
+    return {"ratio": 0.3, "row_label": "latency target 0.3", "speedup": "1.44x",
+            "retraining_iters": 150, "seeds": [0, 1, 2], "machine": "a CPU, 2 cores visible",
+            "git": "abc", "date": "2026-12-02", "command": "python benchmarks/prune_speedup.py",
+            "recipes": recipes, "controls": controls}
+
+
+def test_the_section_gives_means_spreads_and_verdicts():
+    entry = recovery_entry([0.32, 0.33, 0.34], [0.43, 0.44, 0.45],
+                           [0.435, 0.44, 0.445], [0.44, 0.445, 0.45])
+    text = "\n".join(bench_recovery.recovery_lines({"recovery": {"FastSCNN": entry}}))
+    assert "### FastSCNN" in text and "speedup 1.44x" in text
+    plain_line = next(line for line in text.splitlines() if line.startswith("| config schedule"))
+    assert "0.3300 ± 0.0100 (n=3)" in plain_line and "-11.0 ±" in plain_line
+    assert "beyond the noise" in plain_line
+    finetune_line = next(line for line in text.splitlines() if line.startswith("| finetune"))
+    assert "within the noise" in finetune_line.split("|")[5]  # vs its own control: -0.5
+    assert "beyond the noise" in finetune_line.split("|")[6]  # vs the config schedule: +11
+    assert "1.20 (1.20x)" in finetune_line
+    assert "Within 1.0 point of the control (3-seed means): finetune schedule." in text
+    assert "Not yet measured" in "\n".join(bench_recovery.recovery_lines({}))
+
+
+def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkeypatch):
+    out = tmp_path / "bench"
+    out.mkdir()
+    headline = tiny_results()
+    (out / "results.json").write_text(json.dumps(headline))
+    report = tmp_path / "row" / "report.json"
+    report.parent.mkdir()
+    report.write_text(json.dumps({"latency": {"measured_ms_before": 30.0,
+                                              "measured_ms_after": 20.0}}))
+    units = []
+
+    def fake_recovery(self, row, recipe, seed, control=False):
+        units.append((recipe, seed, control))
+        return {"miou": 0.4 + seed / 100 + (0.0 if control else -0.05), "seconds_per_iter": 1.5}
+    monkeypatch.setattr(prune_speedup.ModelRun, "train", lambda self: setattr(
+        self, "train_record", {"key": "t" * 64, "result": {}}))
+    monkeypatch.setattr(prune_speedup.ModelRun, "prune", lambda self, kind, ratio: {
+        "key": "p" * 64, "result": {"model": str(report.parent / "model.pdparams")}})
+    monkeypatch.setattr(prune_speedup.ModelRun, "recovery", fake_recovery)
+    argv = ["--models", "FastSCNN", "--phase", "recovery", "--recipes", "plain", "finetune",
+            "steps", "--seeds", "0", "1", "--out_dir", str(out), "--docs"]
+    assert prune_speedup.main(argv) == 0
+    # one control per schedule: the steps recipe shares the plain one's
+    assert sorted(u for u in units if u[2]) == [("finetune", 0, True), ("finetune", 1, True),
+                                                 ("plain", 0, True), ("plain", 1, True)]
+    results = json.loads((out / "results.json").read_text())
+    assert results["models"] == headline["models"]  # the headline rows are not touched
+    entry = results["recovery"]["FastSCNN"]
+    assert entry["speedup"] == "1.50x" and entry["seeds"] == [0, 1]
+    assert entry["recipes"]["steps"]["control"] == "config schedule"
+    assert entry["recipes"]["steps"]["mious"] == pytest.approx([0.35, 0.36])
+    assert entry["controls"]["--retrain_schedule finetune"]["mious"] == pytest.approx([0.4, 0.41])
+    assert "## Accuracy recovery" in (out / "RESULTS.md").read_text()
+
+
+# --- one unit, for real, on the tiny set -------------------------------------------------------
+@pytest.fixture(scope="module")
+def row_report(tiny_optic_root, tmp_path_factory):
+    """A prune.py run (Fast-SCNN, FLOPs target 0.3, 2 retraining iterations, seed 0): the row."""
+    import prune
+    base = tmp_path_factory.mktemp("recovery")
+    config = write_optic_config(base / "fastscnn.yml", tiny_optic_root, "FastSCNN", [1.0, 0.4])
+    import paddle
+    from paddleseg.cvlibs import Config
+    paddle.seed(0)
+    weights = base / "w.pdparams"
+    paddle.save(Config(config).model.state_dict(), str(weights))
+    out = base / "row"
+    assert prune.main(["--config", config, "--model_path", str(weights), "--pruning_ratio", "0.3",
+                       "--retraining_iters", "2", "--sen_ratios", "0.3", "0.6",
+                       "--sen_eval_num", "1", "--sen_evaluator", "dygraph", "--seed", "0",
+                       "--save_dir", str(out)]) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def test_the_row_s_recipe_and_seed_repeat_the_row(row_report, tmp_path):
+    result = bench_recovery.retrain_unit(row_report, [], 0, str(tmp_path / "a"))
+    assert result["miou_pruned"] == pytest.approx(row_report["miou_pruned"], abs=1e-9)
+    assert result["miou"] == pytest.approx(row_report["miou_retrained"], abs=1e-9)
+    assert result["seconds_per_iter"] > 0 and result["steps"] is None
+
+
+def test_a_stepwise_recipe_and_a_control_run_from_the_report(row_report, tmp_path):
+    steps = bench_recovery.retrain_unit(row_report, ["--prune_steps", "2", "--distill", "pixel"],
+                                        1, str(tmp_path / "s"))
+    assert [s["step"] for s in steps["steps"]] == [1, 2]  # and the widths are the row's
+    control = bench_recovery.retrain_unit(row_report, ["--prune_steps", "2", "--distill",
+                                                       "pixel"], 1, str(tmp_path / "c"),
+                                          control=True)
+    assert "miou_pruned" not in control and 0 <= control["miou"] <= 1
