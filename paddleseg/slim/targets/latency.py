@@ -25,7 +25,8 @@ from ...utils.progress import Phase
 from ...utils.errors import UserError
 from ..latency import measure
 from ..latency.allocate import DEFAULT_ALLOCATION, LatencyTargetUnreachable, allocator, max_reduction
-from ..latency.table import DEFAULT_SAMPLES, blocks_over_runs, check_file, obtain, shares_by_owner
+from ..latency.table import (DEFAULT_SAMPLES, blocks_over_runs, check_file, obtain,
+                             shares_by_owner, unprunable_share)
 
 # bounds of the latency input shape (N C H W): the latency table exports and runs the model at
 # it many times, so a shape far beyond any deployment would only exhaust the memory; below the
@@ -41,6 +42,25 @@ MIN_AIM = 0.005
 
 class LatencyTargetMissed(UserError):
     """The measured latency cut stays short of the target after the closing loop."""
+
+
+class BeyondPruning(UserError):
+    """A latency cut larger than the time pruning can touch."""
+
+    def __init__(self, target, unprunable):
+        share = unprunable["share"]
+        super().__init__(
+            f"--pruning_ratio {target:g} asks a latency cut pruning cannot reach: {share:.1%} of "
+            f"the unpruned model's measured time is outside every pruning group "
+            f"({unprunable_text(unprunable)}), so no pruning cuts more than {1 - share:.3f} (a "
+            f"{1 / share:.2f}x speedup, even with every prunable layer's time gone); lower the "
+            "target")
+
+
+def unprunable_text(unprunable):
+    return (f"convs no group prunes with the ops after them, such as the classifier and the final "
+            f"resize and argmax: {unprunable['frozen']:.1%}; time outside the conv blocks: "
+            f"{unprunable['other']:.1%}")
 
 
 def _inside(path, folder):
@@ -98,6 +118,7 @@ class LatencyTarget:
     temporary exports."""
 
     name = "latency"
+    unprunable = None   # {share, frozen, other} of the measured time, when the backend profiles
     # (--cpu_threads is not among them: it also sets the threads every CPU phase of a run uses)
     only_flags = (("latency_shape", "--latency_shape"), ("latency_table", "--latency_table"),
                   ("latency_allocation", "--latency_allocation"))
@@ -111,6 +132,7 @@ class LatencyTarget:
         self.table, self.table_path = obtain(model, groups, backend, channel_step, max_ratio,
                                              table_path, samples)
         self.cost = self.table.model(groups)
+        self.unprunable = unprunable_share(self.table, self.cost.width.owner)
         self.work_dir = work_dir
         self.x = backend.input()
         self.repeats = measure.repeats_for(self.table.full_ms)
@@ -144,8 +166,14 @@ class LatencyTarget:
             backend = measure.Backend(device=o.device, cpu_threads=o.cpu_threads, shape=shape)
             logger.info(f"latency target: {backend.name} on {backend.description()}, "
                         f"{backend.cpu_threads} threads, input {backend.shape_text()}")
-            return cls(model, analysis.groups, backend, o.channel_step, max(o.sen_ratios),
-                       work_dir, o.latency_table, o.latency_samples, o.latency_allocation)
+            target = cls(model, analysis.groups, backend, o.channel_step, max(o.sen_ratios),
+                         work_dir, o.latency_table, o.latency_samples, o.latency_allocation)
+        if target.unprunable is not None:
+            share = target.unprunable["share"]
+            logger.info(f"latency target: {share:.1%} of the measured time is outside every "
+                        f"pruning group ({unprunable_text(target.unprunable)}): pruning can make "
+                        f"this model at most {1 / max(share, 1e-9):.2f}x faster")
+        return target
 
     def reachable(self, o):
         return self.aimed_reduction(o.pruning_ratio, o.sen_ratios, o.allow_lower_target)
@@ -164,7 +192,11 @@ class LatencyTarget:
 
     # -- before the sensitivity analysis --------------------------------------------------------
     def aimed_reduction(self, target, ratios, allow_lower):
-        """(latency cut to aim at, the lowered target or None), as the FLOPs side does."""
+        """(latency cut to aim at, the lowered target or None), as the FLOPs side does; a cut
+        beyond the time outside every group fails first, saying so (lowering cannot help it)."""
+        if self.unprunable is not None and target >= 1 - self.unprunable["share"] \
+                and not allow_lower:
+            raise BeyondPruning(target, self.unprunable)
         grid = {g.id: {r: 0.0 for r in ratios} for g in self.groups}
         most = max_reduction(self.cost, self.groups, grid, self.channel_step)
         if target <= most + 1e-12:
@@ -286,6 +318,9 @@ class LatencyTarget:
                 "measured_reduction": round(cut, 4),
                 # the table was measured under another load: compare cuts, not raw times
                 "table_error": round((pred_after / pred_before) / (1 - cut) - 1, 4),
+                "unprunable_share": self.unprunable,
+                "max_speedup": (round(1 / self.unprunable["share"], 3)
+                                if self.unprunable and self.unprunable["share"] > 0 else None),
                 "group_time_share_before": self._shares(run_full, zero, m.base),
                 "group_time_share_after": self._shares(self.backend.runner(export_dir), n,
                                                        m.other),
@@ -324,6 +359,10 @@ def report_lines(lat, top=10):
     if not lat.get("target_met", True):
         lines += ["", missed_text(lat) + "."]
     before, after = lat["group_time_share_before"], lat["group_time_share_after"]
+    if lat.get("unprunable_share"):
+        lines += ["", f"Outside every pruning group: {lat['unprunable_share']['share']:.1%} of the "
+                      f"unpruned model's time ({unprunable_text(lat['unprunable_share'])}); no "
+                      f"pruning makes it more than {lat['max_speedup']:.2f}x faster."]
     lines += ["", f"Share of the measured time per group (the {top} largest before pruning):", "",
               "| group | before | after |", "|-|-:|-:|"]
     lines += [f"| `{g}` | {s:.1%} | {after.get(g, 0.0):.1%} |"
