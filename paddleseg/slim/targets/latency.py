@@ -14,6 +14,7 @@
    latency before and after, each group's share of the measured time before and after, and
    the table's error on the final model.
 """
+import dataclasses
 import os
 import shutil
 
@@ -23,6 +24,7 @@ from ...core.export import parse_input_shape
 from ...utils import logger
 from ...utils.progress import Phase
 from ...utils.errors import UserError
+from ..allocate import Allocation
 from ..latency import measure
 from ..latency.allocate import DEFAULT_ALLOCATION, LatencyTargetUnreachable, allocator, max_reduction
 from ..latency.table import (DEFAULT_SAMPLES, blocks_over_runs, check_file, obtain,
@@ -180,6 +182,17 @@ class LatencyTarget:
 
     def allocate(self, sensitivities, aim, allow_lower=False):
         return self.search(self.model, sensitivities, aim, allow_lower)
+
+    def snapshot(self, alloc):
+        """What :meth:`restore` needs to make ``alloc`` (the last search's) the run's allocation
+        again, its closing loop's rounds and verdict with it (JSON)."""
+        return {"allocation": dataclasses.asdict(alloc), "rounds": list(self.rounds),
+                "verdict": dict(self.verdict)}
+
+    def restore(self, state):
+        self.chosen = Allocation(**state["allocation"])
+        self.rounds, self.verdict = list(state["rounds"]), dict(state["verdict"])
+        return self.chosen
 
     def final_report(self, model, export_dir, timings):
         with Phase(timings, "latency measurement"):
