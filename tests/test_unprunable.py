@@ -71,11 +71,16 @@ def test_a_target_beyond_the_unprunable_share_fails_with_it(tmp_path, capsys):
     message = str(e.value)
     assert f"{share:.1%}" in message and f"{1 / share:.2f}x" in message
     assert "\n" not in message and "lower the target" in message
-    # within the bound, or with --allow_lower_target, the grid's own check decides, as before
-    # (here: the toy's prunable convs are too fast for the table to predict any cut)
+    # within the bound, or with --allow_lower_target, the grid's own check decides, as before:
+    # the aim, or (the toy's convs are so fast that a busy machine can hide their cut) the
+    # grid's refusal, never this one
     for cut, allow_lower in (((1 - share) / 2, False), (1 - share + 0.01, True)):
-        with pytest.raises(LatencyTargetUnreachable, match="latency table predicts"):
-            target.aimed_reduction(cut, (0.3, 0.6), allow_lower=allow_lower)
+        try:
+            aim, _ = target.aimed_reduction(cut, (0.3, 0.6), allow_lower=allow_lower)
+        except LatencyTargetUnreachable as e:
+            assert "latency table predicts" in str(e)
+        else:
+            assert aim <= cut
 
 
 def test_without_a_layer_profile_nothing_is_claimed():
