@@ -3,6 +3,7 @@
 end to end on the tiny set with a controlled mIoU: the chosen cut, the report, a killed search
 resumed to the same result, a budget no step meets, and the refusals."""
 import json
+import os
 
 import pytest
 
@@ -108,6 +109,8 @@ def test_the_budget_search_keeps_the_last_step_within_the_budget(config, tmp_pat
     assert abs(report["flops_reduction"] - 0.2) <= 0.03   # the chosen step's model, retrained
     assert "| 2 | 0.4 |" in (tmp_path / "out" / "report.md").read_text()
     assert not (tmp_path / "out" / "budget_search").exists()
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "export", "model.pdparams", "report.json", "report.md", "sensitivity.png"]
 
 
 def test_a_killed_search_resumes_after_its_last_step(config, tmp_path, controlled_miou,

@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import time
 
 from ..core.model_loader import build_and_load
@@ -46,7 +47,7 @@ def candidate_cuts(ceiling, step):
     while step * k < ceiling - 1e-9:
         cuts.append(round(step * k, 6))
         k += 1
-    return cuts + [round(ceiling, 6)]
+    return cuts + [round(ceiling, 4)]
 
 
 def budget_iters(o):
@@ -139,7 +140,8 @@ class BudgetSearch:
         teacher = make_teacher(model) if options.distill != "none" else None
         if plan:
             prune_model(model, build_groups(model, self.shape), plan, options.criterion)
-        retrain(options, cfg, model, os.path.join(self.work_dir, "brief"), teacher)
+        retrain(options, cfg, model, self.work_dir, teacher)
+        shutil.rmtree(self.work_dir, ignore_errors=True)   # scratch checkpoints, in the stage
         return miou(model, self.val_dataset)
 
     def reference(self):
@@ -153,7 +155,6 @@ class BudgetSearch:
 
     def evaluate_step(self, sensitivities):
         def step(k, cut):
-            self.target.rounds = [] if hasattr(self.target, "rounds") else None
             alloc = self.target.allocate(sensitivities, cut, allow_lower=True)
             return {"miou": self._fine_tuned(self._brief(), alloc.plan),
                     "plan": {gid: float(r) for gid, r in alloc.plan.items()},

@@ -50,19 +50,19 @@ class BeyondPruning(UserError):
     """A latency cut larger than the time pruning can touch."""
 
     def __init__(self, target, unprunable):
-        share = unprunable["share"]
+        floor = unprunable["floor"]
         super().__init__(
-            f"--pruning_ratio {target:g} asks a latency cut pruning cannot reach: {share:.1%} of "
-            f"the unpruned model's measured time is outside every pruning group "
-            f"({unprunable_text(unprunable)}), so no pruning cuts more than {1 - share:.3f} (a "
-            f"{1 / share:.2f}x speedup, even with every prunable layer's time gone); lower the "
-            "target")
+            f"--pruning_ratio {target:g} asks a latency cut pruning cannot reach: with every "
+            f"group pruned to one channel the latency table predicts {floor:.1%} of the time "
+            f"left, so no pruning cuts more than {1 - floor:.3f} (a {1 / floor:.2f}x speedup); "
+            f"{unprunable_text(unprunable)}; lower the target")
 
 
 def unprunable_text(unprunable):
-    return (f"convs no group prunes with the ops after them, such as the classifier and the final "
-            f"resize and argmax: {unprunable['frozen']:.1%}; time outside the conv blocks: "
-            f"{unprunable['other']:.1%}")
+    return (f"of the measured time {unprunable['share']:.1%} is outside every pruning group "
+            f"(convs no group prunes with the ops after them, such as the classifier, final "
+            f"resize and argmax: {unprunable['frozen']:.1%}; outside the conv blocks: "
+            f"{unprunable['other']:.1%})")
 
 
 def _inside(path, folder):
@@ -134,12 +134,22 @@ class LatencyTarget:
         self.table, self.table_path = obtain(model, groups, backend, channel_step, max_ratio,
                                              table_path, samples)
         self.cost = self.table.model(groups)
-        self.unprunable = unprunable_share(self.table, self.cost.width.owner)
+        self.unprunable = self._unprunable()
         self.work_dir = work_dir
         self.x = backend.input()
         self.repeats = measure.repeats_for(self.table.full_ms)
         self.rounds, self.chosen = [], None
         self._full_dir = None
+
+    def _unprunable(self):
+        """The measured share outside every group, and the predicted ``floor``: the share of the
+        time left with every group pruned to one channel (what no pruning removes)."""
+        measured = unprunable_share(self.table, self.cost.width.owner)
+        if measured is None:
+            return None
+        deepest = self.cost.vector({g.id: g.channels - 1 for g in self.groups})
+        floor = float(self.cost.ms(deepest)) / self.cost.full_ms()
+        return dict(measured, floor=round(min(1.0, max(floor, 1e-6)), 4))
 
     # -- the target interface (paddleseg.slim.targets) -----------------------------------------
     @classmethod
@@ -171,10 +181,10 @@ class LatencyTarget:
             target = cls(model, analysis.groups, backend, o.channel_step, max(o.sen_ratios),
                          work_dir, o.latency_table, o.latency_samples, o.latency_allocation)
         if target.unprunable is not None:
-            share = target.unprunable["share"]
-            logger.info(f"latency target: {share:.1%} of the measured time is outside every "
-                        f"pruning group ({unprunable_text(target.unprunable)}): pruning can make "
-                        f"this model at most {1 / max(share, 1e-9):.2f}x faster")
+            floor = target.unprunable["floor"]
+            logger.info(f"latency target: pruning can make this model at most {1 / floor:.2f}x "
+                        f"faster (the table's prediction with every group pruned to one "
+                        f"channel); {unprunable_text(target.unprunable)}")
         return target
 
     def reachable(self, o):
@@ -207,7 +217,7 @@ class LatencyTarget:
     def aimed_reduction(self, target, ratios, allow_lower):
         """(latency cut to aim at, the lowered target or None), as the FLOPs side does; a cut
         beyond the time outside every group fails first, saying so (lowering cannot help it)."""
-        if self.unprunable is not None and target >= 1 - self.unprunable["share"] \
+        if self.unprunable is not None and target >= 1 - self.unprunable["floor"] \
                 and not allow_lower:
             raise BeyondPruning(target, self.unprunable)
         grid = {g.id: {r: 0.0 for r in ratios} for g in self.groups}
@@ -241,6 +251,7 @@ class LatencyTarget:
         ``model`` must be unpruned (it is left so)."""
         most = max_reduction(self.cost, self.groups, sensitivities, self.channel_step)
         run_full = self._full_runner(model)
+        self.rounds = []   # this search's (a --max_miou_drop run searches once per step)
         tried, aim = {}, min(target, most - 1e-9)
         for i in range(MAX_ROUNDS):
             alloc = self.allocator(self.groups, sensitivities, self.cost, aim,
@@ -332,8 +343,8 @@ class LatencyTarget:
                 # the table was measured under another load: compare cuts, not raw times
                 "table_error": round((pred_after / pred_before) / (1 - cut) - 1, 4),
                 "unprunable_share": self.unprunable,
-                "max_speedup": (round(1 / self.unprunable["share"], 3)
-                                if self.unprunable and self.unprunable["share"] > 0 else None),
+                "max_speedup": (round(1 / self.unprunable["floor"], 3)
+                                if self.unprunable else None),
                 "group_time_share_before": self._shares(run_full, zero, m.base),
                 "group_time_share_after": self._shares(self.backend.runner(export_dir), n,
                                                        m.other),
@@ -373,9 +384,9 @@ def report_lines(lat, top=10):
         lines += ["", missed_text(lat) + "."]
     before, after = lat["group_time_share_before"], lat["group_time_share_after"]
     if lat.get("unprunable_share"):
-        lines += ["", f"Outside every pruning group: {lat['unprunable_share']['share']:.1%} of the "
-                      f"unpruned model's time ({unprunable_text(lat['unprunable_share'])}); no "
-                      f"pruning makes it more than {lat['max_speedup']:.2f}x faster."]
+        lines += ["", f"No pruning makes this model more than {lat['max_speedup']:.2f}x faster "
+                      f"(the table's prediction with every group pruned to one channel); "
+                      f"{unprunable_text(lat['unprunable_share'])}."]
     lines += ["", f"Share of the measured time per group (the {top} largest before pruning):", "",
               "| group | before | after |", "|-|-:|-:|"]
     lines += [f"| `{g}` | {s:.1%} | {after.get(g, 0.0):.1%} |"
