@@ -100,6 +100,7 @@ def test_the_budget_search_keeps_the_last_step_within_the_budget(config, tmp_pat
     assert proc.returncode == 0, failure(proc)
     log = proc.stdout + proc.stderr
     assert "budget search: at most 2 steps (0.2, 0.4)" in log
+    assert "budget search: step 2 of 2: cut 0.4" in log and "ETA" in log
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     b = report["budget"]
     assert b["chosen_cut"] == 0.2 and b["reference"]["noise_points"] == 0.0
