@@ -99,6 +99,11 @@ def parse_args(argv):
                    help="FLOPs-target pruning ratios (0.1 0.2 0.3 where time allows)")
     p.add_argument("--latency_ratios", nargs="*", type=float, default=[0.3],
                    help="latency-target ratios (run when prune.py has --target latency)")
+    p.add_argument("--budget_drops", nargs="*", type=float, default=[],
+                   help="mIoU budgets (points) of latency_budget rows: prune.py --target latency "
+                        "--max_miou_drop D --pruning_ratio --budget_ceiling")
+    p.add_argument("--budget_ceiling", type=float, default=0.5,
+                   help="the latency cut the budget rows search up to")
     p.add_argument("--paddleslim_ratios", nargs="*", type=float, default=[0.3],
                    help="ratios for PaddleSeg 2.6's method through PaddleSlim (none: skip)")
     p.add_argument("--train_iters", type=int, default=None,
@@ -148,6 +153,9 @@ def check_args(args):
     for name in ("ratios", "latency_ratios", "paddleslim_ratios", "sen_ratios"):
         if not all(0 < r < 1 for r in getattr(args, name)):
             raise BenchmarkError(f"--{name} must lie in (0, 1), got {getattr(args, name)}")
+    if not 0 < args.budget_ceiling < 1 or not all(d > 0 for d in args.budget_drops):
+        raise BenchmarkError(f"--budget_ceiling must lie in (0, 1) and --budget_drops be > 0, got "
+                             f"{args.budget_ceiling} and {args.budget_drops}")
     if args.repeats < MIN_ROUNDS:
         raise BenchmarkError(f"--repeats must be >= {MIN_ROUNDS} (medians of at least "
                              f"{MIN_ROUNDS} rounds), got {args.repeats}")
@@ -243,6 +251,7 @@ def has_latency_target():
 
 # the latency-target row kinds and the --latency_allocation each runs
 LATENCY_ALLOCATIONS = {"latency": "loss_per_ms", "latency_equal_loss": "equal_loss"}
+BUDGET = "latency_budget"   # the row kind of --max_miou_drop (its "ratio" is the budget)
 
 
 # ---------------------------------------------------------------- in-process helpers
@@ -419,11 +428,12 @@ class ModelRun:
                 "samples": a.latency_samples}
 
     def prune_material(self, target, ratio):
-        latency = None if target == "flops" else dict(self.latency_setup(),
-                                                      allocation=LATENCY_ALLOCATIONS[target])
+        latency = None if target == "flops" else dict(
+            self.latency_setup(), allocation=LATENCY_ALLOCATIONS.get(target, "loss_per_ms"))
+        budget = {"ceiling": self.args.budget_ceiling} if target == BUDGET else None
         return dict(self.sensitivity_material(), target=target, ratio=ratio,
                     retraining_iters=self.retraining_iters, channel_step=self.args.channel_step,
-                    latency=latency)
+                    latency=latency, **({"budget": budget} if budget else {}))
 
     def paddleslim_material(self, ratio):
         a = self.args
@@ -516,16 +526,20 @@ class ModelRun:
         return os.path.join(self.steps.root, f"latency_table-{key[:12]}.json")
 
     def prune(self, target, ratio):
-        """A row of this project's engine: ``target`` flops, latency or latency_equal_loss
-        (the latency target with the FLOPs target's allocation)."""
+        """A row of this project's engine: ``target`` flops, latency, latency_equal_loss (the
+        latency target with the FLOPs target's allocation) or latency_budget (``ratio`` is then
+        the --max_miou_drop budget, searched up to --budget_ceiling)."""
         a = self.args
         extra = ([] if target == "flops" else
                  ["--target", "latency", "--latency_shape", *map(str, a.input_shape),
                   "--cpu_threads", str(a.cpu_threads), "--latency_samples",
                   str(a.latency_samples), "--latency_table", rel(self.latency_table_file()),
-                  "--latency_allocation", LATENCY_ALLOCATIONS[target]])
+                  "--latency_allocation", LATENCY_ALLOCATIONS.get(target, "loss_per_ms")])
+        cut = ratio
+        if target == BUDGET:
+            cut, extra = a.budget_ceiling, extra + ["--max_miou_drop", str(ratio)]
         argv = ["slim/prune/prune.py", "--config", self.cfg_path, "--model_path", self.checkpoint,
-                "--pruning_ratio", str(ratio), "--retraining_iters", str(self.retraining_iters),
+                "--pruning_ratio", str(cut), "--retraining_iters", str(self.retraining_iters),
                 "--criterion", a.criterion, "--sen_file", rel(self.sensitivity_file()),
                 "--sen_eval_num", str(a.sen_eval_num), "--sen_ratios", *map(str, a.sen_ratios),
                 "--channel_step", str(a.channel_step), "--seed", str(a.seed), *extra]
@@ -673,6 +687,9 @@ def prepare_model(name, args):
                 variants.append((bench_report.not_run_row(
                     kind, ratio, "slim/prune/prune.py has no --target latency in this version"),
                     None))
+    if latency_ok:
+        for drop in args.budget_drops:
+            variants.append(pruned(BUDGET, drop, run.prune(BUDGET, drop)))
     for ratio in args.paddleslim_ratios:
         variants.append(pruned("paddleslim", ratio, run.paddleslim(ratio)))
     return run, variants

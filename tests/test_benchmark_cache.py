@@ -95,7 +95,8 @@ def materials(fake_camvid, *extra, model="FastSCNN"):
     run.train_record = {"key": step_key(out["train"], "train")}
     out.update(unpruned=run.unpruned_material(), control=run.control_material(),
                flops=run.prune_material("flops", 0.3), latency=run.prune_material("latency", 0.3),
-               paddleslim=run.paddleslim_material(0.3), sensitivity=run.sensitivity_material())
+               paddleslim=run.paddleslim_material(0.3), sensitivity=run.sensitivity_material(),
+               budget=run.prune_material(prune_speedup.BUDGET, 1.0))
     out["counts"] = run.count_material({"key": step_key(out["flops"], "prune")})
     return {k: bench_cache.digest(v) for k, v in out.items()}
 
@@ -110,16 +111,17 @@ KEYED = [
     (["--seed", "3"], "all"),
     (["--train_threads", "1"], "all"),
     (["--eval_points", "3"], "all"),
-    (["--retraining_iters", "9"], {"control", "flops", "latency", "paddleslim", "counts"}),
-    (["--criterion", "l1"], {"flops", "latency", "sensitivity", "counts"}),
-    (["--sen_ratios", "0.3", "0.6"], {"flops", "latency", "sensitivity", "counts"}),
-    (["--sen_eval_num", "5"], {"flops", "latency", "paddleslim", "sensitivity", "counts"}),
-    (["--channel_step", "4"], {"flops", "latency", "counts"}),
-    (["--input_shape", "1", "3", "256", "512"], {"unpruned", "latency", "counts"}),
-    (["--cpu_threads", "1"], {"latency"}),
-    (["--latency_samples", "5"], {"latency"}),
+    (["--retraining_iters", "9"], {"control", "flops", "latency", "budget", "paddleslim", "counts"}),
+    (["--criterion", "l1"], {"flops", "latency", "budget", "sensitivity", "counts"}),
+    (["--sen_ratios", "0.3", "0.6"], {"flops", "latency", "budget", "sensitivity", "counts"}),
+    (["--sen_eval_num", "5"], {"flops", "latency", "budget", "paddleslim", "sensitivity", "counts"}),
+    (["--channel_step", "4"], {"flops", "latency", "budget", "counts"}),
+    (["--input_shape", "1", "3", "256", "512"], {"unpruned", "latency", "budget", "counts"}),
+    (["--cpu_threads", "1"], {"latency", "budget"}),
+    (["--latency_samples", "5"], {"latency", "budget"}),
     (["--paddleslim_criterion", "fpgm"], {"paddleslim"}),
     (["--paddleslim_timeout", "60"], {"paddleslim"}),
+    (["--budget_ceiling", "0.4"], {"budget"}),
 ]
 
 
@@ -155,7 +157,7 @@ def test_config_data_and_code_are_keyed(fake_camvid, tmp_path, monkeypatch):
     with open(os.path.join(fake_camvid, "train.txt"), "w") as f:
         f.writelines(lines[:-1])
     changed = {k for k, v in materials(fake_camvid).items() if v != base[k]}
-    assert changed == {"flops", "latency", "paddleslim", "sensitivity", "counts"}
+    assert changed == {"flops", "latency", "budget", "paddleslim", "sensitivity", "counts"}
 
 
 def test_dataset_root_without_list_files_is_one_line(tmp_path):
@@ -222,3 +224,21 @@ def test_sensitivity_scaling_compares_the_files_of_equal_thread_counts():
     assert sensitivity_scaling.same_files(last_bits) == (True, False)
     broken = {"default": {b"a"}, "ranks": {b"a", b"c"}, "one thread": {b"a"}}
     assert sensitivity_scaling.same_files(broken) == (False, False)
+
+
+def test_a_budget_row_runs_prune_py_with_the_budget_up_to_the_ceiling(fake_camvid, monkeypatch):
+    args = prune_speedup.parse_args(["--models", "FastSCNN", "--dataset_root", fake_camvid,
+                                     "--out_dir", "elsewhere", "--budget_drops", "1.0",
+                                     "--budget_ceiling", "0.45"])
+    run = prune_speedup.ModelRun("FastSCNN", args)
+    run.train_record = {"key": "t" * 64, "result": {"checkpoint": "ckpt.pdparams"}}
+    seen = {}
+    monkeypatch.setattr(prune_speedup.ModelRun, "_pruning_step",
+                        lambda self, kind, material, argv, timeout: seen.update(argv=argv))
+    run.prune(prune_speedup.BUDGET, 1.0)
+    argv = seen["argv"]
+    assert argv[argv.index("--pruning_ratio") + 1] == "0.45"
+    assert argv[argv.index("--max_miou_drop") + 1] == "1.0"
+    assert argv[argv.index("--target") + 1] == "latency"
+    with pytest.raises(prune_speedup.BenchmarkError, match="--budget_drops"):
+        prune_speedup.parse_args(["--budget_drops", "0"])

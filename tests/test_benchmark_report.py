@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks", "studies"))
 import bench_report  # noqa: E402
 import prune_speedup  # noqa: E402
 
-OUTPUTS = ("RESULTS.md", "speedup.png", "README.md", "prune.md")
+OUTPUTS = ("RESULTS.md", "speedup.png", "frontier.png", "README.md", "prune.md")
 
 
 def _row(kind, ratio, label, gflops, params, miou, median, **more):
@@ -123,8 +123,10 @@ def test_report_is_a_pure_function_of_results_json(tmp_path):
     assert "GPU: not measured. No GPU was lent" in md
     assert "Not yet measured: FCN-HRNetW18, HarDNet, UNet." in md
     assert md.index("| BiSeNetV2 | unpruned") < md.index("| FastSCNN | unpruned")  # fixed order
-    png = first["speedup.png"]
-    assert png.startswith(b"\x89PNG") and b"tIME" not in png and b"Software" not in png
+    for plot in ("speedup.png", "frontier.png"):
+        png = first[plot]
+        assert png.startswith(b"\x89PNG") and b"tIME" not in png and b"Software" not in png
+    assert "![speedup against mIoU change, one panel per model](frontier.png)" in md
     readme = first["README.md"].decode()
     assert "1.45x by hand" not in readme and readme.startswith("# README.md\n\nintro\n\n")
     assert readme.endswith("\n\ntail\n") and "FastSCNN 1.25x at 30% fewer FLOPs (-0.5 mIoU" in readme
@@ -230,9 +232,29 @@ def test_committed_results_reproduce(tmp_path):
     prune_speedup.main(["--phase", "report", "--out_dir", str(work), "--docs", *docs])
     for name, committed in (("RESULTS.md", "benchmarks/RESULTS.md"),
                             ("speedup.png", "benchmarks/speedup.png"),
+                            ("frontier.png", "benchmarks/frontier.png"),
                             ("README.md", "README.md"), ("prune.md", "docs/prune.md")):
         with open(work / name, "rb") as f, open(os.path.join(ROOT, committed), "rb") as g:
             assert f.read() == g.read(), f"{committed} is not what --phase report makes"
+
+
+def test_the_frontier_has_each_model_s_timed_rows_by_kind():
+    results = tiny_results(failed_slim=True)
+    fast = results["models"]["FastSCNN"]
+    extra = copy.deepcopy(next(r for r in fast["rows"] if r["row"] == "flops"))
+    extra.update(row="latency", ratio=0.5, label="latency target 0.5", speedup=1.9)
+    fast["rows"].append(extra)
+    for entry in results["models"].values():
+        bench_report.finish_rows(entry["rows"])
+    fast["rows"][-1]["speedup"] = 1.9
+    points = bench_report.frontier_points(results)
+    assert set(points) == {"FastSCNN", "BiSeNetV2"}
+    # a failed or untimed row is not a point; points run by speedup
+    assert "paddleslim" not in points["BiSeNetV2"]
+    assert [p[2] for p in points["FastSCNN"]["latency"]] == [0.5]
+    for series in points["FastSCNN"].values():
+        assert [p[0] for p in series] == sorted(p[0] for p in series)
+        assert all(isinstance(p[1], float) for p in series)
 
 
 def test_finish_rows_measures_against_unpruned_and_control():

@@ -108,12 +108,9 @@ class Killed(KeyboardInterrupt):
     pass
 
 
-def test_a_killed_stepwise_run_resumes_at_its_step_with_the_same_weights(fastscnn, tmp_path,
-                                                                           monkeypatch):
-    straight = tmp_path / "straight"
-    proc = run_cli(PRUNE, *argv(fastscnn, straight, "--prune_steps", "2"))
-    assert proc.returncode == 0, failure(proc)
-
+def kill_in_step_2(monkeypatch):
+    """Make the pipeline's retraining record each step's folder name and be "killed" (an
+    interrupt) when step 2 starts; returns (the names, the real retrain)."""
     real_retrain, calls = pipeline.retrain, []
 
     def killed_in_step_2(o, cfg, model, work_dir, teacher=None):
@@ -122,6 +119,16 @@ def test_a_killed_stepwise_run_resumes_at_its_step_with_the_same_weights(fastscn
             raise Killed()
         return real_retrain(o, cfg, model, work_dir, teacher)
     monkeypatch.setattr(pipeline, "retrain", killed_in_step_2)
+    return calls, real_retrain
+
+
+def test_a_killed_stepwise_run_resumes_at_its_step_with_the_same_weights(fastscnn, tmp_path,
+                                                                           monkeypatch):
+    straight = tmp_path / "straight"
+    proc = run_cli(PRUNE, *argv(fastscnn, straight, "--prune_steps", "2"))
+    assert proc.returncode == 0, failure(proc)
+
+    calls, real_retrain = kill_in_step_2(monkeypatch)
     resumed = tmp_path / "resumed"
     proc = run_cli(PRUNE, *argv(fastscnn, resumed, "--prune_steps", "2"))
     assert proc.returncode != 0
@@ -145,14 +152,7 @@ def test_a_killed_stepwise_run_resumes_at_its_step_with_the_same_weights(fastscn
 
 
 def test_steps_of_a_run_with_other_options_are_not_reused(fastscnn, tmp_path, monkeypatch):
-    real_retrain, calls = pipeline.retrain, []
-
-    def killed_in_step_2(o, cfg, model, work_dir, teacher=None):
-        calls.append(os.path.basename(work_dir))
-        if len(calls) == 2:
-            raise Killed()
-        return real_retrain(o, cfg, model, work_dir, teacher)
-    monkeypatch.setattr(pipeline, "retrain", killed_in_step_2)
+    calls, real_retrain = kill_in_step_2(monkeypatch)
     save_dir = tmp_path / "out"
     run_cli(PRUNE, *argv(fastscnn, save_dir, "--prune_steps", "2"))
     assert (save_dir / STEPS_DIR / "step_1").is_dir()

@@ -8,8 +8,8 @@ with other seeds, from the same pruned model. Writes docs/retrain_seeds.md.
 Each row's pruned model is rebuilt from its report.json: the same checkpoint, the same plan (its
 ``layer_ratios``) and criterion; its mIoU right after pruning must equal the row's (else the code
 prunes differently now, and the script says so). It is then fine-tuned as prune.py does
-(``--retraining_iters`` of the row, the config's schedule, ``--seed S``, the benchmark's training
-threads) and evaluated on the full val split. Seed 0 repeats the row's own retraining: whether it
+(``--retraining_iters`` and recipe of the row, ``--seed S``, the benchmark's training threads;
+benchmarks/bench_recovery.py's ``retrain_unit``) and evaluated on the full val split. Seed 0 repeats the row's own retraining: whether it
 gives the row's mIoU again is shown. Each (row, seed) result is kept under
 ``WORK_DIR/MODEL/retrain_seeds/``, keyed by the report's bytes, the seed, the threads and the
 code, so a killed run resumes and other arguments never reuse it.
@@ -36,12 +36,13 @@ ROOT = os.path.dirname(BENCHMARKS)
 sys.path[:0] = [BENCHMARKS, ROOT]
 
 import bench_cache  # noqa: E402
+import bench_recovery  # noqa: E402
 import bench_report  # noqa: E402
 from paddleseg.utils import cli, logger  # noqa: E402
 from paddleseg.utils.errors import UserError  # noqa: E402
 from paddleseg.utils.fileio import write_json, write_text  # noqa: E402
 from paddleseg.slim.latency.allocate import ALLOCATIONS  # noqa: E402
-from prune_speedup import LATENCY_ALLOCATIONS, data_opts, generated_by, step_file  # noqa: E402
+from prune_speedup import LATENCY_ALLOCATIONS, generated_by, step_file  # noqa: E402
 
 ROWS = ("latency", "latency_equal_loss")
 SAME_PRUNED_MIOU = 1e-6
@@ -65,55 +66,40 @@ def parse_args(argv):
 def result_key(report_bytes, seed, threads):
     return bench_cache.digest({"report": hashlib.sha256(report_bytes).hexdigest(), "seed": seed,
                                "threads": threads,
-                               "code": bench_cache.code_version(bench_cache.PRUNE_SOURCES)})[:12]
+                               "code": bench_cache.code_version(bench_cache.PRUNE_SOURCES + (
+                                   "benchmarks/bench_recovery.py",))})[:12]
 
 
 def retrain_once(report, seed, threads, dataset_root, work):
-    """mIoU on the full val split after retraining the report's pruned model with ``seed``."""
-    from paddleseg.cvlibs import Config
-    from paddleseg.core.model_loader import build_and_load
-    from paddleseg.slim import build_groups, prune_model
-    from paddleseg.slim.distill import make_teacher
-    from paddleseg.slim.pipeline import miou, retrain
+    """mIoU on the full val split after retraining the report's pruned model with ``seed`` and
+    the report's own recipe (bench_recovery.retrain_unit: the pipeline's prune and retrain)."""
     from paddleseg.utils import distributed
     distributed.set_cpu_threads(threads)
-    cfg = Config(os.path.join(ROOT, report["config"]), iters=report["retraining_iters"],
-                 opts=data_opts(dataset_root))
-    model = build_and_load(cfg, report["model_path"])
-    model.eval()
-    options = retrain_options(report, seed)
-    teacher = make_teacher(model) if options.distill != "none" else None  # before pruning
-    val = cfg.val_dataset
-    prune_model(model, build_groups(model, [1] + list(val[0]["img"].shape)),
-                report["layer_ratios"], report["criterion"])
-    pruned = miou(model, val)
-    if abs(pruned - report["miou_pruned"]) > SAME_PRUNED_MIOU:
-        raise UserError(f"the rebuilt pruned model's mIoU is {pruned:.6f}, the row's "
-                        f"{report['miou_pruned']:.6f}: this code prunes differently from the "
-                        "code that made the row; run this script at the row's commit")
     start = time.time()
-    retrain(options, cfg, model, work, teacher)
-    return {"seed": seed, "miou": miou(model, val), "miou_pruned": pruned,
+    result = bench_recovery.retrain_unit(report, recipe_flags(report), seed, work, dataset_root)
+    steps = (report.get("retraining_recipe") or {}).get("prune_steps", 1)
+    if steps == 1 and abs(result["miou_pruned"] - report["miou_pruned"]) > SAME_PRUNED_MIOU:
+        raise UserError(f"the rebuilt pruned model's mIoU is {result['miou_pruned']:.6f}, the "
+                        f"row's {report['miou_pruned']:.6f}: this code prunes differently from "
+                        "the code that made the row; run this script at the row's commit")
+    return {"seed": seed, "miou": result["miou"], "miou_pruned": result["miou_pruned"],
             "seconds": round(time.time() - start, 1)}
 
 
-def retrain_options(report, seed):
-    """The retraining options of the report's row with ``seed``: its iterations and recipe
-    (``retraining_recipe``; rows made before it existed used the config's schedule and no
-    distillation)."""
-    import types
+def recipe_flags(report):
+    """prune.py's flags for the report's retraining recipe (``retraining_recipe``; rows made
+    before it existed used the config's schedule and no distillation)."""
     recipe = report.get("retraining_recipe") or {}
+    flags = ["--retrain_schedule", recipe.get("schedule", "config")]
+    if recipe.get("schedule") == "finetune":
+        flags += ["--learning_rate", str(recipe["learning_rate"])]   # the peak it used
+    if recipe.get("distill", "none") != "none":
+        flags += ["--distill", recipe["distill"], "--distill_weight",
+                  str(recipe["distill_weight"]), "--distill_temperature",
+                  str(recipe["distill_temperature"])]
     if recipe.get("prune_steps", 1) != 1:
-        raise UserError("a --prune_steps row is pruned and retrained in steps, which this study "
-                        "does not rebuild: use benchmarks/prune_speedup.py --phase recovery")
-    finetune = recipe.get("schedule") == "finetune"
-    return types.SimpleNamespace(
-        retraining_iters=report["retraining_iters"], num_workers=0, seed=seed,
-        retrain_schedule=recipe.get("schedule", "config"), distill=recipe.get("distill", "none"),
-        distill_weight=recipe.get("distill_weight", 1.0),
-        distill_temperature=recipe.get("distill_temperature", 1.0),
-        learning_rate=recipe.get("learning_rate") if finetune else None,  # the peak it used
-        finetune_lr_scale=None, prune_steps=1)
+        flags += ["--prune_steps", str(recipe["prune_steps"])]
+    return flags
 
 
 def with_flag(argv, flag, value):

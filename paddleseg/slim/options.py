@@ -45,6 +45,9 @@ class PruneOptions:
     retrain_schedule: str = "config"   # config: the config's lr_scheduler; finetune: warm-up+cosine
     finetune_lr_scale: float = None    # finetune peak = config rate times this (None: 0.1)
     prune_steps: int = 1               # prune-and-retrain steps that reach the plan
+    max_miou_drop: float = None        # accuracy budget in mIoU points (None: prune to the ratio)
+    budget_step: float = 0.1           # the budget search's step of target cut
+    budget_iters: int = None           # its brief retraining per step (None: retraining_iters/4)
     device: str = "cpu"                # where everything runs, latency measured included
     cpu_threads: int = None            # threads per process (None: every core, shared by ranks)
     opts: tuple = None                 # --opts KEY=VALUE overrides of the config
@@ -118,6 +121,7 @@ def check_recipe(o):
     if o.prune_steps > 1 and o.retraining_iters < o.prune_steps:
         raise UserError(f"--prune_steps {o.prune_steps} retrains after every step: give at least "
                         f"as many --retraining_iters (got {o.retraining_iters})")
+    check_budget(o)
     if o.finetune_lr_scale is not None:
         if not o.finetune_lr_scale > 0:
             raise UserError(f"--finetune_lr_scale must be > 0, got {o.finetune_lr_scale}")
@@ -127,6 +131,24 @@ def check_recipe(o):
             raise UserError("--finetune_lr_scale scales the config's learning rate; with "
                             "--learning_rate the finetune schedule peaks at that rate instead: "
                             "give one of the two")
+
+
+def check_budget(o):
+    """--max_miou_drop and its flags: in range, and not given without it."""
+    from ..utils.distributed import world_size
+    if o.max_miou_drop is None:
+        if (o.budget_step, o.budget_iters) != (0.1, None):
+            raise UserError("--budget_step and --budget_iters need --max_miou_drop")
+        return
+    if not o.max_miou_drop > 0:
+        raise UserError(f"--max_miou_drop must be > 0 (mIoU points), got {o.max_miou_drop}")
+    if not 0 < o.budget_step < 1:
+        raise UserError(f"--budget_step must lie in (0, 1), got {o.budget_step}")
+    if o.budget_iters is not None and o.budget_iters < 1:
+        raise UserError(f"--budget_iters must be >= 1, got {o.budget_iters}")
+    if world_size() > 1:
+        raise UserError("--max_miou_drop searches in one process; start it without "
+                        "paddle.distributed.launch")
 
 
 def setup_facts(cfg, model_path, eval_num):

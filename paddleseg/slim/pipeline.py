@@ -24,6 +24,7 @@ from ..utils.fileio import write_json, write_text
 from ..utils.progress import Phase, format_seconds
 from . import build_groups, prune_model
 from . import sensitivity
+from .budget import BudgetSearch
 from .distill import make_teacher
 from .flops import count_flops_params
 from .options import check_common, setup_facts
@@ -192,8 +193,15 @@ def _run(o, cfg, t, stage):
     eval_num = o.sen_eval_num or len(val_dataset)
     with Phase(t, "sensitivity analysis"):
         sens, evaluator_facts = measure_sensitivity(o, cfg, model, analysis, val_dataset)
-    with Phase(t, "pruning"):
-        alloc = target.allocate(sens, aim, o.allow_lower_target)
+    budget = None
+    if o.max_miou_drop is None:
+        with Phase(t, "pruning"):
+            alloc = target.allocate(sens, aim, o.allow_lower_target)
+    else:
+        with Phase(t, "budget search"):
+            search = BudgetSearch(o, cfg, target, shape, val_dataset, os.path.join(stage, "budget"),
+                                  setup_facts(cfg, o.model_path, None))
+            alloc, budget = search.run(sens, aim)
     pruned_miou, steps = prune_and_retrain(
         o, cfg, model, analysis, share_plan(alloc.plan), shape, os.path.join(stage, "retrain"), t,
         teacher, evaluate=lambda: miou(model, val_dataset))
@@ -220,6 +228,7 @@ def _run(o, cfg, t, stage):
         "sen_engine": evaluator_facts["name"],
         "sen_predictor_groups": predictor_groups(evaluator_facts, len(analysis.groups)),
         "sen_ratios": list(o.sen_ratios), "coverage": analysis.coverage,
+        "budget": budget,
         "layer_ratios": {gid: round(r, 4) for gid, r in sorted(alloc.plan.items())},
         "seconds": t,
     }

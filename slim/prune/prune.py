@@ -69,6 +69,18 @@ def build_parser():
                         help="remove channels in multiples of this where a layer's width allows, "
                              "so pruned widths stay aligned for fast CPU/GPU kernels (1: any "
                              "count; at most 64)" + NATIVE_ONLY_NOTE)
+    budget = p.add_argument_group("accuracy budget")
+    budget.add_argument("--max_miou_drop", type=float, default=None,
+                        help="prune as far as the mIoU stays within this many points of the "
+                             "unpruned model's (fine-tuned as briefly): the target is cut in "
+                             "steps of --budget_step up to --pruning_ratio, each pruned, briefly "
+                             "retrained and evaluated; the last step within the budget (noise "
+                             "included) is retrained in full" + NATIVE_ONLY_NOTE)
+    budget.add_argument("--budget_step", type=float, default=0.1,
+                        help="the budget search's step of target cut" + NATIVE_ONLY_NOTE)
+    budget.add_argument("--budget_iters", type=int, default=None,
+                        help="retraining iterations of each budget step (default: a quarter of "
+                             "--retraining_iters)" + NATIVE_ONLY_NOTE)
     latency = p.add_argument_group("latency target", "flags that apply only with --target latency")
     latency.add_argument("--latency_shape", type=int, nargs=4, default=None,
                          metavar=("N", "C", "H", "W"),
@@ -198,7 +210,7 @@ def run_paddleslim(options):
 NATIVE_ONLY = ("sen_ratios", "sen_evaluator", "allow_lower_target", "min_coverage", "channel_step",
                "target", "latency_shape", "latency_table", "latency_samples", "latency_allocation",
                "distill", "distill_weight", "distill_temperature", "retrain_schedule",
-               "finetune_lr_scale", "prune_steps")
+               "finetune_lr_scale", "prune_steps", "max_miou_drop", "budget_step", "budget_iters")
 
 
 if __name__ == "__main__":

@@ -389,6 +389,23 @@ class LatencyModel:
 FROZEN, OTHER = "(frozen layers)", "(other ops)"
 
 
+def unprunable_share(table, owners):
+    """{share, frozen, other}: the shares of the unpruned model's measured time (its sample in
+    ``table``) that no pruning can remove: conv blocks whose output channels no group prunes
+    (``owners``: each site's group id or None; the classifier, grouped convs) and the time
+    outside every profiled block (final resize, argmax, framework). A site without a profile
+    never ran in the exported model (a training-only auxiliary head: on CPU every conv of the
+    inference graph runs in oneDNN) and takes no time. None when the backend gave no layer
+    profile at all (GPU): then only the whole-model fit is known."""
+    base = next((s for s in table.samples if not s["counts"]), None)
+    if base is None or all(b is None for b in base["blocks_ms"]) or not base["total_ms"] > 0:
+        return None
+    shares = shares_by_owner(owners, base["blocks_ms"], base["total_ms"])
+    frozen, other = shares.get(FROZEN, 0.0), max(0.0, shares.get(OTHER, 0.0))
+    return {"share": round(frozen + other, 4), "frozen": round(frozen, 4),
+            "other": round(other, 4)}
+
+
 def shares_by_owner(owners, blocks, total):
     """{group id: share of ``total``} from per-site times (None = not measured); blocks whose
     outputs no group prunes go to "(frozen layers)", the time outside blocks to "(other ops)"."""

@@ -59,6 +59,22 @@ def step_lines(steps):
         f"{s['retraining_iters']} |" for s in steps] + [""]
 
 
+def budget_lines(budget):
+    """The --max_miou_drop search: the reference, every step and why it stopped."""
+    if not budget:
+        return []
+    ref = budget["reference"]
+    lines = [f"Accuracy budget {budget['max_miou_drop']:g} mIoU points against the unpruned "
+             f"model fine-tuned {ref['iters']} iterations: {ref['mean']:.4f} (two seeds: "
+             f"{', '.join(f'{m:.4f}' for m in ref['mious'])}; noise "
+             f"{ref['noise_points']:.1f} points). {budget['why'][0].upper()}{budget['why'][1:]}.",
+             "", "| step | cut | mIoU after brief retraining | points below the reference | "
+             "verdict |", "|-|-|-|-|-|"]
+    lines += [f"| {s['step']} | {s['cut']:g} | {s['miou']:.4f} | {s['drop_points']:+.1f} | "
+              f"{'accepted' if s['accepted'] else 'refused'} |" for s in budget["steps"]]
+    return lines + [""]
+
+
 def render_markdown(r):
     cov = r["coverage"]
     lines = [
@@ -84,7 +100,8 @@ def render_markdown(r):
         f"| right after pruning | {r['miou_pruned']:.4f} |",
         f"| after {r['retraining_iters']} retraining iterations | {r['miou_retrained']:.4f} |",
         "",
-    ] + recipe_lines(r.get("retraining_recipe")) + step_lines(r.get("prune_steps")) + [
+    ] + recipe_lines(r.get("retraining_recipe")) + step_lines(r.get("prune_steps")) \
+      + budget_lines(r.get("budget")) + [
         f"Coverage: {cov['prunable_convs']} of {cov['convs']} convs prunable, "
         f"{cov['flops_coverage']:.1%} of conv FLOPs in prunable groups"
         + (f"; {describe_op_freezes(cov)}." if cov.get("frozen_by_ops") else "."),

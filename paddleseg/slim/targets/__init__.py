@@ -13,6 +13,9 @@ A target class has:
 - ``allocate(sensitivities, aim, allow_lower)``: the per-group plan (an
   :class:`~paddleseg.slim.allocate.Allocation`), including any closing loop that measures
   candidates;
+- ``snapshot(allocation)`` / ``restore(state)``: a JSON record of an allocation (and of any
+  state the report needs of it, such as the closing loop's rounds) and the allocation made the
+  run's again (the --max_miou_drop search allocates several and keeps one);
 - ``final_report(model, export_dir, timings)``: the target's own figures for report.json
   (``{}`` when it has none), after retraining and export; ``target_met: False`` among them
   when a measured target was missed (kept by ``--allow_lower_target``);

@@ -1,7 +1,9 @@
 """``--target flops``: the analytic FLOPs of the model at its sample input, cut by allocating
 per-group ratios at equal sensitivity loss (:func:`~paddleseg.slim.allocate.allocate_ratios`)."""
+import dataclasses
+
 from ...utils import logger
-from ..allocate import TargetUnreachable, allocate_ratios, reachable_reduction
+from ..allocate import Allocation, TargetUnreachable, allocate_ratios, reachable_reduction
 from ..flops import FlopsModel
 
 
@@ -39,6 +41,13 @@ class FlopsTarget:
     def allocate(self, sensitivities, aim, allow_lower=False):
         return allocate_ratios(self.groups, sensitivities, self.flops_model, aim,
                                channel_step=self.channel_step)
+
+    def snapshot(self, alloc):
+        """What :meth:`restore` needs to make ``alloc`` the run's allocation again (JSON)."""
+        return {"allocation": dataclasses.asdict(alloc)}
+
+    def restore(self, state):
+        return Allocation(**state["allocation"])
 
     def final_report(self, model, export_dir, timings):
         return {}

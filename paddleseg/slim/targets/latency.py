@@ -14,6 +14,7 @@
    latency before and after, each group's share of the measured time before and after, and
    the table's error on the final model.
 """
+import dataclasses
 import os
 import shutil
 
@@ -23,9 +24,11 @@ from ...core.export import parse_input_shape
 from ...utils import logger
 from ...utils.progress import Phase
 from ...utils.errors import UserError
+from ..allocate import Allocation
 from ..latency import measure
 from ..latency.allocate import DEFAULT_ALLOCATION, LatencyTargetUnreachable, allocator, max_reduction
-from ..latency.table import DEFAULT_SAMPLES, blocks_over_runs, check_file, obtain, shares_by_owner
+from ..latency.table import (DEFAULT_SAMPLES, blocks_over_runs, check_file, obtain,
+                             shares_by_owner, unprunable_share)
 
 # bounds of the latency input shape (N C H W): the latency table exports and runs the model at
 # it many times, so a shape far beyond any deployment would only exhaust the memory; below the
@@ -41,6 +44,25 @@ MIN_AIM = 0.005
 
 class LatencyTargetMissed(UserError):
     """The measured latency cut stays short of the target after the closing loop."""
+
+
+class BeyondPruning(UserError):
+    """A latency cut larger than the time pruning can touch."""
+
+    def __init__(self, target, unprunable):
+        floor = unprunable["floor"]
+        super().__init__(
+            f"--pruning_ratio {target:g} asks a latency cut pruning cannot reach: with every "
+            f"group pruned to one channel the latency table predicts {floor:.1%} of the time "
+            f"left, so no pruning cuts more than {1 - floor:.3f} (a {1 / floor:.2f}x speedup); "
+            f"{unprunable_text(unprunable)}; lower the target")
+
+
+def unprunable_text(unprunable):
+    return (f"of the measured time {unprunable['share']:.1%} is outside every pruning group "
+            f"(convs no group prunes with the ops after them, such as the classifier, final "
+            f"resize and argmax: {unprunable['frozen']:.1%}; outside the conv blocks: "
+            f"{unprunable['other']:.1%})")
 
 
 def _inside(path, folder):
@@ -98,6 +120,7 @@ class LatencyTarget:
     temporary exports."""
 
     name = "latency"
+    unprunable = None   # {share, frozen, other} of the measured time, when the backend profiles
     # (--cpu_threads is not among them: it also sets the threads every CPU phase of a run uses)
     only_flags = (("latency_shape", "--latency_shape"), ("latency_table", "--latency_table"),
                   ("latency_allocation", "--latency_allocation"))
@@ -111,11 +134,22 @@ class LatencyTarget:
         self.table, self.table_path = obtain(model, groups, backend, channel_step, max_ratio,
                                              table_path, samples)
         self.cost = self.table.model(groups)
+        self.unprunable = self._unprunable()
         self.work_dir = work_dir
         self.x = backend.input()
         self.repeats = measure.repeats_for(self.table.full_ms)
         self.rounds, self.chosen = [], None
         self._full_dir = None
+
+    def _unprunable(self):
+        """The measured share outside every group, and the predicted ``floor``: the share of the
+        time left with every group pruned to one channel (what no pruning removes)."""
+        measured = unprunable_share(self.table, self.cost.width.owner)
+        if measured is None:
+            return None
+        deepest = self.cost.vector({g.id: g.channels - 1 for g in self.groups})
+        floor = float(self.cost.ms(deepest)) / self.cost.full_ms()
+        return dict(measured, floor=round(min(1.0, max(floor, 1e-6)), 4))
 
     # -- the target interface (paddleseg.slim.targets) -----------------------------------------
     @classmethod
@@ -144,14 +178,31 @@ class LatencyTarget:
             backend = measure.Backend(device=o.device, cpu_threads=o.cpu_threads, shape=shape)
             logger.info(f"latency target: {backend.name} on {backend.description()}, "
                         f"{backend.cpu_threads} threads, input {backend.shape_text()}")
-            return cls(model, analysis.groups, backend, o.channel_step, max(o.sen_ratios),
-                       work_dir, o.latency_table, o.latency_samples, o.latency_allocation)
+            target = cls(model, analysis.groups, backend, o.channel_step, max(o.sen_ratios),
+                         work_dir, o.latency_table, o.latency_samples, o.latency_allocation)
+        if target.unprunable is not None:
+            floor = target.unprunable["floor"]
+            logger.info(f"latency target: pruning can make this model at most {1 / floor:.2f}x "
+                        f"faster (the table's prediction with every group pruned to one "
+                        f"channel); {unprunable_text(target.unprunable)}")
+        return target
 
     def reachable(self, o):
         return self.aimed_reduction(o.pruning_ratio, o.sen_ratios, o.allow_lower_target)
 
     def allocate(self, sensitivities, aim, allow_lower=False):
         return self.search(self.model, sensitivities, aim, allow_lower)
+
+    def snapshot(self, alloc):
+        """What :meth:`restore` needs to make ``alloc`` (the last search's) the run's allocation
+        again, its closing loop's rounds and verdict with it (JSON)."""
+        return {"allocation": dataclasses.asdict(alloc), "rounds": list(self.rounds),
+                "verdict": dict(self.verdict)}
+
+    def restore(self, state):
+        self.chosen = Allocation(**state["allocation"])
+        self.rounds, self.verdict = list(state["rounds"]), dict(state["verdict"])
+        return self.chosen
 
     def final_report(self, model, export_dir, timings):
         with Phase(timings, "latency measurement"):
@@ -164,7 +215,11 @@ class LatencyTarget:
 
     # -- before the sensitivity analysis --------------------------------------------------------
     def aimed_reduction(self, target, ratios, allow_lower):
-        """(latency cut to aim at, the lowered target or None), as the FLOPs side does."""
+        """(latency cut to aim at, the lowered target or None), as the FLOPs side does; a cut
+        beyond the time outside every group fails first, saying so (lowering cannot help it)."""
+        if self.unprunable is not None and target >= 1 - self.unprunable["floor"] \
+                and not allow_lower:
+            raise BeyondPruning(target, self.unprunable)
         grid = {g.id: {r: 0.0 for r in ratios} for g in self.groups}
         most = max_reduction(self.cost, self.groups, grid, self.channel_step)
         if target <= most + 1e-12:
@@ -196,6 +251,7 @@ class LatencyTarget:
         ``model`` must be unpruned (it is left so)."""
         most = max_reduction(self.cost, self.groups, sensitivities, self.channel_step)
         run_full = self._full_runner(model)
+        self.rounds = []   # this search's (a --max_miou_drop run searches once per step)
         tried, aim = {}, min(target, most - 1e-9)
         for i in range(MAX_ROUNDS):
             alloc = self.allocator(self.groups, sensitivities, self.cost, aim,
@@ -286,6 +342,9 @@ class LatencyTarget:
                 "measured_reduction": round(cut, 4),
                 # the table was measured under another load: compare cuts, not raw times
                 "table_error": round((pred_after / pred_before) / (1 - cut) - 1, 4),
+                "unprunable_share": self.unprunable,
+                "max_speedup": (round(1 / self.unprunable["floor"], 3)
+                                if self.unprunable else None),
                 "group_time_share_before": self._shares(run_full, zero, m.base),
                 "group_time_share_after": self._shares(self.backend.runner(export_dir), n,
                                                        m.other),
@@ -324,6 +383,10 @@ def report_lines(lat, top=10):
     if not lat.get("target_met", True):
         lines += ["", missed_text(lat) + "."]
     before, after = lat["group_time_share_before"], lat["group_time_share_after"]
+    if lat.get("unprunable_share"):
+        lines += ["", f"No pruning makes this model more than {lat['max_speedup']:.2f}x faster "
+                      f"(the table's prediction with every group pruned to one channel); "
+                      f"{unprunable_text(lat['unprunable_share'])}."]
     lines += ["", f"Share of the measured time per group (the {top} largest before pruning):", "",
               "| group | before | after |", "|-|-:|-:|"]
     lines += [f"| `{g}` | {s:.1%} | {after.get(g, 0.0):.1%} |"

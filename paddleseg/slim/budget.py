@@ -1,0 +1,205 @@
+"""``--max_miou_drop D``: the largest cut that keeps the mIoU within D points of the unpruned
+model's, found by pruning in steps of the target (measured latency, or FLOPs).
+
+- **Candidates**: cuts of ``--budget_step``, twice that, ... up to ``--pruning_ratio`` (the
+  ceiling, always a candidate), each allocated by the run's target from the unpruned model (the
+  latency target's closing loop included: each candidate's speed is measured).
+- **Reference**: the unpruned model fine-tuned ``--budget_iters`` iterations with the recipe's
+  schedule, twice (seeds S and S+1), evaluated on the val split. The drop of a step is measured
+  against their mean; their difference is the *noise* of a brief retraining.
+- **Step k**: the unpruned model pruned at candidate k, fine-tuned ``--budget_iters`` iterations
+  with the run's recipe (seed S), evaluated on the val split. It is accepted when its drop plus
+  the noise stays within D: a step that meets the budget only within noise is refused, so no
+  step is accepted by luck. The search stops at the first refused step; the last accepted one
+  is the answer, which the run then prunes and retrains in full (``--retraining_iters``).
+- A budget no step meets is one error line; the unpruned model stays the answer.
+- After each step its record (plan, measured cut, mIoU, verdict) is written to
+  ``save_dir/budget_search/state.json``; a killed run given the same command resumes after its
+  last finished step, to the same result.
+
+The search runs in one process (a ``paddle.distributed.launch`` job is refused).
+"""
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+
+from ..core.model_loader import build_and_load
+from ..utils import logger
+from ..utils.errors import UserError
+from ..utils.fileio import write_json
+from ..utils.progress import format_seconds
+from . import build_groups, prune_model
+from .output.publish import BUDGET_DIR, STEPS_STATE
+from .retrain import miou, retrain
+from .distill import make_teacher
+
+
+class NoCutWithinBudget(UserError):
+    """Even the smallest candidate cut loses more mIoU than the budget allows."""
+
+
+def candidate_cuts(ceiling, step):
+    """step, 2*step, ... below ``ceiling``, then ``ceiling`` itself."""
+    cuts, k = [], 1
+    while step * k < ceiling - 1e-9:
+        cuts.append(round(step * k, 6))
+        k += 1
+    return cuts + [round(ceiling, 4)]
+
+
+def budget_iters(o):
+    return o.budget_iters or max(1, o.retraining_iters // 4)
+
+
+def accepted(drop_points, noise_points, max_drop):
+    """A step's verdict: its drop, plus the noise of a brief retraining, within the budget."""
+    return drop_points + noise_points <= max_drop + 1e-9
+
+
+def search(cuts, reference, evaluate_step, max_drop, records, save):
+    """(index of the chosen step or None, every step's record): the steps of ``cuts`` in order,
+    ``records`` (of an earlier, killed run) reused, ``evaluate_step(k, cut)`` giving the others'
+    {miou, ...}; ``save(records)`` after each. Stops after the first refused step."""
+    chosen, start = None, time.time()
+    for k, cut in enumerate(cuts):
+        if k < len(records):
+            record = records[k]
+        else:
+            record = dict(evaluate_step(k, cut), step=k + 1, cut=cut)
+            drop = round(100 * (reference["mean"] - record["miou"]), 4)
+            record.update(drop_points=drop,
+                          accepted=accepted(drop, reference["noise_points"], max_drop))
+            records.append(record)
+            save(records)
+            done = len(records)
+            eta = (time.time() - start) / max(1, done - k) * (len(cuts) - done)
+            logger.info(f"budget search: step {k + 1} of {len(cuts)}: cut {cut:g}, mIoU "
+                        f"{record['miou']:.4f}, {drop:+.1f} points below the reference "
+                        f"(noise {reference['noise_points']:.1f}, budget {max_drop:g}): "
+                        f"{'accepted' if record['accepted'] else 'refused'}; at most "
+                        f"{len(cuts) - done} steps left, ETA {format_seconds(eta)}")
+        if not record["accepted"]:
+            break
+        chosen = k
+    return chosen, records
+
+
+def fingerprint(o, setup, cuts):
+    facts = {"setup": setup, "cuts": cuts, **{name: getattr(o, name) for name in (
+        "target", "criterion", "max_miou_drop", "budget_iters", "retraining_iters", "batch_size",
+        "learning_rate", "seed", "distill", "distill_weight", "distill_temperature",
+        "retrain_schedule", "finetune_lr_scale", "channel_step", "latency_allocation",
+        "latency_shape", "sen_ratios", "opts")}}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class BudgetState:
+    """``save_dir/budget_search/state.json``: the reference and the finished steps."""
+
+    def __init__(self, save_dir, key):
+        self.path = os.path.join(save_dir, BUDGET_DIR, STEPS_STATE)
+        self.key = key
+
+    def load(self):
+        try:
+            with open(self.path) as f:
+                state = json.load(f)
+        except (OSError, ValueError):
+            return None, []
+        if not isinstance(state, dict) or state.get("fingerprint") != self.key:
+            logger.warning(f"{self.path} holds the budget search of a run with other options or "
+                           "weights: the search starts over")
+            return None, []
+        return state.get("reference"), list(state.get("steps", []))
+
+    def save(self, reference, steps):
+        write_json(self.path, {"fingerprint": self.key, "reference": reference, "steps": steps})
+
+
+class BudgetSearch:
+    """The search of one run: ``o`` its options, ``cfg`` its config, ``target`` its target
+    (built on the unpruned model), ``shape`` the traced input shape."""
+
+    def __init__(self, o, cfg, target, shape, val_dataset, work_dir, setup):
+        self.o, self.cfg, self.target, self.shape = o, cfg, target, shape
+        self.val_dataset, self.work_dir = val_dataset, work_dir
+        self.iters = budget_iters(o)
+        self.setup = setup
+
+    def _brief(self, **changes):
+        return dataclasses.replace(self.o, retraining_iters=self.iters, prune_steps=1, **changes)
+
+    def _fine_tuned(self, options, plan=None):
+        """mIoU of a fresh unpruned model (pruned to ``plan``) after a brief fine-tuning."""
+        cfg = options.build_config()
+        model = build_and_load(cfg, self.o.model_path)
+        model.eval()
+        teacher = make_teacher(model) if options.distill != "none" else None
+        if plan:
+            prune_model(model, build_groups(model, self.shape), plan, options.criterion)
+        retrain(options, cfg, model, self.work_dir, teacher)
+        shutil.rmtree(self.work_dir, ignore_errors=True)   # scratch checkpoints, in the stage
+        return miou(model, self.val_dataset)
+
+    def reference(self):
+        seed = self.o.seed or 0
+        control = dict(distill="none", distill_weight=1.0, distill_temperature=1.0)
+        mious = [self._fine_tuned(self._brief(seed=s, **control)) for s in (seed, seed + 1)]
+        mean = sum(mious) / 2
+        return {"mious": mious, "mean": mean,
+                "noise_points": round(100 * abs(mious[0] - mious[1]), 4),
+                "iters": self.iters}
+
+    def evaluate_step(self, sensitivities):
+        def step(k, cut):
+            alloc = self.target.allocate(sensitivities, cut, allow_lower=True)
+            return {"miou": self._fine_tuned(self._brief(), alloc.plan),
+                    "plan": {gid: float(r) for gid, r in alloc.plan.items()},
+                    "target_state": self.target.snapshot(alloc)}
+        return step
+
+    def run(self, sensitivities, ceiling):
+        """The chosen Allocation (the target restored to it) and the report's ``budget``."""
+        o = self.o
+        cuts = candidate_cuts(ceiling, o.budget_step)
+        state = BudgetState(o.save_dir, fingerprint(o, self.setup, cuts))
+        reference, records = state.load()
+        logger.info(f"budget search: at most {len(cuts)} steps ({', '.join(map(str, cuts))}) of "
+                    f"{o.target} cut, each a brief retraining of {self.iters} iterations, after 2 "
+                    f"reference fine-tunings; budget {o.max_miou_drop:g} mIoU points"
+                    + (f"; resuming after step {len(records)}" if records else ""))
+        if reference is None:
+            reference = self.reference()
+            state.save(reference, [])
+        logger.info(f"budget search: reference mIoU {reference['mean']:.4f} (seeds: "
+                    f"{', '.join(f'{m:.4f}' for m in reference['mious'])}; noise "
+                    f"{reference['noise_points']:.1f} points)")
+        chosen, records = search(cuts, reference, self.evaluate_step(sensitivities),
+                                 o.max_miou_drop, records, lambda r: state.save(reference, r))
+        budget = {"max_miou_drop": o.max_miou_drop, "reference": reference,
+                  "steps": [{k: v for k, v in r.items() if k != "target_state"} for r in records],
+                  "chosen_cut": None if chosen is None else cuts[chosen],
+                  "why": why_stopped(records, chosen, reference, o.max_miou_drop, len(cuts))}
+        logger.info(f"budget search: {budget['why']}")
+        if chosen is None:
+            raise NoCutWithinBudget(f"--max_miou_drop {o.max_miou_drop:g}: {budget['why']}; the "
+                                    "unpruned model stays the answer")
+        alloc = self.target.restore(records[chosen]["target_state"])
+        return alloc, budget
+
+
+def why_stopped(records, chosen, reference, max_drop, total):
+    last = records[-1]
+    verdict = (f"{last['drop_points']:.1f} points lost + {reference['noise_points']:.1f} noise "
+               f"> {max_drop:g}")
+    if chosen is None:
+        return f"the smallest cut, {last['cut']:g}, is refused ({verdict})"
+    if chosen == len(records) - 1:
+        return (f"cut {records[chosen]['cut']:g} chosen: every step up to the ceiling "
+                f"({total} steps) kept the budget")
+    return (f"cut {records[chosen]['cut']:g} chosen: the next, {last['cut']:g}, was refused "
+            f"({verdict})")
+

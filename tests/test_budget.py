@@ -1,0 +1,180 @@
+"""``--max_miou_drop`` (issue 23): the step search's decisions on accuracies the test controls
+(it stops at the right step, refuses a step within noise of the budget, resumes), and prune.py
+end to end on the tiny set with a controlled mIoU: the chosen cut, the report, a killed search
+resumed to the same result, a budget no step meets, and the refusals."""
+import json
+import os
+
+import pytest
+
+import paddleseg.slim.budget as budget
+from conftest import run_cli, write_optic_config
+from paddleseg.slim import count_flops
+from paddleseg.slim.budget import candidate_cuts, search
+from test_prune import PRUNE, failure
+
+pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
+
+
+def test_candidate_cuts_step_up_to_the_ceiling():
+    assert candidate_cuts(0.5, 0.1) == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert candidate_cuts(0.35, 0.1) == [0.1, 0.2, 0.3, 0.35]
+    assert candidate_cuts(0.05, 0.1) == [0.05]
+
+
+REFERENCE = {"mean": 0.5, "noise_points": 0.2}
+MIOUS = {0.1: 0.499, 0.2: 0.497, 0.3: 0.492, 0.4: 0.48, 0.5: 0.47}
+
+
+def run_search(max_drop, records=None, mious=MIOUS):
+    asked, saved = [], []
+
+    def evaluate(k, cut):
+        asked.append(cut)
+        return {"miou": mious[cut]}
+    chosen, out = search(sorted(mious), REFERENCE, evaluate, max_drop, list(records or []),
+                         lambda r: saved.append(len(r)))
+    return chosen, out, asked, saved
+
+
+def test_the_search_stops_at_the_first_step_over_the_budget():
+    chosen, records, asked, saved = run_search(1.0)
+    # drops 0.1, 0.3, 0.8 (+0.2 noise = 1.0: within), 2.0: refused, and nothing after it
+    assert chosen == 2 and records[chosen]["cut"] == 0.3
+    assert asked == [0.1, 0.2, 0.3, 0.4] and saved == [1, 2, 3, 4]
+    assert [r["accepted"] for r in records] == [True, True, True, False]
+    assert [r["drop_points"] for r in records] == pytest.approx([0.1, 0.3, 0.8, 2.0])
+
+
+def test_a_step_within_noise_of_the_budget_is_refused():
+    chosen, records, _, _ = run_search(0.9)  # 0.8 lost + 0.2 noise > 0.9: not by luck
+    assert chosen == 1 and not records[2]["accepted"]
+
+
+def test_the_search_resumes_after_its_finished_steps():
+    _, first, _, _ = run_search(1.0)
+    chosen, records, asked, _ = run_search(1.0, records=first[:2])
+    assert asked == [0.3, 0.4] and chosen == 2 and records == first
+
+
+def test_a_budget_no_step_meets_chooses_nothing():
+    chosen, records, asked, _ = run_search(0.2)
+    assert chosen is None and asked == [0.1] and not records[0]["accepted"]
+
+
+# --- prune.py end to end -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def config(tiny_optic_root, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("budget")
+    return (write_optic_config(folder / "fastscnn.yml", tiny_optic_root, "FastSCNN", [1.0, 0.4]),
+            str(folder / "sensitivity.json"))
+
+
+def argv(config, save_dir, max_drop, *extra):
+    cfg, sen_file = config
+    return ["--config", cfg, "--pruning_ratio", "0.4", "--retraining_iters", "4",
+            "--save_dir", save_dir, "--sen_ratios", "0.3", "0.6", "--sen_eval_num", "1",
+            "--sen_evaluator", "dygraph", "--sen_file", sen_file, "--seed", "0",
+            "--max_miou_drop", str(max_drop), "--budget_step", "0.2", *extra]
+
+
+@pytest.fixture
+def controlled_miou(monkeypatch):
+    """The search's mIoU made 0.5 minus 5 points per 10% of FLOPs cut (at the 64x64 input):
+    cut 0.2 loses 1 point, cut 0.4 two. Returns the list of FLOPs cuts it was asked about."""
+    asked, full = [], {}
+
+    def fake(model, dataset, max_images=None):
+        flops = count_flops(model, (1, 3, 64, 64))
+        full.setdefault("flops", flops)  # the first model evaluated is an unpruned reference
+        cut = 1 - flops / full["flops"]
+        asked.append(round(cut, 2))
+        return 0.5 - 0.05 * cut
+    monkeypatch.setattr(budget, "miou", fake)
+    return asked
+
+
+def test_the_budget_search_keeps_the_last_step_within_the_budget(config, tmp_path,
+                                                                    controlled_miou):
+    proc = run_cli(PRUNE, *argv(config, tmp_path / "out", 1.5))
+    assert proc.returncode == 0, failure(proc)
+    log = proc.stdout + proc.stderr
+    assert "budget search: at most 2 steps (0.2, 0.4)" in log
+    assert "budget search: step 2 of 2: cut 0.4" in log and "ETA" in log
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    b = report["budget"]
+    assert b["chosen_cut"] == 0.2 and b["reference"]["noise_points"] == 0.0
+    assert [s["accepted"] for s in b["steps"]] == [True, False]
+    assert [s["drop_points"] for s in b["steps"]] == pytest.approx([1.0, 2.0], abs=0.2)
+    assert "the next, 0.4, was refused" in b["why"]
+    assert abs(report["flops_reduction"] - 0.2) <= 0.03   # the chosen step's model, retrained
+    assert "| 2 | 0.4 |" in (tmp_path / "out" / "report.md").read_text()
+    assert not (tmp_path / "out" / "budget_search").exists()
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "export", "model.pdparams", "report.json", "report.md", "sensitivity.png"]
+
+
+def test_a_killed_search_resumes_after_its_last_step(config, tmp_path, controlled_miou,
+                                                      monkeypatch):
+    straight = tmp_path / "straight"
+    assert run_cli(PRUNE, *argv(config, straight, 1.5)).returncode == 0
+    real = budget.miou
+
+    def killed_at_step_2(model, dataset, max_images=None):
+        if len(controlled_miou) == 3:  # two references and step 1 done
+            raise KeyboardInterrupt()
+        return real(model, dataset, max_images)
+    controlled_miou.clear()
+    monkeypatch.setattr(budget, "miou", killed_at_step_2)
+    out = tmp_path / "resumed"
+    assert run_cli(PRUNE, *argv(config, out, 1.5)).returncode != 0
+    assert (out / "budget_search" / "state.json").is_file()
+
+    monkeypatch.setattr(budget, "miou", real)
+    controlled_miou.clear()
+    proc = run_cli(PRUNE, *argv(config, out, 1.5))
+    assert proc.returncode == 0, failure(proc)
+    assert "resuming after step 1" in proc.stdout + proc.stderr
+    assert controlled_miou == [0.4]   # step 2 alone: no reference, no step 1 again
+    a = json.loads((straight / "report.json").read_text())["budget"]
+    b = json.loads((out / "report.json").read_text())["budget"]
+    assert a == b
+
+
+def test_a_budget_no_step_meets_is_one_line_and_no_output(config, tmp_path, controlled_miou):
+    proc = run_cli(PRUNE, *argv(config, tmp_path / "out", 0.5))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: --max_miou_drop 0.5: the smallest cut, 0.2, is refused")
+    assert "the unpruned model stays the answer" in lines[-1]
+    assert not (tmp_path / "out" / "report.json").exists()
+
+
+BAD = {
+    "zero": (["--max_miou_drop", "0"], "error: --max_miou_drop must be > 0 (mIoU points), got 0.0"),
+    "step alone": (["--budget_step", "0.2"], "error: --budget_step and --budget_iters need "
+                                             "--max_miou_drop"),
+    "step range": (["--max_miou_drop", "1", "--budget_step", "1.5"],
+                   "error: --budget_step must lie in (0, 1), got 1.5"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_budget_flags_are_one_line(case, config, tmp_path):
+    extra, line = BAD[case]
+    cfg, _ = config
+    proc = run_cli(PRUNE, "--config", cfg, "--pruning_ratio", "0.4", "--retraining_iters", "2",
+                   "--save_dir", tmp_path / "out", *extra)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [line], proc.stderr
+
+
+def test_the_latency_target_s_allocation_and_closing_loop_survive_a_json_round_trip():
+    from test_slim_latency import search_setup
+    search, sens = search_setup(factor=0.8)
+    alloc = search.search(None, sens, 0.3)
+    state = json.loads(json.dumps(search.snapshot(alloc)))
+    other, _ = search_setup(factor=0.8)
+    restored = other.restore(state)
+    assert restored == alloc and other.chosen == alloc
+    assert other.rounds == search.rounds and other.verdict == search.verdict
