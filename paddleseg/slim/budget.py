@@ -63,7 +63,7 @@ def search(cuts, reference, evaluate_step, max_drop, records, save):
     """(index of the chosen step or None, every step's record): the steps of ``cuts`` in order,
     ``records`` (of an earlier, killed run) reused, ``evaluate_step(k, cut)`` giving the others'
     {miou, ...}; ``save(records)`` after each. Stops after the first refused step."""
-    chosen, start = None, time.time()
+    chosen, start, resumed = None, time.time(), len(records)
     for k, cut in enumerate(cuts):
         if k < len(records):
             record = records[k]
@@ -74,8 +74,8 @@ def search(cuts, reference, evaluate_step, max_drop, records, save):
                           accepted=accepted(drop, reference["noise_points"], max_drop))
             records.append(record)
             save(records)
-            done = len(records)
-            eta = (time.time() - start) / max(1, done - k) * (len(cuts) - done)
+            done = len(records)   # the steps evaluated here took the time since the start
+            eta = (time.time() - start) / (done - resumed) * (len(cuts) - done)
             logger.info(f"budget search: step {k + 1} of {len(cuts)}: cut {cut:g}, mIoU "
                         f"{record['miou']:.4f}, {drop:+.1f} points below the reference "
                         f"(noise {reference['noise_points']:.1f}, budget {max_drop:g}): "
