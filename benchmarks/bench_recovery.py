@@ -79,7 +79,8 @@ def retrain_unit(report, flags, seed, save_dir, dataset_root=None, control=False
     from paddleseg.core.model_loader import build_and_load
     from paddleseg.slim import build_groups
     from paddleseg.slim.flops import count_flops_params
-    from paddleseg.slim.pipeline import prune_and_retrain, teacher_of
+    from paddleseg.slim.distill import teacher_of
+    from paddleseg.slim.pipeline import prune_and_retrain
     from paddleseg.slim.retrain import miou, retrain
     from paddleseg.utils.errors import UserError
     o = recipe_options(report, control_flags(flags) if control else flags, seed, save_dir,

@@ -20,8 +20,6 @@ model's, found by pruning in steps of the target (measured latency, or FLOPs).
 The search runs in one process (a ``paddle.distributed.launch`` job is refused).
 """
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 import time
@@ -32,9 +30,11 @@ from ..utils.errors import UserError
 from ..utils.fileio import write_json
 from ..utils.progress import format_seconds
 from . import build_groups, prune_model
+from .options import options_fingerprint
 from .output.publish import BUDGET_DIR, STEPS_STATE
+from .output.storage import read_state
 from .retrain import miou, retrain
-from .distill import make_teacher
+from .distill import teacher_of
 
 
 class NoCutWithinBudget(UserError):
@@ -88,12 +88,13 @@ def search(cuts, reference, evaluate_step, max_drop, records, save):
 
 
 def fingerprint(o, setup, cuts):
-    facts = {"setup": setup, "cuts": cuts, **{name: getattr(o, name) for name in (
-        "target", "criterion", "max_miou_drop", "budget_iters", "retraining_iters", "batch_size",
-        "learning_rate", "seed", "distill", "distill_weight", "distill_temperature",
-        "retrain_schedule", "finetune_lr_scale", "channel_step", "latency_allocation",
-        "latency_shape", "sen_ratios", "opts")}}
-    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """What decides the search's steps: a resumed run must agree on all of it."""
+    return options_fingerprint(
+        o, ("target", "criterion", "max_miou_drop", "budget_iters", "retraining_iters",
+            "batch_size", "learning_rate", "seed", "distill", "distill_weight",
+            "distill_temperature", "retrain_schedule", "finetune_lr_scale", "channel_step",
+            "latency_allocation", "latency_shape", "sen_ratios", "opts"),
+        setup=setup, cuts=cuts)
 
 
 class BudgetState:
@@ -104,15 +105,9 @@ class BudgetState:
         self.key = key
 
     def load(self):
-        try:
-            with open(self.path) as f:
-                state = json.load(f)
-        except (OSError, ValueError):
-            return None, []
-        if not isinstance(state, dict) or state.get("fingerprint") != self.key:
-            logger.warning(f"{self.path} holds the budget search of a run with other options or "
-                           "weights: the search starts over")
-            return None, []
+        state = read_state(self.path, self.key,
+                           f"{self.path} holds the budget search of a run with other options or "
+                           "weights: the search starts over") or {}
         return state.get("reference"), list(state.get("steps", []))
 
     def save(self, reference, steps):
@@ -120,11 +115,11 @@ class BudgetState:
 
 
 class BudgetSearch:
-    """The search of one run: ``o`` its options, ``cfg`` its config, ``target`` its target
-    (built on the unpruned model), ``shape`` the traced input shape."""
+    """The search of one run: ``o`` its options (each fine-tuning builds its config from them),
+    ``target`` its target (built on the unpruned model), ``shape`` the traced input shape."""
 
-    def __init__(self, o, cfg, target, shape, val_dataset, work_dir, setup):
-        self.o, self.cfg, self.target, self.shape = o, cfg, target, shape
+    def __init__(self, o, target, shape, val_dataset, work_dir, setup):
+        self.o, self.target, self.shape = o, target, shape
         self.val_dataset, self.work_dir = val_dataset, work_dir
         self.iters = budget_iters(o)
         self.setup = setup
@@ -137,7 +132,7 @@ class BudgetSearch:
         cfg = options.build_config()
         model = build_and_load(cfg, self.o.model_path)
         model.eval()
-        teacher = make_teacher(model) if options.distill != "none" else None
+        teacher = teacher_of(options, model)
         if plan:
             prune_model(model, build_groups(model, self.shape), plan, options.criterion)
         retrain(options, cfg, model, self.work_dir, teacher)

@@ -60,6 +60,12 @@ def make_teacher(model):
     return teacher
 
 
+def teacher_of(o, model):
+    """With --distill (and retraining), the frozen copy of the unpruned ``model`` that teaches
+    the pruned one; else None."""
+    return make_teacher(model) if o.distill != "none" and o.retraining_iters > 0 else None
+
+
 class Distillation:
     """``extra_loss`` for :func:`paddleseg.core.train.train`: ``weight`` times the ``kind``
     loss between the student's main logits and the teacher's on the same images."""

@@ -151,6 +151,13 @@ def check_budget(o):
                         "paddle.distributed.launch")
 
 
+def options_fingerprint(o, names, **facts):
+    """A short hash of the options ``names`` of ``o`` and of ``facts``: what a resumable state
+    file (--prune_steps, --max_miou_drop) must agree on with the run that resumes it."""
+    keyed = dict(facts, **{name: getattr(o, name) for name in names})
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def setup_facts(cfg, model_path, eval_num):
     """The sensitivity fingerprint's ``setup``: what makes two analyses' metrics comparable
     (the model and val-set config, the weights, the number of eval images)."""

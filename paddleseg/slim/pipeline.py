@@ -25,7 +25,7 @@ from ..utils.progress import Phase, format_seconds
 from . import build_groups, prune_model
 from . import sensitivity
 from .budget import BudgetSearch
-from .distill import make_teacher
+from .distill import teacher_of
 from .flops import count_flops_params
 from .options import check_common, setup_facts
 from .output.publish import staged_run
@@ -149,12 +149,6 @@ def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, t
     return pruned_miou, records
 
 
-def teacher_of(o, model):
-    """With --distill (and retraining), the frozen copy of the unpruned ``model`` that teaches
-    the pruned one; else None."""
-    return make_teacher(model) if o.distill != "none" and o.retraining_iters > 0 else None
-
-
 def run(o):
     """Run the whole pipeline for the options ``o`` (a frozen
     :class:`~paddleseg.slim.options.PruneOptions`); returns the report dict (also written to
@@ -199,7 +193,7 @@ def _run(o, cfg, t, stage):
             alloc = target.allocate(sens, aim, o.allow_lower_target)
     else:
         with Phase(t, "budget search"):
-            search = BudgetSearch(o, cfg, target, shape, val_dataset, os.path.join(stage, "budget"),
+            search = BudgetSearch(o, target, shape, val_dataset, os.path.join(stage, "budget"),
                                   setup_facts(cfg, o.model_path, None))
             alloc, budget = search.run(sens, aim)
     pruned_miou, steps = prune_and_retrain(

@@ -16,8 +16,6 @@ everything that decides the steps; a killed run given the same command resumes a
 finished step (the folder goes with the old output when the run succeeds).
 """
 import dataclasses
-import hashlib
-import json
 import os
 import shutil
 
@@ -27,7 +25,8 @@ from ..utils.fileio import write_json
 from . import build_groups, prune_model
 from .criteria import num_pruned
 from .output.publish import STEPS_DIR, STEPS_STATE
-from .output.storage import PARAMS_FILE, load_pruned, save_pruned
+from .options import options_fingerprint
+from .output.storage import PARAMS_FILE, load_pruned, read_state, save_pruned
 
 
 def removal_schedule(channels, plan, steps):
@@ -58,12 +57,11 @@ def iterations_per_step(total, steps):
 
 def fingerprint(o, setup, plan):
     """What decides the steps' models: a resumed run must agree on all of it."""
-    facts = {"setup": setup, "plan": {gid: round(float(r), 6) for gid, r in sorted(plan.items())},
-             **{name: getattr(o, name) for name in (
-                 "criterion", "prune_steps", "retraining_iters", "batch_size", "learning_rate",
-                 "seed", "distill", "distill_weight", "distill_temperature", "retrain_schedule",
-                 "finetune_lr_scale", "opts")}}
-    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return options_fingerprint(
+        o, ("criterion", "prune_steps", "retraining_iters", "batch_size", "learning_rate", "seed",
+            "distill", "distill_weight", "distill_temperature", "retrain_schedule",
+            "finetune_lr_scale", "opts"),
+        setup=setup, plan={gid: round(float(r), 6) for gid, r in sorted(plan.items())})
 
 
 class StepCheckpoints:
@@ -73,22 +71,12 @@ class StepCheckpoints:
         self.folder = os.path.join(save_dir, STEPS_DIR)
         self.key = key
 
-    def _state(self):
-        try:
-            with open(os.path.join(self.folder, STEPS_STATE)) as f:
-                state = json.load(f)
-        except (OSError, ValueError):
-            return None
-        return state if isinstance(state, dict) else None
-
     def finished(self):
         """(last finished step, its records) of a run with this fingerprint; (0, [])."""
-        state = self._state()
-        if state is None:
-            return 0, []
-        if state.get("fingerprint") != self.key:
-            logger.warning(f"{self.folder} holds the steps of a run with other options or "
+        state = read_state(os.path.join(self.folder, STEPS_STATE), self.key,
+                           f"{self.folder} holds the steps of a run with other options or "
                            "weights: the steps start over")
+        if state is None:
             return 0, []
         done = state.get("done")
         path = os.path.join(self.folder, f"step_{done}", PARAMS_FILE)

@@ -5,13 +5,31 @@ A pruned model's ``model.pdparams`` carries its layer shapes and pruning facts (
 ``val.py`` and ``export.py`` load it like any checkpoint. These are the engine's names for
 that, plus the pruning facts recorded on the model.
 """
+import json
 import os
 
-from ...utils import structure
+from ...utils import logger, structure
 from ...utils.checkpoint import load_checkpoint, save_model_state
 from ...utils.fileio import atomic_path
 
 PARAMS_FILE = "model.pdparams"
+
+
+def read_state(path, key, stale):
+    """The JSON state file of a killed run at ``path`` when its ``fingerprint`` is ``key``;
+    else None: missing or unreadable, or made by a run with other options (then the ``stale``
+    warning is logged)."""
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    if state.get("fingerprint") != key:
+        logger.warning(stale)
+        return None
+    return state
 
 
 def save_pruned(model, save_dir, info=None):
