@@ -11,12 +11,12 @@ the pruned model is retrained. One unit (a recipe or a control, one seed) runs a
         [--control] [--dataset_root ROOT] -- RECIPE FLAGS
 
 in its own process (the benchmark caches it as a step). The flags are prune.py's, parsed by
-prune.py's parser, and run through the pipeline's own ``prune_and_retrain``.
+prune.py's parser, and run through the pipeline's own ``prune_and_retrain``. The RESULTS.md
+section is written by bench_accuracy.py: this file is part of every unit's cache key.
 """
 import argparse
 import importlib.util
 import json
-import math
 import os
 import sys
 import time
@@ -37,7 +37,6 @@ RECIPES = {
 # flags of a recipe that only a pruned model has a use for: its control goes without them
 PRUNED_ONLY = {"--distill": 1, "--distill_weight": 1, "--distill_temperature": 1,
                "--prune_steps": 1}
-NOISE_SE = 2.0   # a difference of means beyond 2 standard errors is called a difference
 
 
 def control_flags(flags):
@@ -108,78 +107,6 @@ def retrain_unit(report, flags, seed, save_dir, dataset_root=None, control=False
     result.update(miou=miou(model, val), seconds=round(seconds, 1),
                   seconds_per_iter=round(seconds / max(1, o.retraining_iters), 3))
     return result
-
-
-# ---------------------------------------------------------------- the table
-
-
-def mean_sd(values):
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    return mean, sd
-
-
-def compare(a, b):
-    """(difference of means in points, the noise bound in points, beyond it?) of two seed
-    lists: the bound is NOISE_SE standard errors of the difference."""
-    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
-    noise = NOISE_SE * math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
-    diff = 100 * (ma - mb)
-    return diff, 100 * noise, abs(ma - mb) > noise and len(a) > 1 and len(b) > 1
-
-
-def spread(values):
-    mean, sd = mean_sd(values)
-    return f"{mean:.4f} ± {sd:.4f} (n={len(values)})"
-
-
-def verdict(diff, noise, beyond):
-    return f"{diff:+.1f} ± {noise:.1f}: " + ("beyond the noise" if beyond else "within the noise")
-
-
-def model_lines(model, entry):
-    recipes, controls = entry["recipes"], entry["controls"]
-    plain = recipes.get("plain")
-    lines = [f"### {model}", "",
-             f"Row: {entry['row_label']}, speedup {entry['speedup']} (measured by prune.py on this "
-             f"machine), {entry['retraining_iters']} retraining iterations, seeds "
-             f"{', '.join(map(str, entry['seeds']))}. Machine: {entry['machine']}; "
-             f"`{entry['command']}` (code {entry['git']}, {entry['date']}).", "",
-             "| Recipe | prune.py flags | mIoU mean ± sd | its control (same schedule) | "
-             "Δ vs control, points (± 2 SE) | Δ vs config schedule, points (± 2 SE) | "
-             "retraining s/iter (× config) |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in recipes.items():
-        control = controls[r["control"]]["mious"]
-        vs_plain = verdict(*compare(r["mious"], plain["mious"])) if plain and name != "plain" \
-            else ""
-        cost = (f"{mean_sd(r['seconds_per_iter'])[0]:.2f} "
-                f"({mean_sd(r['seconds_per_iter'])[0] / mean_sd(plain['seconds_per_iter'])[0]:.2f}x)"
-                if plain else f"{mean_sd(r['seconds_per_iter'])[0]:.2f}")
-        lines.append(f"| {r['label']} | `{' '.join(r['flags']) or '(none)'}` | "
-                     f"{spread(r['mious'])} | {spread(control)} | "
-                     f"{verdict(*compare(r['mious'], control))} | {vs_plain} | {cost} |")
-    met = [r["label"] for r in recipes.values()
-           if 100 * (mean_sd(r["mious"])[0] - mean_sd(controls[r["control"]]["mious"])[0]) >= -1.0]
-    lines += ["", "Within 1.0 point of the control (3-seed means): "
-              + (", ".join(met) if met else "no recipe") + ".", ""]
-    return lines
-
-
-def recovery_lines(results):
-    """RESULTS.md's accuracy recovery section, from results.json's ``recovery``."""
-    recovery = results.get("recovery") or {}
-    if not recovery:
-        return ["Not yet measured: run `benchmarks/prune_speedup.py --phase recovery`."]
-    lines = ["Each recipe retrains the latency-target row's own pruned model (same plan, widths "
-             "and speed), once per seed; its control fine-tunes the unpruned model as many "
-             "iterations with the recipe's schedule and the same seeds. mIoU on the full val "
-             f"split. A difference counts only beyond {NOISE_SE:g} standard errors of the "
-             "difference of the means (sd of the seeds); inside that it is reported as noise.", ""]
-    for model, entry in recovery.items():
-        lines += model_lines(model, entry)
-    return lines
 
 
 # ---------------------------------------------------------------- one unit, as a program

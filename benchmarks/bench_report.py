@@ -12,7 +12,7 @@ import re
 from paddleseg.utils.errors import UserError
 from paddleseg.utils.fileio import atomic_path, write_json, write_text
 
-import bench_recovery
+import bench_accuracy
 
 RESULTS, MARKDOWN, PLOT = "results.json", "RESULTS.md", "speedup.png"
 FRONTIER = "frontier.png"
@@ -98,8 +98,14 @@ def pruned_row(kind, ratio, record, counts):
         row["paddleslim"] = rep["paddleslim"]
     if rep.get("latency"):
         row["latency_target"] = {k: rep["latency"][k] for k in
-                                 ("measured_reduction", "measured_ms_before", "measured_ms_after")
-                                 if k in rep["latency"]}
+                                 ("measured_reduction", "measured_ms_before", "measured_ms_after",
+                                  "max_speedup") if k in rep["latency"]}
+    if rep.get("budget"):
+        row["budget"] = {"chosen_cut": rep["budget"]["chosen_cut"], "why": rep["budget"]["why"],
+                         "reference_miou": _r(rep["budget"]["reference"]["mean"]),
+                         "noise_points": _r(rep["budget"]["reference"]["noise_points"], 4),
+                         "steps": [{k: step.get(k) for k in ("cut", "miou", "accepted")}
+                                   for step in rep["budget"]["steps"]]}
     return row, record
 
 
@@ -335,7 +341,7 @@ def paddleslim_table(results):
 
 
 # the latency-targeted pruning issue's goal at --target latency --pruning_ratio 0.3
-GOAL_SPEEDUP = 1.38
+GOAL_SPEEDUP = bench_accuracy.GOAL_SPEEDUP
 
 
 def latency_goal(entry, ratio=0.3):
@@ -408,7 +414,8 @@ def render_results(results):
               "fixed 0.1 ... 0.9, evaluated on the same number of val images as ours.", ""]
     lines += paddleslim_table(results)
     lines += ["", "## Accuracy recovery: retraining recipes over seeds", ""]
-    lines += bench_recovery.recovery_lines(results)
+    lines += bench_accuracy.recovery_lines(results)
+    lines += ["", "## The accuracy goals", ""] + bench_accuracy.goal_lines(results)
     lines += ["", "## GPU", ""] + gpu_lines(results)
     lines += ["", "## Commands", ""]
     for model, e in results["models"].items():

@@ -11,6 +11,7 @@ from conftest import ROOT, write_optic_config
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, os.path.join(ROOT, "slim", "prune"))
+import bench_accuracy  # noqa: E402
 import bench_recovery  # noqa: E402
 import bench_report  # noqa: E402
 import prune_speedup  # noqa: E402
@@ -33,13 +34,13 @@ def test_a_control_keeps_the_schedule_but_not_what_needs_a_pruned_model():
 
 
 def test_a_difference_counts_only_beyond_two_standard_errors():
-    diff, noise, beyond = bench_recovery.compare([0.40, 0.41, 0.42], [0.30, 0.31, 0.32])
+    diff, noise, beyond = bench_accuracy.compare([0.40, 0.41, 0.42], [0.30, 0.31, 0.32])
     assert diff == pytest.approx(10.0) and beyond
     assert noise == pytest.approx(2 * (2 * 0.01 ** 2 / 3) ** 0.5 * 100)
-    diff, noise, beyond = bench_recovery.compare([0.40, 0.44, 0.36], [0.39, 0.43, 0.38])
+    diff, noise, beyond = bench_accuracy.compare([0.40, 0.44, 0.36], [0.39, 0.43, 0.38])
     assert abs(diff) < noise and not beyond
     # one seed has no spread to judge by: never "beyond"
-    assert not bench_recovery.compare([0.5], [0.1])[2]
+    assert not bench_accuracy.compare([0.5], [0.1])[2]
 
 
 def recovery_entry(plain, plain_control, finetune, finetune_control):
@@ -62,7 +63,7 @@ def recovery_entry(plain, plain_control, finetune, finetune_control):
 def test_the_section_gives_means_spreads_and_verdicts():
     entry = recovery_entry([0.32, 0.33, 0.34], [0.43, 0.44, 0.45],
                            [0.435, 0.44, 0.445], [0.44, 0.445, 0.45])
-    text = "\n".join(bench_recovery.recovery_lines({"recovery": {"FastSCNN": entry}}))
+    text = "\n".join(bench_accuracy.recovery_lines({"recovery": {"FastSCNN": entry}}))
     assert "### FastSCNN" in text and "speedup 1.44x" in text
     plain_line = next(line for line in text.splitlines() if line.startswith("| config schedule"))
     assert "0.3300 ± 0.0100 (n=3)" in plain_line and "-11.0 ±" in plain_line
@@ -72,7 +73,73 @@ def test_the_section_gives_means_spreads_and_verdicts():
     assert "beyond the noise" in finetune_line.split("|")[6]  # vs the config schedule: +11
     assert "1.20 (1.20x)" in finetune_line
     assert "Within 1.0 point of the control (3-seed means): finetune schedule." in text
-    assert "Not yet measured" in "\n".join(bench_recovery.recovery_lines({}))
+    assert "Not yet measured" in "\n".join(bench_accuracy.recovery_lines({}))
+
+
+def headline_row(kind, ratio, speedup, delta, **more):
+    return dict({"row": kind, "ratio": ratio, "status": "ok", "speedup": speedup,
+                 "miou_delta_points": delta}, **more)
+
+
+def test_the_recovery_goals_judge_the_best_recipe_against_the_default_loss():
+    # the default loses 11 points; the finetune recipe 0.5 (within 1 point, more than half
+    # recovered) at 1.2x the time per iteration
+    entry = recovery_entry([0.32, 0.33, 0.34], [0.43, 0.44, 0.45],
+                           [0.435, 0.44, 0.445], [0.44, 0.445, 0.45])
+    results = {"models": {"FastSCNN": {"rows": [headline_row("latency", 0.3, 1.44, -11.0)]},
+                          "UNet": {"rows": []}},
+               "recovery": {"FastSCNN": entry}}
+    goal = bench_accuracy.recovery_goal("FastSCNN", results)
+    assert goal["best"] == "finetune" and goal["speedup"] == 1.44
+    assert goal["default"] == pytest.approx(-11.0) and goal["best_delta"] == pytest.approx(-0.5)
+    assert goal["within"] and goal["recovered_half"] and goal["cost_ok"]
+    assert bench_accuracy.recovery_goal("UNet", results) is None
+    # a recipe that only wins back 4 of 11 points recovers less than half, and 1.6x costs too much
+    entry["recipes"]["finetune"].update(mious=[0.36, 0.37, 0.38], seconds_per_iter=[1.6] * 3)
+    goal = bench_accuracy.recovery_goal("FastSCNN", results)
+    assert goal["default"] > goal["best_delta"] - 100 and not goal["within"]
+    assert not goal["recovered_half"] and not goal["cost_ok"]
+    text = "\n".join(bench_accuracy.goal_lines(results))
+    assert "| FastSCNN | 1.44x | -11.0 | finetune schedule |" in text
+    assert "| UNet | - | not measured |" in text
+
+
+def test_the_frontier_dominates_a_point_it_passes_above_or_outruns():
+    curve = [(1.2, -1.0), (1.5, -3.0), (1.8, -6.0)]
+    assert bench_accuracy.frontier_beats(curve, (1.35, -2.5))   # -2.0 at 1.35x
+    assert not bench_accuracy.frontier_beats(curve, (1.35, -1.5))
+    assert bench_accuracy.frontier_beats(curve, (1.0, -4.0))    # 1.2x at -1.0 outruns it
+    assert not bench_accuracy.frontier_beats(curve, (1.0, 0.5))
+    assert bench_accuracy.frontier_beats(curve, (2.0, -9.0)) is None  # beyond the curve
+    assert bench_accuracy.frontier_beats([], (1.0, -1.0)) is None
+
+
+def test_the_budget_goals_read_the_budget_rows_and_the_deepest_latency_row():
+    def model(budget_speedup, budget_delta, deep_speedup, deep_delta, reach):
+        return {"rows": [
+            headline_row("control", None, 1.0, 0.0),
+            headline_row("latency", 0.3, 1.4, -2.0),
+            headline_row("latency", 0.5, deep_speedup, deep_delta,
+                         latency_target={"max_speedup": reach}),
+            headline_row("latency_budget", 1.0, budget_speedup, budget_delta,
+                         budget={"chosen_cut": 0.2, "why": "cut 0.3 refused"}),
+            headline_row("paddleslim", 0.3, 1.1, -4.0)]}
+    results = {"models": {"FastSCNN": model(1.3, -0.8, 1.7, -2.0, 1.72),
+                          "UNet": model(1.6, -1.4, 2.0, -4.0, 3.0)}}
+    text = "\n".join(bench_accuracy.budget_goal_lines(results))
+    assert "| FastSCNN | 0.2 | 1.30x | -0.8 | met | cut 0.3 refused |" in text
+    assert "| UNet | 0.2 | 1.60x | -1.4 | missed |" in text
+    assert "Median speedup over the 2 measured model(s): 1.45x" in text
+    assert "not measured on all five" in text
+    # FastSCNN cannot reach 1.9x (at most 1.72x): said so, and its accuracy still judged
+    assert "| FastSCNN | 1.72x | 1.70x | -2.0 | out of reach (1.72x); within 3 points: met |" in text
+    assert "| UNet | 3.00x | 2.00x | -4.0 | missed |" in text
+    assert text.count("met (2 latency row(s))") == 2   # 1.4x at -2 beats PaddleSlim's 1.1x at -4
+    # a PaddleSlim row slower than the unpruned network is beaten by not pruning (the control)
+    for entry in results["models"].values():
+        entry["rows"] = [r for r in entry["rows"] if r["row"] in ("control", "paddleslim")]
+        entry["rows"][-1].update(speedup=0.97, miou_delta_points=-3.7)
+    assert "met (0 latency row(s))" in "\n".join(bench_accuracy.budget_goal_lines(results))
 
 
 def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkeypatch):

@@ -1,0 +1,235 @@
+"""Accuracy over retraining seeds, as RESULTS.md reports it: means and spreads, differences
+judged against the noise, the accuracy-recovery section and the goals of the accuracy issues.
+
+Pure functions of results.json (its ``recovery`` entries and its ``models`` rows), kept apart
+from bench_recovery.py: that file is part of every recovery unit's cache key, so a change to how
+the numbers are written must not throw the measured units away.
+"""
+import math
+
+NOISE_SE = 2.0   # a difference of means beyond 2 standard errors is called a difference
+WITHIN_POINTS = 1.0   # the accuracy issue's goal: within 1 point of the control
+HALF = 0.5   # ... and at least half of the default retraining's loss recovered
+MAX_COST = 1.5   # ... at most 1.5x the default retraining's time per iteration
+GOAL_SPEEDUP = 1.38   # the speedup its rows must keep (latency target 0.3)
+BUDGET_MEDIAN_SPEEDUP = 1.5   # the budget issue: --max_miou_drop 1.0 rows' median speedup
+DEEP_RATIO, DEEP_SPEEDUP, DEEP_POINTS = 0.5, 1.9, 3.0   # ... and latency target 0.5's goal
+
+
+def mean_sd(values):
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, sd
+
+
+def compare(a, b):
+    """(difference of means in points, the noise bound in points, beyond it?) of two seed
+    lists: the bound is NOISE_SE standard errors of the difference."""
+    (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
+    noise = NOISE_SE * math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+    diff = 100 * (ma - mb)
+    return diff, 100 * noise, abs(ma - mb) > noise and len(a) > 1 and len(b) > 1
+
+
+def spread(values):
+    mean, sd = mean_sd(values)
+    return f"{mean:.4f} ± {sd:.4f} (n={len(values)})"
+
+
+def verdict(diff, noise, beyond):
+    return f"{diff:+.1f} ± {noise:.1f}: " + ("beyond the noise" if beyond else "within the noise")
+
+
+def met(ok):
+    return "met" if ok else "missed"
+
+
+# ---------------------------------------------------------------- the recovery section
+
+
+def recipe_delta(entry, name):
+    """(mean mIoU change in points against the recipe's own control, its cost per iteration
+    relative to the config schedule's or None)."""
+    recipe = entry["recipes"][name]
+    control = entry["controls"][recipe["control"]]["mious"]
+    delta = 100 * (mean_sd(recipe["mious"])[0] - mean_sd(control)[0])
+    plain = entry["recipes"].get("plain")
+    cost = (mean_sd(recipe["seconds_per_iter"])[0] / mean_sd(plain["seconds_per_iter"])[0]
+            if plain else None)
+    return delta, cost
+
+
+def model_lines(model, entry):
+    recipes, controls = entry["recipes"], entry["controls"]
+    plain = recipes.get("plain")
+    lines = [f"### {model}", "",
+             f"Row: {entry['row_label']}, speedup {entry['speedup']} (measured by prune.py on this "
+             f"machine), {entry['retraining_iters']} retraining iterations, seeds "
+             f"{', '.join(map(str, entry['seeds']))}. Machine: {entry['machine']}; "
+             f"`{entry['command']}` (code {entry['git']}, {entry['date']}).", "",
+             "| Recipe | prune.py flags | mIoU mean ± sd | its control (same schedule) | "
+             "Δ vs control, points (± 2 SE) | Δ vs config schedule, points (± 2 SE) | "
+             "retraining s/iter (× config) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in recipes.items():
+        control = controls[r["control"]]["mious"]
+        vs_plain = verdict(*compare(r["mious"], plain["mious"])) if plain and name != "plain" \
+            else ""
+        per_iter, cost = mean_sd(r["seconds_per_iter"])[0], recipe_delta(entry, name)[1]
+        cost_text = f"{per_iter:.2f}" + (f" ({cost:.2f}x)" if cost is not None else "")
+        lines.append(f"| {r['label']} | `{' '.join(r['flags']) or '(none)'}` | "
+                     f"{spread(r['mious'])} | {spread(control)} | "
+                     f"{verdict(*compare(r['mious'], control))} | {vs_plain} | {cost_text} |")
+    within = [recipes[n]["label"] for n in recipes
+              if recipe_delta(entry, n)[0] >= -WITHIN_POINTS]
+    lines += ["", f"Within {WITHIN_POINTS:.1f} point of the control (3-seed means): "
+              + (", ".join(within) if within else "no recipe") + ".", ""]
+    return lines
+
+
+def recovery_lines(results):
+    """RESULTS.md's accuracy recovery section, from results.json's ``recovery``."""
+    recovery = results.get("recovery") or {}
+    if not recovery:
+        return ["Not yet measured: run `benchmarks/prune_speedup.py --phase recovery`."]
+    lines = ["Each recipe retrains the latency-target row's own pruned model (same plan, widths "
+             "and speed), once per seed; its control fine-tunes the unpruned model as many "
+             "iterations with the recipe's schedule and the same seeds. mIoU on the full val "
+             f"split. A difference counts only beyond {NOISE_SE:g} standard errors of the "
+             "difference of the means (sd of the seeds); inside that it is reported as noise.", ""]
+    for model, entry in recovery.items():
+        lines += model_lines(model, entry)
+    return lines
+
+
+# ---------------------------------------------------------------- the goals
+
+
+def ok_row(entry, kind, ratio):
+    """The model's row of ``kind`` at ``ratio`` that ran, or None."""
+    return next((r for r in entry["rows"] if r["row"] == kind and r["status"] == "ok"
+                 and r["ratio"] is not None and abs(r["ratio"] - ratio) < 1e-9), None)
+
+
+def best_recipe(entry):
+    """The recipe with the highest mean mIoU change against its own control."""
+    return max(entry["recipes"], key=lambda name: recipe_delta(entry, name)[0])
+
+
+def recovery_goal(model, results):
+    """One model's row of the accuracy-recovery goals (latency target 0.3), or None where its
+    recovery phase has not run. The default retraining is the ``plain`` recipe (no recipe is
+    the default); "half of the loss" is judged against its 3-seed loss."""
+    entry = (results.get("recovery") or {}).get(model)
+    if not entry or "plain" not in entry["recipes"]:
+        return None
+    headline = ok_row(results["models"].get(model, {"rows": []}), "latency", entry["ratio"])
+    speedup = headline.get("speedup") if headline else None
+    default_loss = recipe_delta(entry, "plain")[0]
+    best = best_recipe(entry)
+    best_delta, best_cost = recipe_delta(entry, best)
+    recovered = best_delta >= HALF * default_loss if default_loss < 0 else True
+    return {"speedup": speedup, "default": default_loss, "best": best,
+            "best_label": entry["recipes"][best]["label"], "best_delta": best_delta,
+            "best_cost": best_cost, "within": best_delta >= -WITHIN_POINTS,
+            "recovered_half": recovered,
+            "cost_ok": best_cost is not None and best_cost <= MAX_COST}
+
+
+def frontier_beats(curve, point):
+    """Whether the latency target's curve [(speedup, points)] dominates ``point``: at the
+    point's speedup (linear between measured rows) it keeps at least as much mIoU, or one of its
+    rows is both faster and at least as accurate. None when the curve cannot say (it does not
+    reach the point's speedup and no row is faster)."""
+    speed, points = point
+    if any(s >= speed and p >= points for s, p in curve):
+        return True
+    for (s0, p0), (s1, p1) in zip(curve, curve[1:]):
+        if s0 <= speed <= s1 and s1 > s0:
+            return p0 + (p1 - p0) * (speed - s0) / (s1 - s0) >= points
+    return False if any(s >= speed for s, _ in curve) else None
+
+
+def speed_points(row):
+    return row["speedup"], row["miou_delta_points"]
+
+
+def budget_goal_lines(results):
+    models = results["models"]
+    lines = [f"`--max_miou_drop {WITHIN_POINTS:.1f}` rows (one retraining each; their mIoU change "
+             "is against the single-seed control of the headline table):", "",
+             "| Model | chosen cut | speedup | Δ vs control, points | within budget | why the search "
+             "stopped |", "|---|---:|---:|---:|---|---|"]
+    speedups = []
+    for model, entry in models.items():
+        row = ok_row(entry, "latency_budget", WITHIN_POINTS)
+        if not row or row.get("speedup") is None:
+            lines.append(f"| {model} | - | - | - | not measured | |")
+            continue
+        budget = row.get("budget") or {}
+        speedups.append(row["speedup"])
+        lines.append(f"| {model} | {budget.get('chosen_cut', '-')} | {row['speedup']:.2f}x | "
+                     f"{row['miou_delta_points']:+.1f} | "
+                     f"{met(row['miou_delta_points'] >= -WITHIN_POINTS)} | "
+                     f"{budget.get('why', '')} |")
+    if speedups:
+        median = sorted(speedups)[len(speedups) // 2] if len(speedups) % 2 else \
+            sum(sorted(speedups)[len(speedups) // 2 - 1:len(speedups) // 2 + 1]) / 2
+        lines += ["", f"Median speedup over the {len(speedups)} measured model(s): "
+                  f"{median:.2f}x (goal >= {BUDGET_MEDIAN_SPEEDUP}x over all five: "
+                  f"{met(median >= BUDGET_MEDIAN_SPEEDUP) if len(speedups) == 5 else 'not measured on all five'})."]
+    lines += ["", f"Latency target {DEEP_RATIO:g} (goal: >= {DEEP_SPEEDUP}x where the unprunable "
+              f"share allows it, within {DEEP_POINTS:g} points of the control), and the frontier "
+              "against PaddleSlim's row (the latency target's curve from the control at 1.00x, linear "
+              "between its rows, at PaddleSlim's speedup):", "",
+              "| Model | largest speedup pruning can reach | speedup | Δ vs control, points | "
+              f"goal at {DEEP_RATIO:g} | frontier dominates PaddleSlim |", "|---|---:|---:|---:|---|---|"]
+    for model, entry in models.items():
+        row = ok_row(entry, "latency", DEEP_RATIO)
+        reach = ((row or {}).get("latency_target") or {}).get("max_speedup")
+        if row and row.get("speedup") is not None:
+            reachable = reach is None or reach >= DEEP_SPEEDUP
+            goal = (met(row["speedup"] >= DEEP_SPEEDUP and
+                        row["miou_delta_points"] >= -DEEP_POINTS) if reachable else
+                    f"out of reach ({reach:.2f}x); within {DEEP_POINTS:g} points: "
+                    f"{met(row['miou_delta_points'] >= -DEEP_POINTS)}")
+            cells = f"{row['speedup']:.2f}x | {row['miou_delta_points']:+.1f} | {goal}"
+        else:
+            cells = "- | - | not measured"
+        curve = sorted(speed_points(r) for r in entry["rows"] if r["row"] in ("control", "latency")
+                       and r["status"] == "ok" and r.get("speedup") is not None)
+        slim = next((r for r in entry["rows"] if r["row"] == "paddleslim"), None)
+        if slim is None or slim["status"] != "ok" or slim.get("speedup") is None:
+            dominance = "no PaddleSlim row" if slim is None else "PaddleSlim did not finish"
+        else:
+            beats = frontier_beats(curve, speed_points(slim))
+            dominance = ("not measured" if beats is None else met(beats)) + \
+                f" ({len(curve) - 1} latency row(s))"
+        lines.append(f"| {model} | {f'{reach:.2f}x' if reach else 'not recorded'} | {cells} | "
+                     f"{dominance} |")
+    return lines
+
+
+def goal_lines(results):
+    """RESULTS.md's goals of the accuracy-recovery and the accuracy-budget issues, each stated
+    as met, missed or not measured."""
+    lines = [f"At the latency target 0.3 (speedup >= {GOAL_SPEEDUP}x), 3-seed means of the "
+             "recovery phase: the best recipe within "
+             f"{WITHIN_POINTS:.1f} point of its control, at least half of the default retraining's "
+             f"loss recovered, at most {MAX_COST}x its time per iteration.", "",
+             "| Model | speedup | default retraining: Δ vs control | best recipe | its Δ | "
+             f"within {WITHIN_POINTS:.1f} point | half recovered | cost (× default) |",
+             "|---|---:|---:|---|---:|---|---|---|"]
+    for model in results["models"]:
+        goal = recovery_goal(model, results)
+        if goal is None:
+            lines.append(f"| {model} | - | not measured | | | not measured | not measured | |")
+            continue
+        speed = "-" if goal["speedup"] is None else f"{goal['speedup']:.2f}x"
+        cost = "-" if goal["best_cost"] is None else \
+            f"{goal['best_cost']:.2f}x ({met(goal['cost_ok'])})"
+        lines.append(f"| {model} | {speed} | {goal['default']:+.1f} | {goal['best_label']} | "
+                     f"{goal['best_delta']:+.1f} | {met(goal['within'])} | "
+                     f"{met(goal['recovered_half'])} | {cost} |")
+    return lines + [""] + budget_goal_lines(results)
