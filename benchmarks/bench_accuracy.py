@@ -60,13 +60,22 @@ def recipe_delta(entry, name):
     return delta, cost
 
 
+def unit_threads_text(entry):
+    """How the units ran (their time per iteration depends on it); older entries: not said."""
+    if "unit_threads" not in entry:
+        return ""
+    return (f"; each unit {entry['unit_threads']} thread(s), {entry['units_at_once']} unit(s) at "
+            "once")
+
+
 def model_lines(model, entry):
     recipes, controls = entry["recipes"], entry["controls"]
     plain = recipes.get("plain")
     lines = [f"### {model}", "",
              f"Row: {entry['row_label']}, speedup {entry['speedup']} (measured by prune.py on this "
              f"machine), {entry['retraining_iters']} retraining iterations, seeds "
-             f"{', '.join(map(str, entry['seeds']))}. Machine: {entry['machine']}; "
+             f"{', '.join(map(str, entry['seeds']))}{unit_threads_text(entry)}. "
+             f"Machine: {entry['machine']}; "
              f"`{entry['command']}` (code {entry['git']}, {entry['date']}).", "",
              "| Recipe | prune.py flags | mIoU mean ± sd | its control (same schedule) | "
              "Δ vs control, points (± 2 SE) | Δ vs config schedule, points (± 2 SE) | "

@@ -35,6 +35,7 @@ merged into ``results.json``, and RESULTS.md, speedup.png and the generated bloc
 and docs/prune.md are rebuilt from results.json alone (``--phase report`` does only that).
 Relative paths in the arguments are taken from the repository root, wherever it runs from.
 """
+import concurrent.futures
 import datetime
 import importlib.util
 import math
@@ -95,6 +96,12 @@ def parse_args(argv):
                    help="--phase recovery: the retraining recipes (bench_recovery.RECIPES)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="--phase recovery: retraining seeds of every recipe and control")
+    p.add_argument("--recovery_jobs", type=int, default=1,
+                   help="--phase recovery: units run at once (each its own process)")
+    p.add_argument("--recovery_threads", type=int, default=None,
+                   help="--phase recovery: OMP_NUM_THREADS of each unit (default: "
+                        "--train_threads; part of the unit's key, its time per iteration depends "
+                        "on it)")
     p.add_argument("--ratios", nargs="*", type=float, default=[0.3],
                    help="FLOPs-target pruning ratios (0.1 0.2 0.3 where time allows)")
     p.add_argument("--latency_ratios", nargs="*", type=float, default=[0.3],
@@ -160,7 +167,8 @@ def check_args(args):
         raise BenchmarkError(f"--repeats must be >= {MIN_ROUNDS} (medians of at least "
                              f"{MIN_ROUNDS} rounds), got {args.repeats}")
     for name in ("train_iters", "retraining_iters", "eval_points", "sen_eval_num", "cpu_threads",
-                 "train_threads", "channel_step", "paddleslim_timeout"):
+                 "train_threads", "channel_step", "paddleslim_timeout", "recovery_jobs",
+                 "recovery_threads"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "retraining_iters" else 1):
             raise BenchmarkError(f"--{name} must be positive, got {value}")
@@ -596,9 +604,11 @@ class ModelRun:
         flags = bench_recovery.RECIPES[recipe][1]
         if control:
             flags = bench_recovery.control_flags(flags)
-        material = self.material("recovery", RECOVERY_SOURCES, train=self.train_record["key"],
-                                 retraining_iters=self.retraining_iters, flags=flags, seed=seed,
-                                 control=control, row=None if control else row["key"])
+        threads = a.recovery_threads or a.train_threads
+        material = dict(self.material("recovery", RECOVERY_SOURCES, train=self.train_record["key"],
+                                      retraining_iters=self.retraining_iters, flags=flags,
+                                      seed=seed, control=control,
+                                      row=None if control else row["key"]), threads=threads)
 
         def compute(folder):
             out = os.path.join(folder, "result.json")
@@ -609,7 +619,7 @@ class ModelRun:
                     rel(os.path.join(folder, "out")), "--dataset_root", a.dataset_root,
                     *(["--control"] if control else []), "--", *flags]
             code, error, seconds = run_command(argv, os.path.join(folder, "recovery.log"),
-                                               a.train_threads)
+                                               threads)
             if code != 0:
                 raise BenchmarkError(f"{command_text(argv)} failed: {error or f'exit {code}'}")
             shutil.rmtree(os.path.join(folder, "out"), ignore_errors=True)
@@ -708,16 +718,25 @@ def recovery_entry(name, args, argv):
         raise BenchmarkError(f"{name}'s latency row failed: {row['result']['error']}")
     report = bench_report.read_json(os.path.join(ROOT, os.path.dirname(row["result"]["model"]),
                                                  "report.json"))
+    control_of = {recipe: " ".join(bench_recovery.control_flags(bench_recovery.RECIPES[recipe][1]))
+                  or "config schedule" for recipe in args.recipes}
+    # one control per schedule (its first recipe's), then every recipe; all units at once
+    # where --recovery_jobs allows
+    firsts = {key: recipe for recipe, key in reversed(list(control_of.items()))}
+    tasks = [(recipe, seed, True) for recipe in args.recipes if firsts[control_of[recipe]] == recipe
+             for seed in args.seeds] + [(recipe, seed, False) for recipe in args.recipes
+                                        for seed in args.seeds]
+    with concurrent.futures.ThreadPoolExecutor(args.recovery_jobs) as pool:
+        done = dict(zip(tasks, pool.map(lambda t: run.recovery(row, *t), tasks)))
     recipes, controls = {}, {}
     for recipe in args.recipes:
         label, flags = bench_recovery.RECIPES[recipe]
-        control_key = " ".join(bench_recovery.control_flags(flags)) or "config schedule"
-        if control_key not in controls:
-            units = [run.recovery(row, recipe, seed, control=True) for seed in args.seeds]
-            controls[control_key] = {"flags": bench_recovery.control_flags(flags),
-                                     "mious": [u["miou"] for u in units]}
-        units = [run.recovery(row, recipe, seed) for seed in args.seeds]
-        recipes[recipe] = {"label": label, "flags": flags, "control": control_key,
+        controls.setdefault(control_of[recipe], {
+            "flags": bench_recovery.control_flags(flags),
+            "mious": [done[(firsts[control_of[recipe]], seed, True)]["miou"]
+                      for seed in args.seeds]})
+        units = [done[(recipe, seed, False)] for seed in args.seeds]
+        recipes[recipe] = {"label": label, "flags": flags, "control": control_of[recipe],
                            "mious": [u["miou"] for u in units],
                            "seconds_per_iter": [u["seconds_per_iter"] for u in units]}
     latency = report.get("latency") or {}
@@ -725,6 +744,8 @@ def recovery_entry(name, args, argv):
                if latency.get("measured_ms_after") else "not timed")
     return {"ratio": ratio, "row_label": bench_report.row_label("latency", ratio),
             "speedup": speedup, "retraining_iters": run.retraining_iters, "seeds": args.seeds,
+            "unit_threads": args.recovery_threads or args.train_threads,
+            "units_at_once": args.recovery_jobs,
             "machine": machine(), "git": bench_cache.git_commit(),
             "date": datetime.date.today().isoformat(),
             "command": command_text(["benchmarks/prune_speedup.py", *argv]),

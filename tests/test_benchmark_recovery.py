@@ -162,7 +162,8 @@ def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkey
         "key": "p" * 64, "result": {"model": str(report.parent / "model.pdparams")}})
     monkeypatch.setattr(prune_speedup.ModelRun, "recovery", fake_recovery)
     argv = ["--models", "FastSCNN", "--phase", "recovery", "--recipes", "plain", "finetune",
-            "steps", "--seeds", "0", "1", "--out_dir", str(out), "--docs"]
+            "steps", "--seeds", "0", "1", "--out_dir", str(out), "--docs", "--recovery_jobs", "2",
+            "--recovery_threads", "1"]
     assert prune_speedup.main(argv) == 0
     # one control per schedule: the steps recipe shares the plain one's
     assert sorted(u for u in units if u[2]) == [("finetune", 0, True), ("finetune", 1, True),
@@ -174,6 +175,9 @@ def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkey
     assert entry["recipes"]["steps"]["control"] == "config schedule"
     assert entry["recipes"]["steps"]["mious"] == pytest.approx([0.35, 0.36])
     assert entry["controls"]["--retrain_schedule finetune"]["mious"] == pytest.approx([0.4, 0.41])
+    assert entry["unit_threads"] == 1 and entry["units_at_once"] == 2
+    assert len(units) == len(set(units)) == 10   # each unit once, 2 at a time
+    assert "each unit 1 thread(s), 2 unit(s) at once" in (out / "RESULTS.md").read_text()
     assert "## Accuracy recovery" in (out / "RESULTS.md").read_text()
 
 
