@@ -402,7 +402,10 @@ def render_results(results):
     lines += ["", "## Speed against accuracy", "",
               f"![speedup against mIoU change, one panel per model]({FRONTIER})", "",
               "Measured speedup against the mIoU change from the control, per model; the dashed "
-              f"red line is a {BUDGET_POINTS:g}-point loss. Rows at more latency ratios "
+              f"red line is a {BUDGET_POINTS:g}-point loss. Where the recovery phase retrained "
+              "a model's rows over seeds, its points are seed means (bars: sd) against the "
+              "control's seed mean, and its single retrainings are measured against that mean "
+              "too. Rows at more latency ratios "
               "(`--latency_ratios 0.1 0.2 0.3 0.4 0.5`) draw the latency target's curve.", ""]
     lines += ["", "## Training budgets and val mIoU curves", "",
               "Each model trains from scratch within about 25 minutes on a 2-core CPU; the last "
@@ -522,16 +525,17 @@ def plot_speedup(results, path):
 
 
 def frontier_points(results):
-    """{model: {row kind: [(speedup, mIoU change in points, ratio)] sorted by speedup}} of the
-    rows that have both (timed and evaluated)."""
+    """{model: {row kind: [(speedup, mIoU change in points, ratio, sd in points or None)] sorted
+    by speedup}} of the rows that have both (timed and evaluated); the change is the seed mean
+    where the recovery phase retrained the row over seeds (bench_accuracy.row_delta)."""
     out = {}
     for model, entry in results["models"].items():
         series = {}
         for r in entry["rows"]:
             if (r["row"] in FRONTIER_SERIES and r["status"] == "ok"
                     and r.get("speedup") is not None and r.get("miou_delta_points") is not None):
-                series.setdefault(r["row"], []).append(
-                    (r["speedup"], r["miou_delta_points"], r.get("ratio")))
+                delta, sd, _ = bench_accuracy.row_delta(results, model, r)
+                series.setdefault(r["row"], []).append((r["speedup"], delta, r.get("ratio"), sd))
         out[model] = {kind: sorted(points) for kind, points in series.items()}
     return out
 
@@ -552,8 +556,9 @@ def plot_frontier(results, path):
             for i, (kind, (marker, line, label)) in enumerate(FRONTIER_SERIES.items()):
                 series = points.get(model, {}).get(kind, [])
                 if series:
-                    ax.plot([p[0] for p in series], [p[1] for p in series], color=f"C{i}",
-                            marker=marker, linestyle=line or "none", label=label)
+                    ax.errorbar([p[0] for p in series], [p[1] for p in series],
+                                yerr=[p[3] or 0.0 for p in series], color=f"C{i}", marker=marker,
+                                linestyle=line or "none", label=label, capsize=2)
             ax.set_title(model, fontsize=10)
             ax.set_xlabel("measured speedup")
             ax.grid(alpha=0.3)

@@ -96,6 +96,9 @@ def parse_args(argv):
                    help="--phase recovery: the retraining recipes (bench_recovery.RECIPES)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="--phase recovery: retraining seeds of every recipe and control")
+    p.add_argument("--frontier_seeds", action="store_true",
+                   help="--phase recovery: also retrain the other --latency_ratios rows and the "
+                        "--budget_drops rows with every seed (the frontier's and the goals' means)")
     p.add_argument("--recovery_jobs", type=int, default=1,
                    help="--phase recovery: units run at once (each its own process)")
     p.add_argument("--recovery_threads", type=int, default=None,
@@ -720,22 +723,31 @@ def recovery_entry(name, args, argv):
                                                  "report.json"))
     control_of = {recipe: " ".join(bench_recovery.control_flags(bench_recovery.RECIPES[recipe][1]))
                   or "config schedule" for recipe in args.recipes}
-    # one control per schedule (its first recipe's), then every recipe; all units at once
-    # where --recovery_jobs allows
     firsts = {key: recipe for recipe, key in reversed(list(control_of.items()))}
-    tasks = [(recipe, seed, True) for recipe in args.recipes if firsts[control_of[recipe]] == recipe
-             for seed in args.seeds] + [(recipe, seed, False) for recipe in args.recipes
-                                        for seed in args.seeds]
+    # --frontier_seeds: the frontier's other rows retrained as they are (plain) with every seed
+    frontier = frontier_records(run, args) if args.frontier_seeds else []
+    records = {(kind, ratio): record for kind, ratio, record in frontier}
+    # (recipe, seed, control?) or (row kind, ratio, seed); one control per schedule (its first
+    # recipe's), then every recipe, then the frontier's rows: --recovery_jobs at once
+    tasks = ([("recipe", recipe, seed, True) for recipe in args.recipes
+              if firsts[control_of[recipe]] == recipe for seed in args.seeds]
+             + [("recipe", recipe, seed, False) for recipe in args.recipes for seed in args.seeds]
+             + [("row", kind, ratio, seed) for kind, ratio, _ in frontier for seed in args.seeds])
+
+    def unit(task):
+        if task[0] == "row":
+            return run.recovery(records[task[1:3]], "plain", task[3])
+        return run.recovery(row, *task[1:])
     with concurrent.futures.ThreadPoolExecutor(args.recovery_jobs) as pool:
-        done = dict(zip(tasks, pool.map(lambda t: run.recovery(row, *t), tasks)))
+        done = dict(zip(tasks, pool.map(unit, tasks)))
     recipes, controls = {}, {}
     for recipe in args.recipes:
         label, flags = bench_recovery.RECIPES[recipe]
         controls.setdefault(control_of[recipe], {
             "flags": bench_recovery.control_flags(flags),
-            "mious": [done[(firsts[control_of[recipe]], seed, True)]["miou"]
+            "mious": [done[("recipe", firsts[control_of[recipe]], seed, True)]["miou"]
                       for seed in args.seeds]})
-        units = [done[(recipe, seed, False)] for seed in args.seeds]
+        units = [done[("recipe", recipe, seed, False)] for seed in args.seeds]
         recipes[recipe] = {"label": label, "flags": flags, "control": control_of[recipe],
                            "mious": [u["miou"] for u in units],
                            "seconds_per_iter": [u["seconds_per_iter"] for u in units]}
@@ -749,7 +761,28 @@ def recovery_entry(name, args, argv):
             "machine": machine(), "git": bench_cache.git_commit(),
             "date": datetime.date.today().isoformat(),
             "command": command_text(["benchmarks/prune_speedup.py", *argv]),
-            "recipes": recipes, "controls": controls}
+            "recipes": recipes, "controls": controls,
+            "rows": [{"kind": kind, "ratio": ratio, "label": bench_report.row_label(kind, ratio),
+                      "control": "config schedule",
+                      "mious": [done[("row", kind, ratio, seed)]["miou"] for seed in args.seeds]}
+                     for kind, ratio, _ in frontier]}
+
+
+def frontier_records(run, args):
+    """[(kind, ratio, prune step record)] of the frontier's rows beside the recovery's own: the
+    other latency ratios and the budget rows (each from the main phase's cache); a row that
+    failed there has no model to retrain and is left out."""
+    rows = [("latency", r) for r in args.latency_ratios[1:]] + [(BUDGET, d)
+                                                                for d in args.budget_drops]
+    out = []
+    for kind, ratio in rows:
+        record = run.prune(kind, ratio)
+        if record["result"].get("error"):
+            logger.info(f"{run.name}: {bench_report.row_label(kind, ratio)} failed, not retrained "
+                        f"over seeds: {record['result']['error']}")
+            continue
+        out.append((kind, ratio, record))
+    return out
 
 
 def time_model(run, variants, args):

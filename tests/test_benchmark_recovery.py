@@ -127,19 +127,48 @@ def test_the_budget_goals_read_the_budget_rows_and_the_deepest_latency_row():
     results = {"models": {"FastSCNN": model(1.3, -0.8, 1.7, -2.0, 1.72),
                           "UNet": model(1.6, -1.4, 2.0, -4.0, 3.0)}}
     text = "\n".join(bench_accuracy.budget_goal_lines(results))
-    assert "| FastSCNN | 0.2 | 1.30x | -0.8 | met | cut 0.3 refused |" in text
-    assert "| UNet | 0.2 | 1.60x | -1.4 | missed |" in text
+    assert "| FastSCNN | 0.2 | 1.30x | -0.8 (1 seed) | met | cut 0.3 refused |" in text
+    assert "| UNet | 0.2 | 1.60x | -1.4 (1 seed) | missed |" in text
     assert "Median speedup over the 2 measured model(s): 1.45x" in text
     assert "not measured on all five" in text
     # FastSCNN cannot reach 1.9x (at most 1.72x): said so, and its accuracy still judged
-    assert "| FastSCNN | 1.72x | 1.70x | -2.0 | out of reach (1.72x); within 3 points: met |" in text
-    assert "| UNet | 3.00x | 2.00x | -4.0 | missed |" in text
+    assert ("| FastSCNN | 1.72x | 1.70x | -2.0 (1 seed) | out of reach (1.72x); within 3 points: "
+            "met |") in text
+    assert "| UNet | 3.00x | 2.00x | -4.0 (1 seed) | missed |" in text
     assert text.count("met (2 latency row(s))") == 2   # 1.4x at -2 beats PaddleSlim's 1.1x at -4
     # a PaddleSlim row slower than the unpruned network is beaten by not pruning (the control)
     for entry in results["models"].values():
         entry["rows"] = [r for r in entry["rows"] if r["row"] in ("control", "paddleslim")]
         entry["rows"][-1].update(speedup=0.97, miou_delta_points=-3.7)
     assert "met (0 latency row(s))" in "\n".join(bench_accuracy.budget_goal_lines(results))
+
+
+def test_rows_retrained_over_seeds_are_judged_by_their_means_against_the_control_s():
+    entry = recovery_entry([0.32, 0.33, 0.34], [0.43, 0.44, 0.45],
+                           [0.435, 0.44, 0.445], [0.44, 0.445, 0.45])
+    entry["rows"] = [{"kind": "latency_budget", "ratio": 1.0, "label": "budget",
+                      "control": "config schedule", "mious": [0.43, 0.435, 0.44]}]
+    rows = [headline_row("control", None, 1.0, 0.0, miou=0.42),
+            headline_row("latency", 0.3, 1.44, -9.0, miou=0.33),
+            headline_row("latency_budget", 1.0, 1.2, -3.0, miou=0.39),
+            headline_row("flops", 0.3, 1.1, -1.0, miou=0.41)]
+    results = {"models": {"FastSCNN": {"rows": rows}}, "recovery": {"FastSCNN": entry}}
+    by = {r["row"]: r for r in rows}
+    # the latency row: the config-schedule recipe's mean (0.33) against the control's (0.44)
+    delta, sd, seeds = bench_accuracy.row_delta(results, "FastSCNN", by["latency"])
+    assert delta == pytest.approx(-11.0) and sd == pytest.approx(1.0) and seeds == 3
+    assert bench_accuracy.row_delta(results, "FastSCNN", by["latency_budget"])[0] == \
+        pytest.approx(-0.5)
+    # a single retraining is measured against the control's mean, not its own control's 0.42
+    assert bench_accuracy.row_delta(results, "FastSCNN", by["flops"]) == \
+        pytest.approx((-3.0, None, 1))
+    assert bench_accuracy.row_delta(results, "FastSCNN", by["control"])[0] == 0.0
+    # without a recovery entry the headline table's own change stands
+    assert bench_accuracy.row_delta({"models": {}}, "FastSCNN", by["flops"])[0] == -1.0
+    text = "\n".join(bench_accuracy.budget_goal_lines(results))
+    assert "| FastSCNN | - | 1.20x | -0.5 (3-seed mean) | met |" in text
+    section = "\n".join(bench_accuracy.recovery_lines(results))
+    assert "| budget | 0.4350 ± 0.0050 (n=3) | 0.4400 ± 0.0100 (n=3) | -0.5 ±" in section
 
 
 def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkeypatch):
@@ -179,6 +208,32 @@ def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkey
     assert len(units) == len(set(units)) == 10   # each unit once, 2 at a time
     assert "each unit 1 thread(s), 2 unit(s) at once" in (out / "RESULTS.md").read_text()
     assert "## Accuracy recovery" in (out / "RESULTS.md").read_text()
+    assert entry["rows"] == []
+
+    # --frontier_seeds: the other latency ratio and the budget row, each retrained with every seed
+    # as the headline row is (plain); a row that failed in the main phase is left out
+    units.clear()
+    pruned = {}
+
+    def fake_prune(self, kind, ratio):
+        pruned[(kind, ratio)] = {"key": f"{kind}{ratio}".ljust(64, "0"), "result": {
+            "model": str(report.parent / "model.pdparams"),
+            "error": "no cut within budget" if ratio == 2.0 else None}}
+        return pruned[(kind, ratio)]
+    monkeypatch.setattr(prune_speedup.ModelRun, "prune", fake_prune)
+    monkeypatch.setattr(prune_speedup.ModelRun, "recovery", lambda self, row, recipe, seed, control=False: (
+        units.append((row["key"][:20], recipe, seed, control)) or {"miou": 0.3 + seed / 100,
+                                                                   "seconds_per_iter": 1.0}))
+    assert prune_speedup.main(argv + ["--frontier_seeds", "--latency_ratios", "0.3", "0.5",
+                                      "--budget_drops", "1.0", "2.0"]) == 0
+    entry = json.loads((out / "results.json").read_text())["recovery"]["FastSCNN"]
+    assert [(r["kind"], r["ratio"]) for r in entry["rows"]] == [("latency", 0.5),
+                                                                ("latency_budget", 1.0)]
+    assert entry["rows"][0]["mious"] == pytest.approx([0.3, 0.31])
+    assert sorted(u for u in units if u[0].startswith("latency_budget")) == [
+        ("latency_budget1.0".ljust(20, "0"), "plain", 0, False),
+        ("latency_budget1.0".ljust(20, "0"), "plain", 1, False)]
+    assert "The frontier's other rows" in (out / "RESULTS.md").read_text()
 
 
 # --- one unit, for real, on the tiny set -------------------------------------------------------
