@@ -221,9 +221,10 @@ def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkey
             "error": "no cut within budget" if ratio == 2.0 else None}}
         return pruned[(kind, ratio)]
     monkeypatch.setattr(prune_speedup.ModelRun, "prune", fake_prune)
-    monkeypatch.setattr(prune_speedup.ModelRun, "recovery", lambda self, row, recipe, seed, control=False: (
-        units.append((row["key"][:20], recipe, seed, control)) or {"miou": 0.3 + seed / 100,
-                                                                   "seconds_per_iter": 1.0}))
+    def fake_row_unit(self, row, recipe, seed, control=False):
+        units.append((row["key"][:20], recipe, seed, control))
+        return {"miou": 0.3 + seed / 100, "seconds_per_iter": 1.0}
+    monkeypatch.setattr(prune_speedup.ModelRun, "recovery", fake_row_unit)
     assert prune_speedup.main(argv + ["--frontier_seeds", "--latency_ratios", "0.3", "0.5",
                                       "--budget_drops", "1.0", "2.0"]) == 0
     entry = json.loads((out / "results.json").read_text())["recovery"]["FastSCNN"]
