@@ -20,6 +20,9 @@ def test_candidate_cuts_step_up_to_the_ceiling():
     assert candidate_cuts(0.5, 0.1) == [0.1, 0.2, 0.3, 0.4, 0.5]
     assert candidate_cuts(0.35, 0.1) == [0.1, 0.2, 0.3, 0.35]
     assert candidate_cuts(0.05, 0.1) == [0.05]
+    # the most a target reaches (its aim sits just below it) is never rounded up beyond it
+    assert candidate_cuts(0.77095 - 1e-9, 0.4) == [0.4, 0.7709]
+    assert candidate_cuts(0.771 - 1e-9, 0.4) == [0.4, 0.7709]
 
 
 REFERENCE = {"mean": 0.5, "noise_points": 0.2}
@@ -112,6 +115,20 @@ def test_the_budget_search_keeps_the_last_step_within_the_budget(config, tmp_pat
     assert not (tmp_path / "out" / "budget_search").exists()
     assert sorted(os.listdir(tmp_path / "out")) == [
         "export", "model.pdparams", "report.json", "report.md", "sensitivity.png"]
+
+
+def test_a_ceiling_beyond_what_pruning_reaches_caps_the_search(config, tmp_path,
+                                                                controlled_miou):
+    # --pruning_ratio is only the search's ceiling: 0.95 of the FLOPs cannot go with ratios up
+    # to 0.6, so the search runs up to the most the grid reaches instead of failing
+    proc = run_cli(PRUNE, *argv(config, tmp_path / "out", 50, "--pruning_ratio", "0.95"))
+    assert proc.returncode == 0, failure(proc)
+    log = proc.stdout + proc.stderr
+    assert "budget search: the ceiling 0.95 is beyond what pruning can reach" in log
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    cuts = [s["cut"] for s in report["budget"]["steps"]]
+    assert cuts[:2] == [0.2, 0.4] and 0.4 < cuts[-1] < 0.95
+    assert report["budget"]["chosen_cut"] == cuts[-1]   # all within a 50-point budget
 
 
 def test_a_killed_search_resumes_after_its_last_step(config, tmp_path, controlled_miou,

@@ -20,6 +20,7 @@ model's, found by pruning in steps of the target (measured latency, or FLOPs).
 The search runs in one process (a ``paddle.distributed.launch`` job is refused).
 """
 import dataclasses
+import math
 import os
 import shutil
 import time
@@ -42,12 +43,13 @@ class NoCutWithinBudget(UserError):
 
 
 def candidate_cuts(ceiling, step):
-    """step, 2*step, ... below ``ceiling``, then ``ceiling`` itself."""
+    """step, 2*step, ... below ``ceiling``, then ``ceiling`` itself (to 4 decimals, rounded
+    down: a ceiling that is the most the target reaches must not be rounded beyond it)."""
     cuts, k = [], 1
     while step * k < ceiling - 1e-9:
         cuts.append(round(step * k, 6))
         k += 1
-    return cuts + [round(ceiling, 4)]
+    return cuts + [math.floor(ceiling * 1e4 + 1e-6) / 1e4]
 
 
 def budget_iters(o):

@@ -10,6 +10,7 @@ Under ``paddle.distributed.launch`` every rank measures its share of the sensiti
 others, all ranks retrain together (data parallel), and rank 0 alone evaluates, saves and
 exports.
 """
+import dataclasses
 import os
 import shutil
 import time
@@ -183,7 +184,13 @@ def _run(o, cfg, t, stage):
     flops0, params0 = count_flops_params(model, shape)
     target = target_class(o.target).build(o, cfg, model, analysis,
                                           os.path.join(stage, "latency_work"), t)
-    aim, lowered_to = target.reachable(o)
+    # with --max_miou_drop, --pruning_ratio is the search's ceiling, not a target: one beyond
+    # what pruning can reach caps the search there instead of failing the run
+    aim, lowered_to = target.reachable(
+        o if o.max_miou_drop is None else dataclasses.replace(o, allow_lower_target=True))
+    if lowered_to is not None and o.max_miou_drop is not None:
+        logger.info(f"budget search: the ceiling {o.pruning_ratio:g} is beyond what pruning can "
+                    f"reach; the search goes up to {lowered_to:.3f}")
     eval_num = o.sen_eval_num or len(val_dataset)
     with Phase(t, "sensitivity analysis"):
         sens, evaluator_facts = measure_sensitivity(o, cfg, model, analysis, val_dataset)
