@@ -255,7 +255,10 @@ def budget_goal_lines(results):
                     f"{met(delta >= -DEEP_POINTS)}")
             cells = f"{row['speedup']:.2f}x | {delta:+.1f} ({seeds_text(seeds)}) | {goal}"
         else:
-            cells = "- | - | not measured"
+            failed = next((r for r in entry["rows"] if r["row"] == "latency" and r["status"] ==
+                           "failed" and abs((r["ratio"] or 0) - DEEP_RATIO) < 1e-9), None)
+            cells = "- | - | " + (f"failed: {failed['error']}".replace("|", "\\|") if failed
+                                  else "not measured")
         curve = sorted(speed_points(results, model, r) for r in entry["rows"]
                        if r["row"] in ("control", "latency") and r["status"] == "ok"
                        and r.get("speedup") is not None)

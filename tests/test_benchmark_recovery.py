@@ -135,6 +135,11 @@ def test_the_budget_goals_read_the_budget_rows_and_the_deepest_latency_row():
     assert ("| FastSCNN | 1.72x | 1.70x | -2.0 (1 seed) | out of reach (1.72x); within 3 points: "
             "met |") in text
     assert "| UNet | 3.00x | 2.00x | -4.0 (1 seed) | missed |" in text
+    deep = next(r for r in results["models"]["UNet"]["rows"] if r["ratio"] == 0.5)
+    deep.update(status="failed", error="target latency reduction 0.500 is above the 0.442")
+    assert "| - | - | failed: target latency reduction 0.500 is above the 0.442 |" in \
+        "\n".join(bench_accuracy.budget_goal_lines(results))
+    deep.update(status="ok")
     assert text.count("met (2 latency row(s))") == 2   # 1.4x at -2 beats PaddleSlim's 1.1x at -4
     # a PaddleSlim row slower than the unpruned network is beaten by not pruning (the control)
     for entry in results["models"].values():
