@@ -4,13 +4,15 @@ end to end on the tiny set with a controlled mIoU: the chosen cut, the report, a
 resumed to the same result, a budget no step meets, and the refusals."""
 import json
 import os
+import re
 
 import pytest
 
 import paddleseg.slim.budget as budget
 from conftest import run_cli, write_optic_config
 from paddleseg.slim import count_flops
-from paddleseg.slim.budget import candidate_cuts, search
+from paddleseg.slim.budget import candidate_cuts, search, step_facts
+from paddleseg.slim.output.report import budget_lines
 from test_prune import PRUNE, failure
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
@@ -38,6 +40,18 @@ def run_search(max_drop, records=None, mious=MIOUS):
     chosen, out = search(sorted(mious), REFERENCE, evaluate, max_drop, list(records or []),
                          lambda r: saved.append(len(r)))
     return chosen, out, asked, saved
+
+
+def test_a_step_is_described_by_its_flops_and_measured_latency():
+    assert step_facts({"flops_reduction": 0.35}) == "FLOPs -35.0%"
+    assert step_facts({"flops_reduction": 0.35, "measured_latency_reduction": 0.2,
+                       "speedup": 1.25}) == "FLOPs -35.0%; latency measured -20.0%, 1.25x"
+    assert step_facts({}) == "no facts recorded"   # a record of an older run
+    line = budget_lines({"max_miou_drop": 1.0, "why": "cut 0.2 chosen", "reference": {
+        "iters": 4, "mean": 0.5, "mious": [0.5, 0.5], "noise_points": 0.0}, "steps": [
+        {"step": 1, "cut": 0.1, "flops_reduction": 0.12, "measured_latency_reduction": 0.1,
+         "speedup": 1.111, "miou": 0.49, "drop_points": 1.0, "accepted": True}]})
+    assert "| 1 | 0.1 | 12.0% | 10.0% (1.11x) | 0.4900 | +1.0 | accepted |" in line
 
 
 def test_the_search_stops_at_the_first_step_over_the_budget():
@@ -112,6 +126,10 @@ def test_the_budget_search_keeps_the_last_step_within_the_budget(config, tmp_pat
     assert "the next, 0.4, was refused" in b["why"]
     assert abs(report["flops_reduction"] - 0.2) <= 0.03   # the chosen step's model, retrained
     assert "| 2 | 0.4 |" in (tmp_path / "out" / "report.md").read_text()
+    # each step's model: its FLOPs cut, in report.json and the log (the FLOPs target times none)
+    assert [s["flops_reduction"] for s in b["steps"]] == pytest.approx([0.2, 0.4], abs=0.03)
+    assert "measured_latency_reduction" not in b["steps"][0]
+    assert re.search(r"step 1 of 2: cut 0\.2 \(FLOPs -\d+\.\d%\)", log)
     assert not (tmp_path / "out" / "budget_search").exists()
     assert sorted(os.listdir(tmp_path / "out")) == [
         "export", "model.pdparams", "report.json", "report.md", "sensitivity.png"]

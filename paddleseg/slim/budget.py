@@ -31,6 +31,7 @@ from ..utils.errors import UserError
 from ..utils.fileio import write_json
 from ..utils.progress import format_seconds
 from . import build_groups, prune_model
+from .flops import count_flops_params
 from .options import options_fingerprint
 from .output.publish import BUDGET_DIR, STEPS_STATE
 from .output.storage import read_state
@@ -61,6 +62,16 @@ def accepted(drop_points, noise_points, max_drop):
     return drop_points + noise_points <= max_drop + 1e-9
 
 
+def step_facts(record):
+    """A step's model in words: its FLOPs cut and, under the latency target, the closing loop's
+    measured latency cut and speedup (records of an older run may lack them)."""
+    facts = [f"FLOPs -{record['flops_reduction']:.1%}"] if "flops_reduction" in record else []
+    if record.get("measured_latency_reduction") is not None:
+        facts.append(f"latency measured -{record['measured_latency_reduction']:.1%}, "
+                     f"{record['speedup']:.2f}x")
+    return "; ".join(facts) or "no facts recorded"
+
+
 def search(cuts, reference, evaluate_step, max_drop, records, save):
     """(index of the chosen step or None, every step's record): the steps of ``cuts`` in order,
     ``records`` (of an earlier, killed run) reused, ``evaluate_step(k, cut)`` giving the others'
@@ -78,7 +89,8 @@ def search(cuts, reference, evaluate_step, max_drop, records, save):
             save(records)
             done = len(records)   # the steps evaluated here took the time since the start
             eta = (time.time() - start) / (done - resumed) * (len(cuts) - done)
-            logger.info(f"budget search: step {k + 1} of {len(cuts)}: cut {cut:g}, mIoU "
+            logger.info(f"budget search: step {k + 1} of {len(cuts)}: cut {cut:g} "
+                        f"({step_facts(record)}), mIoU "
                         f"{record['miou']:.4f}, {drop:+.1f} points below the reference "
                         f"(noise {reference['noise_points']:.1f}, budget {max_drop:g}): "
                         f"{'accepted' if record['accepted'] else 'refused'}; at most "
@@ -130,21 +142,25 @@ class BudgetSearch:
         return dataclasses.replace(self.o, retraining_iters=self.iters, prune_steps=1, **changes)
 
     def _fine_tuned(self, options, plan=None):
-        """mIoU of a fresh unpruned model (pruned to ``plan``) after a brief fine-tuning."""
+        """(mIoU, FLOPs cut) of a fresh unpruned model (pruned to ``plan``) after a brief
+        fine-tuning."""
         cfg = options.build_config()
         model = build_and_load(cfg, self.o.model_path)
         model.eval()
         teacher = teacher_of(options, model)
+        flops_cut = 0.0
         if plan:
+            flops_before = count_flops_params(model, self.shape)[0]
             prune_model(model, build_groups(model, self.shape), plan, options.criterion)
+            flops_cut = 1 - count_flops_params(model, self.shape)[0] / flops_before
         retrain(options, cfg, model, self.work_dir, teacher)
         shutil.rmtree(self.work_dir, ignore_errors=True)   # scratch checkpoints, in the stage
-        return miou(model, self.val_dataset)
+        return miou(model, self.val_dataset), round(flops_cut, 4)
 
     def reference(self):
         seed = self.o.seed or 0
         control = dict(distill="none", distill_weight=1.0, distill_temperature=1.0)
-        mious = [self._fine_tuned(self._brief(seed=s, **control)) for s in (seed, seed + 1)]
+        mious = [self._fine_tuned(self._brief(seed=s, **control))[0] for s in (seed, seed + 1)]
         mean = sum(mious) / 2
         return {"mious": mious, "mean": mean,
                 "noise_points": round(100 * abs(mious[0] - mious[1]), 4),
@@ -153,9 +169,16 @@ class BudgetSearch:
     def evaluate_step(self, sensitivities):
         def step(k, cut):
             alloc = self.target.allocate(sensitivities, cut, allow_lower=True)
-            return {"miou": self._fine_tuned(self._brief(), alloc.plan),
-                    "plan": {gid: float(r) for gid, r in alloc.plan.items()},
-                    "target_state": self.target.snapshot(alloc)}
+            state = self.target.snapshot(alloc)
+            step_miou, flops_cut = self._fine_tuned(self._brief(), alloc.plan)
+            record = {"miou": step_miou, "flops_reduction": flops_cut,
+                      "plan": {gid: float(r) for gid, r in alloc.plan.items()},
+                      "target_state": state}
+            measured = state.get("verdict", {}).get("search_measured_reduction")
+            if measured is not None:   # the latency target's closing loop timed this step
+                record.update(measured_latency_reduction=measured,
+                              speedup=round(1 / max(1e-9, 1 - measured), 3))
+            return record
         return step
 
     def run(self, sensitivities, ceiling):

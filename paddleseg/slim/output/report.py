@@ -59,6 +59,15 @@ def step_lines(steps):
         f"{s['retraining_iters']} |" for s in steps] + [""]
 
 
+def percent(value):
+    return "-" if value is None else f"{value:.1%}"
+
+
+def measured_text(step):
+    cut = step.get("measured_latency_reduction")
+    return "-" if cut is None else f"{cut:.1%} ({step['speedup']:.2f}x)"
+
+
 def budget_lines(budget):
     """The --max_miou_drop search: the reference, every step and why it stopped."""
     if not budget:
@@ -68,9 +77,10 @@ def budget_lines(budget):
              f"model fine-tuned {ref['iters']} iterations: {ref['mean']:.4f} (two seeds: "
              f"{', '.join(f'{m:.4f}' for m in ref['mious'])}; noise "
              f"{ref['noise_points']:.1f} points). {budget['why'][0].upper()}{budget['why'][1:]}.",
-             "", "| step | cut | mIoU after brief retraining | points below the reference | "
-             "verdict |", "|-|-|-|-|-|"]
-    lines += [f"| {s['step']} | {s['cut']:g} | {s['miou']:.4f} | {s['drop_points']:+.1f} | "
+             "", "| step | cut | FLOPs cut | measured latency cut (speedup) | mIoU after brief "
+             "retraining | points below the reference | verdict |", "|-|-|-|-|-|-|-|"]
+    lines += [f"| {s['step']} | {s['cut']:g} | {percent(s.get('flops_reduction'))} | "
+              f"{measured_text(s)} | {s['miou']:.4f} | {s['drop_points']:+.1f} | "
               f"{'accepted' if s['accepted'] else 'refused'} |" for s in budget["steps"]]
     return lines + [""]
 
