@@ -11,6 +11,8 @@ NOISE_SE = 2.0   # a difference of means beyond 2 standard errors is called a di
 WITHIN_POINTS = 1.0   # the accuracy issue's goal: within 1 point of the control
 HALF = 0.5   # ... and at least half of the default retraining's loss recovered
 MAX_COST = 1.5   # ... at most 1.5x the default retraining's time per iteration
+# prune.py's message when --max_miou_drop finds no cut within the budget (budget.py)
+NO_CUT = "the unpruned model stays the answer"
 GOAL_SPEEDUP = 1.38   # the speedup its rows must keep (latency target 0.3)
 BUDGET_MEDIAN_SPEEDUP = 1.5   # the budget issue: --max_miou_drop 1.0 rows' median speedup
 DEEP_RATIO, DEEP_SPEEDUP, DEEP_POINTS = 0.5, 1.9, 3.0   # ... and latency target 0.5's goal
@@ -164,6 +166,17 @@ def ok_row(entry, kind, ratio):
                  and r["ratio"] is not None and abs(r["ratio"] - ratio) < 1e-9), None)
 
 
+def failed_row(entry, kind, ratio):
+    """The model's row of ``kind`` at ``ratio`` that failed, or None."""
+    return next((r for r in entry["rows"] if r["row"] == kind and r["status"] == "failed"
+                 and r["ratio"] is not None and abs(r["ratio"] - ratio) < 1e-9), None)
+
+
+def cell(text):
+    """``text`` as one markdown table cell."""
+    return (text or "").replace("|", "\\|").replace("\n", " ")
+
+
 def best_recipe(entry):
     """The recipe with the highest mean mIoU change against its own control."""
     return max(entry["recipes"], key=lambda name: recipe_delta(entry, name)[0])
@@ -221,8 +234,16 @@ def budget_goal_lines(results):
     speedups = []
     for model, entry in models.items():
         row = ok_row(entry, "latency_budget", WITHIN_POINTS)
+        failed = failed_row(entry, "latency_budget", WITHIN_POINTS)
+        if failed and NO_CUT in (failed["error"] or ""):
+            # no cut met the budget: the unpruned model is the answer, at 1.00x
+            speedups.append(1.0)
+            lines.append(f"| {model} | none | 1.00x | +0.0 | met (unpruned) | "
+                         f"{cell(failed['error'])} |")
+            continue
         if not row or row.get("speedup") is None:
-            lines.append(f"| {model} | - | - | - | not measured | |")
+            status = f"failed: {cell(failed['error'])}" if failed else "not measured"
+            lines.append(f"| {model} | - | - | - | {status} | |")
             continue
         budget = row.get("budget") or {}
         speedups.append(row["speedup"])
@@ -246,7 +267,8 @@ def budget_goal_lines(results):
               "|---|---:|---:|---:|---|---|"]
     for model, entry in models.items():
         row = ok_row(entry, "latency", DEEP_RATIO)
-        reach = ((row or {}).get("latency_target") or {}).get("max_speedup")
+        reach = next((r["latency_target"]["max_speedup"] for r in entry["rows"]
+                      if (r.get("latency_target") or {}).get("max_speedup")), None)
         if row and row.get("speedup") is not None:
             reachable = reach is None or reach >= DEEP_SPEEDUP
             delta, _, seeds = row_delta(results, model, row)
@@ -255,10 +277,8 @@ def budget_goal_lines(results):
                     f"{met(delta >= -DEEP_POINTS)}")
             cells = f"{row['speedup']:.2f}x | {delta:+.1f} ({seeds_text(seeds)}) | {goal}"
         else:
-            failed = next((r for r in entry["rows"] if r["row"] == "latency" and r["status"] ==
-                           "failed" and abs((r["ratio"] or 0) - DEEP_RATIO) < 1e-9), None)
-            cells = "- | - | " + (f"failed: {failed['error']}".replace("|", "\\|") if failed
-                                  else "not measured")
+            failed = failed_row(entry, "latency", DEEP_RATIO)
+            cells = "- | - | " + (f"failed: {cell(failed['error'])}" if failed else "not measured")
         curve = sorted(speed_points(results, model, r) for r in entry["rows"]
                        if r["row"] in ("control", "latency") and r["status"] == "ok"
                        and r.get("speedup") is not None)

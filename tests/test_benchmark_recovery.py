@@ -140,6 +140,18 @@ def test_the_budget_goals_read_the_budget_rows_and_the_deepest_latency_row():
     assert "| - | - | failed: target latency reduction 0.500 is above the 0.442 |" in \
         "\n".join(bench_accuracy.budget_goal_lines(results))
     deep.update(status="ok")
+    # a budget no cut meets: the unpruned model is the answer (1.00x, counted in the median);
+    # another failure is shown as one
+    budget_row = next(r for r in results["models"]["UNet"]["rows"] if r["row"] == "latency_budget")
+    budget_row.update(status="failed", error="--max_miou_drop 1: the smallest cut, 0.1, is "
+                      "refused (5.0 points lost + 1.6 noise > 1); the unpruned model stays the "
+                      "answer")
+    text = "\n".join(bench_accuracy.budget_goal_lines(results))
+    assert "| UNet | none | 1.00x | +0.0 | met (unpruned) | --max_miou_drop 1: the smallest" in text
+    assert "Median speedup over the 2 measured model(s): 1.15x" in text
+    budget_row.update(error="killed")
+    assert "| UNet | - | - | - | failed: killed | |" in \
+        "\n".join(bench_accuracy.budget_goal_lines(results))
     assert text.count("met (2 latency row(s))") == 2   # 1.4x at -2 beats PaddleSlim's 1.1x at -4
     # a PaddleSlim row slower than the unpruned network is beaten by not pruning (the control)
     for entry in results["models"].values():
