@@ -47,7 +47,7 @@ class PruneOptions:
     prune_steps: int = 1               # prune-and-retrain steps that reach the plan
     max_miou_drop: float = None        # accuracy budget in mIoU points (None: prune to the ratio)
     budget_step: float = 0.1           # the budget search's step of target cut
-    budget_iters: int = None           # its brief retraining per step (None: retraining_iters/4)
+    budget_iters: int = None           # its retraining per step (None: retraining_iters)
     device: str = "cpu"                # where everything runs, latency measured included
     cpu_threads: int = None            # threads per process (None: every core, shared by ranks)
     opts: tuple = None                 # --opts KEY=VALUE overrides of the config

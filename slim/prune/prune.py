@@ -72,15 +72,16 @@ def build_parser():
     budget = p.add_argument_group("accuracy budget")
     budget.add_argument("--max_miou_drop", type=float, default=None,
                         help="prune as far as the mIoU stays within this many points of the "
-                             "unpruned model's (fine-tuned as briefly): the target is cut in "
-                             "steps of --budget_step up to --pruning_ratio, each pruned, briefly "
-                             "retrained and evaluated; the last step within the budget (noise "
-                             "included) is retrained in full" + NATIVE_ONLY_NOTE)
+                             "unpruned model's (fine-tuned as long): the target is cut in steps "
+                             "of --budget_step up to --pruning_ratio, each pruned, retrained "
+                             "--budget_iters and evaluated; the last step within the budget "
+                             "(noise included) is retrained in full" + NATIVE_ONLY_NOTE)
     budget.add_argument("--budget_step", type=float, default=0.1,
                         help="the budget search's step of target cut" + NATIVE_ONLY_NOTE)
     budget.add_argument("--budget_iters", type=int, default=None,
-                        help="retraining iterations of each budget step (default: a quarter of "
-                             "--retraining_iters)" + NATIVE_ONLY_NOTE)
+                        help="retraining iterations of each budget step (default: "
+                             "--retraining_iters; fewer is faster but overstates the loss)"
+                        + NATIVE_ONLY_NOTE)
     latency = p.add_argument_group("latency target", "flags that apply only with --target latency")
     latency.add_argument("--latency_shape", type=int, nargs=4, default=None,
                          metavar=("N", "C", "H", "W"),

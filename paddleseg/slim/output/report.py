@@ -77,7 +77,7 @@ def budget_lines(budget):
              f"model fine-tuned {ref['iters']} iterations: {ref['mean']:.4f} (two seeds: "
              f"{', '.join(f'{m:.4f}' for m in ref['mious'])}; noise "
              f"{ref['noise_points']:.1f} points). {budget['why'][0].upper()}{budget['why'][1:]}.",
-             "", "| step | cut | FLOPs cut | measured latency cut (speedup) | mIoU after brief "
+             "", "| step | cut | FLOPs cut | measured latency cut (speedup) | mIoU after its "
              "retraining | points below the reference | verdict |", "|-|-|-|-|-|-|-|"]
     lines += [f"| {s['step']} | {s['cut']:g} | {percent(s.get('flops_reduction'))} | "
               f"{measured_text(s)} | {s['miou']:.4f} | {s['drop_points']:+.1f} | "
