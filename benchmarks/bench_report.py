@@ -249,13 +249,22 @@ def row_cells(model, r):
             latency, fmt_speedup(r), fmt_seconds(r.get("wall_seconds"))]
 
 
-def main_table(results):
+HEADLINE_RATIO = 0.3   # the rows the tutorial's table keeps (RESULTS.md has every ratio)
+
+
+def headline_row(r):
+    """The unpruned and control rows and every row at the headline ratio (0.3)."""
+    return r["ratio"] is None or abs(r["ratio"] - HEADLINE_RATIO) < 1e-9
+
+
+def main_table(results, keep=lambda r: True):
     lines = ["| Model | Row | GFLOPs | Params | FLOPs cut | mIoU | Δ mIoU vs control (points) "
              "| Latency ms: median [p10, p90] | Speedup | Step time |",
              "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for model, entry in results["models"].items():
         for r in entry["rows"]:
-            lines.append("| " + " | ".join(row_cells(model, r)) + " |")
+            if keep(r):
+                lines.append("| " + " | ".join(row_cells(model, r)) + " |")
     return lines
 
 
@@ -478,9 +487,10 @@ def render_docs_table(results):
     entries = list(results["models"].values())
     if not entries:
         return "No model measured yet."
-    return "\n".join(["Measured by `benchmarks/prune_speedup.py` (full setup, training budgets "
-                      "and commands: `benchmarks/RESULTS.md`).", ""] + setup_lines(results)
-                     + [""] + main_table(results))
+    return "\n".join(["Measured by `benchmarks/prune_speedup.py` (full setup, training budgets, "
+                      "commands, and the rows at other ratios and budgets: "
+                      "`benchmarks/RESULTS.md`).", ""] + setup_lines(results)
+                     + [""] + main_table(results, keep=headline_row))
 
 
 # ---------------------------------------------------------------- outputs

@@ -134,6 +134,18 @@ def test_report_is_a_pure_function_of_results_json(tmp_path):
         in first["prune.md"].decode()
 
 
+def test_the_tutorial_s_table_keeps_the_headline_ratio_and_results_md_every_row():
+    results = tiny_results()
+    fast = results["models"]["FastSCNN"]["rows"]
+    extra = copy.deepcopy(next(r for r in fast if r["row"] == "flops"))
+    extra.update(ratio=0.5, label="FLOPs target 0.5")
+    fast.append(extra)
+    docs = bench_report.render_docs_table(results)
+    assert "| FastSCNN | FLOPs target 0.3 |" in docs and "FLOPs target 0.5" not in docs
+    assert "| FastSCNN | unpruned |" in docs and "| FastSCNN | control (+75 iters) |" in docs
+    assert "| FastSCNN | FLOPs target 0.5 |" in bench_report.render_results(results)
+
+
 def test_a_step_stopped_at_its_time_limit_is_not_called_failed_in_the_headline(tmp_path):
     results = tiny_results()
     row = results["models"]["BiSeNetV2"]["rows"][-1]
