@@ -6,6 +6,7 @@ from bench_recovery.py: that file is part of every recovery unit's cache key, so
 the numbers are written must not throw the measured units away.
 """
 import math
+import statistics
 
 NOISE_SE = 2.0   # a difference of means beyond 2 standard errors is called a difference
 WITHIN_POINTS = 1.0   # the accuracy issue's goal: within 1 point of the control
@@ -160,15 +161,9 @@ def recovery_lines(results):
 # ---------------------------------------------------------------- the goals
 
 
-def ok_row(entry, kind, ratio):
-    """The model's row of ``kind`` at ``ratio`` that ran, or None."""
-    return next((r for r in entry["rows"] if r["row"] == kind and r["status"] == "ok"
-                 and r["ratio"] is not None and abs(r["ratio"] - ratio) < 1e-9), None)
-
-
-def failed_row(entry, kind, ratio):
-    """The model's row of ``kind`` at ``ratio`` that failed, or None."""
-    return next((r for r in entry["rows"] if r["row"] == kind and r["status"] == "failed"
+def find_row(entry, kind, ratio, status="ok"):
+    """The model's row of ``kind`` at ``ratio`` with ``status`` ("ok": it ran), or None."""
+    return next((r for r in entry["rows"] if r["row"] == kind and r["status"] == status
                  and r["ratio"] is not None and abs(r["ratio"] - ratio) < 1e-9), None)
 
 
@@ -189,7 +184,7 @@ def recovery_goal(model, results):
     entry = (results.get("recovery") or {}).get(model)
     if not entry or "plain" not in entry["recipes"]:
         return None
-    headline = ok_row(results["models"].get(model, {"rows": []}), "latency", entry["ratio"])
+    headline = find_row(results["models"].get(model, {"rows": []}), "latency", entry["ratio"])
     speedup = headline.get("speedup") if headline else None
     default_loss = recipe_delta(entry, "plain")[0]
     best = best_recipe(entry)
@@ -233,8 +228,8 @@ def budget_goal_lines(results):
              "why the search stopped |", "|---|---:|---:|---:|---|---|"]
     speedups = []
     for model, entry in models.items():
-        row = ok_row(entry, "latency_budget", WITHIN_POINTS)
-        failed = failed_row(entry, "latency_budget", WITHIN_POINTS)
+        row = find_row(entry, "latency_budget", WITHIN_POINTS)
+        failed = find_row(entry, "latency_budget", WITHIN_POINTS, "failed")
         if failed and NO_CUT in (failed["error"] or ""):
             # no cut met the budget: the unpruned model is the answer, at 1.00x
             speedups.append(1.0)
@@ -252,8 +247,7 @@ def budget_goal_lines(results):
                      f"{delta:+.1f} ({seeds_text(seeds)}) | {met(delta >= -WITHIN_POINTS)} | "
                      f"{budget.get('why', '')} |")
     if speedups:
-        median = sorted(speedups)[len(speedups) // 2] if len(speedups) % 2 else \
-            sum(sorted(speedups)[len(speedups) // 2 - 1:len(speedups) // 2 + 1]) / 2
+        median = statistics.median(speedups)
         judged = (met(median >= BUDGET_MEDIAN_SPEEDUP) if len(speedups) == 5
                   else "not measured on all five")
         lines += ["", f"Median speedup over the {len(speedups)} measured model(s): "
@@ -266,7 +260,7 @@ def budget_goal_lines(results):
               f"goal at {DEEP_RATIO:g} | frontier dominates PaddleSlim |",
               "|---|---:|---:|---:|---|---|"]
     for model, entry in models.items():
-        row = ok_row(entry, "latency", DEEP_RATIO)
+        row = find_row(entry, "latency", DEEP_RATIO)
         reach = next((r["latency_target"]["max_speedup"] for r in entry["rows"]
                       if (r.get("latency_target") or {}).get("max_speedup")), None)
         if row and row.get("speedup") is not None:
@@ -277,7 +271,7 @@ def budget_goal_lines(results):
                     f"{met(delta >= -DEEP_POINTS)}")
             cells = f"{row['speedup']:.2f}x | {delta:+.1f} ({seeds_text(seeds)}) | {goal}"
         else:
-            failed = failed_row(entry, "latency", DEEP_RATIO)
+            failed = find_row(entry, "latency", DEEP_RATIO, "failed")
             cells = "- | - | " + (f"failed: {cell(failed['error'])}" if failed else "not measured")
         curve = sorted(speed_points(results, model, r) for r in entry["rows"]
                        if r["row"] in ("control", "latency") and r["status"] == "ok"

@@ -13,6 +13,7 @@ from paddleseg.utils.errors import UserError
 from paddleseg.utils.fileio import atomic_path, write_json, write_text
 
 import bench_accuracy
+from bench_accuracy import cell
 
 RESULTS, MARKDOWN, PLOT = "results.json", "RESULTS.md", "speedup.png"
 FRONTIER = "frontier.png"
@@ -201,11 +202,6 @@ def _model_rank(name):
 # ---------------------------------------------------------------- formatting
 
 
-def _cell(text):
-    """``text`` safe inside a Markdown table cell."""
-    return text.replace("|", "\\|")
-
-
 def fmt_ms(lat):
     if not lat:
         return "-"
@@ -237,11 +233,11 @@ def shape_text(shape):
 
 def row_cells(model, r):
     if r["status"] == "not run":
-        return [model, r["label"], "not run: " + _cell(r["note"])] + [""] * 7
+        return [model, r["label"], "not run: " + cell(r["note"])] + [""] * 7
     if r["status"] == "failed":
         # PaddleSlim's errors are long: the whole line is in the PaddleSlim table
         what = (f"{status_text(r)} (why: PaddleSlim table, benchmarks/RESULTS.md)"
-                if r["row"] == "paddleslim" else f"{status_text(r)}: " + _cell(r["error"]))
+                if r["row"] == "paddleslim" else f"{status_text(r)}: " + cell(r["error"]))
         return [model, r["label"], what] + [""] * 7
     latency = fmt_ms(r["latency"]) if r["row"] != "control" else "same network as unpruned"
     return [model, r["label"], f"{r['gflops']:.3f}", fmt_params(r["params"]),
@@ -332,7 +328,7 @@ def paddleslim_table(results):
             if r["status"] != "ok":
                 lines.append(f"| {model} | {engine} | {r['ratio']:g} | - | - | - | - | "
                              f"{fmt_seconds(r.get('wall_seconds'))} | "
-                             f"{status_text(r)}: {_cell(r['error'] or r.get('note', ''))} |")
+                             f"{status_text(r)}: {cell(r['error'] or r.get('note', ''))} |")
                 continue
             ps = r.get("paddleslim") or {}
             convs = f"{ps['pruned_convs']}/{ps['convs']}" if ps else "-"
@@ -356,9 +352,8 @@ GOAL_SPEEDUP = bench_accuracy.GOAL_SPEEDUP
 def latency_goal(entry, ratio=0.3):
     """The goal's verdict for one model: (latency row, equal-loss control row, speedup met,
     mIoU kept), or None where either row is missing or did not run."""
-    rows = {r["row"]: r for r in entry["rows"]
-            if r["ratio"] is not None and abs(r["ratio"] - ratio) < 1e-9 and r["status"] == "ok"}
-    lat, ctl = rows.get("latency"), rows.get("latency_equal_loss")
+    lat = bench_accuracy.find_row(entry, "latency", ratio)
+    ctl = bench_accuracy.find_row(entry, "latency_equal_loss", ratio)
     if not lat or not ctl or lat.get("speedup") is None or ctl.get("speedup") is None:
         return None
     return lat, ctl, lat["speedup"] >= GOAL_SPEEDUP, lat["miou"] >= ctl["miou"]

@@ -165,7 +165,8 @@ class BudgetSearch:
     def reference(self):
         seed = self.o.seed or 0
         control = dict(distill="none", distill_weight=1.0, distill_temperature=1.0)
-        mious = [self._fine_tuned(self._step_options(seed=s, **control))[0] for s in (seed, seed + 1)]
+        mious = [self._fine_tuned(self._step_options(seed=s, **control))[0]
+                 for s in (seed, seed + 1)]
         mean = sum(mious) / 2
         return {"mious": mious, "mean": mean,
                 "noise_points": round(100 * abs(mious[0] - mious[1]), 4),
