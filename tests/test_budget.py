@@ -6,14 +6,18 @@ import json
 import os
 import re
 
+import numpy as np
+import paddle
 import pytest
 
 import paddleseg.slim.budget as budget
 from conftest import run_cli, write_optic_config
+from paddleseg.cvlibs import Config
 from paddleseg.slim import count_flops
 from paddleseg.slim.budget import candidate_cuts, search, step_facts
 from paddleseg.slim.output.report import budget_lines
 from test_prune import PRUNE, failure
+from test_prune_steps import weights
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
 
@@ -83,13 +87,17 @@ def test_a_budget_no_step_meets_chooses_nothing():
 @pytest.fixture(scope="module")
 def config(tiny_optic_root, tmp_path_factory):
     folder = tmp_path_factory.mktemp("budget")
-    return (write_optic_config(folder / "fastscnn.yml", tiny_optic_root, "FastSCNN", [1.0, 0.4]),
-            str(folder / "sensitivity.json"))
+    cfg = write_optic_config(folder / "fastscnn.yml", tiny_optic_root, "FastSCNN", [1.0, 0.4])
+    paddle.seed(0)   # the weights pruned: every fine-tuning of the search starts from them
+    weights_file = str(folder / "model.pdparams")
+    paddle.save(Config(cfg).model.state_dict(), weights_file)
+    return cfg, str(folder / "sensitivity.json"), weights_file
 
 
 def argv(config, save_dir, max_drop, *extra):
-    cfg, sen_file = config
-    return ["--config", cfg, "--pruning_ratio", "0.4", "--retraining_iters", "4",
+    cfg, sen_file, weights_file = config
+    return ["--config", cfg, "--model_path", weights_file, "--pruning_ratio", "0.4",
+            "--retraining_iters", "4",
             "--save_dir", save_dir, "--sen_ratios", "0.3", "0.6", "--sen_eval_num", "1",
             "--sen_evaluator", "dygraph", "--sen_file", sen_file, "--seed", "0",
             "--max_miou_drop", str(max_drop), "--budget_step", "0.2", *extra]
@@ -117,6 +125,7 @@ def test_the_budget_search_keeps_the_last_step_within_the_budget(config, tmp_pat
     assert proc.returncode == 0, failure(proc)
     log = proc.stdout + proc.stderr
     assert "budget search: at most 2 steps (0.2, 0.4)" in log
+    assert "the chosen step's model is the final one; budget 1.5" in log   # the time up front
     assert "budget search: step 2 of 2: cut 0.4" in log and "ETA" in log
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     b = report["budget"]
@@ -130,9 +139,38 @@ def test_the_budget_search_keeps_the_last_step_within_the_budget(config, tmp_pat
     assert [s["flops_reduction"] for s in b["steps"]] == pytest.approx([0.2, 0.4], abs=0.03)
     assert "measured_latency_reduction" not in b["steps"][0]
     assert re.search(r"step 1 of 2: cut 0\.2 \(FLOPs -\d+\.\d%\)", log)
+    # the chosen step was retrained as the final model would be: its model is the final one
+    assert "the budget search's chosen step was this retraining" in log
+    assert b["final_model"].startswith("the chosen step's retrained model")
+    assert "The final model: the chosen step's retrained model" in (
+        tmp_path / "out" / "report.md").read_text()
     assert not (tmp_path / "out" / "budget_search").exists()
     assert sorted(os.listdir(tmp_path / "out")) == [
         "export", "model.pdparams", "report.json", "report.md", "sensitivity.png"]
+
+
+def test_the_chosen_step_s_model_is_what_the_final_retraining_makes(config, tmp_path,
+                                                                   controlled_miou):
+    # the reuse is exact: the budget run's final weights are those of a run that prunes the
+    # chosen cut (0.2) without the search and retrains it in full
+    budget_out, plain_out = tmp_path / "budget", tmp_path / "plain"
+    assert run_cli(PRUNE, *argv(config, budget_out, 1.5)).returncode == 0
+    plain = [a for a in argv(config, plain_out, 1.5)[:-4]] + ["--pruning_ratio", "0.2"]
+    proc = run_cli(PRUNE, *plain)
+    assert proc.returncode == 0, failure(proc)
+    ours, theirs = weights(budget_out), weights(plain_out)
+    assert ours.keys() == theirs.keys()
+    for name in ours:   # the structure record differs: it names each run's --pruning_ratio
+        if name != "__pruned_structure__":
+            np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
+    # a shorter search retraining is not the final one: the run retrains the chosen cut in full
+    proc = run_cli(PRUNE, *argv(config, tmp_path / "short", 1.5, "--budget_iters", "2"))
+    assert proc.returncode == 0, failure(proc)
+    log = proc.stdout + proc.stderr
+    assert "chosen step was this retraining" not in log
+    assert "then the final retraining (4 iterations)" in log
+    report = json.loads((tmp_path / "short" / "report.json").read_text())
+    assert report["budget"]["final_model"] == "the chosen cut retrained 4 iterations"
 
 
 def test_a_ceiling_beyond_what_pruning_reaches_caps_the_search(config, tmp_path,
@@ -174,6 +212,10 @@ def test_a_killed_search_resumes_after_its_last_step(config, tmp_path, controlle
     a = json.loads((straight / "report.json").read_text())["budget"]
     b = json.loads((out / "report.json").read_text())["budget"]
     assert a == b
+    # step 1's model, kept by the killed run, is the resumed run's final model
+    ours, theirs = weights(straight), weights(out)
+    for name in ours:
+        np.testing.assert_array_equal(ours[name], theirs[name], err_msg=name)
 
 
 def test_a_budget_no_step_meets_is_one_line_and_no_output(config, tmp_path, controlled_miou):
@@ -197,7 +239,7 @@ BAD = {
 @pytest.mark.parametrize("case", BAD)
 def test_bad_budget_flags_are_one_line(case, config, tmp_path):
     extra, line = BAD[case]
-    cfg, _ = config
+    cfg = config[0]
     proc = run_cli(PRUNE, "--config", cfg, "--pruning_ratio", "0.4", "--retraining_iters", "2",
                    "--save_dir", tmp_path / "out", *extra)
     assert proc.returncode == 2

@@ -17,10 +17,14 @@ model's, found by pruning in steps of the target (measured latency, or FLOPs).
   the noise stays within D: a step that meets the budget only within noise is refused, so no
   step is accepted by luck. The search stops at the first refused step; the last accepted one
   is the answer, which the run then prunes and retrains in full (``--retraining_iters``).
+  When that retraining would repeat the chosen step's exactly (``--budget_iters`` equal to
+  ``--retraining_iters``, the default, and one prune step: same plan, seed, recipe and
+  iterations), the step's retrained weights are kept and become the final model instead.
 - A budget no step meets is one error line; the unpruned model stays the answer.
 - After each step its record (plan, measured cut, mIoU, verdict) is written to
-  ``save_dir/budget_search/state.json``; a killed run given the same command resumes after its
-  last finished step, to the same result.
+  ``save_dir/budget_search/state.json``, and the last accepted step's weights beside it
+  (``step_N/``); a killed run given the same command resumes after its last finished step, to
+  the same result.
 
 The search runs in one process (a ``paddle.distributed.launch`` job is refused).
 """
@@ -39,7 +43,7 @@ from . import build_groups, prune_model
 from .flops import count_flops_params
 from .options import options_fingerprint
 from .output.publish import BUDGET_DIR, STEPS_STATE
-from .output.storage import read_state
+from .output.storage import PARAMS_FILE, read_state, save_pruned
 from .retrain import miou, retrain
 from .distill import teacher_of
 
@@ -116,12 +120,23 @@ def fingerprint(o, setup, cuts):
         setup=setup, cuts=cuts)
 
 
+def last_accepted(records):
+    """The step number of the last accepted record, or None."""
+    steps = [r["step"] for r in records if r["accepted"]]
+    return steps[-1] if steps else None
+
+
 class BudgetState:
-    """``save_dir/budget_search/state.json``: the reference and the finished steps."""
+    """``save_dir/budget_search/``: ``state.json`` (the reference and the finished steps) and
+    ``step_N/model.pdparams``, the retrained model of the last accepted step N where kept."""
 
     def __init__(self, save_dir, key):
-        self.path = os.path.join(save_dir, BUDGET_DIR, STEPS_STATE)
+        self.folder = os.path.join(save_dir, BUDGET_DIR)
+        self.path = os.path.join(self.folder, STEPS_STATE)
         self.key = key
+
+    def weights(self, step):
+        return os.path.join(self.folder, f"step_{step}", PARAMS_FILE)
 
     def load(self):
         state = read_state(self.path, self.key,
@@ -130,7 +145,13 @@ class BudgetState:
         return state.get("reference"), list(state.get("steps", []))
 
     def save(self, reference, steps):
+        """The state, then only the last accepted step's weights stay (a refused step's model
+        is never the answer)."""
         write_json(self.path, {"fingerprint": self.key, "reference": reference, "steps": steps})
+        keep = f"step_{last_accepted(steps)}"
+        for name in os.listdir(self.folder):
+            if name.startswith("step_") and name != keep:
+                shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
 
 
 class BudgetSearch:
@@ -142,13 +163,17 @@ class BudgetSearch:
         self.val_dataset, self.work_dir = val_dataset, work_dir
         self.iters = budget_iters(o)
         self.setup = setup
+        # a step retrained exactly as the final model would be: its weights are the final ones
+        # (without --model_path each fresh model has its own random initial weights)
+        self.keeps_weights = (self.iters == o.retraining_iters and o.prune_steps == 1
+                              and o.model_path is not None)
 
     def _step_options(self, **changes):
         return dataclasses.replace(self.o, retraining_iters=self.iters, prune_steps=1, **changes)
 
-    def _fine_tuned(self, options, plan=None):
+    def _fine_tuned(self, options, plan=None, keep_in=None):
         """(mIoU, FLOPs cut) of a fresh unpruned model (pruned to ``plan``) after the step's
-        fine-tuning."""
+        fine-tuning; the retrained model is saved in the folder ``keep_in`` if given."""
         cfg = options.build_config()
         model = build_and_load(cfg, self.o.model_path)
         model.eval()
@@ -160,6 +185,8 @@ class BudgetSearch:
             flops_cut = 1 - count_flops_params(model, self.shape)[0] / flops_before
         retrain(options, cfg, model, self.work_dir, teacher)
         shutil.rmtree(self.work_dir, ignore_errors=True)   # scratch checkpoints, in the stage
+        if keep_in:
+            save_pruned(model, keep_in)
         return miou(model, self.val_dataset), round(flops_cut, 4)
 
     def reference(self):
@@ -172,15 +199,16 @@ class BudgetSearch:
                 "noise_points": round(100 * abs(mious[0] - mious[1]), 4),
                 "iters": self.iters}
 
-    def evaluate_step(self, sensitivities):
+    def evaluate_step(self, sensitivities, state):
         def step(k, cut):
             alloc = self.target.allocate(sensitivities, cut, allow_lower=True)
-            state = self.target.snapshot(alloc)
-            step_miou, flops_cut = self._fine_tuned(self._step_options(), alloc.plan)
+            snapshot = self.target.snapshot(alloc)
+            keep_in = os.path.dirname(state.weights(k + 1)) if self.keeps_weights else None
+            step_miou, flops_cut = self._fine_tuned(self._step_options(), alloc.plan, keep_in)
             record = {"miou": step_miou, "flops_reduction": flops_cut,
                       "plan": {gid: float(r) for gid, r in alloc.plan.items()},
-                      "target_state": state}
-            measured = state.get("verdict", {}).get("search_measured_reduction")
+                      "target_state": snapshot}
+            measured = snapshot.get("verdict", {}).get("search_measured_reduction")
             if measured is not None:   # the latency target's closing loop timed this step
                 record.update(measured_latency_reduction=measured,
                               speedup=round(1 / max(1e-9, 1 - measured), 3))
@@ -188,14 +216,18 @@ class BudgetSearch:
         return step
 
     def run(self, sensitivities, ceiling):
-        """The chosen Allocation (the target restored to it) and the report's ``budget``."""
+        """The chosen Allocation (the target restored to it), the report's ``budget``, and the
+        chosen step's retrained weights where they are the final model's (else None)."""
         o = self.o
         cuts = candidate_cuts(ceiling, o.budget_step)
         state = BudgetState(o.save_dir, fingerprint(o, self.setup, cuts))
         reference, records = state.load()
         logger.info(f"budget search: at most {len(cuts)} steps ({', '.join(map(str, cuts))}) of "
                     f"{o.target} cut, each a retraining of {self.iters} iterations, after 2 "
-                    f"reference fine-tunings; budget {o.max_miou_drop:g} mIoU points"
+                    f"reference fine-tunings; "
+                    + ("the chosen step's model is the final one" if self.keeps_weights else
+                       f"then the final retraining ({o.retraining_iters} iterations)")
+                    + f"; budget {o.max_miou_drop:g} mIoU points"
                     + (f"; resuming after step {len(records)}" if records else ""))
         if reference is None:
             reference = self.reference()
@@ -203,7 +235,7 @@ class BudgetSearch:
         logger.info(f"budget search: reference mIoU {reference['mean']:.4f} (seeds: "
                     f"{', '.join(f'{m:.4f}' for m in reference['mious'])}; noise "
                     f"{reference['noise_points']:.1f} points)")
-        chosen, records = search(cuts, reference, self.evaluate_step(sensitivities),
+        chosen, records = search(cuts, reference, self.evaluate_step(sensitivities, state),
                                  o.max_miou_drop, records, lambda r: state.save(reference, r))
         budget = {"max_miou_drop": o.max_miou_drop, "reference": reference,
                   "steps": [{k: v for k, v in r.items() if k != "target_state"} for r in records],
@@ -214,7 +246,12 @@ class BudgetSearch:
             raise NoCutWithinBudget(f"--max_miou_drop {o.max_miou_drop:g}: {budget['why']}; the "
                                     "unpruned model stays the answer")
         alloc = self.target.restore(records[chosen]["target_state"])
-        return alloc, budget
+        weights = state.weights(records[chosen]["step"])
+        weights = weights if self.keeps_weights and os.path.isfile(weights) else None
+        budget["final_model"] = ("the chosen step's retrained model (the same plan, seed, recipe "
+                                 "and iterations as a final retraining)" if weights else
+                                 f"the chosen cut retrained {o.retraining_iters} iterations")
+        return alloc, budget, weights
 
 
 def why_stopped(records, chosen, reference, max_drop, total):

@@ -31,7 +31,7 @@ from .flops import count_flops_params
 from .options import check_common, setup_facts
 from .output.publish import staged_run
 from .output.report import plot_sensitivity, render_markdown
-from .output.storage import save_pruned
+from .output.storage import load_pruned, save_pruned
 from .retrain import miou, recipe, retrain
 from .steps import StepCheckpoints, prune_in_steps
 from .steps import fingerprint as steps_fingerprint
@@ -123,17 +123,25 @@ def _run_other_rank(o, cfg):
     return None
 
 
-def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, teacher, evaluate):
+def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, teacher, evaluate,
+                      retrained=None):
     """Prune ``model`` (traced at ``shape`` into ``analysis``) to ``plan`` and retrain it
     (scratch checkpoints in ``work_dir``, removed after), at once or in --prune_steps steps
     (:mod:`paddleseg.slim.steps`); ``evaluate()`` is the mIoU right after pruning (of the last
-    step). Returns (that mIoU, the steps' records or None)."""
+    step). ``retrained``: the weights file of this very retraining, made earlier (the budget
+    search's chosen step), loaded instead. Returns (that mIoU, the steps' records or None)."""
     if o.prune_steps == 1:
         with Phase(timings, "pruning"):
             prune_model(model, analysis, plan, o.criterion)
             pruned_miou = evaluate()
         with Phase(timings, "retraining"):
-            retrain(o, cfg, model, work_dir, teacher)
+            if retrained:
+                logger.info(f"retraining: the budget search's chosen step was this retraining "
+                            f"(same plan, seed, recipe and iterations): its model is loaded "
+                            f"from {retrained}")
+                load_pruned(model, retrained)
+            else:
+                retrain(o, cfg, model, work_dir, teacher)
         records = None
     else:
         def retrain_step(step_options, step):
@@ -194,7 +202,7 @@ def _run(o, cfg, t, stage):
     eval_num = o.sen_eval_num or len(val_dataset)
     with Phase(t, "sensitivity analysis"):
         sens, evaluator_facts = measure_sensitivity(o, cfg, model, analysis, val_dataset)
-    budget = None
+    budget = retrained = None
     if o.max_miou_drop is None:
         with Phase(t, "pruning"):
             alloc = target.allocate(sens, aim, o.allow_lower_target)
@@ -202,10 +210,10 @@ def _run(o, cfg, t, stage):
         with Phase(t, "budget search"):
             search = BudgetSearch(o, target, shape, val_dataset, os.path.join(stage, "budget"),
                                   setup_facts(cfg, o.model_path, None))
-            alloc, budget = search.run(sens, aim)
+            alloc, budget, retrained = search.run(sens, aim)
     pruned_miou, steps = prune_and_retrain(
         o, cfg, model, analysis, share_plan(alloc.plan), shape, os.path.join(stage, "retrain"), t,
-        teacher, evaluate=lambda: miou(model, val_dataset))
+        teacher, evaluate=lambda: miou(model, val_dataset), retrained=retrained)
     del teacher
     flops1, params1 = count_flops_params(model, shape)
     logger.info(f"FLOPs {flops0 / 1e9:.3f}G -> {flops1 / 1e9:.3f}G ({1 - flops1 / flops0:.1%} fewer), "

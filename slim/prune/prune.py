@@ -75,7 +75,9 @@ def build_parser():
                              "unpruned model's (fine-tuned as long): the target is cut in steps "
                              "of --budget_step up to --pruning_ratio, each pruned, retrained "
                              "--budget_iters and evaluated; the last step within the budget "
-                             "(noise included) is retrained in full" + NATIVE_ONLY_NOTE)
+                             "(noise included) is the answer, retrained in full unless its "
+                             "step already was (--budget_iters as --retraining_iters)"
+                        + NATIVE_ONLY_NOTE)
     budget.add_argument("--budget_step", type=float, default=0.1,
                         help="the budget search's step of target cut" + NATIVE_ONLY_NOTE)
     budget.add_argument("--budget_iters", type=int, default=None,

@@ -82,6 +82,8 @@ def budget_lines(budget):
     lines += [f"| {s['step']} | {s['cut']:g} | {percent(s.get('flops_reduction'))} | "
               f"{measured_text(s)} | {s['miou']:.4f} | {s['drop_points']:+.1f} | "
               f"{'accepted' if s['accepted'] else 'refused'} |" for s in budget["steps"]]
+    if budget.get("final_model"):   # older reports lack it
+        lines += ["", f"The final model: {budget['final_model']}."]
     return lines + [""]
 
 
