@@ -231,7 +231,21 @@ def shape_text(shape):
     return "x".join(str(v) for v in shape)
 
 
-def row_cells(model, r):
+def delta_cell(results, model, r):
+    """The row's mIoU change against the control, in points: the seed mean ± sd where the
+    recovery phase retrained it over seeds, else its one retraining (bench_accuracy.row_delta:
+    against the control's seed mean where there is one)."""
+    if r["row"] == "control":
+        return fmt_points(0.0)
+    delta, sd, seeds = bench_accuracy.row_delta(results, model, r)
+    if r["row"] == "unpruned":   # trained, not retrained: no seeds to speak of
+        return fmt_points(delta)
+    if seeds > 1:
+        return f"{fmt_points(delta)} ± {sd:.1f} ({seeds} seeds)"
+    return f"{fmt_points(delta)} (1 seed)"
+
+
+def row_cells(results, model, r):
     if r["status"] == "not run":
         return [model, r["label"], "not run: " + cell(r["note"])] + [""] * 7
     if r["status"] == "failed":
@@ -241,7 +255,7 @@ def row_cells(model, r):
         return [model, r["label"], what] + [""] * 7
     latency = fmt_ms(r["latency"]) if r["row"] != "control" else "same network as unpruned"
     return [model, r["label"], f"{r['gflops']:.3f}", fmt_params(r["params"]),
-            f"{r['flops_cut'] or 0.0:.1%}", f"{r['miou']:.4f}", fmt_points(r["miou_delta_points"]),
+            f"{r['flops_cut'] or 0.0:.1%}", f"{r['miou']:.4f}", delta_cell(results, model, r),
             latency, fmt_speedup(r), fmt_seconds(r.get("wall_seconds"))]
 
 
@@ -260,7 +274,7 @@ def main_table(results, keep=lambda r: True):
     for model, entry in results["models"].items():
         for r in entry["rows"]:
             if keep(r):
-                lines.append("| " + " | ".join(row_cells(model, r)) + " |")
+                lines.append("| " + " | ".join(row_cells(results, model, r)) + " |")
     return lines
 
 
@@ -296,7 +310,11 @@ def setup_lines(results):
                  "against the full-size 360x480 labels; predicting the most frequent training "
                  f"class everywhere scores {floor}.")
     lines.append("Control: the unpruned model fine-tuned as many iterations as the pruned rows "
-                 "are retrained, with the same schedule; Δ mIoU of every row is against it. "
+                 "are retrained, with the same schedule; Δ mIoU of every row is against it: where "
+                 "the recovery phase retrained the model's rows and control over seeds, a row's "
+                 "seed mean ± sd against the control's seed mean, else its one retraining "
+                 "(1 seed), against the control's seed mean where there is one. mIoU: the row's "
+                 "own retraining (the one timed). "
                  "Step time: training (unpruned row), fine-tuning (control), the whole prune.py "
                  "run (pruned rows: sensitivity, pruning, retraining, export).")
     return lines

@@ -97,8 +97,10 @@ def parse_args(argv):
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="--phase recovery: retraining seeds of every recipe and control")
     p.add_argument("--frontier_seeds", action="store_true",
-                   help="--phase recovery: also retrain the other --latency_ratios rows and the "
-                        "--budget_drops rows with every seed (the frontier's and the goals' means)")
+                   help="--phase recovery: also retrain every other pruned row (--ratios, the "
+                        "other --latency_ratios, the equal-loss allocation's, --budget_drops) "
+                        "with every seed: the headline table's, the frontier's and the goals' "
+                        "means")
     p.add_argument("--recovery_jobs", type=int, default=1,
                    help="--phase recovery: units run at once (each its own process)")
     p.add_argument("--recovery_threads", type=int, default=None,
@@ -724,7 +726,7 @@ def recovery_entry(name, args, argv):
     control_of = {recipe: " ".join(bench_recovery.control_flags(bench_recovery.RECIPES[recipe][1]))
                   or "config schedule" for recipe in args.recipes}
     firsts = {key: recipe for recipe, key in reversed(list(control_of.items()))}
-    # --frontier_seeds: the frontier's other rows retrained as they are (plain) with every seed
+    # --frontier_seeds: the other pruned rows retrained as they are (plain) with every seed
     frontier = frontier_records(run, args) if args.frontier_seeds else []
     records = {(kind, ratio): record for kind, ratio, record in frontier}
     # (recipe, seed, control?) or (row kind, ratio, seed); one control per schedule (its first
@@ -769,11 +771,16 @@ def recovery_entry(name, args, argv):
 
 
 def frontier_records(run, args):
-    """[(kind, ratio, prune step record)] of the frontier's rows beside the recovery's own: the
-    other latency ratios and the budget rows (each from the main phase's cache); a row that
-    failed there has no model to retrain and is left out."""
-    rows = [("latency", r) for r in args.latency_ratios[1:]] + [(BUDGET, d)
-                                                                for d in args.budget_drops]
+    """[(kind, ratio, prune step record)] of every pruned row of this project's engine beside
+    the recovery's own: the FLOPs-target rows, the other latency ratios, the equal-loss
+    allocation's rows and the budget rows (each from the main phase's cache), so that every
+    mIoU change of the headline table is a seed mean; a row that failed there has no model to
+    retrain and is left out. PaddleSlim's rows are its engine's, retrained once."""
+    rows = ([("flops", r) for r in args.ratios]
+            + [("latency", r) for r in args.latency_ratios[1:]]
+            + [(kind, r) for r in args.latency_ratios for kind in LATENCY_ALLOCATIONS
+               if kind != "latency"]
+            + [(BUDGET, d) for d in args.budget_drops])
     out = []
     for kind, ratio in rows:
         record = run.prune(kind, ratio)

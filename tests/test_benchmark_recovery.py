@@ -186,6 +186,10 @@ def test_rows_retrained_over_seeds_are_judged_by_their_means_against_the_control
     assert "| FastSCNN | - | 1.20x | -0.5 (3-seed mean) | met |" in text
     section = "\n".join(bench_accuracy.recovery_lines(results))
     assert "| budget | 0.4350 ± 0.0050 (n=3) | 0.4400 ± 0.0100 (n=3) | -0.5 ±" in section
+    # the headline table's change: the seed mean and sd where there are seeds, else "1 seed"
+    cells = {r["row"]: bench_report.delta_cell(results, "FastSCNN", r) for r in rows}
+    assert cells == {"control": "+0.0", "latency": "-11.0 ± 1.0 (3 seeds)",
+                     "latency_budget": "-0.5 ± 0.5 (3 seeds)", "flops": "-3.0 (1 seed)"}
 
 
 def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkeypatch):
@@ -227,8 +231,9 @@ def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkey
     assert "## Accuracy recovery" in (out / "RESULTS.md").read_text()
     assert entry["rows"] == []
 
-    # --frontier_seeds: the other latency ratio and the budget row, each retrained with every seed
-    # as the headline row is (plain); a row that failed in the main phase is left out
+    # --frontier_seeds: every other pruned row (FLOPs target, the other latency ratio, the
+    # equal-loss allocation's rows, the budget row), each retrained with every seed as the
+    # headline row is (plain); a row that failed in the main phase is left out
     units.clear()
     pruned = {}
 
@@ -245,9 +250,10 @@ def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkey
     assert prune_speedup.main(argv + ["--frontier_seeds", "--latency_ratios", "0.3", "0.5",
                                       "--budget_drops", "1.0", "2.0"]) == 0
     entry = json.loads((out / "results.json").read_text())["recovery"]["FastSCNN"]
-    assert [(r["kind"], r["ratio"]) for r in entry["rows"]] == [("latency", 0.5),
-                                                                ("latency_budget", 1.0)]
-    assert entry["rows"][0]["mious"] == pytest.approx([0.3, 0.31])
+    assert [(r["kind"], r["ratio"]) for r in entry["rows"]] == [
+        ("flops", 0.3), ("latency", 0.5), ("latency_equal_loss", 0.3),
+        ("latency_equal_loss", 0.5), ("latency_budget", 1.0)]
+    assert entry["rows"][1]["mious"] == pytest.approx([0.3, 0.31])
     assert sorted(u for u in units if u[0].startswith("latency_budget")) == [
         ("latency_budget1.0".ljust(20, "0"), "plain", 0, False),
         ("latency_budget1.0".ljust(20, "0"), "plain", 1, False)]

@@ -114,7 +114,7 @@ def test_report_is_a_pure_function_of_results_json(tmp_path):
     assert read_outputs(a) == first
 
     md = first["RESULTS.md"].decode()
-    assert "| FastSCNN | FLOPs target 0.3 | 1.400 | 1.50M | 30.0% | 0.4150 | -0.5 | 40.0 [38.0, 43.0] | 1.25x |" in md
+    assert "| FastSCNN | FLOPs target 0.3 | 1.400 | 1.50M | 30.0% | 0.4150 | -0.5 (1 seed) | 40.0 [38.0, 43.0] | 1.25x |" in md
     assert "| FastSCNN | control (+75 iters) |" in md and "same network as unpruned" in md
     assert "not run: slim/prune/prune.py has no --target latency" in md
     assert "failed: PaddleSlim failed on BiSeNetV2 in sensitivity analysis" in md
