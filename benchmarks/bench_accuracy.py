@@ -14,6 +14,7 @@ HALF = 0.5   # ... and at least half of the default retraining's loss recovered
 MAX_COST = 1.5   # ... at most 1.5x the default retraining's time per iteration
 # prune.py's message when --max_miou_drop finds no cut within the budget (budget.py)
 NO_CUT = "the unpruned model stays the answer"
+DEFAULT_WINS = 4   # a recipe becomes the default only where it wins on 4 of the 5 models
 GOAL_SPEEDUP = 1.38   # the speedup its rows must keep (latency target 0.3)
 BUDGET_MEDIAN_SPEEDUP = 1.5   # the budget issue: --max_miou_drop 1.0 rows' median speedup
 DEEP_RATIO, DEEP_SPEEDUP, DEEP_POINTS = 0.5, 1.9, 3.0   # ... and latency target 0.5's goal
@@ -288,6 +289,60 @@ def budget_goal_lines(results):
     return lines
 
 
+def recipe_outcome(entry, name):
+    """("wins", "loses" or "noise", the change in points) of recipe ``name`` against the config
+    schedule over the same seeds; None where either was not measured."""
+    recipes = entry["recipes"]
+    if name not in recipes or "plain" not in recipes:
+        return None
+    diff, _, beyond = compare(recipes[name]["mious"], recipes["plain"]["mious"])
+    return ("wins" if diff > 0 else "loses") if beyond else "noise", diff
+
+
+def default_decision(wins, unmeasured):
+    if wins >= DEFAULT_WINS:
+        return "yes"
+    if wins + unmeasured < DEFAULT_WINS:
+        return f"no: it cannot win on {DEFAULT_WINS} models any more"
+    return f"open: {DEFAULT_WINS - wins} more win(s) needed, {unmeasured} model(s) not measured"
+
+
+def defaults_lines(results):
+    """Which recipe may become prune.py's default: one that beats the config schedule beyond
+    the noise, at equal retraining iterations, on at least DEFAULT_WINS models."""
+    models = list(results["models"])
+    recovery = results.get("recovery") or {}
+    names = []
+    for entry in recovery.values():
+        names += [n for n in entry["recipes"] if n != "plain" and n not in names]
+    if not names:
+        return []
+    lines = [f"A recipe becomes prune.py's default only where it beats the config schedule beyond "
+             f"the noise, at equal retraining iterations, on at least {DEFAULT_WINS} of the "
+             f"{len(models)} models (change against the config schedule over the same seeds, "
+             "points; cost: time per iteration against it, mean over the models measured):", "",
+             "| Recipe | " + " | ".join(models) + " | wins | cost | default |",
+             "|---|" + "---:|" * len(models) + "---:|---:|---|"]
+    for name in names:
+        cells, wins, costs, label = [], 0, [], None
+        for model in models:
+            entry = recovery.get(model)
+            outcome = recipe_outcome(entry, name) if entry else None
+            if outcome is None:
+                cells.append("-")
+                continue
+            label = entry["recipes"][name]["label"]
+            wins += outcome[0] == "wins"
+            cells.append(f"{outcome[1]:+.1f} ({outcome[0]})")
+            cost = recipe_delta(entry, name)[1]
+            if cost is not None:
+                costs.append(cost)
+        cost_text = f"{statistics.mean(costs):.2f}x" if costs else "-"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {wins} | {cost_text} | "
+                     f"{default_decision(wins, cells.count('-'))} |")
+    return lines + [""]
+
+
 def goal_lines(results):
     """RESULTS.md's goals of the accuracy-recovery and the accuracy-budget issues, each stated
     as met, missed or not measured."""
@@ -309,4 +364,4 @@ def goal_lines(results):
         lines.append(f"| {model} | {speed} | {goal['default']:+.1f} | {goal['best_label']} | "
                      f"{goal['best_delta']:+.1f} | {met(goal['within'])} | "
                      f"{met(goal['recovered_half'])} | {cost} |")
-    return lines + [""] + budget_goal_lines(results)
+    return lines + [""] + defaults_lines(results) + budget_goal_lines(results)

@@ -104,6 +104,31 @@ def test_the_recovery_goals_judge_the_best_recipe_against_the_default_loss():
     assert "| UNet | - | not measured |" in text
 
 
+def test_a_recipe_becomes_the_default_only_with_wins_on_four_models():
+    models = ["BiSeNetV2", "FCN-HRNetW18", "FastSCNN", "HarDNet", "UNet"]
+    wins = recovery_entry([0.32, 0.33, 0.34], [0.43, 0.44, 0.45],
+                          [0.435, 0.44, 0.445], [0.44, 0.445, 0.45])   # +11 points: a win
+    noise = recovery_entry([0.32, 0.33, 0.34], [0.43, 0.44, 0.45],
+                           [0.30, 0.33, 0.36], [0.44, 0.445, 0.45])    # 0 ± 3.5: noise
+    results = {"models": {m: {"rows": []} for m in models},
+               "recovery": {"BiSeNetV2": wins, "FastSCNN": noise}}
+
+    def finetune_line():
+        return next(line for line in bench_accuracy.defaults_lines(results)
+                    if line.startswith("| finetune schedule"))
+    assert bench_accuracy.recipe_outcome(wins, "finetune") == ("wins", pytest.approx(11.0))
+    assert bench_accuracy.recipe_outcome(noise, "finetune")[0] == "noise"
+    assert bench_accuracy.recipe_outcome(wins, "distill") is None
+    # 1 win of 2 measured: 3 more needed, 3 models to come
+    assert finetune_line() == ("| finetune schedule | +11.0 (wins) | - | +0.0 (noise) | - | - | 1 "
+                               "| 1.20x | open: 3 more win(s) needed, 3 model(s) not measured |")
+    results["recovery"].update(UNet=noise, HarDNet=noise)   # 1 win, 1 model left: never 4
+    assert finetune_line().endswith("| 1 | 1.20x | no: it cannot win on 4 models any more |")
+    results["recovery"] = {m: wins for m in models[:4]}
+    assert finetune_line().endswith("| 4 | 1.20x | yes |")
+    assert "A recipe becomes prune.py's default" in "\n".join(bench_accuracy.goal_lines(results))
+
+
 def test_the_frontier_dominates_a_point_it_passes_above_or_outruns():
     curve = [(1.2, -1.0), (1.5, -3.0), (1.8, -6.0)]
     assert bench_accuracy.frontier_beats(curve, (1.35, -2.5))   # -2.0 at 1.35x
