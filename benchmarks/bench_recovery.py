@@ -25,19 +25,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path[:0] = [HERE, ROOT]
 
-# name: (label, prune.py flags). "plain" is the benchmark's latency row as it retrains today.
-RECIPES = {
-    "plain": ("config schedule (as the row)", []),
-    "finetune": ("finetune schedule", ["--retrain_schedule", "finetune"]),
-    "distill": ("channel distillation", ["--distill", "channel"]),
-    # Shu et al. 2021's setting for logit maps (temperature 4, loss weight 3): the softer target
-    # and the larger weight against the defaults' T 1, weight 1
-    "distill_t4": ("channel distillation, T 4, weight 3",
-                   ["--distill", "channel", "--distill_temperature", "4", "--distill_weight", "3"]),
-    "steps": ("2 prune steps", ["--prune_steps", "2"]),
-    "combined": ("finetune + channel distillation + 2 steps",
-                 ["--retrain_schedule", "finetune", "--distill", "channel", "--prune_steps", "2"]),
-}
 # flags of a recipe that only a pruned model has a use for: its control goes without them
 PRUNED_ONLY = {"--distill": 1, "--distill_weight": 1, "--distill_temperature": 1,
                "--prune_steps": 1}

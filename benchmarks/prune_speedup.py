@@ -58,6 +58,7 @@ from paddleseg.utils import cli, logger  # noqa: E402
 from paddleseg.utils.errors import UserError  # noqa: E402
 
 import bench_cache  # noqa: E402
+import bench_recipes  # noqa: E402
 import bench_recovery  # noqa: E402
 import bench_report  # noqa: E402
 
@@ -91,9 +92,9 @@ def parse_args(argv):
                         "merge (fails on a missing step); all: both; report: rebuild the "
                         "outputs from results.json; recovery: the retraining recipes x seeds "
                         "on the first latency ratio's row")
-    p.add_argument("--recipes", nargs="+", default=list(bench_recovery.RECIPES),
-                   choices=list(bench_recovery.RECIPES),
-                   help="--phase recovery: the retraining recipes (bench_recovery.RECIPES)")
+    p.add_argument("--recipes", nargs="+", default=list(bench_recipes.RECIPES),
+                   choices=list(bench_recipes.RECIPES),
+                   help="--phase recovery: the retraining recipes (bench_recipes.RECIPES)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="--phase recovery: retraining seeds of every recipe and control")
     p.add_argument("--frontier_seeds", action="store_true",
@@ -606,7 +607,7 @@ class ModelRun:
         """The latency ``row``'s pruned model retrained with ``recipe`` and ``seed`` (its
         control with ``control``: the unpruned model fine-tuned with the recipe's schedule)."""
         a = self.args
-        flags = bench_recovery.RECIPES[recipe][1]
+        flags = bench_recipes.RECIPES[recipe][1]
         if control:
             flags = bench_recovery.control_flags(flags)
         threads = a.recovery_threads or a.train_threads
@@ -723,7 +724,7 @@ def recovery_entry(name, args, argv):
         raise BenchmarkError(f"{name}'s latency row failed: {row['result']['error']}")
     report = bench_report.read_json(os.path.join(ROOT, os.path.dirname(row["result"]["model"]),
                                                  "report.json"))
-    control_of = {recipe: " ".join(bench_recovery.control_flags(bench_recovery.RECIPES[recipe][1]))
+    control_of = {recipe: " ".join(bench_recovery.control_flags(bench_recipes.RECIPES[recipe][1]))
                   or "config schedule" for recipe in args.recipes}
     firsts = {key: recipe for recipe, key in reversed(list(control_of.items()))}
     # --frontier_seeds: the other pruned rows retrained as they are (plain) with every seed
@@ -744,7 +745,7 @@ def recovery_entry(name, args, argv):
         done = dict(zip(tasks, pool.map(unit, tasks)))
     recipes, controls = {}, {}
     for recipe in args.recipes:
-        label, flags = bench_recovery.RECIPES[recipe]
+        label, flags = bench_recipes.RECIPES[recipe]
         controls.setdefault(control_of[recipe], {
             "flags": bench_recovery.control_flags(flags),
             "mious": [done[("recipe", firsts[control_of[recipe]], seed, True)]["miou"]

@@ -12,6 +12,7 @@ from conftest import ROOT, write_optic_config
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, os.path.join(ROOT, "slim", "prune"))
 import bench_accuracy  # noqa: E402
+import bench_recipes  # noqa: E402
 import bench_recovery  # noqa: E402
 import bench_report  # noqa: E402
 import prune_speedup  # noqa: E402
@@ -25,7 +26,7 @@ def test_a_control_keeps_the_schedule_but_not_what_needs_a_pruned_model():
              "--prune_steps", "2", "--finetune_lr_scale", "0.2"]
     assert bench_recovery.control_flags(flags) == ["--retrain_schedule", "finetune",
                                                    "--finetune_lr_scale", "0.2"]
-    for name, (_, recipe_flags) in bench_recovery.RECIPES.items():
+    for name, (_, recipe_flags) in bench_recipes.RECIPES.items():
         # every recipe parses as prune.py's flags
         o = bench_recovery.recipe_options(
             {"config": "configs/camvid/fastscnn_camvid_256x192.yml", "pruning_ratio": 0.3,

@@ -1,0 +1,21 @@
+"""The retraining recipes of the benchmark's recovery phase (``prune_speedup.py --phase
+recovery --recipes ...``): a name, its label in RESULTS.md, and its prune.py flags.
+
+Kept apart from bench_recovery.py, which runs one unit and is part of every unit's cache key:
+a unit's key holds its own flags, so adding a recipe here leaves the measured units of the
+others cached.
+"""
+
+# name: (label, prune.py flags). "plain" is the benchmark's latency row as it retrains today.
+RECIPES = {
+    "plain": ("config schedule (as the row)", []),
+    "finetune": ("finetune schedule", ["--retrain_schedule", "finetune"]),
+    "distill": ("channel distillation", ["--distill", "channel"]),
+    # Shu et al. 2021's setting for logit maps (temperature 4, loss weight 3): the softer target
+    # and the larger weight against the defaults' T 1, weight 1
+    "distill_t4": ("channel distillation, T 4, weight 3",
+                   ["--distill", "channel", "--distill_temperature", "4", "--distill_weight", "3"]),
+    "steps": ("2 prune steps", ["--prune_steps", "2"]),
+    "combined": ("finetune + channel distillation + 2 steps",
+                 ["--retrain_schedule", "finetune", "--distill", "channel", "--prune_steps", "2"]),
+}
