@@ -16,6 +16,7 @@ RECIPES = {
     "distill_t4": ("channel distillation, T 4, weight 3",
                    ["--distill", "channel", "--distill_temperature", "4", "--distill_weight", "3"]),
     "steps": ("2 prune steps", ["--prune_steps", "2"]),
+    "steps3": ("3 prune steps", ["--prune_steps", "3"]),
     "combined": ("finetune + channel distillation + 2 steps",
                  ["--retrain_schedule", "finetune", "--distill", "channel", "--prune_steps", "2"]),
 }
