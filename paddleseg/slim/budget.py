@@ -43,7 +43,7 @@ from . import build_groups, prune_model
 from .flops import count_flops_params
 from .options import options_fingerprint
 from .output.publish import BUDGET_DIR, STEPS_STATE
-from .output.storage import PARAMS_FILE, read_state, save_pruned
+from .output.storage import PARAMS_FILE, keep_only_step, read_state, save_pruned
 from .retrain import miou, retrain
 from .distill import teacher_of
 
@@ -135,8 +135,11 @@ class BudgetState:
         self.path = os.path.join(self.folder, STEPS_STATE)
         self.key = key
 
+    def step_folder(self, step):
+        return os.path.join(self.folder, f"step_{step}")
+
     def weights(self, step):
-        return os.path.join(self.folder, f"step_{step}", PARAMS_FILE)
+        return os.path.join(self.step_folder(step), PARAMS_FILE)
 
     def load(self):
         state = read_state(self.path, self.key,
@@ -148,10 +151,8 @@ class BudgetState:
         """The state, then only the last accepted step's weights stay (a refused step's model
         is never the answer)."""
         write_json(self.path, {"fingerprint": self.key, "reference": reference, "steps": steps})
-        keep = f"step_{last_accepted(steps)}"
-        for name in os.listdir(self.folder):
-            if name.startswith("step_") and name != keep:
-                shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+        accepted_step = last_accepted(steps)
+        keep_only_step(self.folder, None if accepted_step is None else f"step_{accepted_step}")
 
 
 class BudgetSearch:
@@ -203,7 +204,7 @@ class BudgetSearch:
         def step(k, cut):
             alloc = self.target.allocate(sensitivities, cut, allow_lower=True)
             snapshot = self.target.snapshot(alloc)
-            keep_in = os.path.dirname(state.weights(k + 1)) if self.keeps_weights else None
+            keep_in = state.step_folder(k + 1) if self.keeps_weights else None
             step_miou, flops_cut = self._fine_tuned(self._step_options(), alloc.plan, keep_in)
             record = {"miou": step_miou, "flops_reduction": flops_cut,
                       "plan": {gid: float(r) for gid, r in alloc.plan.items()},

@@ -17,7 +17,6 @@ finished step (the folder goes with the old output when the run succeeds).
 """
 import dataclasses
 import os
-import shutil
 
 from ..utils import distributed, logger
 from ..utils.structure import renew_parameters
@@ -26,7 +25,7 @@ from . import build_groups, prune_model
 from .criteria import num_pruned
 from .output.publish import STEPS_DIR, STEPS_STATE
 from .options import options_fingerprint
-from .output.storage import PARAMS_FILE, load_pruned, read_state, save_pruned
+from .output.storage import PARAMS_FILE, keep_only_step, load_pruned, read_state, save_pruned
 
 
 def removal_schedule(channels, plan, steps):
@@ -94,9 +93,7 @@ class StepCheckpoints:
         save_pruned(model, os.path.join(self.folder, f"step_{step}"))
         write_json(os.path.join(self.folder, STEPS_STATE),
                    {"fingerprint": self.key, "done": step, "records": records})
-        for name in os.listdir(self.folder):
-            if name.startswith("step_") and name != f"step_{step}":
-                shutil.rmtree(os.path.join(self.folder, name), ignore_errors=True)
+        keep_only_step(self.folder, f"step_{step}")
 
 
 def prune_in_steps(o, model, analysis, plan, shape, retrain_step, evaluate, checkpoints):

@@ -7,6 +7,7 @@ that, plus the pruning facts recorded on the model.
 """
 import json
 import os
+import shutil
 
 from ...utils import logger, structure
 from ...utils.checkpoint import load_checkpoint, save_model_state
@@ -46,3 +47,11 @@ def load_pruned(model, path):
     """Shrink ``model`` (freshly built) to the saved shapes and load the weights strictly.
     Returns the structure record, or None for an unpruned checkpoint (then loaded as is)."""
     return load_checkpoint(model, path)
+
+
+def keep_only_step(folder, keep):
+    """Remove ``folder``'s ``step_N`` folders except ``keep`` (a folder name, or None for
+    none): a killed run's state names the one it resumes from."""
+    for name in os.listdir(folder):
+        if name.startswith("step_") and name != keep:
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
