@@ -52,17 +52,25 @@ def met(ok):
 # ---------------------------------------------------------------- rows over seeds
 
 
-def seed_deltas(results, model):
-    """(control mean or None, {(row kind, ratio): (mean mIoU change in points, its sd in points,
-    seeds)}) of the model's rows retrained over seeds by the recovery phase (the latency row with
-    the config schedule, and the ``--frontier_seeds`` rows), against the seed mean of the
-    config-schedule control. Empty where the recovery phase has not run."""
+def seed_mious(results, model):
+    """(the config-schedule control's seed mIoUs or None, {(row kind, ratio): seed mIoUs}) of
+    the model's rows retrained over seeds by the recovery phase: the latency row with the config
+    schedule, and the ``--frontier_seeds`` rows. Empty where the recovery phase has not run."""
     entry = (results.get("recovery") or {}).get(model)
     if not entry or "plain" not in entry["recipes"]:
         return None, {}
-    control = mean_sd(entry["controls"]["config schedule"]["mious"])[0]
     mious = {("latency", entry["ratio"]): entry["recipes"]["plain"]["mious"]}
     mious.update({(r["kind"], r["ratio"]): r["mious"] for r in entry.get("rows", [])})
+    return entry["controls"]["config schedule"]["mious"], mious
+
+
+def seed_deltas(results, model):
+    """(control mean or None, {(row kind, ratio): (mean mIoU change in points, its sd in points,
+    seeds)}) of the rows of seed_mious, against the seed mean of the config-schedule control."""
+    control_mious, mious = seed_mious(results, model)
+    if control_mious is None:
+        return None, {}
+    control = mean_sd(control_mious)[0]
     return control, {key: (100 * (mean_sd(v)[0] - control), 100 * mean_sd(v)[1], len(v))
                      for key, v in mious.items()}
 

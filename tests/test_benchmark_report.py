@@ -301,6 +301,31 @@ def test_the_latency_goal_verdict(lat_miou, lat_ms, kept, fast):
     assert bench_report.latency_goal(_entry("FastSCNN", 100.0, 60.0)) is None
 
 
+@pytest.mark.parametrize("lat_seeds,ctl_seeds,word", [
+    ([0.40, 0.41, 0.42], [0.38, 0.39, 0.40], "met (+2.0"),
+    ([0.38, 0.40, 0.42], [0.39, 0.41, 0.43], "within the noise (-1.0"),
+    ([0.30, 0.31, 0.32], [0.38, 0.39, 0.40], "missed (-8.0")])
+def test_the_latency_goal_compares_seed_means_where_both_rows_have_them(lat_seeds, ctl_seeds,
+                                                                          word):
+    entry = _entry("BiSeNetV2", 100.0, 60.0)
+    # the single retrainings say the opposite of the seed means: the means decide
+    entry["rows"] = bench_report.finish_rows(
+        [r for r in entry["rows"] if r["row"] != "latency"] + [
+            _row("latency", 0.3, "latency target 0.3", 1.0, 1_000_000, 0.45, 70.0),
+            _row("latency_equal_loss", 0.3, "latency target 0.3, FLOPs-target allocation", 1.0,
+                 1_000_000, 0.10, 70.0)])
+    recovery = {"ratio": 0.3, "controls": {"config schedule": {"mious": [0.41, 0.41, 0.41]}},
+                "recipes": {"plain": {"mious": lat_seeds}},
+                "rows": [{"kind": "latency_equal_loss", "ratio": 0.3, "mious": ctl_seeds}]}
+    results = {"models": {"BiSeNetV2": entry}, "recovery": {"BiSeNetV2": recovery}}
+    line = [x for x in bench_report.goal_lines(results) if x.startswith("| BiSeNetV2")][0]
+    assert word in line and "3 and 3 seeds" in line
+    # without the equal-loss row's seeds: the single retrainings, said to be so
+    del recovery["rows"]
+    line = [x for x in bench_report.goal_lines(results) if x.startswith("| BiSeNetV2")][0]
+    assert "met (+35.0; 1 seed each)" in line
+
+
 def test_latency_profiles_find_the_benchmark_checkpoints(tmp_path):
     import latency_profiles
     from paddleseg.utils.errors import UserError
