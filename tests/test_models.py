@@ -65,13 +65,13 @@ def test_loss_falls_on_a_fixed_batch(name):
     loss_fn = CrossEntropyLoss()
     opt = paddle.optimizer.Momentum(0.01, momentum=0.9, parameters=model.parameters())
     losses = []
-    for _ in range(30):
+    for _ in range(10):   # every model more than halves its loss within 10 steps here
         loss = sum(loss_fn(logit, label) for logit in model(x))
         loss.backward()
         opt.step()
         opt.clear_grad()
         losses.append(float(loss))
-    assert losses[-1] < losses[0], losses
+    assert losses[-1] < 0.75 * losses[0], losses
 
 
 # the repository's optic-disc config of each model, run through the command lines
