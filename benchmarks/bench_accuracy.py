@@ -52,12 +52,33 @@ def met(ok):
 # ---------------------------------------------------------------- rows over seeds
 
 
+def code_of(git):
+    """The commit of a recorded ``commit`` or ``commit+dirty``."""
+    return (git or "").split("+")[0][:12]
+
+
+def retrains_headline(results, model):
+    """Whether the model's recovery entry retrained the headline table's own latency row: the
+    same prune step (its key, recorded since the entry has ``row_step_key``; older entries: the
+    same code). A recovery run at other code may allocate another plan (the closing loop times
+    the model), so its seeds must not be put beside another row's speedup and widths."""
+    entry = (results.get("recovery") or {}).get(model)
+    headline = results.get("models", {}).get(model)
+    if not entry or not headline:
+        return False
+    if "row_step_key" in entry:
+        row = find_row(headline, "latency", entry["ratio"])
+        return row is not None and row.get("step_key") == entry["row_step_key"]
+    return code_of(entry.get("git")) == code_of(headline.get("git"))
+
+
 def seed_mious(results, model):
     """(the config-schedule control's seed mIoUs or None, {(row kind, ratio): seed mIoUs}) of
-    the model's rows retrained over seeds by the recovery phase: the latency row with the config
-    schedule, and the ``--frontier_seeds`` rows. Empty where the recovery phase has not run."""
+    the headline rows the recovery phase retrained over seeds: the latency row with the config
+    schedule, and the ``--frontier_seeds`` rows. Empty where the recovery phase has not run or
+    retrained other rows than the headline table's (retrains_headline)."""
     entry = (results.get("recovery") or {}).get(model)
-    if not entry or "plain" not in entry["recipes"]:
+    if not entry or "plain" not in entry["recipes"] or not retrains_headline(results, model):
         return None, {}
     mious = {("latency", entry["ratio"]): entry["recipes"]["plain"]["mious"]}
     mious.update({(r["kind"], r["ratio"]): r["mious"] for r in entry.get("rows", [])})
@@ -164,6 +185,13 @@ def recovery_lines(results):
              "difference of the means (sd of the seeds); inside that it is reported as noise.", ""]
     for model, entry in recovery.items():
         lines += model_lines(model, entry)
+        if not retrains_headline(results, model):
+            lines += ["", f"This row is not the headline table's {entry['row_label']} row of "
+                      f"{model} (that one is from code "
+                      f"{results.get('models', {}).get(model, {}).get('git', 'not measured')}"
+                      "): the "
+                      "seeds above are not put into the headline table, whose row keeps its one "
+                      "retraining until the headline is measured again at this code.", ""]
     return lines
 
 
@@ -194,7 +222,10 @@ def recovery_goal(model, results):
     if not entry or "plain" not in entry["recipes"]:
         return None
     headline = find_row(results["models"].get(model, {"rows": []}), "latency", entry["ratio"])
-    speedup = headline.get("speedup") if headline else None
+    if retrains_headline(results, model):
+        speedup = headline.get("speedup") if headline else None
+    else:   # its own row: the speedup prune.py measured for it ("1.40x", or "not timed")
+        speedup = float(entry["speedup"][:-1]) if entry["speedup"].endswith("x") else None
     default_loss = recipe_delta(entry, "plain")[0]
     best = best_recipe(entry)
     best_delta, best_cost = recipe_delta(entry, best)

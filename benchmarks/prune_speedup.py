@@ -758,6 +758,7 @@ def recovery_entry(name, args, argv):
     speedup = (f"{latency['measured_ms_before'] / latency['measured_ms_after']:.2f}x"
                if latency.get("measured_ms_after") else "not timed")
     return {"ratio": ratio, "row_label": bench_report.row_label("latency", ratio),
+            "row_step_key": row["key"],
             "speedup": speedup, "retraining_iters": run.retraining_iters, "seeds": args.seeds,
             "unit_threads": args.recovery_threads or args.train_threads,
             "units_at_once": args.recovery_jobs,

@@ -58,7 +58,7 @@ def recovery_entry(plain, plain_control, finetune, finetune_control):
     return {"ratio": 0.3, "row_label": "latency target 0.3", "speedup": "1.44x",
             "retraining_iters": 150, "seeds": [0, 1, 2], "machine": "a CPU, 2 cores visible",
             "git": "abc", "date": "2026-12-02", "command": "python benchmarks/prune_speedup.py",
-            "recipes": recipes, "controls": controls}
+            "row_step_key": "k" * 64, "recipes": recipes, "controls": controls}
 
 
 def test_the_section_gives_means_spreads_and_verdicts():
@@ -78,8 +78,10 @@ def test_the_section_gives_means_spreads_and_verdicts():
 
 
 def headline_row(kind, ratio, speedup, delta, **more):
+    # the latency row is the one recovery_entry's units retrained (its step key)
     return dict({"row": kind, "ratio": ratio, "status": "ok", "speedup": speedup,
-                 "miou_delta_points": delta}, **more)
+                 "miou_delta_points": delta, "step_key": ("k" if kind == "latency" else "x") * 64},
+                **more)
 
 
 def test_the_recovery_goals_judge_the_best_recipe_against_the_default_loss():
@@ -218,6 +220,32 @@ def test_rows_retrained_over_seeds_are_judged_by_their_means_against_the_control
                      "latency_budget": "-0.5 ± 0.5 (3 seeds)", "flops": "-3.0 (1 seed)"}
 
 
+@pytest.mark.parametrize("match", ["row_step_key", "git"])
+def test_seeds_of_another_row_stay_out_of_the_headline_table(match):
+    """A recovery run at other code may allocate another plan: its seeds are not put beside the
+    headline row's speedup and widths, and its goal row takes its own measured speedup."""
+    entry = recovery_entry([0.32, 0.33, 0.34], [0.43, 0.44, 0.45],
+                           [0.435, 0.44, 0.445], [0.44, 0.445, 0.45])
+    rows = [headline_row("control", None, 1.0, 0.0, miou=0.42),
+            headline_row("latency", 0.3, 1.60, -9.0, miou=0.33)]
+    headline = {"rows": rows, "git": "abc"}
+    if match == "git":   # an entry from before row_step_key: the same code counts
+        del entry["row_step_key"]
+    results = {"models": {"FastSCNN": headline}, "recovery": {"FastSCNN": entry}}
+    assert bench_accuracy.retrains_headline(results, "FastSCNN")
+    assert bench_accuracy.row_delta(results, "FastSCNN", rows[1])[2] == 3
+    assert bench_accuracy.recovery_goal("FastSCNN", results)["speedup"] == 1.60
+    if match == "git":
+        headline["git"] = "def+dirty"
+    else:
+        rows[1]["step_key"] = "y" * 64
+    assert not bench_accuracy.retrains_headline(results, "FastSCNN")
+    assert bench_accuracy.row_delta(results, "FastSCNN", rows[1]) == (-9.0, None, 1)
+    assert bench_accuracy.recovery_goal("FastSCNN", results)["speedup"] == 1.44
+    assert "is not the headline table's latency target 0.3 row of FastSCNN" in \
+        "\n".join(bench_accuracy.recovery_lines(results))
+
+
 def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     out.mkdir()
@@ -252,6 +280,7 @@ def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkey
     assert entry["recipes"]["steps"]["mious"] == pytest.approx([0.35, 0.36])
     assert entry["controls"]["--retrain_schedule finetune"]["mious"] == pytest.approx([0.4, 0.41])
     assert entry["unit_threads"] == 1 and entry["units_at_once"] == 2
+    assert entry["row_step_key"] == "p" * 64   # the row its units retrained
     assert len(units) == len(set(units)) == 10   # each unit once, 2 at a time
     assert "each unit 1 thread(s), 2 unit(s) at once" in (out / "RESULTS.md").read_text()
     assert "## Accuracy recovery" in (out / "RESULTS.md").read_text()

@@ -314,7 +314,8 @@ def test_the_latency_goal_compares_seed_means_where_both_rows_have_them(lat_seed
             _row("latency", 0.3, "latency target 0.3", 1.0, 1_000_000, 0.45, 70.0),
             _row("latency_equal_loss", 0.3, "latency target 0.3, FLOPs-target allocation", 1.0,
                  1_000_000, 0.10, 70.0)])
-    recovery = {"ratio": 0.3, "controls": {"config schedule": {"mious": [0.41, 0.41, 0.41]}},
+    recovery = {"ratio": 0.3, "row_step_key": "0" * 64,
+                "controls": {"config schedule": {"mious": [0.41, 0.41, 0.41]}},
                 "recipes": {"plain": {"mious": lat_seeds}},
                 "rows": [{"kind": "latency_equal_loss", "ratio": 0.3, "mious": ctl_seeds}]}
     results = {"models": {"BiSeNetV2": entry}, "recovery": {"BiSeNetV2": recovery}}
