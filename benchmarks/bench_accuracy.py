@@ -186,12 +186,11 @@ def recovery_lines(results):
     for model, entry in recovery.items():
         lines += model_lines(model, entry)
         if not retrains_headline(results, model):
+            headline_code = results.get("models", {}).get(model, {}).get("git", "not measured")
             lines += ["", f"This row is not the headline table's {entry['row_label']} row of "
-                      f"{model} (that one is from code "
-                      f"{results.get('models', {}).get(model, {}).get('git', 'not measured')}"
-                      "): the "
-                      "seeds above are not put into the headline table, whose row keeps its one "
-                      "retraining until the headline is measured again at this code.", ""]
+                      f"{model} (that one is from code {headline_code}): the seeds above are not "
+                      "put into the headline table, whose row keeps its one retraining until the "
+                      "headline is measured again at this code.", ""]
     return lines
 
 
