@@ -107,8 +107,8 @@ def test_the_recovery_goals_judge_the_best_recipe_against_the_default_loss():
     assert "| UNet | - | not measured |" in text
     # a row slower than the goal's 1.38x is flagged beside its verdicts
     results["models"]["FastSCNN"]["rows"][0]["speedup"] = 1.37
-    assert "| FastSCNN | 1.37x (under 1.38x) | -11.0 |" in "\n".join(
-        bench_accuracy.goal_lines(results))
+    assert "| FastSCNN | 1.37x (under 1.38x) | -11.0 | finetune schedule | -7.5 | " \
+        "missed (at 1.37x) | missed (at 1.37x) |" in "\n".join(bench_accuracy.goal_lines(results))
 
 
 def test_a_recipe_becomes_the_default_only_with_wins_on_four_models():
