@@ -232,6 +232,8 @@ def recovery_goal(model, results):
     return {"speedup": speedup, "default": default_loss, "best": best,
             "best_label": entry["recipes"][best]["label"], "best_delta": best_delta,
             "best_cost": best_cost, "within": best_delta >= -WITHIN_POINTS,
+            # its accuracy verdicts are then for a slower model than the goal asks for
+            "under_speed": speedup is not None and speedup < GOAL_SPEEDUP,
             "recovered_half": recovered,
             "cost_ok": best_cost is not None and best_cost <= MAX_COST}
 
@@ -381,14 +383,6 @@ def defaults_lines(results):
     return lines + [""]
 
 
-def speed_cell(speedup):
-    """The goals' speedup, flagged where it falls short of the speed the goal presumes: such a
-    row's accuracy verdicts are for a slower model than the goal asks for."""
-    if speedup is None:
-        return "-"
-    return f"{speedup:.2f}x" + (f" (under {GOAL_SPEEDUP}x)" if speedup < GOAL_SPEEDUP else "")
-
-
 def goal_lines(results):
     """RESULTS.md's goals of the accuracy-recovery and the accuracy-budget issues, each stated
     as met, missed or not measured."""
@@ -404,12 +398,13 @@ def goal_lines(results):
         if goal is None:
             lines.append(f"| {model} | - | not measured | | | not measured | not measured | |")
             continue
-        speed = speed_cell(goal["speedup"])
+        speed = "-" if goal["speedup"] is None else f"{goal['speedup']:.2f}x"
         cost = "-" if goal["best_cost"] is None else \
             f"{goal['best_cost']:.2f}x ({met(goal['cost_ok'])})"
         # an accuracy goal met on a row slower than the goal's speed is met only for that row
-        slow = "" if goal["speedup"] is None or goal["speedup"] >= GOAL_SPEEDUP \
-            else f" (at {goal['speedup']:.2f}x)"
+        slow = f" (at {speed})" if goal["under_speed"] else ""
+        if goal["under_speed"]:
+            speed += f" (under {GOAL_SPEEDUP}x)"
         lines.append(f"| {model} | {speed} | {goal['default']:+.1f} | {goal['best_label']} | "
                      f"{goal['best_delta']:+.1f} | {met(goal['within'])}{slow} | "
                      f"{met(goal['recovered_half'])}{slow} | {cost} |")

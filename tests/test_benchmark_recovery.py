@@ -96,6 +96,7 @@ def test_the_recovery_goals_judge_the_best_recipe_against_the_default_loss():
     assert goal["best"] == "finetune" and goal["speedup"] == 1.44
     assert goal["default"] == pytest.approx(-11.0) and goal["best_delta"] == pytest.approx(-0.5)
     assert goal["within"] and goal["recovered_half"] and goal["cost_ok"]
+    assert not goal["under_speed"]
     assert bench_accuracy.recovery_goal("UNet", results) is None
     # a recipe that only wins back 4 of 11 points recovers less than half, and 1.6x costs too much
     entry["recipes"]["finetune"].update(mious=[0.36, 0.37, 0.38], seconds_per_iter=[1.6] * 3)
