@@ -453,6 +453,12 @@ def test_prune_target_latency_end_to_end_on_bisenetv2(bisenet_config, tmp_path):
     assert lat["measured_ms_before"] > 0 and lat["measured_ms_after"] > 0
     assert lat["predicted_ms_after"] < lat["predicted_ms_before"]
     assert 1 <= len(lat["rounds"]) <= 4
+    # every cut was timed until precise (a 64x64 model's runs are too short to meet the time
+    # budget first), or until its rounds ran out
+    for rounds, se in [(r["timed_rounds"], r["measured_se"]) for r in lat["rounds"]] + [
+            (lat["measured_rounds"], lat["measured_reduction_se"])]:
+        assert measure.MIN_PAIRED_ROUNDS <= rounds <= measure.MAX_PAIRED_ROUNDS
+        assert se <= measure.CUT_PRECISION or rounds == measure.MAX_PAIRED_ROUNDS
     # the closing loop's verdict: met, or said plainly (issue 21)
     assert lat["target_reduction"] == pytest.approx(0.1)
     assert lat["target_met"] == (lat["search_measured_reduction"] >= 0.1 - lat["target_tolerance"])
@@ -466,6 +472,8 @@ def test_prune_target_latency_end_to_end_on_bisenetv2(bisenet_config, tmp_path):
     assert set(report["layer_ratios"]) <= set(lat["group_time_share_before"])
     md = (save_dir / "report.md").read_text()
     assert "## Latency" in md and "target latency reduction 0.1" in md
+    assert f"measured ({lat['measured_rounds']} runs each taken in turn" in md
+    assert f"{lat['measured_reduction']:.3f} ± {lat['measured_reduction_se']:.3f} |" in md
     assert not [n for n in os.listdir(save_dir) if n.startswith("latency_work")]
 
 
@@ -529,3 +537,87 @@ def test_the_closing_loop_corrects_an_offset_in_few_rounds():
     search._measure = offset
     search.search(None, sens, 0.3)
     assert abs(search.rounds[-1]["measured"] - 0.3) <= 0.03 and len(search.rounds) <= 3
+
+
+# --- a measured cut is timed until it is precise enough -----------------------------------------
+def noisy_timer(monkeypatch, spread, seed=1):
+    """measure.interleaved_ms replaced: each runner returns its true ms, and every timed run
+    adds exponential noise of ``spread`` x that (a shared machine's jobs only add time)."""
+    rng = np.random.RandomState(seed)
+    batches = []
+
+    def timed(runs, x, warmup, repeats, seed=0):
+        batches.append(repeats)
+        return [run(x) * (1 + rng.exponential(spread, repeats)) for run in runs]
+    monkeypatch.setattr(measure, "interleaved_ms", timed)
+    return batches
+
+
+def test_a_noiseless_cut_needs_only_the_first_rounds(monkeypatch):
+    batches = noisy_timer(monkeypatch, spread=0.0)
+    pair = measure.paired_until_precise(lambda x: 100.0, lambda x: 70.0, None)
+    assert batches == [measure.MIN_PAIRED_ROUNDS] and pair.cut == pytest.approx(0.3)
+    assert pair.cut_se() == pytest.approx(0.0)
+
+
+def test_a_noisy_cut_is_timed_until_its_standard_error_is_within_the_precision(monkeypatch):
+    batches = noisy_timer(monkeypatch, spread=0.3)
+    few = measure.Paired(*measure.interleaved_ms([lambda x: 100.0, lambda x: 70.0], None, 1,
+                                                 measure.MIN_PAIRED_ROUNDS))
+    assert few.cut_se() > measure.CUT_PRECISION      # the first rounds alone are not enough
+    batches.clear()
+    pair = measure.paired_until_precise(lambda x: 100.0, lambda x: 70.0, None)
+    assert len(batches) > 1 and pair.rounds == sum(batches) <= measure.MAX_PAIRED_ROUNDS
+    assert pair.cut_se() <= measure.CUT_PRECISION
+    assert abs(pair.cut - 0.3) <= 3 * measure.CUT_PRECISION
+
+
+def test_timing_stops_at_its_time_budget_and_says_how_precise_it_got(monkeypatch):
+    batches = noisy_timer(monkeypatch, spread=0.3)
+    ticks = iter(range(0, 10 ** 6, 40))           # each look at the clock: 40 s later
+    pair = measure.paired_until_precise(lambda x: 100.0, lambda x: 70.0, None,
+                                        max_seconds=100, clock=lambda: next(ticks))
+    assert len(batches) == 3 and pair.cut_se() > measure.CUT_PRECISION
+
+
+class NoisyBackend:
+    """runner(counts): the FakeCost time of that plan (the closing loop's exports are the plans
+    themselves in FakeSearch); the noise comes from noisy_timer."""
+
+    def __init__(self, cost):
+        self.cost = cost
+
+    def runner(self, counts):
+        n = np.array([(counts or {}).get(g, 0) for g in self.cost.group_ids], dtype=float)
+        ms = float(self.cost.ms(n))
+        return lambda x: ms
+
+
+def noisy_search(monkeypatch, seed):
+    """search_setup's closing loop, measured by LatencyTarget's own timing over noisy_timer's
+    runs (noise that moves a 20-round cut by several hundredths, as the loop's tolerance), and
+    plans fine enough (channel step 1) that one measures within 0.003 of the target."""
+    noisy_timer(monkeypatch, spread=0.4, seed=seed)
+    search, sens = search_setup(factor=1.0)
+    search.channel_step = 1
+    search.backend, search.x = NoisyBackend(search.cost), None
+    monkeypatch.setattr(search, "_measure", lambda run_full, counts:
+                        LatencyTarget._measure(search, run_full, counts))
+    monkeypatch.setattr(search, "_full_runner", lambda model: search.backend.runner({}))
+    return search, sens
+
+
+def test_the_closing_loop_does_not_chase_timing_noise(monkeypatch):
+    """The plan kept has its true cut on target, and every round the loop acted on was timed
+    to within the precision; timed only the first 20 rounds, the same search re-aims at noise
+    and refuses a target it can reach."""
+    search, sens = noisy_search(monkeypatch, seed=5)
+    alloc = search.search(None, sens, 0.3)
+    true_cut, _ = cut_of(search.cost, alloc)
+    assert abs(true_cut - 0.3) <= 0.005
+    assert all(r["measured_se"] <= measure.CUT_PRECISION and r["timed_rounds"] >= 20
+               for r in search.rounds)
+    monkeypatch.setattr(measure, "CUT_PRECISION", 1.0)
+    search, sens = noisy_search(monkeypatch, seed=5)
+    with pytest.raises(LatencyTargetMissed):
+        search.search(None, sens, 0.3)

@@ -2,10 +2,16 @@
 oneDNN, or GPU), a fixed random input of the latency shape, warm-up runs, repeated timed runs
 taken in turn across models (so machine noise hits them alike), compared by the fast end of
 the runs (other jobs on the machine only ever add time).
+
+A cut the closing loop acts on is timed until its standard error is small against the loop's
+tolerance (:func:`paired_until_precise`): on a shared machine a fixed few rounds measure the
+same two exports several tolerances apart, and a loop that re-aims at that noise prunes far
+past its target (and loses accuracy for speed nobody asked for).
 """
 import math
 import os
 import platform
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +28,14 @@ from . import onednn
 DEFAULT_SHAPE = (1, 3, 512, 1024)
 TIMED_SECONDS = 2.0     # aim for this much timed work per model and measurement
 MIN_REPEATS, MAX_REPEATS = 3, 15
+# a measured cut the closing loop acts on: timed in rounds of both exports until the cut's
+# standard error is within CUT_PRECISION (a third of the loop's tolerance of 0.03), at least
+# MIN_PAIRED_ROUNDS and at most MAX_PAIRED_ROUNDS rounds or MAX_PAIRED_SECONDS of timing
+CUT_PRECISION = 0.01
+MIN_PAIRED_ROUNDS, MAX_PAIRED_ROUNDS, PAIRED_BATCH = 20, 200, 10
+MAX_PAIRED_SECONDS = 90.0
+BOOTSTRAP_RESAMPLES = 200
+LOW_PERCENTILE = 10   # the fast end of a model's runs (see low)
 
 
 def _cpuinfo():
@@ -120,10 +134,29 @@ def repeats_for(ms_per_run, seconds=TIMED_SECONDS):
     return int(min(MAX_REPEATS, max(MIN_REPEATS, want)))
 
 
-def interleaved_ms(runs, x, warmup, repeats):
+def interleaved_ms(runs, x, warmup, repeats, seed=0):
     """Latency samples (ms, numpy arrays) of each runner, one run of each per round, in an
     order drawn afresh each round (so none always runs right after the other)."""
-    return time_runs(runs, x, warmup, repeats, shuffle_seed=0)
+    return time_runs(runs, x, warmup, repeats, shuffle_seed=seed)
+
+
+def paired_until_precise(run_base, run_other, x, precision=None,
+                         max_seconds=MAX_PAIRED_SECONDS, clock=time.perf_counter):
+    """:class:`Paired` samples of two runners, timed in turn (one warm-up each, then
+    MIN_PAIRED_ROUNDS rounds, then PAIRED_BATCH more at a time) until the cut's standard error
+    is within ``precision``, or MAX_PAIRED_ROUNDS rounds or ``max_seconds`` of timing are spent
+    (the pair then says how precise it is: :meth:`Paired.cut_se`). ``precision``: default
+    CUT_PRECISION."""
+    precision = CUT_PRECISION if precision is None else precision
+    start = clock()
+    pair = Paired(*interleaved_ms([run_base, run_other], x, 1, MIN_PAIRED_ROUNDS))
+    batch = 0
+    while (pair.cut_se() > precision and pair.rounds < MAX_PAIRED_ROUNDS
+           and clock() - start < max_seconds):
+        batch += 1
+        more = interleaved_ms([run_base, run_other], x, 0, PAIRED_BATCH, seed=batch)
+        pair = Paired(np.concatenate([pair.base, more[0]]), np.concatenate([pair.other, more[1]]))
+    return pair
 
 
 def export_plan(model, groups, counts, folder):
@@ -150,7 +183,7 @@ def median(values):
 def low(values):
     """A low percentile: the time a run takes when nothing else competes for the cores (other
     load only ever adds time, so the low end of repeated runs is the stable part)."""
-    return float(np.percentile(np.asarray(values, dtype=float), 10))
+    return float(np.percentile(np.asarray(values, dtype=float), LOW_PERCENTILE))
 
 
 @dataclass
@@ -176,3 +209,15 @@ class Paired:
     def cut(self):
         """1 - other / base: the latency reduction."""
         return 1.0 - self.ratio
+
+    @property
+    def rounds(self):
+        return len(self.base)
+
+    def cut_se(self, resamples=BOOTSTRAP_RESAMPLES):
+        """The cut's standard error: its spread over the rounds resampled with replacement
+        (each round keeps its two runs together, as they were timed; seeded, so repeatable)."""
+        picks = np.random.RandomState(0).randint(0, self.rounds, size=(resamples, self.rounds))
+        base = np.percentile(np.asarray(self.base, dtype=float)[picks], LOW_PERCENTILE, axis=1)
+        other = np.percentile(np.asarray(self.other, dtype=float)[picks], LOW_PERCENTILE, axis=1)
+        return float(np.std(1.0 - other / base))

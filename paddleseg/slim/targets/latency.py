@@ -137,7 +137,6 @@ class LatencyTarget:
         self.unprunable = self._unprunable()
         self.work_dir = work_dir
         self.x = backend.input()
-        self.repeats = measure.repeats_for(self.table.full_ms)
         self.rounds, self.chosen = [], None
         self._full_dir = None
 
@@ -242,9 +241,9 @@ class LatencyTarget:
         return self.backend.runner(self._full_dir)
 
     def _measure(self, run_full, folder):
-        """Times (ms) of the unpruned and the candidate export, taken in turn."""
-        return measure.Paired(*measure.interleaved_ms([run_full, self.backend.runner(folder)],
-                                                      self.x, 1, self.repeats))
+        """Times (ms) of the unpruned and the candidate export, taken in turn until the cut is
+        known to within measure.CUT_PRECISION (standard error)."""
+        return measure.paired_until_precise(run_full, self.backend.runner(folder), self.x)
 
     def search(self, model, sensitivities, target, allow_lower=False):
         """The allocation whose *measured* cut is closest to ``target`` (see the module doc);
@@ -263,10 +262,12 @@ class LatencyTarget:
             alloc, m = tried[key]
             full_ms, ms, cut = m.base_ms, m.other_ms, m.cut
             self.rounds.append({"aimed": round(aim, 4), "predicted": round(alloc.reduction, 4),
-                                "measured": round(cut, 4), "ms_before": round(full_ms, 3),
+                                "measured": round(cut, 4), "measured_se": round(m.cut_se(), 4),
+                                "timed_rounds": m.rounds, "ms_before": round(full_ms, 3),
                                 "ms_after": round(ms, 3), "key": key})
             logger.info(f"latency search: round {i + 1}: aimed at {aim:.3f}, predicted "
-                        f"{alloc.reduction:.3f}, measured {cut:.3f} ({full_ms:.1f} -> {ms:.1f} ms)")
+                        f"{alloc.reduction:.3f}, measured {cut:.3f} ± {m.cut_se():.3f} "
+                        f"({full_ms:.1f} -> {ms:.1f} ms, {m.rounds} runs each)")
             if abs(cut - target) <= TOLERANCE:
                 break
             corrected = next_aim([(r["aimed"], r["measured"]) for r in self.rounds], target)
@@ -340,6 +341,7 @@ class LatencyTarget:
                 "predicted_reduction": round(1 - pred_after / pred_before, 4),
                 "measured_ms_before": round(full_ms, 3), "measured_ms_after": round(ms, 3),
                 "measured_reduction": round(cut, 4),
+                "measured_reduction_se": round(m.cut_se(), 4), "measured_rounds": m.rounds,
                 # the table was measured under another load: compare cuts, not raw times
                 "table_error": round((pred_after / pred_before) / (1 - cut) - 1, 4),
                 "unprunable_share": self.unprunable,
@@ -361,6 +363,20 @@ def missed_text(lat):
             f"{lat['target_tolerance']}); the plan was kept as --allow_lower_target allows")
 
 
+def se_text(se):
+    """`` ± se`` (a measured cut's standard error), empty for a report made before it was kept."""
+    return "" if se is None else f" ± {se:.3f}"
+
+
+def measured_how(lat):
+    """How report.md's measured row was timed (a report made before the rounds were kept
+    names neither their count nor the standard error)."""
+    if not lat.get("measured_rounds"):
+        return "runs taken in turn, 10th percentile"
+    return (f"{lat['measured_rounds']} runs each taken in turn, 10th percentile; ± standard "
+            "error")
+
+
 def report_lines(lat, top=10):
     """Markdown lines for report.md (``lat``: report.json's ``latency``)."""
     shape = "x".join(map(str, lat["shape"]))
@@ -372,14 +388,15 @@ def report_lines(lat, top=10):
         "| latency (ms) | before | after | cut |", "|-|-:|-:|-:|",
         f"| predicted by the table | {lat['predicted_ms_before']:.1f} | "
         f"{lat['predicted_ms_after']:.1f} | {lat['predicted_reduction']:.3f} |",
-        f"| measured (runs taken in turn, 10th percentile) | {lat['measured_ms_before']:.1f} | "
-        f"{lat['measured_ms_after']:.1f} | {lat['measured_reduction']:.3f} |", "",
+        f"| measured ({measured_how(lat)}) | {lat['measured_ms_before']:.1f} | "
+        f"{lat['measured_ms_after']:.1f} | {lat['measured_reduction']:.3f}"
+        f"{se_text(lat.get('measured_reduction_se'))} |", "",
         f"The table's error on the final model: {lat['table_error']:+.1%} (predicted against "
         "measured latency, each relative to the unpruned model).", "",
         "| search round | aimed cut | predicted | measured |", "|-|-:|-:|-:|",
     ]
-    lines += [f"| {i} | {r['aimed']:.3f} | {r['predicted']:.3f} | {r['measured']:.3f} |"
-              for i, r in enumerate(lat["rounds"], 1)]
+    lines += [f"| {i} | {r['aimed']:.3f} | {r['predicted']:.3f} | {r['measured']:.3f}"
+              f"{se_text(r.get('measured_se'))} |" for i, r in enumerate(lat["rounds"], 1)]
     if not lat.get("target_met", True):
         lines += ["", missed_text(lat) + "."]
     before, after = lat["group_time_share_before"], lat["group_time_share_after"]
