@@ -76,6 +76,9 @@ MIN_ROUNDS = 30
 # bump when a step's own logic here changes what it produces (its sources are hashed too)
 STEP_VERSION = {"train": 1, "unpruned": 1, "control": 1, "prune": 1, "paddleslim": 1,
                 "count": 1, "recovery": 1}
+# the record of a budget row: 2 keeps report.json's budget section (the chosen cut and why the
+# next was refused), which version 1 dropped; only the budget rows are made again for it
+BUDGET_RECORD = 2
 RECOVERY_SOURCES = bench_cache.PRUNE_SOURCES + ("benchmarks/bench_recovery.py",)
 
 
@@ -444,7 +447,8 @@ class ModelRun:
     def prune_material(self, target, ratio):
         latency = None if target == "flops" else dict(
             self.latency_setup(), allocation=LATENCY_ALLOCATIONS.get(target, "loss_per_ms"))
-        budget = {"ceiling": self.args.budget_ceiling} if target == BUDGET else None
+        budget = ({"ceiling": self.args.budget_ceiling, "record": BUDGET_RECORD}
+                  if target == BUDGET else None)
         return dict(self.sensitivity_material(), target=target, ratio=ratio,
                     retraining_iters=self.retraining_iters, channel_step=self.args.channel_step,
                     latency=latency, **({"budget": budget} if budget else {}))
@@ -646,6 +650,9 @@ def slim_report(report):
     out = {k: report[k] for k in keep if k in report}
     if "paddleslim" in report:
         out["paddleslim"] = {k: v for k, v in report["paddleslim"].items() if k != "layer_ratios"}
+    if "budget" in report:     # --max_miou_drop: each step without its per-group plan
+        out["budget"] = dict(report["budget"], steps=[
+            {k: v for k, v in step.items() if k != "plan"} for step in report["budget"]["steps"]])
     if "coverage" in report:
         out["coverage"] = {k: report["coverage"][k] for k in ("convs", "prunable_convs",
                                                               "flops_coverage")

@@ -10,6 +10,7 @@ from conftest import ROOT
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks", "studies"))
 import bench_cache  # noqa: E402
+import bench_report  # noqa: E402
 import prune_speedup  # noqa: E402
 
 
@@ -242,3 +243,24 @@ def test_a_budget_row_runs_prune_py_with_the_budget_up_to_the_ceiling(fake_camvi
     assert argv[argv.index("--target") + 1] == "latency"
     with pytest.raises(prune_speedup.BenchmarkError, match="--budget_drops"):
         prune_speedup.parse_args(["--budget_drops", "0"])
+
+
+def test_a_budget_rows_record_keeps_the_chosen_cut_and_why_for_the_goals_table():
+    report = {"model_name": "FastSCNN", "miou_retrained": 0.43, "flops_reduction": 0.24,
+              "budget": {"max_miou_drop": 1.0, "chosen_cut": 0.1,
+                         "why": "cut 0.1 chosen: the next, 0.2, was refused",
+                         "reference": {"mious": [0.437, 0.432], "mean": 0.4345,
+                                       "noise_points": 0.48, "iters": 150},
+                         "steps": [{"step": 1, "cut": 0.1, "miou": 0.433, "accepted": True,
+                                    "plan": {"g": 0.5}},
+                                   {"step": 2, "cut": 0.2, "miou": 0.402, "accepted": False,
+                                    "plan": {"g": 0.8}}]}}
+    kept = prune_speedup.slim_report(report)
+    assert kept["budget"]["chosen_cut"] == 0.1 and kept["budget"]["why"].endswith("refused")
+    assert [s["accepted"] for s in kept["budget"]["steps"]] == [True, False]
+    assert not any("plan" in s for s in kept["budget"]["steps"])
+    record = {"key": "k" * 64, "commands": [], "result": {
+        "report": kept, "export": "e", "model": "m", "seconds": 1.0}}
+    row, _ = bench_report.pruned_row(prune_speedup.BUDGET, 1.0, record,
+                                     {"flops": 1e9, "params": 1e6})
+    assert row["budget"]["chosen_cut"] == 0.1 and "refused" in row["budget"]["why"]
