@@ -260,13 +260,13 @@ class LatencyTarget:
                 folder = self._export(model, alloc.pruned, "candidate")
                 tried[key] = (alloc, self._measure(run_full, folder))
             alloc, m = tried[key]
-            full_ms, ms, cut = m.base_ms, m.other_ms, m.cut
+            full_ms, ms, cut, se = m.base_ms, m.other_ms, m.cut, m.cut_se()
             self.rounds.append({"aimed": round(aim, 4), "predicted": round(alloc.reduction, 4),
-                                "measured": round(cut, 4), "measured_se": round(m.cut_se(), 4),
+                                "measured": round(cut, 4), "measured_se": round(se, 4),
                                 "timed_rounds": m.rounds, "ms_before": round(full_ms, 3),
                                 "ms_after": round(ms, 3), "key": key})
             logger.info(f"latency search: round {i + 1}: aimed at {aim:.3f}, predicted "
-                        f"{alloc.reduction:.3f}, measured {cut:.3f} ± {m.cut_se():.3f} "
+                        f"{alloc.reduction:.3f}, measured {cut:.3f} ± {se:.3f} "
                         f"({full_ms:.1f} -> {ms:.1f} ms, {m.rounds} runs each)")
             if abs(cut - target) <= TOLERANCE:
                 break
@@ -371,10 +371,10 @@ def se_text(se):
 def measured_how(lat):
     """How report.md's measured row was timed (a report made before the rounds were kept
     names neither their count nor the standard error)."""
+    fast_end = f"{measure.LOW_PERCENTILE}th percentile"
     if not lat.get("measured_rounds"):
-        return "runs taken in turn, 10th percentile"
-    return (f"{lat['measured_rounds']} runs each taken in turn, 10th percentile; ± standard "
-            "error")
+        return f"runs taken in turn, {fast_end}"
+    return f"{lat['measured_rounds']} runs each taken in turn, {fast_end}; ± standard error"
 
 
 def report_lines(lat, top=10):
