@@ -33,6 +33,12 @@ TRAIN_SOURCES = ("train.py", "val.py", "paddleseg/__init__.py", "paddleseg/env.p
                  "paddleseg/transforms/*.py", "paddleseg/cvlibs/*.py", "paddleseg/utils/*.py")
 PRUNE_SOURCES = TRAIN_SOURCES + ("slim/prune/prune.py", "paddleseg/slim/**/*.py",
                                  "paddleseg/deploy/*.py")
+# the engine without the latency measurement and the targets: a sensitivity analysis, or a
+# retraining of a given plan, never times a model nor allocates a target, so a change there does
+# not discard hours of analysis and retraining
+ENGINE_SOURCES = TRAIN_SOURCES + ("slim/prune/prune.py", "paddleseg/slim/*.py",
+                                  "paddleseg/slim/sensitivity/*.py", "paddleseg/slim/output/*.py",
+                                  "paddleseg/deploy/*.py")
 
 
 class StepNotPrepared(UserError):

@@ -79,7 +79,7 @@ STEP_VERSION = {"train": 1, "unpruned": 1, "control": 1, "prune": 1, "paddleslim
 # the record of a budget row: 2 keeps report.json's budget section (the chosen cut and why the
 # next was refused), which version 1 dropped; only the budget rows are made again for it
 BUDGET_RECORD = 2
-RECOVERY_SOURCES = bench_cache.PRUNE_SOURCES + ("benchmarks/bench_recovery.py",)
+RECOVERY_SOURCES = bench_cache.ENGINE_SOURCES + ("benchmarks/bench_recovery.py",)
 
 
 class BenchmarkError(UserError):
@@ -433,8 +433,12 @@ class ModelRun:
                              retraining_iters=self.retraining_iters)
 
     def sensitivity_material(self):
+        return self._analysis_material(bench_cache.ENGINE_SOURCES)
+
+    def _analysis_material(self, sources):
+        """What a native pruning row shares with its sensitivity analysis, over ``sources``."""
         a = self.args
-        return self.material("prune", bench_cache.PRUNE_SOURCES, train=self.train_record["key"],
+        return self.material("prune", sources, train=self.train_record["key"],
                              criterion=a.criterion, sen_ratios=list(a.sen_ratios),
                              sen_eval_num=a.sen_eval_num)
 
@@ -449,9 +453,10 @@ class ModelRun:
             self.latency_setup(), allocation=LATENCY_ALLOCATIONS.get(target, "loss_per_ms"))
         budget = ({"ceiling": self.args.budget_ceiling, "record": BUDGET_RECORD}
                   if target == BUDGET else None)
-        return dict(self.sensitivity_material(), target=target, ratio=ratio,
-                    retraining_iters=self.retraining_iters, channel_step=self.args.channel_step,
-                    latency=latency, **({"budget": budget} if budget else {}))
+        return dict(self._analysis_material(bench_cache.PRUNE_SOURCES), target=target,
+                    ratio=ratio, retraining_iters=self.retraining_iters,
+                    channel_step=self.args.channel_step, latency=latency,
+                    **({"budget": budget} if budget else {}))
 
     def paddleslim_material(self, ratio):
         a = self.args
@@ -611,14 +616,8 @@ class ModelRun:
         """The latency ``row``'s pruned model retrained with ``recipe`` and ``seed`` (its
         control with ``control``: the unpruned model fine-tuned with the recipe's schedule)."""
         a = self.args
-        flags = bench_recipes.RECIPES[recipe][1]
-        if control:
-            flags = bench_recovery.control_flags(flags)
-        threads = a.recovery_threads or a.train_threads
-        material = dict(self.material("recovery", RECOVERY_SOURCES, train=self.train_record["key"],
-                                      retraining_iters=self.retraining_iters, flags=flags,
-                                      seed=seed, control=control,
-                                      row=None if control else row["key"]), threads=threads)
+        material = self.recovery_material(row, recipe, seed, control)
+        flags, threads = material["flags"], material["threads"]
 
         def compute(folder):
             out = os.path.join(folder, "result.json")
@@ -635,6 +634,16 @@ class ModelRun:
             shutil.rmtree(os.path.join(folder, "out"), ignore_errors=True)
             return bench_report.read_json(out), [command_text(argv)]
         return self.steps.run("recovery", material, compute)["result"]
+
+    def recovery_material(self, row, recipe, seed, control=False):
+        flags = bench_recipes.RECIPES[recipe][1]
+        if control:
+            flags = bench_recovery.control_flags(flags)
+        threads = self.args.recovery_threads or self.args.train_threads
+        return dict(self.material("recovery", RECOVERY_SOURCES, train=self.train_record["key"],
+                                  retraining_iters=self.retraining_iters, flags=flags, seed=seed,
+                                  control=control, row=None if control else row["key"]),
+                    threads=threads)
 
     def count_material(self, record):
         return self.material("count", bench_cache.TRAIN_SOURCES, pruned=record["key"],

@@ -99,6 +99,9 @@ def materials(fake_camvid, *extra, model="FastSCNN"):
                paddleslim=run.paddleslim_material(0.3), sensitivity=run.sensitivity_material(),
                budget=run.prune_material(prune_speedup.BUDGET, 1.0))
     out["counts"] = run.count_material({"key": step_key(out["flops"], "prune")})
+    row = {"key": step_key(out["latency"], "prune")}
+    out.update(recovery=run.recovery_material(row, "distill", 0),
+               recovery_control=run.recovery_material(row, "distill", 0, control=True))
     return {k: bench_cache.digest(v) for k, v in out.items()}
 
 
@@ -112,17 +115,22 @@ KEYED = [
     (["--seed", "3"], "all"),
     (["--train_threads", "1"], "all"),
     (["--eval_points", "3"], "all"),
-    (["--retraining_iters", "9"], {"control", "flops", "latency", "budget", "paddleslim", "counts"}),
-    (["--criterion", "l1"], {"flops", "latency", "budget", "sensitivity", "counts"}),
-    (["--sen_ratios", "0.3", "0.6"], {"flops", "latency", "budget", "sensitivity", "counts"}),
-    (["--sen_eval_num", "5"], {"flops", "latency", "budget", "paddleslim", "sensitivity", "counts"}),
-    (["--channel_step", "4"], {"flops", "latency", "budget", "counts"}),
-    (["--input_shape", "1", "3", "256", "512"], {"unpruned", "latency", "budget", "counts"}),
-    (["--cpu_threads", "1"], {"latency", "budget"}),
-    (["--latency_samples", "5"], {"latency", "budget"}),
+    (["--retraining_iters", "9"], {"control", "flops", "latency", "recovery", "recovery_control",
+                                   "budget", "paddleslim", "counts"}),
+    (["--criterion", "l1"], {"flops", "latency", "recovery", "budget", "sensitivity", "counts"}),
+    (["--sen_ratios", "0.3", "0.6"], {"flops", "latency", "recovery", "budget", "sensitivity",
+                                      "counts"}),
+    (["--sen_eval_num", "5"], {"flops", "latency", "recovery", "budget", "paddleslim",
+                               "sensitivity", "counts"}),
+    (["--channel_step", "4"], {"flops", "latency", "recovery", "budget", "counts"}),
+    (["--input_shape", "1", "3", "256", "512"], {"unpruned", "latency", "recovery", "budget",
+                                                 "counts"}),
+    (["--cpu_threads", "1"], {"latency", "recovery", "budget"}),
+    (["--latency_samples", "5"], {"latency", "recovery", "budget"}),
     (["--paddleslim_criterion", "fpgm"], {"paddleslim"}),
     (["--paddleslim_timeout", "60"], {"paddleslim"}),
     (["--budget_ceiling", "0.4"], {"budget"}),
+    (["--recovery_threads", "1"], {"recovery", "recovery_control"}),
 ]
 
 
@@ -148,17 +156,27 @@ def test_config_data_and_code_are_keyed(fake_camvid, tmp_path, monkeypatch):
     with open(os.path.join(fake_camvid, "train.txt"), "a") as f:
         f.write("images/c.jpg labels/c.png\n")
     assert all(v != base[k] for k, v in materials(fake_camvid).items())
-    # the code: a source file of the pruning steps
-    real = bench_cache.code_version
-    monkeypatch.setattr(bench_cache, "code_version", lambda patterns, root=bench_cache.ROOT,
-                        extra=None: real(patterns, root, extra) + (
-                            "!" if "paddleseg/slim/**/*.py" in patterns else ""))
     with open(os.path.join(fake_camvid, "train.txt")) as f:
         lines = f.readlines()
     with open(os.path.join(fake_camvid, "train.txt"), "w") as f:
         f.writelines(lines[:-1])
-    changed = {k for k, v in materials(fake_camvid).items() if v != base[k]}
-    assert changed == {"flops", "latency", "budget", "paddleslim", "sensitivity", "counts"}
+    # the code: a source file of the pruning steps
+    real = bench_cache.code_version
+
+    def keys_after_editing(path):
+        monkeypatch.setattr(bench_cache, "code_version", lambda patterns, root=bench_cache.ROOT,
+                            extra=None: real(patterns, root, extra) + (
+                                "!" if path in bench_cache.source_files(patterns) else ""))
+        return {k for k, v in materials(fake_camvid).items() if v != base[k]}
+
+    pruning = {"flops", "latency", "budget", "paddleslim", "counts", "recovery"}
+    assert keys_after_editing("paddleseg/slim/apply.py") == pruning | {"sensitivity",
+                                                                       "recovery_control"}
+    # an analysis or a control's retraining neither times a model nor allocates a target: hours
+    # of them are kept (a pruned row's recovery follows its row, pruned again)
+    assert keys_after_editing("paddleseg/slim/latency/measure.py") == pruning
+    assert keys_after_editing("paddleseg/slim/targets/latency.py") == pruning
+    assert keys_after_editing("train.py") == set(base)
 
 
 def test_dataset_root_without_list_files_is_one_line(tmp_path):
