@@ -10,7 +10,12 @@ import statistics
 
 NOISE_SE = 2.0   # a difference of means beyond 2 standard errors is called a difference
 WITHIN_POINTS = 1.0   # the accuracy issue's goal: within 1 point of the control
-HALF = 0.5   # ... and at least half of the default retraining's loss recovered
+HALF = 0.5   # ... and at least half of the loss the issue was filed with recovered:
+# mIoU points against the control at latency target 0.3, from the accuracy issue's own table
+# (one retraining each, at the rows of that day); its goal names them ("Fast-SCNN from -11.2 to
+# -5.6 or better"), so they are the yardstick, not the default retraining of today's row
+FILED_LOSS = {"BiSeNetV2": -4.7, "FCN-HRNetW18": -1.3, "FastSCNN": -11.2, "HarDNet": -5.6,
+              "UNet": -2.3}
 MAX_COST = 1.5   # ... at most 1.5x the default retraining's time per iteration
 # prune.py's message when --max_miou_drop finds no cut within the budget (budget.py)
 NO_CUT = "the unpruned model stays the answer"
@@ -216,7 +221,8 @@ def best_recipe(entry):
 def recovery_goal(model, results):
     """One model's row of the accuracy-recovery goals (latency target 0.3), or None where its
     recovery phase has not run. The default retraining is the ``plain`` recipe (no recipe is
-    the default); "half of the loss" is judged against its 3-seed loss."""
+    the default); "half of the loss" is judged against the loss the issue was filed with
+    (FILED_LOSS), else, for a model it did not name, against the default's 3-seed loss."""
     entry = (results.get("recovery") or {}).get(model)
     if not entry or "plain" not in entry["recipes"]:
         return None
@@ -228,8 +234,9 @@ def recovery_goal(model, results):
     default_loss = recipe_delta(entry, "plain")[0]
     best = best_recipe(entry)
     best_delta, best_cost = recipe_delta(entry, best)
-    recovered = best_delta >= HALF * default_loss if default_loss < 0 else True
-    return {"speedup": speedup, "default": default_loss, "best": best,
+    filed = FILED_LOSS.get(model, default_loss)
+    recovered = best_delta >= HALF * filed if filed < 0 else True
+    return {"speedup": speedup, "default": default_loss, "filed": filed, "best": best,
             "best_label": entry["recipes"][best]["label"], "best_delta": best_delta,
             "best_cost": best_cost, "within": best_delta >= -WITHIN_POINTS,
             # its accuracy verdicts are then for a slower model than the goal asks for
@@ -256,8 +263,12 @@ def speed_points(results, model, row):
     return row["speedup"], row_delta(results, model, row)[0]
 
 
-def seeds_text(seeds):
-    return f"{seeds}-seed mean" if seeds > 1 else "1 seed"
+def delta_text(delta, sd, seeds):
+    """A row's mIoU change in points as every table shows it: a seed mean with its sd, or one
+    retraining said to be one."""
+    if seeds > 1:
+        return f"{delta:+.1f} ± {sd:.1f} ({seeds} seeds)"
+    return f"{delta:+.1f} (1 seed)"
 
 
 def budget_goal_lines(results):
@@ -283,9 +294,9 @@ def budget_goal_lines(results):
             continue
         budget = row.get("budget") or {}
         speedups.append(row["speedup"])
-        delta, _, seeds = row_delta(results, model, row)
+        delta, sd, seeds = row_delta(results, model, row)
         lines.append(f"| {model} | {budget.get('chosen_cut', '-')} | {row['speedup']:.2f}x | "
-                     f"{delta:+.1f} ({seeds_text(seeds)}) | {met(delta >= -WITHIN_POINTS)} | "
+                     f"{delta_text(delta, sd, seeds)} | {met(delta >= -WITHIN_POINTS)} | "
                      f"{budget.get('why', '')} |")
     if speedups:
         median = statistics.median(speedups)
@@ -306,11 +317,11 @@ def budget_goal_lines(results):
                       if (r.get("latency_target") or {}).get("max_speedup")), None)
         if row and row.get("speedup") is not None:
             reachable = reach is None or reach >= DEEP_SPEEDUP
-            delta, _, seeds = row_delta(results, model, row)
+            delta, sd, seeds = row_delta(results, model, row)
             goal = (met(row["speedup"] >= DEEP_SPEEDUP and delta >= -DEEP_POINTS) if reachable
                     else f"out of reach ({reach:.2f}x); within {DEEP_POINTS:g} points: "
                     f"{met(delta >= -DEEP_POINTS)}")
-            cells = f"{row['speedup']:.2f}x | {delta:+.1f} ({seeds_text(seeds)}) | {goal}"
+            cells = f"{row['speedup']:.2f}x | {delta_text(delta, sd, seeds)} | {goal}"
         else:
             failed = find_row(entry, "latency", DEEP_RATIO, "failed")
             cells = "- | - | " + (f"failed: {cell(failed['error'])}" if failed else "not measured")
@@ -388,10 +399,12 @@ def goal_lines(results):
     as met, missed or not measured."""
     lines = [f"At the latency target 0.3 (speedup >= {GOAL_SPEEDUP}x), 3-seed means of the "
              "recovery phase: the best recipe within "
-             f"{WITHIN_POINTS:.1f} point of its control, at least half of the default retraining's "
-             f"loss recovered, at most {MAX_COST}x its time per iteration.", "",
+             f"{WITHIN_POINTS:.1f} point of its control, at least half of the loss the issue "
+             "was filed with recovered (its one-retraining figure, then the goal), at most "
+             f"{MAX_COST}x the default retraining's time per iteration.", "",
              "| Model | speedup | default retraining: Δ vs control | best recipe | its Δ | "
-             f"within {WITHIN_POINTS:.1f} point | half recovered | cost (× default) |",
+             f"within {WITHIN_POINTS:.1f} point | half of the filed loss recovered | "
+             "cost (× default) |",
              "|---|---:|---:|---|---:|---|---|---|"]
     for model in results["models"]:
         goal = recovery_goal(model, results)
@@ -407,5 +420,6 @@ def goal_lines(results):
             speed += f" (under {GOAL_SPEEDUP}x)"
         lines.append(f"| {model} | {speed} | {goal['default']:+.1f} | {goal['best_label']} | "
                      f"{goal['best_delta']:+.1f} | {met(goal['within'])}{slow} | "
-                     f"{met(goal['recovered_half'])}{slow} | {cost} |")
+                     f"{met(goal['recovered_half'])}{slow} ({goal['filed']:+.1f} -> "
+                     f"{HALF * goal['filed']:+.1f}) | {cost} |")
     return lines + [""] + defaults_lines(results) + budget_goal_lines(results)

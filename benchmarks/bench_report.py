@@ -240,9 +240,7 @@ def delta_cell(results, model, r):
     delta, sd, seeds = bench_accuracy.row_delta(results, model, r)
     if r["row"] == "unpruned":   # trained, not retrained: no seeds to speak of
         return fmt_points(delta)
-    if seeds > 1:
-        return f"{fmt_points(delta)} ± {sd:.1f} ({seeds} seeds)"
-    return f"{fmt_points(delta)} (1 seed)"
+    return bench_accuracy.delta_text(delta, sd, seeds)
 
 
 def row_cells(results, model, r):
