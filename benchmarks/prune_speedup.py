@@ -659,7 +659,7 @@ def slim_report(report):
     out = {k: report[k] for k in keep if k in report}
     if "paddleslim" in report:
         out["paddleslim"] = {k: v for k, v in report["paddleslim"].items() if k != "layer_ratios"}
-    if "budget" in report:     # --max_miou_drop: each step without its per-group plan
+    if report.get("budget"):   # --max_miou_drop (else null): each step without its plan
         out["budget"] = dict(report["budget"], steps=[
             {k: v for k, v in step.items() if k != "plan"} for step in report["budget"]["steps"]])
     if "coverage" in report:

@@ -263,6 +263,15 @@ def test_a_budget_row_runs_prune_py_with_the_budget_up_to_the_ceiling(fake_camvi
         prune_speedup.parse_args(["--budget_drops", "0"])
 
 
+def test_a_row_without_a_budget_keeps_no_budget_section():
+    # prune.py writes "budget": null without --max_miou_drop
+    report = {"model_name": "FastSCNN", "flops_reduction": 0.3, "budget": None,
+              "coverage": {"convs": 3, "prunable_convs": 2, "flops_coverage": 0.9, "groups": 2}}
+    kept = prune_speedup.slim_report(report)
+    assert kept == {"model_name": "FastSCNN", "flops_reduction": 0.3,
+                    "coverage": {"convs": 3, "prunable_convs": 2, "flops_coverage": 0.9}}
+
+
 def test_a_budget_rows_record_keeps_the_chosen_cut_and_why_for_the_goals_table():
     report = {"model_name": "FastSCNN", "miou_retrained": 0.43, "flops_reduction": 0.24,
               "budget": {"max_miou_drop": 1.0, "chosen_cut": 0.1,
