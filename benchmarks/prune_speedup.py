@@ -44,6 +44,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -215,6 +216,19 @@ def without_phase(argv):
     return out
 
 
+# the commands running now: a benchmark stopped by SIGTERM (kill, timeout) stops them too, or a
+# prune.py left behind would skew the next run's timings and write into a step folder it restarts
+RUNNING = set()
+
+
+def stop_commands_on_sigterm():
+    def stop(signum, frame):
+        for proc in list(RUNNING):
+            proc.kill()
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def run_command(argv, log_path, threads, timeout=None):
     """Run ``python argv`` from the repository root, teeing its output to ``log_path``.
 
@@ -225,6 +239,7 @@ def run_command(argv, log_path, threads, timeout=None):
     start = time.time()
     proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
+    RUNNING.add(proc)
     timed_out = threading.Event()
 
     def stop():
@@ -248,6 +263,7 @@ def run_command(argv, log_path, threads, timeout=None):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        RUNNING.discard(proc)
     return (None if timed_out.is_set() else code), error, round(time.time() - start, 1)
 
 
@@ -881,4 +897,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    stop_commands_on_sigterm()
     cli.run(main)

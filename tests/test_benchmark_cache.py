@@ -1,7 +1,10 @@
 """The benchmark's cached steps: keyed by everything that affects them, never reused for other
 arguments or other code."""
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -207,6 +210,36 @@ def test_commands_report_their_error_line_and_stop_at_the_timeout(tmp_path):
                 "2026-12-02 01:26:28,986-WARNING: Leaves ['batch_norm_0.tmp_0', ...]\n")
     assert prune_speedup.last_progress(log) == \
         "last log line: 2026-12-02 01:26:05 [INFO] PaddleSlim: building collections"
+
+
+def test_a_benchmark_stopped_by_sigterm_stops_the_command_it_runs(tmp_path):
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys; sys.path[:0] = [{root!r}, {bench!r}]; import prune_speedup; "
+        "prune_speedup.stop_commands_on_sigterm(); "
+        "prune_speedup.run_command(['-c', {child!r}], {log!r}, 1)").format(
+            root=ROOT, bench=os.path.join(ROOT, "benchmarks"), child=child,
+            log=str(tmp_path / "log"))])
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    child_pid = int(pid_file.read_text())
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+    deadline = time.time() + 10
+    while running(child_pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not running(child_pid), "the command outlived its benchmark"
+
+
+def running(pid):
+    """Whether ``pid`` runs (a zombie no one has reaped yet has stopped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_the_recorded_command_is_the_one_that_runs_every_phase():
