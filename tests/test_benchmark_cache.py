@@ -73,6 +73,17 @@ def test_code_version_follows_the_sources(tmp_path):
     added = bench_cache.code_version(["pkg/*.py"], root=str(tmp_path))
     other_lib = bench_cache.code_version(["pkg/*.py"], root=str(tmp_path), extra={"paddleslim": "2.7"})
     assert len({before, edited, added, other_lib}) == 4
+    # "!" leaves files out: editing them keeps the version, a new file beside them does not
+    (tmp_path / "pkg" / "timing").mkdir()
+    (tmp_path / "pkg" / "timing" / "t.py").write_text("t = 1\n")
+    patterns = ["pkg/**/*.py", "!pkg/timing/**/*.py"]
+    assert bench_cache.source_files(patterns, str(tmp_path)) == ["pkg/a.py", "pkg/b.py"]
+    engine = bench_cache.code_version(patterns, root=str(tmp_path))
+    (tmp_path / "pkg" / "timing" / "t.py").write_text("t = 2\n")
+    assert bench_cache.code_version(patterns, root=str(tmp_path)) == engine
+    (tmp_path / "pkg" / "new").mkdir()
+    (tmp_path / "pkg" / "new" / "n.py").write_text("")
+    assert bench_cache.code_version(patterns, root=str(tmp_path)) != engine
 
 
 @pytest.fixture
