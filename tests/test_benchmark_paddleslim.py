@@ -19,6 +19,9 @@ from paddleseg.slim.output.storage import save_pruned
 from paddleseg.utils import cli
 from paddleseg.utils.checkpoint import load_model_weights
 
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import prune_speedup  # noqa: E402
+
 pytest.importorskip("paddleslim")
 SHAPE = [1, 3, 32, 32]
 
@@ -165,8 +168,6 @@ def test_prune_cli_runs_paddleslim_end_to_end(tmp_path, capsys):
     assert f"PaddleSlim: {report['paddleslim']['collections']} pruning collections in" in out_text
     assert (out / "export" / "deploy.yaml").is_file() and (out / "sensitivity.json").is_file()
     # the benchmark's record of such a row (no --max_miou_drop: its budget section is null)
-    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    import prune_speedup
     kept = prune_speedup.slim_report(report)
     assert kept["flops_after"] == report["flops_after"] and "budget" not in kept
     model = build_and_load(Config(str(cfg_path)), str(out / "model.pdparams"))
