@@ -116,6 +116,11 @@ def parse_args(argv):
                    help="FLOPs-target pruning ratios (0.1 0.2 0.3 where time allows)")
     p.add_argument("--latency_ratios", nargs="*", type=float, default=[0.3],
                    help="latency-target ratios (run when prune.py has --target latency)")
+    p.add_argument("--equal_loss_ratios", nargs="*", type=float, default=None,
+                   help="the --latency_ratios that also get the FLOPs-target allocation's row "
+                        "(the equal-loss row the latency target's own allocation is judged "
+                        "against); default: every one. Each such row is a prune.py run, and "
+                        "with --frontier_seeds as many retrainings as seeds")
     p.add_argument("--budget_drops", nargs="*", type=float, default=[],
                    help="mIoU budgets (points) of latency_budget rows: prune.py --target latency "
                         "--max_miou_drop D --pruning_ratio --budget_ceiling")
@@ -173,6 +178,13 @@ def check_args(args):
     if not 0 < args.budget_ceiling < 1 or not all(d > 0 for d in args.budget_drops):
         raise BenchmarkError(f"--budget_ceiling must lie in (0, 1) and --budget_drops be > 0, got "
                              f"{args.budget_ceiling} and {args.budget_drops}")
+    if args.equal_loss_ratios is None:
+        args.equal_loss_ratios = list(args.latency_ratios)
+    stray = [r for r in args.equal_loss_ratios if r not in args.latency_ratios]
+    if stray:
+        raise BenchmarkError(f"--equal_loss_ratios {stray} are not among --latency_ratios "
+                             f"{args.latency_ratios}: an equal-loss row is compared with the "
+                             "latency target's row at the same ratio; add them to both")
     if args.repeats < MIN_ROUNDS:
         raise BenchmarkError(f"--repeats must be >= {MIN_ROUNDS} (medians of at least "
                              f"{MIN_ROUNDS} rounds), got {args.repeats}")
@@ -727,20 +739,26 @@ def prepare_model(name, args):
     for ratio in args.ratios:
         variants.append(pruned("flops", ratio, run.prune("flops", ratio)))
     latency_ok = has_latency_target()
-    for ratio in args.latency_ratios:
-        for kind in LATENCY_ALLOCATIONS:
-            if latency_ok:
-                variants.append(pruned(kind, ratio, run.prune(kind, ratio)))
-            else:
-                variants.append((bench_report.not_run_row(
-                    kind, ratio, "slim/prune/prune.py has no --target latency in this version"),
-                    None))
+    for kind, ratio in latency_rows(args):
+        if latency_ok:
+            variants.append(pruned(kind, ratio, run.prune(kind, ratio)))
+        else:
+            variants.append((bench_report.not_run_row(
+                kind, ratio, "slim/prune/prune.py has no --target latency in this version"),
+                None))
     if latency_ok:
         for drop in args.budget_drops:
             variants.append(pruned(BUDGET, drop, run.prune(BUDGET, drop)))
     for ratio in args.paddleslim_ratios:
         variants.append(pruned("paddleslim", ratio, run.paddleslim(ratio)))
     return run, variants
+
+
+def latency_rows(args):
+    """[(row kind, ratio)] of the latency target: per --latency_ratios its own allocation's
+    row, then the FLOPs-target allocation's where --equal_loss_ratios has the ratio."""
+    return [(kind, ratio) for ratio in args.latency_ratios for kind in LATENCY_ALLOCATIONS
+            if kind == "latency" or ratio in args.equal_loss_ratios]
 
 
 def recovery_entry(name, args, argv):
@@ -812,8 +830,7 @@ def frontier_records(run, args):
     retrain and is left out. PaddleSlim's rows are its engine's, retrained once."""
     rows = ([("flops", r) for r in args.ratios]
             + [("latency", r) for r in args.latency_ratios[1:]]
-            + [(kind, r) for r in args.latency_ratios for kind in LATENCY_ALLOCATIONS
-               if kind != "latency"]
+            + [(kind, r) for kind, r in latency_rows(args) if kind != "latency"]
             + [(BUDGET, d) for d in args.budget_drops])
     out = []
     for kind, ratio in rows:

@@ -329,6 +329,18 @@ def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkey
         ("latency_budget1.0".ljust(20, "0"), "plain", 1, False)]
     assert "The frontier's other rows" in (out / "RESULTS.md").read_text()
 
+    # --equal_loss_ratios: the FLOPs-target allocation at the ratios named only (its other
+    # ratios are neither pruned nor retrained)
+    pruned.clear()
+    assert prune_speedup.main(argv + ["--frontier_seeds", "--latency_ratios", "0.3", "0.5",
+                                      "--equal_loss_ratios", "0.3"]) == 0
+    entry = json.loads((out / "results.json").read_text())["recovery"]["FastSCNN"]
+    assert [(r["kind"], r["ratio"]) for r in entry["rows"]] == [
+        ("flops", 0.3), ("latency", 0.5), ("latency_equal_loss", 0.3)]
+    assert ("latency_equal_loss", 0.5) not in pruned
+    with pytest.raises(prune_speedup.BenchmarkError, match="not among --latency_ratios"):
+        prune_speedup.parse_args(["--latency_ratios", "0.3", "--equal_loss_ratios", "0.5"])
+
 
 # --- one unit, for real, on the tiny set -------------------------------------------------------
 @pytest.fixture(scope="module")
