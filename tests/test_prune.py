@@ -34,10 +34,17 @@ COEFS = {"BiSeNetV2": [1, 1, 1, 1, 1], "FCN": [1], "FastSCNN": [1.0, 0.4], "HarD
          "UNet": [1]}
 
 
+# FCN's prune.py runs use HRNet-W18-Small-V1: the blocks, branches and fuse layers of W18 (whose
+# structure test_models pins and whose groups test_allocation_hits_flops_targets covers) at a
+# quarter of its modules, so that its end-to-end run, export and predictor take seconds, not a
+# minute; the benchmark prunes W18 itself
+PRUNED_BACKBONES = {"FCN": {"backbone": {"type": "HRNet_W18_Small_V1"}}}
+
+
 def model_config(name):
     kwargs, _, n_logits = SPECS[name]
     assert len(COEFS[name]) == n_logits
-    return dict(type=name, num_classes=2, **kwargs)
+    return dict(type=name, num_classes=2, **{**kwargs, **PRUNED_BACKBONES.get(name, {})})
 
 
 @pytest.fixture

@@ -21,10 +21,12 @@ import retrain_seeds  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
 
 
-@pytest.fixture(scope="module", params=["flops", "latency"])
+@pytest.fixture(scope="module", params=["latency"])
 def pruned_row(request, tiny_optic_root, tmp_path_factory):
     """(work_dir, out_dir): a tiny benchmark folder whose BiSeNetV2 latency and equal-loss rows
-    are one prune.py run (FLOPs or latency target, 3 retraining iterations, seed 0)."""
+    are one prune.py run (latency target, 3 retraining iterations, seed 0). A FLOPs-target row
+    takes the same path; what differs for it (no speedup of its own, no allocation to change)
+    is test_a_flops_row_*'s."""
     import prune
     from paddleseg.cvlibs import Config
     base = tmp_path_factory.mktemp("retrain_seeds")
@@ -114,11 +116,7 @@ def test_another_allocation_reruns_the_row_s_command_and_is_retrained_per_seed(
     md = tmp_path / "seeds.md"
     report = json.loads((work / "BiSeNetV2" / f"prune-{'a' * 12}" / "out" / "report.json")
                         .read_text())
-    if report["target"] == "flops":
-        # --latency_allocation has no meaning for a FLOPs run: prune.py refuses, and so do we
-        with pytest.raises(UserError, match="allocation's prune.py run for BiSeNetV2 failed"):
-            run(work, results, md, "--seeds", "0", "--allocations", "balanced")
-        return
+    assert report["target"] == "latency"
     assert run(work, results, md, "--seeds", "0", "1", "--allocations", "balanced") == 0
     text = md.read_text()
     assert "| latency target 0.3, balanced allocation | not a row |" in text
@@ -138,3 +136,34 @@ def test_another_allocation_reruns_the_row_s_command_and_is_retrained_per_seed(
     monkeypatch.setattr(retrain_seeds, "retrain_once", ran)
     assert run(work, results, md, "--seeds", "0", "1", "--allocations", "balanced") == 0
     assert md.read_text() == text
+
+
+def test_a_flops_row_has_no_speedup_of_its_own(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"target": "flops", "miou_retrained": 0.5}))
+    assert retrain_seeds.measured_speedup(str(path)) == "not timed"
+    path.write_text(json.dumps({"target": "latency", "latency": {
+        "measured_ms_before": 30.0, "measured_ms_after": 20.0}}))
+    assert retrain_seeds.measured_speedup(str(path)) == "1.50x"
+
+
+def test_a_flops_row_s_allocation_is_refused_with_prune_py(tmp_path, monkeypatch):
+    """--latency_allocation has no meaning for a FLOPs run: prune.py refuses (exit 2), and the
+    study says which run failed instead of retraining nothing."""
+    from paddleseg.utils.errors import UserError
+    work = tmp_path / "work"
+    record = work / "BiSeNetV2" / f"prune-{'a' * 12}"
+    record.mkdir(parents=True)
+    (record / "step.json").write_text(json.dumps(
+        {"commands": ["python slim/prune/prune.py --config c.yml --pruning_ratio 0.3 "
+                      "--save_dir out"]}))
+    ran = []
+
+    def refuse(cmd, **kwargs):
+        ran.append(cmd)
+        return retrain_seeds.subprocess.CompletedProcess(cmd, 2)
+    monkeypatch.setattr(retrain_seeds.subprocess, "run", refuse)
+    args = retrain_seeds.parse_args(["--work_dir", str(work)])
+    with pytest.raises(UserError, match="allocation's prune.py run for BiSeNetV2 failed"):
+        retrain_seeds.allocation_report(args, "BiSeNetV2", {"step_key": "a" * 64}, "balanced")
+    assert ran and ran[0][ran[0].index("--latency_allocation") + 1] == "balanced"
