@@ -21,8 +21,8 @@ import retrain_seeds  # noqa: E402
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
 
 
-@pytest.fixture(scope="module", params=["latency"])
-def pruned_row(request, tiny_optic_root, tmp_path_factory):
+@pytest.fixture(scope="module")
+def pruned_row(tiny_optic_root, tmp_path_factory):
     """(work_dir, out_dir): a tiny benchmark folder whose BiSeNetV2 latency and equal-loss rows
     are one prune.py run (latency target, 3 retraining iterations, seed 0). A FLOPs-target row
     takes the same path; what differs for it (no speedup of its own, no allocation to change)
@@ -39,7 +39,7 @@ def pruned_row(request, tiny_optic_root, tmp_path_factory):
     argv = ["--config", str(config), "--model_path", str(weights), "--pruning_ratio", "0.3",
             "--retraining_iters", "3", "--sen_ratios", "0.3", "0.6", "--sen_eval_num", "1",
             "--seed", "0", "--cpu_threads", "1", "--save_dir", str(out),
-            *target_args(request.param, base)]
+            *latency_target_args(base)]
     assert prune.main(argv) == 0
     # the step record the benchmark writes: its command, as --allocations reruns it
     (out.parent / "step.json").write_text(json.dumps(
@@ -60,9 +60,7 @@ def pruned_row(request, tiny_optic_root, tmp_path_factory):
     return work, results
 
 
-def target_args(target, base):
-    if target == "flops":
-        return []
+def latency_target_args(base):
     # the closing loop exports and times candidates before the retraining: it must not change it
     return ["--target", "latency", "--latency_shape", "1", "3", "64", "64", "--latency_samples",
             "3", "--allow_lower_target", "--latency_table", str(base / "table.json")]
