@@ -23,7 +23,8 @@ from paddleseg.slim.latency import (LatencyTableMismatch,
 from paddleseg.slim.latency import table as table_mod
 from paddleseg.slim.latency.sites import Site, WidthModel, assign_blocks
 from paddleseg.slim.latency.allocate import allocate_balanced, allocator
-from paddleseg.slim.targets.latency import LatencyTarget, LatencyTargetMissed, deploy_shape
+from paddleseg.slim.targets.latency import (MAX_ROUNDS, LatencyTarget, LatencyTargetMissed,
+                                            deploy_shape)
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
 
@@ -387,6 +388,36 @@ def test_a_cut_the_backend_cannot_reach_is_an_error_unless_lowering_is_allowed()
     assert alloc.pruned and search.rounds[-1]["aimed"] > 0.3
 
 
+def jumpy_search():
+    """A backend whose measured cut jumps past the band around 0.3 (a kernel that switches
+    at some width, say): plans predicted below 0.31 measure 0.275, the others 0.36."""
+    search, sens = search_setup(factor=1.0)
+    search.channel_step = 1     # plans predicted within 0.003 of the aim
+
+    def jump(run_full, counts):
+        n = np.array([counts.get(g, 0) for g in search.cost.group_ids], dtype=float)
+        predicted = 1 - search.cost.ms(n) / search.cost.ms(np.zeros(len(n)))
+        cut = 0.275 if predicted < 0.31 else 0.36
+        return measure.Paired(np.full(3, 100.0), np.full(3, 100.0 * (1 - cut)))
+    search._measure = jump
+    return search, sens
+
+
+def test_a_cut_short_of_the_band_is_retried_and_a_faster_plan_kept_over_it():
+    from paddleseg.slim.targets.latency import OVER_TOLERANCE, SHORT_TOLERANCE
+    assert 0.3 - 0.03 < 0.275 < 0.3 - SHORT_TOLERANCE and 0.36 > 0.3 + OVER_TOLERANCE
+    search, sens = jumpy_search()
+    search.search(None, sens, 0.3)
+    measured = [r["measured"] for r in search.rounds]
+    assert measured[0] == pytest.approx(0.275) and len(measured) >= 2   # 0.275 is not taken
+    assert search.verdict["target_met"] and search.verdict["search_measured_reduction"] == 0.36
+    # lowering allowed (a --max_miou_drop step): the closest round is kept, and reported missed
+    search, sens = jumpy_search()
+    search.search(None, sens, 0.3, allow_lower=True)
+    assert search.verdict["search_measured_reduction"] == 0.275
+    assert not search.verdict["target_met"]
+
+
 def test_the_deploy_shape_comes_from_the_val_resize():
     assert deploy_shape([{"type": "Resize", "target_size": [1024, 512]}, {"type": "Normalize"}]) \
         == (1, 3, 512, 1024)
@@ -610,15 +641,17 @@ def noisy_search(monkeypatch, seed):
 def test_the_closing_loop_does_not_chase_timing_noise(monkeypatch):
     """The plan kept has its true cut on target, and every round the loop acted on was timed
     to within the precision; timed a fixed 15 rounds (as before), the same search re-aims at
-    noise and refuses a target it can reach."""
+    noise in every round, and the cut it reports for the plan it keeps is noise too."""
     search, sens = noisy_search(monkeypatch, seed=0)
     alloc = search.search(None, sens, 0.3)
     true_cut, _ = cut_of(search.cost, alloc)
-    assert abs(true_cut - 0.3) <= 0.005
+    assert abs(true_cut - 0.3) <= 0.005 and len(search.rounds) == 1
     assert all(r["measured_se"] <= measure.CUT_PRECISION
                and r["timed_rounds"] >= measure.MIN_PAIRED_ROUNDS for r in search.rounds)
     monkeypatch.setattr(measure, "CUT_PRECISION", 1.0)
     monkeypatch.setattr(measure, "MIN_PAIRED_ROUNDS", 15)
     search, sens = noisy_search(monkeypatch, seed=0)
-    with pytest.raises(LatencyTargetMissed):
-        search.search(None, sens, 0.3)
+    alloc = search.search(None, sens, 0.3)
+    true_cut, _ = cut_of(search.cost, alloc)
+    assert len(search.rounds) == MAX_ROUNDS
+    assert abs(search.verdict["search_measured_reduction"] - true_cut) > 0.05

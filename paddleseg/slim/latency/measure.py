@@ -29,7 +29,7 @@ DEFAULT_SHAPE = (1, 3, 512, 1024)
 TIMED_SECONDS = 2.0     # aim for this much timed work per model and measurement
 MIN_REPEATS, MAX_REPEATS = 3, 15
 # a measured cut the closing loop acts on: timed in rounds of both exports until the cut's
-# standard error is within CUT_PRECISION (a third of the loop's tolerance of 0.03), at least
+# standard error is within CUT_PRECISION (half the loop's short tolerance of 0.02), at least
 # MIN_PAIRED_ROUNDS and at most MAX_PAIRED_ROUNDS rounds or MAX_PAIRED_SECONDS of timing. Fewer
 # than 40 rounds leave too few runs below the 10th percentile for the resampled standard
 # error to be trusted: it then understates the spread between repeated measurements
