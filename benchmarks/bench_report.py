@@ -9,6 +9,7 @@ import json
 import os
 import re
 
+from paddleseg.utils import logger
 from paddleseg.utils.errors import UserError
 from paddleseg.utils.fileio import atomic_path, write_json, write_text
 
@@ -166,13 +167,32 @@ def merge_model(out_dir, name, entry):
 
 
 def merge_recovery(out_dir, name, entry):
-    """Put (or replace) one model's accuracy-recovery entry in out_dir/results.json."""
+    """Put (or replace) one model's accuracy-recovery entry in out_dir/results.json; what the
+    entry it replaces measured and this one lacks is named in the log (the entry is one
+    command's, so the report can say which command made it)."""
     path = os.path.join(out_dir, RESULTS)
     data = load_results(out_dir)
+    dropped = dropped_measurements((data.get("recovery") or {}).get(name), entry)
+    if dropped:
+        logger.warning(f"results.json: {name}'s recovery entry no longer has {', '.join(dropped)} "
+                       "(an earlier command's; its units stay cached in --work_dir: name them "
+                       "again in --recipes, or pass --frontier_seeds, to keep them at no cost)")
     recovery = dict(data.get("recovery") or {}, **{name: entry})
     data["recovery"] = {k: recovery[k] for k in sorted(recovery, key=_model_rank)}
     write_json(path, data)
     return data
+
+
+def dropped_measurements(old, new):
+    """The recipes and seed-retrained rows of the recovery entry ``old`` that ``new`` (the same
+    model's, on the same row) lacks; nothing where the row itself changed."""
+    if not old or old.get("row_step_key") != new.get("row_step_key"):
+        return []
+    recipes = [f"recipe {r}" for r in old.get("recipes", {}) if r not in new.get("recipes", {})]
+    kept = {(r["kind"], r["ratio"]) for r in new.get("rows", [])}
+    rows = [f"the seeds of row {r['label']}" for r in old.get("rows", [])
+            if (r["kind"], r["ratio"]) not in kept]
+    return recipes + rows
 
 
 def merge_gpu(out_dir, gpu_file):

@@ -84,6 +84,27 @@ def headline_row(kind, ratio, speedup, delta, **more):
                 **more)
 
 
+def test_a_recovery_command_that_measures_less_says_what_the_entry_loses(tmp_path, capsys):
+    """A model's recovery entry is its last command's: one with fewer recipes or without
+    --frontier_seeds replaces it, and the log names what the old entry had (still cached)."""
+    full = recovery_entry([0.32, 0.33, 0.34], [0.43, 0.44, 0.45],
+                          [0.435, 0.44, 0.445], [0.44, 0.445, 0.45])
+    full["rows"] = [{"kind": "flops", "ratio": 0.3, "label": "FLOPs target 0.3",
+                     "control": "config schedule", "mious": [0.4, 0.41, 0.42]}]
+    (tmp_path / "results.json").write_text(json.dumps(
+        {"format": bench_report.FORMAT, "models": {}, "gpu": None,
+         "recovery": {"UNet": full}}))
+    plain_only = dict(full, recipes={"plain": full["recipes"]["plain"]}, rows=[])
+    assert bench_report.dropped_measurements(full, plain_only) == [
+        "recipe finetune", "the seeds of row FLOPs target 0.3"]
+    assert bench_report.dropped_measurements(full, full) == []
+    # another row: its units could not have been kept, so nothing is said to be lost
+    assert bench_report.dropped_measurements(full, dict(plain_only, row_step_key="n" * 64)) == []
+    data = bench_report.merge_recovery(str(tmp_path), "UNet", plain_only)
+    assert list(data["recovery"]["UNet"]["recipes"]) == ["plain"]
+    assert "UNet's recovery entry no longer has recipe finetune" in capsys.readouterr().out
+
+
 def test_the_recovery_goals_judge_the_best_recipe_against_the_filed_loss():
     # the issue was filed with -11.2 for FastSCNN; the default loses 11 points, the finetune
     # recipe 0.5 (within 1 point, more than half recovered) at 1.2x the time per iteration
