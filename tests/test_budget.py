@@ -105,6 +105,10 @@ def argv(config, save_dir, max_drop, *extra):
 
 @pytest.fixture
 def controlled_miou(monkeypatch):
+    return control_miou(monkeypatch)
+
+
+def control_miou(monkeypatch):
     """The search's mIoU made 0.5 minus 5 points per 10% of FLOPs cut (at the 64x64 input):
     cut 0.2 loses 1 point, cut 0.4 two. Returns the list of FLOPs cuts it was asked about."""
     asked, full = [], {}
@@ -119,22 +123,32 @@ def controlled_miou(monkeypatch):
     return asked
 
 
-def test_the_budget_search_keeps_the_last_step_within_the_budget(config, tmp_path,
-                                                                    controlled_miou):
-    proc = run_cli(PRUNE, *argv(config, tmp_path / "out", 1.5))
+@pytest.fixture(scope="module")
+def budget_run(config, tmp_path_factory):
+    """(process, output folder) of one search with the controlled mIoU, a 1.5-point budget and
+    steps 0.2 and 0.4: the tests below read it, none changes it."""
+    out = tmp_path_factory.mktemp("budget_run") / "out"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        control_miou(monkeypatch)
+        proc = run_cli(PRUNE, *argv(config, out, 1.5))
     assert proc.returncode == 0, failure(proc)
+    return proc, out
+
+
+def test_the_budget_search_keeps_the_last_step_within_the_budget(budget_run):
+    proc, out = budget_run
     log = proc.stdout + proc.stderr
     assert "budget search: at most 2 steps (0.2, 0.4)" in log
     assert "the chosen step's model is the final one; budget 1.5" in log   # the time up front
     assert "budget search: step 2 of 2: cut 0.4" in log and "ETA" in log
-    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    report = json.loads((out / "report.json").read_text())
     b = report["budget"]
     assert b["chosen_cut"] == 0.2 and b["reference"]["noise_points"] == 0.0
     assert [s["accepted"] for s in b["steps"]] == [True, False]
     assert [s["drop_points"] for s in b["steps"]] == pytest.approx([1.0, 2.0], abs=0.2)
     assert "the next, 0.4, was refused" in b["why"]
     assert abs(report["flops_reduction"] - 0.2) <= 0.03   # the chosen step's model, retrained
-    assert "| 2 | 0.4 |" in (tmp_path / "out" / "report.md").read_text()
+    assert "| 2 | 0.4 |" in (out / "report.md").read_text()
     # each step's model: its FLOPs cut, in report.json and the log (the FLOPs target times none)
     assert [s["flops_reduction"] for s in b["steps"]] == pytest.approx([0.2, 0.4], abs=0.03)
     assert "measured_latency_reduction" not in b["steps"][0]
@@ -143,18 +157,17 @@ def test_the_budget_search_keeps_the_last_step_within_the_budget(config, tmp_pat
     assert "the budget search's chosen step was this retraining" in log
     assert b["final_model"].startswith("the chosen step's retrained model")
     assert "The final model: the chosen step's retrained model" in (
-        tmp_path / "out" / "report.md").read_text()
-    assert not (tmp_path / "out" / "budget_search").exists()
-    assert sorted(os.listdir(tmp_path / "out")) == [
+        out / "report.md").read_text()
+    assert not (out / "budget_search").exists()
+    assert sorted(os.listdir(out)) == [
         "export", "model.pdparams", "report.json", "report.md", "sensitivity.png"]
 
 
 def test_the_chosen_step_s_model_is_what_the_final_retraining_makes(config, tmp_path,
-                                                                   controlled_miou):
+                                                                   budget_run):
     # the reuse is exact: the budget run's final weights are those of a run that prunes the
     # chosen cut (0.2) without the search and retrains it in full
-    budget_out, plain_out = tmp_path / "budget", tmp_path / "plain"
-    assert run_cli(PRUNE, *argv(config, budget_out, 1.5)).returncode == 0
+    budget_out, plain_out = budget_run[1], tmp_path / "plain"
     plain = [a for a in argv(config, plain_out, 1.5)[:-4]] + ["--pruning_ratio", "0.2"]
     proc = run_cli(PRUNE, *plain)
     assert proc.returncode == 0, failure(proc)
@@ -184,10 +197,9 @@ def test_a_ceiling_beyond_what_pruning_reaches_caps_the_search(config, tmp_path,
     assert report["budget"]["chosen_cut"] == cuts[-1]   # all within a 50-point budget
 
 
-def test_a_killed_search_resumes_after_its_last_step(config, tmp_path, controlled_miou,
-                                                      monkeypatch):
-    straight = tmp_path / "straight"
-    assert run_cli(PRUNE, *argv(config, straight, 1.5)).returncode == 0
+def test_a_killed_search_resumes_after_its_last_step(config, tmp_path, budget_run,
+                                                      controlled_miou, monkeypatch):
+    straight = budget_run[1]
     real = budget.miou
 
     def killed_at_step_2(model, dataset, max_images=None):

@@ -73,13 +73,21 @@ def weights(save_dir):
             if hasattr(v, "numpy")}
 
 
-def test_two_steps_reach_the_one_step_widths_and_record_each_step(fastscnn, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
+@pytest.fixture(scope="module")
+def two_step_run(fastscnn, tmp_path_factory):
+    """(process, output folder) of one --prune_steps 2 run, which the tests below read."""
+    out = tmp_path_factory.mktemp("two_steps") / "out"
+    proc = run_cli(PRUNE, *argv(fastscnn, out, "--prune_steps", "2"))
+    assert proc.returncode == 0, failure(proc)
+    return proc, out
+
+
+def test_two_steps_reach_the_one_step_widths_and_record_each_step(fastscnn, tmp_path,
+                                                                  two_step_run):
+    one, (proc, two) = tmp_path / "one", two_step_run
+    assert "stepwise pruning: step 2 of 2" in proc.stderr + proc.stdout
     proc = run_cli(PRUNE, *argv(fastscnn, one))
     assert proc.returncode == 0, failure(proc)
-    proc = run_cli(PRUNE, *argv(fastscnn, two, "--prune_steps", "2"))
-    assert proc.returncode == 0, failure(proc)
-    assert "stepwise pruning: step 2 of 2" in proc.stderr + proc.stdout
 
     a = json.loads((one / "report.json").read_text())
     b = json.loads((two / "report.json").read_text())
@@ -123,11 +131,9 @@ def kill_in_step_2(monkeypatch):
 
 
 def test_a_killed_stepwise_run_resumes_at_its_step_with_the_same_weights(fastscnn, tmp_path,
+                                                                           two_step_run,
                                                                            monkeypatch):
-    straight = tmp_path / "straight"
-    proc = run_cli(PRUNE, *argv(fastscnn, straight, "--prune_steps", "2"))
-    assert proc.returncode == 0, failure(proc)
-
+    straight = two_step_run[1]
     calls, real_retrain = kill_in_step_2(monkeypatch)
     resumed = tmp_path / "resumed"
     proc = run_cli(PRUNE, *argv(fastscnn, resumed, "--prune_steps", "2"))
