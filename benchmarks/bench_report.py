@@ -354,15 +354,15 @@ def training_table(results):
 
 def paddleslim_table(results):
     lines = ["| Model | Engine | FLOPs cut asked | FLOPs cut realized | Convs pruned | Speedup | "
-             "mIoU (Δ vs control) | Wall time | Note |",
-             "|---|---|---:|---:|---:|---:|---|---:|---|"]
+             "mIoU | Δ vs control (points, as in the headline table) | Wall time | Note |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for model, e in results["models"].items():
         for r in e["rows"]:
             if r["row"] not in ("flops", "paddleslim"):
                 continue
             engine = "PaddleSlim (PaddleSeg 2.6)" if r["row"] == "paddleslim" else "this project"
             if r["status"] != "ok":
-                lines.append(f"| {model} | {engine} | {r['ratio']:g} | - | - | - | - | "
+                lines.append(f"| {model} | {engine} | {r['ratio']:g} | - | - | - | - | - | "
                              f"{fmt_seconds(r.get('wall_seconds'))} | "
                              f"{status_text(r)}: {cell(r['error'] or r.get('note', ''))} |")
                 continue
@@ -371,12 +371,11 @@ def paddleslim_table(results):
             note = (f"{ps['collections']} PaddleSlim collections; its own FLOPs count "
                     f"-{ps['paddleslim_pruned_flops']:.1%} at the training input") if ps else ""
             lines.append(f"| {model} | {engine} | {r['ratio']:g} | {r['flops_cut']:.1%} | {convs} | "
-                         f"{fmt_speedup(r)} | {r['miou']:.4f} "
-                         f"({fmt_points(r['miou_delta_points'])}) "
+                         f"{fmt_speedup(r)} | {r['miou']:.4f} | {delta_cell(results, model, r)} "
                          f"| {fmt_seconds(r.get('wall_seconds'))} | {note} |")
         if not any(r["row"] == "paddleslim" for r in e["rows"]):
             # say so rather than leave the model's PaddleSlim row silently out
-            lines.append(f"| {model} | PaddleSlim (PaddleSeg 2.6) | - | - | - | - | - | - | "
+            lines.append(f"| {model} | PaddleSlim (PaddleSeg 2.6) | - | - | - | - | - | - | - | "
                          "not run: its recorded command names no --paddleslim_ratios |")
     return lines
 

@@ -254,6 +254,11 @@ def test_rows_retrained_over_seeds_are_judged_by_their_means_against_the_control
     cells = {r["row"]: bench_report.delta_cell(results, "FastSCNN", r) for r in rows}
     assert cells == {"control": "+0.0", "latency": "-11.0 ± 1.0 (3 seeds)",
                      "latency_budget": "-0.5 ± 0.5 (3 seeds)", "flops": "-3.0 (1 seed)"}
+    # the PaddleSlim table gives the FLOPs row the headline's change (not the -1.0 against
+    # the single-seed control it was recorded with)
+    by["flops"].update(flops_cut=0.3, wall_seconds=60.0)
+    table = "\n".join(bench_report.paddleslim_table(results))
+    assert "| 30.0% | - | 1.10x | 0.4100 | -3.0 (1 seed) | 1m00s |" in table
 
 
 @pytest.mark.parametrize("match", ["row_step_key", "git"])

@@ -169,7 +169,7 @@ def test_a_model_without_paddleslim_rows_says_so(tmp_path):
     a = make_workspace(str(tmp_path / "a"), results)
     assert prune_speedup.main(report_argv(a)) == 0
     md = read_outputs(a)["RESULTS.md"].decode()
-    assert "| FastSCNN | PaddleSlim (PaddleSeg 2.6) | - | - | - | - | - | - | not run: its " \
+    assert "| FastSCNN | PaddleSlim (PaddleSeg 2.6) | - | - | - | - | - | - | - | not run: its " \
         "recorded command names no --paddleslim_ratios |" in md
     assert "| BiSeNetV2 | PaddleSlim (PaddleSeg 2.6) | 0.3 |" in md   # the other model's stays
 
