@@ -23,8 +23,8 @@ from paddleseg.slim.latency import (LatencyTableMismatch,
 from paddleseg.slim.latency import table as table_mod
 from paddleseg.slim.latency.sites import Site, WidthModel, assign_blocks
 from paddleseg.slim.latency.allocate import allocate_balanced, allocator
-from paddleseg.slim.targets.latency import (MAX_ROUNDS, LatencyTarget, LatencyTargetMissed,
-                                            deploy_shape)
+from paddleseg.slim.targets.latency import (MAX_ROUNDS, OVER_TOLERANCE, SHORT_TOLERANCE,
+                                            LatencyTarget, LatencyTargetMissed, deploy_shape)
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
 
@@ -404,7 +404,6 @@ def jumpy_search():
 
 
 def test_a_cut_short_of_the_band_is_retried_and_a_faster_plan_kept_over_it():
-    from paddleseg.slim.targets.latency import OVER_TOLERANCE, SHORT_TOLERANCE
     assert 0.3 - 0.03 < 0.275 < 0.3 - SHORT_TOLERANCE and 0.36 > 0.3 + OVER_TOLERANCE
     search, sens = jumpy_search()
     search.search(None, sens, 0.3)

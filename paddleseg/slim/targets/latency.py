@@ -120,12 +120,17 @@ def next_aim(tried, target):
     return aim * target / cut if cut > 0.02 else aim + (target - cut)
 
 
+def meets_target(cut, target):
+    """Whether a measured cut counts as the target met: at most SHORT_TOLERANCE short of it."""
+    return bool(cut >= target - SHORT_TOLERANCE)   # a plain bool: it goes into report.json
+
+
 def kept_round(rounds, target, allow_lower):
     """The closing loop's round to keep: the one measured closest to ``target`` among those
     that meet it (at most SHORT_TOLERANCE short), as a faster model than asked beats a run that
     stops short; the closest of all where none meets it, or where a lower cut is allowed (a
     --max_miou_drop step, whose cuts are waypoints, not a user's target)."""
-    met = [r for r in rounds if r["measured"] >= target - SHORT_TOLERANCE]
+    met = [r for r in rounds if meets_target(r["measured"], target)]
     pool = rounds if allow_lower or not met else met
     return min(pool, key=lambda r: abs(r["measured"] - target))
 
@@ -283,7 +288,7 @@ class LatencyTarget:
             logger.info(f"latency search: round {i + 1}: aimed at {aim:.3f}, predicted "
                         f"{alloc.reduction:.3f}, measured {cut:.3f} ± {se:.3f} "
                         f"({full_ms:.1f} -> {ms:.1f} ms, {m.rounds} runs each)")
-            if target - SHORT_TOLERANCE <= cut <= target + OVER_TOLERANCE:
+            if meets_target(cut, target) and cut <= target + OVER_TOLERANCE:
                 break
             corrected = next_aim([(r["aimed"], r["measured"]) for r in self.rounds], target)
             corrected = float(np.clip(corrected, MIN_AIM, most - 1e-9))
@@ -300,13 +305,13 @@ class LatencyTarget:
     def _judge(self, best, target, most, allow_lower):
         cut = best["measured"]
         # what the report says of the closing loop (measured_report): met, or short by how much
-        self.verdict = {"target_met": bool(cut >= target - SHORT_TOLERANCE),
+        self.verdict = {"target_met": meets_target(cut, target),
                         "target_reduction": round(float(target), 4),
                         "search_measured_reduction": round(float(cut), 4)}
         if cut > target + OVER_TOLERANCE:
             logger.warning(f"measured latency cut {cut:.3f} is above the target {target:.3f} "
                            f"(+{OVER_TOLERANCE}) after {len(self.rounds)} rounds; keeping it")
-        if cut >= target - SHORT_TOLERANCE:
+        if self.verdict["target_met"]:
             return
         at_most = best["aimed"] >= most - 1e-3
         why = (f"the most the sensitivity grid allows ({most:.3f} predicted) measures "
@@ -376,7 +381,8 @@ def missed_text(lat):
     """What a report says of a latency target the closing loop did not reach."""
     return (f"**Target not met**: latency cut {lat['target_reduction']:.3f} asked, "
             f"{lat['search_measured_reduction']:.3f} measured at best in the search (at most "
-            f"{lat['target_tolerance']} short accepted); the plan was kept as --allow_lower_target allows")
+            f"{lat['target_tolerance']} short accepted); the plan was kept as "
+            "--allow_lower_target allows")
 
 
 def se_text(se):
