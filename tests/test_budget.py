@@ -146,6 +146,8 @@ def test_the_budget_search_keeps_the_last_step_within_the_budget(budget_run):
     assert b["chosen_cut"] == 0.2 and b["reference"]["noise_points"] == 0.0
     assert [s["accepted"] for s in b["steps"]] == [True, False]
     assert [s["drop_points"] for s in b["steps"]] == pytest.approx([1.0, 2.0], abs=0.2)
+    for step in b["steps"]:   # the log says a loss as one (a gain would read "above")
+        assert f"{step['drop_points']:.1f} points below the reference" in log
     assert "the next, 0.4, was refused" in b["why"]
     assert abs(report["flops_reduction"] - 0.2) <= 0.03   # the chosen step's model, retrained
     assert "| 2 | 0.4 |" in (out / "report.md").read_text()

@@ -100,7 +100,8 @@ def search(cuts, reference, evaluate_step, max_drop, records, save):
             eta = (time.time() - start) / (done - resumed) * (len(cuts) - done)
             logger.info(f"budget search: step {k + 1} of {len(cuts)}: cut {cut:g} "
                         f"({step_facts(record)}), mIoU "
-                        f"{record['miou']:.4f}, {drop:+.1f} points below the reference "
+                        f"{record['miou']:.4f}, {abs(drop):.1f} points "
+                        f"{'below' if drop >= 0 else 'above'} the reference "
                         f"(noise {reference['noise_points']:.1f}, budget {max_drop:g}): "
                         f"{'accepted' if record['accepted'] else 'refused'}; at most "
                         f"{len(cuts) - done} steps left, ETA {format_seconds(eta)}")
