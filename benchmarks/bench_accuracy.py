@@ -263,12 +263,12 @@ def speed_points(results, model, row):
     return row["speedup"], row_delta(results, model, row)[0]
 
 
-def delta_text(delta, sd, seeds):
+def delta_text(delta, sd, seeds, unit=""):
     """A row's mIoU change in points as every table shows it: a seed mean with its sd, or one
-    retraining said to be one."""
+    retraining said to be one (``unit`` follows the figure, as in prose)."""
     if seeds > 1:
-        return f"{delta:+.1f} ± {sd:.1f} ({seeds} seeds)"
-    return f"{delta:+.1f} (1 seed)"
+        return f"{delta:+.1f} ± {sd:.1f}{unit} ({seeds} seeds)"
+    return f"{delta:+.1f}{unit} (1 seed)"
 
 
 def budget_goal_lines(results):

@@ -501,11 +501,13 @@ def status_text(r):
     return r["status"]
 
 
-def _row_phrase(model, r):
+def _row_phrase(results, model, r):
+    """A row in prose, with the mIoU change RESULTS.md's tables give it (delta_cell)."""
     if r["status"] != "ok":
         return f"{model} {status_text(r)}"
-    return (f"{model} {fmt_speedup(r)} at {r['flops_cut']:.0%} fewer FLOPs "
-            f"({fmt_points(r['miou_delta_points'])} mIoU points)")
+    change = bench_accuracy.delta_text(*bench_accuracy.row_delta(results, model, r),
+                                       unit=" mIoU points")
+    return f"{model} {fmt_speedup(r)} at {r['flops_cut']:.0%} fewer FLOPs, {change}"
 
 
 def render_headline(results):
@@ -524,7 +526,7 @@ def render_headline(results):
         rows = _ok_rows(results, kind)
         if rows:
             parts.append(f"{what[0].upper()}{what[1:]}: "
-                         + "; ".join(_row_phrase(m, r) for m, r in rows) + ".")
+                         + "; ".join(_row_phrase(results, m, r) for m, r in rows) + ".")
     missing = [m for m in MODEL_ORDER if m not in results["models"]]
     if missing:
         parts.append(f"Not yet measured: {', '.join(missing)}.")

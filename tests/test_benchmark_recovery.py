@@ -259,6 +259,13 @@ def test_rows_retrained_over_seeds_are_judged_by_their_means_against_the_control
     by["flops"].update(flops_cut=0.3, wall_seconds=60.0)
     table = "\n".join(bench_report.paddleslim_table(results))
     assert "| 30.0% | - | 1.10x | 0.4100 | -3.0 (1 seed) | 1m00s |" in table
+    # and so does the README's headline paragraph
+    for r in rows:
+        r.setdefault("flops_cut", 0.4)
+    headline = bench_report.render_headline({**results, "models": {"FastSCNN": {
+        "rows": rows, "latency_setup": {"backend": "b", "threads": 2, "input_shape": [1, 3, 8, 8]}}}})
+    assert "FastSCNN 1.44x at 40% fewer FLOPs, -11.0 ± 1.0 mIoU points (3 seeds)" in headline
+    assert "FastSCNN 1.10x at 30% fewer FLOPs, -3.0 mIoU points (1 seed)" in headline
 
 
 @pytest.mark.parametrize("match", ["row_step_key", "git"])
