@@ -6,6 +6,7 @@ from bench_recovery.py: that file is part of every recovery unit's cache key, so
 the numbers are written must not throw the measured units away.
 """
 import math
+import re
 import statistics
 
 NOISE_SE = 2.0   # a difference of means beyond 2 standard errors is called a difference
@@ -208,6 +209,12 @@ def find_row(entry, kind, ratio, status="ok"):
                  and r["ratio"] is not None and abs(r["ratio"] - ratio) < 1e-9), None)
 
 
+def time_limit_seconds(row):
+    """The time limit that stopped a failed step (not an error of the method), else None."""
+    stopped = re.match(r"stopped after (\d+) s", row.get("error") or "")
+    return int(stopped.group(1)) if row["status"] == "failed" and stopped else None
+
+
 def cell(text):
     """``text`` as one markdown table cell."""
     return (text or "").replace("|", "\\|").replace("\n", " ")
@@ -330,7 +337,8 @@ def budget_goal_lines(results):
                        and r.get("speedup") is not None)
         slim = next((r for r in entry["rows"] if r["row"] == "paddleslim"), None)
         if slim is None or slim["status"] != "ok" or slim.get("speedup") is None:
-            dominance = "no PaddleSlim row" if slim is None else "PaddleSlim did not finish"
+            dominance = ("no PaddleSlim row" if slim is None else "PaddleSlim did not finish"
+                         if time_limit_seconds(slim) else f"PaddleSlim {slim['status']}")
         else:
             beats = frontier_beats(curve, speed_points(results, model, slim))
             dominance = ("not measured" if beats is None else met(beats)) + \

@@ -7,7 +7,6 @@ without metadata.
 """
 import json
 import os
-import re
 
 from paddleseg.utils import logger
 from paddleseg.utils.errors import UserError
@@ -495,10 +494,8 @@ def _ok_rows(results, kind, ratio=0.3):
 def status_text(r):
     """``failed``, ``not run``, or, for a step its time limit stopped (not an error of the
     method), ``did not finish within 1h00m``."""
-    stopped = re.match(r"stopped after (\d+) s", r.get("error") or "")
-    if r["status"] == "failed" and stopped:
-        return f"did not finish within {fmt_seconds(int(stopped.group(1)))}"
-    return r["status"]
+    limit = bench_accuracy.time_limit_seconds(r)
+    return f"did not finish within {fmt_seconds(limit)}" if limit else r["status"]
 
 
 def _row_phrase(results, model, r):

@@ -222,6 +222,12 @@ def test_the_budget_goals_read_the_budget_rows_and_the_deepest_latency_row():
         entry["rows"] = [r for r in entry["rows"] if r["row"] in ("control", "paddleslim")]
         entry["rows"][-1].update(speedup=0.97, miou_delta_points=-3.7)
     assert "met (0 latency row(s))" in "\n".join(bench_accuracy.budget_goal_lines(results))
+    # a PaddleSlim that failed is said to have failed, one its time limit stopped not to finish
+    slim_rows = [entry["rows"][-1] for entry in results["models"].values()]
+    slim_rows[0].update(status="failed", error="ValueError: (InvalidArgument) channels")
+    slim_rows[1].update(status="failed", error="stopped after 3600 s (--paddleslim_timeout)")
+    text = "\n".join(bench_accuracy.budget_goal_lines(results))
+    assert "| PaddleSlim failed |" in text and "| PaddleSlim did not finish |" in text
 
 
 def test_rows_retrained_over_seeds_are_judged_by_their_means_against_the_control_s():
