@@ -336,9 +336,14 @@ def budget_goal_lines(results):
                        if r["row"] in ("control", "latency") and r["status"] == "ok"
                        and r.get("speedup") is not None)
         slim = next((r for r in entry["rows"] if r["row"] == "paddleslim"), None)
-        if slim is None or slim["status"] != "ok" or slim.get("speedup") is None:
-            dominance = ("no PaddleSlim row" if slim is None else "PaddleSlim did not finish"
-                         if time_limit_seconds(slim) else f"PaddleSlim {slim['status']}")
+        if slim is None:
+            dominance = "no PaddleSlim row"
+        elif time_limit_seconds(slim):
+            dominance = "PaddleSlim did not finish"
+        elif slim["status"] != "ok":
+            dominance = f"PaddleSlim {slim['status']}"
+        elif slim.get("speedup") is None:   # --phase prepare ran, --phase latency not yet
+            dominance = "PaddleSlim not timed"
         else:
             beats = frontier_beats(curve, speed_points(results, model, slim))
             dominance = ("not measured" if beats is None else met(beats)) + \
