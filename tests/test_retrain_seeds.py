@@ -1,6 +1,8 @@
-"""benchmarks/studies/retrain_seeds.py: a row's pruned model rebuilt from its report.json and
-retrained with other seeds; the benchmark's own seed repeats the row; results are cached by what
-made them; a report the code no longer reproduces is refused."""
+"""The studies over the benchmark's pruned rows, each row's pruned model rebuilt from its
+report.json. benchmarks/studies/retrain_seeds.py: retrained with other seeds; the benchmark's own
+seed repeats the row; results are cached by what made them; a report the code no longer
+reproduces is refused. benchmarks/studies/bn_calibration.py: scored before retraining as it is
+and with its batch norms recalibrated, beside the retrained change; cached the same way."""
 import json
 import os
 import shlex
@@ -16,6 +18,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks", "studies"))
 sys.path.insert(0, os.path.join(ROOT, "slim", "prune"))
 import bench_report  # noqa: E402
+import bn_calibration  # noqa: E402
 import retrain_seeds  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
@@ -47,10 +50,12 @@ def pruned_row(tiny_optic_root, tmp_path_factory):
     shutil.copytree(out, work / "BiSeNetV2" / f"prune-{'b' * 12}" / "out")
     report = json.loads((out / "report.json").read_text())
     rows = [{"row": kind, "ratio": 0.3, "label": label, "status": "ok", "step_key": key * 64,
-             "miou": report["miou_retrained"], "speedup": speedup}
-            for kind, label, key, speedup in (
-                ("latency", "latency target 0.3", "a", 1.40),
-                ("latency_equal_loss", "latency target 0.3, FLOPs-target allocation", "b", 1.45))]
+             "miou": report["miou_retrained"], "speedup": speedup, "miou_delta_points": delta,
+             "flops_cut": report["flops_reduction"]}
+            for kind, label, key, speedup, delta in (
+                ("latency", "latency target 0.3", "a", 1.40, -2.0),
+                ("latency_equal_loss", "latency target 0.3, FLOPs-target allocation", "b", 1.45,
+                 -1.0))]
     entry = {"args": {"train_threads": 1, "seed": 0}, "data": {"root": str(tiny_optic_root)},
              "rows": rows}
     results = base / "results"
@@ -165,3 +170,68 @@ def test_a_flops_row_s_allocation_is_refused_with_prune_py(tmp_path, monkeypatch
     with pytest.raises(UserError, match="allocation's prune.py run for BiSeNetV2 failed"):
         retrain_seeds.allocation_report(args, "BiSeNetV2", {"step_key": "a" * 64}, "balanced")
     assert ran and ran[0][ran[0].index("--latency_allocation") + 1] == "balanced"
+
+
+# --- bn_calibration.py ------------------------------------------------------------------------
+
+def run_bn_study(work, results, md, *more):
+    return bn_calibration.main(["--work_dir", str(work), "--out_dir", str(results), "--out",
+                                str(md), "--models", "BiSeNetV2", "--threads", "1", *more])
+
+
+def test_bn_study_scores_every_row_both_ways_and_keeps_the_scores(pruned_row, tmp_path,
+                                                                   monkeypatch):
+    work, results = pruned_row
+    md = tmp_path / "bn.md"
+    assert run_bn_study(work, results, md, "--batches", "2") == 0
+    text = md.read_text()
+    report = json.loads((work / "BiSeNetV2" / f"prune-{'a' * 12}" / "out" / "report.json")
+                        .read_text())
+    plain = f"{report['miou_pruned']:.4f}"
+    # each row: its speedup, its retrained change (one retraining), its plain score (the
+    # report's mIoU right after pruning, checked), then the recalibrated one
+    cells = text.split("| latency target 0.3 |")[1].split("\n")[0].split("|")
+    assert [c.strip() for c in cells[:4]] == ["1.40x", f"{report['flops_reduction']:.1%}",
+                                              "-2.0 (1 seed)", plain]
+    assert 0.0 <= float(cells[4]) <= 1.0
+    assert "| latency target 0.3, FLOPs-target allocation | 1.45x |" in text
+    assert "Unpruned model: " in text and "over the 2 rows: too few rows." in text
+    # the pair at latency target 0.3: one retraining each, so no verdict on the noise; both rows
+    # are one pruned model here, so neither score prefers one
+    assert "| 0.3 | -1.0 (1 seed each: noise unknown) | +0.0 (agrees) | +0.0 (agrees) | no |" \
+        in text
+    kept = sorted(os.listdir(work / "BiSeNetV2" / "bn_calibration"))
+    assert len(kept) == 3 and sum(k.startswith("unpruned-") for k in kept) == 1
+    # again: nothing is scored; other batches are scored, not taken from these files
+    def scored(*args):
+        raise RuntimeError("scored")
+    monkeypatch.setattr(bn_calibration, "scores", scored)
+    assert run_bn_study(work, results, md, "--batches", "2") == 0 and md.read_text() == text
+    with pytest.raises(RuntimeError, match="scored"):
+        run_bn_study(work, results, md, "--batches", "3")
+
+
+def test_bn_study_refuses_a_report_this_code_does_not_reproduce(pruned_row, tmp_path,
+                                                               monkeypatch):
+    from paddleseg.utils.errors import UserError
+    work, results = pruned_row
+    real = bn_calibration.row_report
+
+    def other_channels(args, model_name, row):
+        raw, report = real(args, model_name, row)
+        report["miou_pruned"] += 0.01   # as if the code that made the row pruned other channels
+        return raw + b" ", report
+    monkeypatch.setattr(bn_calibration, "row_report", other_channels)
+    with pytest.raises(UserError, match="prunes differently"):
+        run_bn_study(work, results, tmp_path / "bn.md", "--batches", "1")
+    assert not (tmp_path / "bn.md").exists()
+
+
+def test_bn_study_refuses_bad_arguments(pruned_row, tmp_path):
+    from paddleseg.utils.errors import UserError
+    work, results = pruned_row
+    with pytest.raises(UserError, match="--batches must be at least 1"):
+        run_bn_study(work, results, tmp_path / "bn.md", "--batches", "0")
+    with pytest.raises(UserError, match="no results for UNet"):
+        bn_calibration.main(["--work_dir", str(work), "--out_dir", str(results), "--models",
+                             "UNet"])
