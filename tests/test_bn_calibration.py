@@ -98,14 +98,17 @@ def test_inside_the_statistics_are_the_estimate_and_outside_the_models_own():
     model.train()
     estimated = estimate_statistics(model, batches)
     assert model.training and all(bn.training for bn in batch_norms(model))
+    objects = [(bn._mean, bn._variance) for bn in batch_norms(model)]
     with recalibrated_batchnorm(model, batches) as count:
-        assert count == 2
+        assert count == 4    # mean and variance of bn1 and bn2
         np.testing.assert_array_equal(model.bn2._mean.numpy(), estimated[model.bn2][0])
         np.testing.assert_array_equal(model.bn1._variance.numpy(), estimated[model.bn1][1])
         np.testing.assert_array_equal(model.aux_bn._mean.numpy(), before["aux_bn._mean"])
         model.eval()
         recalibrated = model(x)[0].numpy()
     after = state_of(model)
+    # the model's own parameter objects are back (the optimizer and the analysis hold them)
+    assert [(bn._mean, bn._variance) for bn in batch_norms(model)] == objects
     assert after.keys() == before.keys()
     for key in before:
         np.testing.assert_array_equal(after[key], before[key], err_msg=key)
@@ -114,6 +117,25 @@ def test_inside_the_statistics_are_the_estimate_and_outside_the_models_own():
     assert not np.allclose(plain, recalibrated, atol=1e-3)
     # with the statistics a batch gives, a batch-normalised output is centred
     assert abs(float(recalibrated.mean())) < abs(float(plain.mean()))
+
+
+def test_statistics_the_estimate_leaves_unchanged_keep_their_objects():
+    """Recalibrated twice: the second estimate equals what the first installed, bit for bit,
+    so nothing is replaced (the sensitivity analysis relies on it to reuse layer outputs)."""
+    model = trained_looking(TwoBlocks())
+    model.eval()
+    batches = make_batches()
+    with recalibrated_batchnorm(model, batches):
+        installed = [(bn._mean, bn._variance) for bn in batch_norms(model)]
+        with recalibrated_batchnorm(model, batches) as count:
+            assert count == 0
+            assert [(bn._mean, bn._variance) for bn in batch_norms(model)] == installed
+        # only bn2's input changes when conv2 does: bn1 keeps the installed objects
+        conv2 = model.conv2.weight
+        model.conv2.weight.set_value(conv2.numpy() * 2.0)
+        with recalibrated_batchnorm(model, batches) as count:
+            assert count == 2
+            assert model.bn1._mean is installed[0][0] and model.bn2._mean is not installed[1][0]
 
 
 def test_statistics_are_given_back_when_the_body_fails():

@@ -153,23 +153,34 @@ def test_a_flops_row_has_no_speedup_of_its_own(tmp_path):
 def test_a_flops_row_s_allocation_is_refused_with_prune_py(tmp_path, monkeypatch):
     """--latency_allocation has no meaning for a FLOPs run: prune.py refuses (exit 2), and the
     study says which run failed instead of retraining nothing."""
+    variant, cmd = refused_variant_run(
+        tmp_path, monkeypatch, "python slim/prune/prune.py --config c.yml --pruning_ratio 0.3 "
+        "--save_dir out", ["--allocations", "balanced"],
+        "allocation's prune.py run for BiSeNetV2 failed")
+    assert cmd[cmd.index("--latency_allocation") + 1] == "balanced"
+
+
+def refused_variant_run(tmp_path, monkeypatch, recorded, flags, message):
+    """(the variant of ``flags``, the prune.py command it ran): a benchmark folder whose
+    latency row recorded ``recorded``, the variant's run refused by prune.py (exit 2), which
+    the study reports as ``message`` instead of retraining nothing."""
     from paddleseg.utils.errors import UserError
     work = tmp_path / "work"
     record = work / "BiSeNetV2" / f"prune-{'a' * 12}"
     record.mkdir(parents=True)
-    (record / "step.json").write_text(json.dumps(
-        {"commands": ["python slim/prune/prune.py --config c.yml --pruning_ratio 0.3 "
-                      "--save_dir out"]}))
+    (record / "step.json").write_text(json.dumps({"commands": [recorded]}))
     ran = []
 
     def refuse(cmd, **kwargs):
         ran.append(cmd)
         return retrain_seeds.subprocess.CompletedProcess(cmd, 2)
     monkeypatch.setattr(retrain_seeds.subprocess, "run", refuse)
-    args = retrain_seeds.parse_args(["--work_dir", str(work)])
-    with pytest.raises(UserError, match="allocation's prune.py run for BiSeNetV2 failed"):
-        retrain_seeds.allocation_report(args, "BiSeNetV2", {"step_key": "a" * 64}, "balanced")
-    assert ran and ran[0][ran[0].index("--latency_allocation") + 1] == "balanced"
+    args = retrain_seeds.parse_args(["--work_dir", str(work), *flags])
+    variant, = retrain_seeds.variants_of(args)
+    with pytest.raises(UserError, match=message):
+        retrain_seeds.variant_report(args, "BiSeNetV2", {"step_key": "a" * 64}, variant)
+    assert len(ran) == 1
+    return variant, ran[0]
 
 
 # --- bn_calibration.py ------------------------------------------------------------------------
@@ -235,3 +246,24 @@ def test_bn_study_refuses_bad_arguments(pruned_row, tmp_path):
     with pytest.raises(UserError, match="no results for UNet"):
         bn_calibration.main(["--work_dir", str(work), "--out_dir", str(results), "--models",
                              "UNet"])
+
+
+def test_the_recalibrated_variant_reruns_the_row_with_its_own_sensitivity_file(tmp_path,
+                                                                              monkeypatch):
+    """--sen_bn_batches K: the row's command with --sen_bn_batches K and a sensitivity file of
+    its own (the shared one's points were scored without recalibration: prune.py would refuse
+    it), beside the variant's output."""
+    variant, cmd = refused_variant_run(
+        tmp_path, monkeypatch, "python slim/prune/prune.py --config c.yml --pruning_ratio 0.3 "
+        "--sen_file shared.json --target latency --save_dir out --opts "
+        "train_dataset.dataset_root=d", ["--sen_bn_batches", "4"],
+        r"recalibrated \(4 batches\)'s prune.py run for BiSeNetV2 failed")
+    assert variant.kind == "latency_bn4" and "recalibrated (4 batches)" in variant.label
+    value = lambda flag: cmd[cmd.index(flag) + 1]   # noqa: E731
+    assert value("--sen_bn_batches") == "4"
+    folder = os.path.dirname(value("--save_dir"))
+    assert value("--sen_file") == os.path.join(folder, "sensitivity.json") != "shared.json"
+    assert os.path.basename(folder).startswith("bn4-")
+    # flags go before --opts, which takes the rest of the line
+    assert cmd.index("--sen_bn_batches") < cmd.index("--opts") and cmd[-1] == \
+        "train_dataset.dataset_root=d"

@@ -18,9 +18,11 @@ code, so a killed run resumes and other arguments never reuse it.
 with ``--latency_allocation balanced`` (same checkpoint, sensitivities, latency table, target and
 seed; kept under ``retrain_seeds/`` keyed by the command and the code), its own retraining as the
 run's seed and the other seeds retrained as above: whether another allocation keeps more mIoU
-than the benchmark's at the same target, beyond retraining noise. Speed for every row is then
-also given as prune.py measured it (its own timing of the exports in turn, after retraining), the
-one figure all rows have.
+than the benchmark's at the same target, beyond retraining noise. ``--sen_bn_batches K`` adds
+the same command run with ``--sen_bn_batches K`` (its own sensitivity file, beside it: the points
+are scored with batch norms recalibrated, so the allocation and the plan change), retrained the
+same way. Speed for every row is then also given as prune.py measured it (its own timing of the
+exports in turn, after retraining), the one figure all rows have.
 """
 import argparse
 import hashlib
@@ -59,6 +61,9 @@ def parse_args(argv):
                    choices=[a for a in ALLOCATIONS if a not in LATENCY_ALLOCATIONS.values()],
                    help="other --latency_allocation values to prune the latency row with and "
                         "retrain the same way")
+    p.add_argument("--sen_bn_batches", type=int, default=0,
+                   help="also prune the latency row with prune.py --sen_bn_batches K (points "
+                        "scored with batch norms recalibrated) and retrain it the same way")
     p.add_argument("--debug", action="store_true")
     return p.parse_args(argv)
 
@@ -114,29 +119,60 @@ def with_flag(argv, flag, value):
     return argv
 
 
-def allocation_report(args, model, row, allocation):
-    """report.json of the latency row's recorded prune.py command run again with
-    ``--latency_allocation allocation``; run once per (command, allocation, code)."""
+class Variant:
+    """The latency row's prune.py command run again with other ``flags``: ``name`` in its
+    folder's name and the log, ``label`` after the row's in the tables, ``text`` in the
+    sentences. ``own_sensitivity``: it needs a sensitivity file of its own (its points are
+    measured otherwise), kept beside its output."""
+
+    def __init__(self, name, flags, label, text, own_sensitivity=False):
+        self.name, self.flags, self.label, self.text = name, list(flags), label, text
+        self.own_sensitivity = own_sensitivity
+
+    @property
+    def kind(self):
+        return f"latency_{self.name}"
+
+
+def variants_of(args):
+    found = [Variant(a, ["--latency_allocation", a], f"{a} allocation", f"The {a} allocation")
+             for a in args.allocations]
+    if args.sen_bn_batches:
+        k = args.sen_bn_batches
+        found.append(Variant(f"bn{k}", ["--sen_bn_batches", str(k)],
+                             f"sensitivity with batch norms recalibrated ({k} batches)",
+                             f"With batch norms recalibrated ({k} batches)",
+                             own_sensitivity=True))
+    return found
+
+
+def variant_report(args, model, row, variant):
+    """report.json of the latency row's recorded prune.py command run again with the
+    variant's flags; run once per (command, flags, code)."""
     record = step_file(args.work_dir, model, "prune", row["step_key"], bench_cache.RECORD)
     with open(record, encoding="utf-8") as f:
         recorded = json.load(f)["commands"][0]
     argv = shlex.split(recorded)
     if argv[:2] != ["python", "slim/prune/prune.py"]:
         raise UserError(f"{record}: its command is not a prune.py run: {recorded}")
-    key = bench_cache.digest({"command": recorded, "allocation": allocation,
+    key = bench_cache.digest({"command": recorded, "flags": variant.flags,
                               "code": bench_cache.code_version(bench_cache.PRUNE_SOURCES)})[:12]
-    folder = os.path.join(args.work_dir, model, "retrain_seeds", f"{allocation}-{key}")
+    folder = os.path.join(args.work_dir, model, "retrain_seeds", f"{variant.name}-{key}")
     report = os.path.join(folder, "out", "report.json")
     if os.path.isfile(report):
-        logger.info(f"{model} {allocation} allocation: reusing {report}")
+        logger.info(f"{model} {variant.label}: reusing {report}")
         return report
-    cmd = with_flag(with_flag([sys.executable] + argv[1:], "--latency_allocation", allocation),
-                    "--save_dir", os.path.join(folder, "out"))
-    logger.info(f"{model}: pruning with --latency_allocation {allocation}: {shlex.join(cmd)}")
+    cmd = [sys.executable] + argv[1:]
+    for flag, value in zip(variant.flags[::2], variant.flags[1::2]):
+        cmd = with_flag(cmd, flag, value)
+    if variant.own_sensitivity:
+        cmd = with_flag(cmd, "--sen_file", os.path.join(folder, "sensitivity.json"))
+    cmd = with_flag(cmd, "--save_dir", os.path.join(folder, "out"))
+    logger.info(f"{model}: pruning with {' '.join(variant.flags)}: {shlex.join(cmd)}")
     # prune.py's own progress (sensitivity, search rounds, retraining ETA) shows as it runs
     if subprocess.run(cmd, cwd=ROOT).returncode:
-        raise UserError(f"the {allocation} allocation's prune.py run for {model} failed (its "
-                        "output is above)")
+        raise UserError(f"the {variant.label}'s prune.py run for {model} failed (its output is "
+                        "above)")
     return report
 
 
@@ -196,7 +232,7 @@ def measured_speedup(path):
 
 
 def model_lines(model, entry, rows, runs, reports):
-    """``rows``: {kind: the benchmark's row, or {"label": ...} for another allocation}."""
+    """``rows``: {kind: the benchmark's row, or {"label": ..., "text": ...} for a variant}."""
     seeds = " | ".join(f"seed {r['seed']}" for r in runs[ROWS[0]])
     lines = [f"## {model}", "",
              f"| Row | Speedup (benchmark) | Speedup (prune.py) | The row's mIoU (benchmark) | "
@@ -215,8 +251,7 @@ def model_lines(model, entry, rows, runs, reports):
               + f"{'yes' if same and all(same) else 'no'}."]
     for kind in rows:
         if kind not in ROWS:
-            name = kind.split("_", 1)[1]
-            lines += ["", per_seed_gaps(f"The {name} allocation minus equal-loss control", runs,
+            lines += ["", per_seed_gaps(f"{rows[kind]['text']} minus equal-loss control", runs,
                                         kind, ROWS[1]) + " "
                       + per_seed_gaps(f"Minus the latency target ({LATENCY_ALLOCATIONS[ROWS[0]]})",
                                       runs, kind, ROWS[0])
@@ -239,10 +274,10 @@ def main(argv):
         rows = {r["row"]: r for r in entry["rows"] if r["row"] in ROWS}
         reports = {kind: step_file(args.work_dir, model, "prune", row["step_key"], "out",
                                    "report.json") for kind, row in rows.items()}
-        for allocation in args.allocations:
-            kind = f"latency_{allocation}"
-            reports[kind] = allocation_report(args, model, rows[ROWS[0]], allocation)
-            rows[kind] = {"label": f"{rows[ROWS[0]]['label']}, {allocation} allocation"}
+        for variant in variants_of(args):
+            reports[variant.kind] = variant_report(args, model, rows[ROWS[0]], variant)
+            rows[variant.kind] = {"label": f"{rows[ROWS[0]]['label']}, {variant.label}",
+                                  "text": variant.text}
         runs = {kind: measure(args, model, entry, kind, path) for kind, path in reports.items()}
         lines += model_lines(model, entry, rows, runs, reports)
     write_text(os.path.join(ROOT, args.out), "\n".join(lines))

@@ -14,7 +14,7 @@ that scored 0.132.
 holds, as its running statistics, the mean over ``batches`` of the statistics it computes on
 each batch (its own batch statistics, as in training, with the rest of the model in eval mode:
 no dropout, and the model's usual eval output); on leaving, the model's own statistics are put
-back, in place. :func:`calibration_batches` draws the batches from a training dataset, with its
+back. :func:`calibration_batches` draws the batches from a training dataset, with its
 training transforms, reproducibly and without touching the global random state.
 """
 import contextlib
@@ -24,6 +24,8 @@ import warnings
 import numpy as np
 import paddle
 from paddle import nn
+
+from ..utils.structure import Undo, replace_param
 
 # every batch norm Paddle has (BatchNorm1D/2D/3D, SyncBatchNorm) derives from this
 BATCH_NORM_BASE = nn.layer.norm._BatchNormBase
@@ -132,20 +134,20 @@ def estimate_statistics(model, batches):
 @contextlib.contextmanager
 def recalibrated_batchnorm(model, batches):
     """Inside: every batch norm of ``model`` that ``batches`` reach runs with the statistics
-    :func:`estimate_statistics` gives (written in place); on leaving, its own are written back.
-    A batch norm the forward pass never calls (a training-only head) keeps its own. Yields the
-    number of batch norms recalibrated."""
+    :func:`estimate_statistics` gives; on leaving, the model has its own back. A statistic is
+    replaced by a new parameter only where the estimate differs from it bit for bit, so layers
+    whose statistics it leaves as they are keep their parameter objects (the sensitivity
+    analysis reuses the outputs of layers whose parameters are the ones it recorded with). A
+    batch norm the forward pass never calls (a training-only head) keeps its own. Yields the
+    number of statistics replaced."""
     estimated = estimate_statistics(model, batches)
-    originals = []
+    undo = Undo()
     try:
-        for layer, (mean, var) in estimated.items():
-            if mean is None:
-                continue
-            originals.append((layer._mean, layer._mean.numpy()))
-            originals.append((layer._variance, layer._variance.numpy()))
-            layer._mean.set_value(mean.astype(layer._mean.numpy().dtype))
-            layer._variance.set_value(var.astype(layer._variance.numpy().dtype))
-        yield len(originals) // 2
+        for layer, stats in estimated.items():
+            for name, value in zip(("_mean", "_variance"), stats):
+                current = getattr(layer, name)
+                if value is not None and not np.array_equal(current.numpy(), value):
+                    replace_param(layer, name, value.astype(current.numpy().dtype), undo)
+        yield len(undo.steps)
     finally:
-        for tensor, value in originals:
-            tensor.set_value(value)
+        undo.restore()

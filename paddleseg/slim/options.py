@@ -27,6 +27,7 @@ class PruneOptions:
     sen_eval_num: int = None
     sen_ratios: tuple = DEFAULT_RATIOS
     sen_evaluator: str = "auto"        # what evaluates sensitivity: predictor, dygraph or auto
+    sen_bn_batches: int = 0            # training batches batch norms are recalibrated on per point
     target: str = "flops"              # what pruning_ratio cuts: see paddleseg.slim.targets
     allow_lower_target: bool = False   # prune at the most the grid reaches instead of failing
     min_coverage: float = 0.5          # least share of conv FLOPs that must be prunable
@@ -94,6 +95,9 @@ def check_common(o):
         raise UserError(f"--criterion must be one of {', '.join(CRITERIA)}, got {o.criterion}")
     if o.sen_eval_num is not None and o.sen_eval_num < 1:
         raise UserError(f"--sen_eval_num must be >= 1, got {o.sen_eval_num}")
+    if o.sen_bn_batches < 0:
+        raise UserError(f"--sen_bn_batches must be >= 0 (0: no recalibration), got "
+                        f"{o.sen_bn_batches}")
     if o.model_path and not os.path.exists(o.model_path):
         raise UserError(f"--model_path not found: {o.model_path}")
     check_input_outside(o.model_path, o.save_dir)

@@ -85,12 +85,31 @@ def measure_sensitivity(o, cfg, model, analysis, val_dataset):
     (:mod:`paddleseg.slim.sensitivity.evaluators`); a file being resumed keeps its own."""
     eval_num = o.sen_eval_num or len(val_dataset)
     sen_file = o.sensitivity_path
-    with sensitivity.open_evaluator(o.sen_evaluator, model, val_dataset, analysis.groups,
-                                    eval_num, sensitivity.recorded_evaluator(sen_file)) as evaluator:
+    calibration = bn_calibration_of(o, cfg)
+    recorded = sensitivity.recorded_evaluator(sen_file)
+    with sensitivity.calibrated_model(model, calibration), \
+            sensitivity.open_evaluator(o.sen_evaluator, model, val_dataset, analysis.groups,
+                                       eval_num, recorded) as opened:
+        evaluator = sensitivity.calibrated(opened, model, calibration)
         sens = sensitivity.analyze(model, analysis.groups, evaluator, o.sen_ratios, sen_file,
                                    o.criterion, sensitivity_progress(),
                                    setup=setup_facts(cfg, o.model_path, eval_num))
     return sens, evaluator.facts
+
+
+def bn_calibration_of(o, cfg):
+    """--sen_bn_batches: the training batches the sensitivity points' batch norms are
+    recalibrated on (the config's batch size and training transforms, --seed), or None."""
+    if not o.sen_bn_batches:
+        return None
+    if cfg.train_dataset is None:
+        raise UserError(f"--sen_bn_batches recalibrates on training images, but {cfg.path} has "
+                        "no train_dataset")
+    calibration = sensitivity.Calibration(cfg.train_dataset, o.sen_bn_batches, cfg.batch_size,
+                                          o.seed)
+    logger.info(f"sensitivity: batch norms recalibrated on {o.sen_bn_batches} training batches "
+                f"of {cfg.batch_size} for every point (--sen_bn_batches)")
+    return calibration
 
 
 def predictor_groups(facts, num_groups):
@@ -236,6 +255,7 @@ def _run(o, cfg, t, stage):
         "sen_eval_num": eval_num,
         "sen_engine": evaluator_facts["name"],
         "sen_predictor_groups": predictor_groups(evaluator_facts, len(analysis.groups)),
+        "sen_bn_calibration": evaluator_facts.get("bn_calibration"),
         "sen_ratios": list(o.sen_ratios), "coverage": analysis.coverage,
         "budget": budget,
         "layer_ratios": {gid: round(r, 4) for gid, r in sorted(alloc.plan.items())},

@@ -54,6 +54,13 @@ def build_parser():
                            "dygraph, or auto (both timed on pruned probes; the first groups in "
                            "predictors and the rest in dygraph where that is faster; dygraph on "
                            "GPU); --sen_engine is the old name" + NATIVE_ONLY_NOTE)
+    sens.add_argument("--sen_bn_batches", type=int, default=0,
+                      help="score every sensitivity point (and the unpruned model it is compared "
+                           "with) with its batch-norm statistics re-estimated on this many "
+                           "training batches (config batch size and transforms, --seed): the "
+                           "stale statistics of a just-pruned model, which retraining repairs "
+                           "first, then count for less; 0 (default): scored as it is"
+                           + NATIVE_ONLY_NOTE)
     target = p.add_argument_group("target")
     target.add_argument("--target", choices=list(TARGETS), default="flops",
                         help="what --pruning_ratio cuts: flops (analytic FLOPs) or latency (the "
@@ -210,8 +217,9 @@ def run_paddleslim(options):
 
 
 # options of the native method that PaddleSeg 2.6's method has no equivalent for
-NATIVE_ONLY = ("sen_ratios", "sen_evaluator", "allow_lower_target", "min_coverage", "channel_step",
-               "target", "latency_shape", "latency_table", "latency_samples", "latency_allocation",
+NATIVE_ONLY = ("sen_ratios", "sen_evaluator", "sen_bn_batches", "allow_lower_target",
+               "min_coverage", "channel_step", "target", "latency_shape", "latency_table",
+               "latency_samples", "latency_allocation",
                "distill", "distill_weight", "distill_temperature", "retrain_schedule",
                "finetune_lr_scale", "prune_steps", "max_miou_drop", "budget_step", "budget_iters")
 
