@@ -123,3 +123,18 @@ def test_bad_calibration_flags_are_refused_in_one_line(tiny_config, tmp_path):
         last = proc.stderr.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last, last
         assert "Traceback" not in proc.stderr
+
+
+def test_without_seed_the_calibration_images_are_seed_0s(tiny):
+    """Every rank, and every resume, must recalibrate on the same images: without --seed
+    they are seed 0's, not a fresh draw."""
+    from types import SimpleNamespace
+
+    from paddleseg.slim.pipeline import bn_calibration_of
+    cfg = tiny[0]
+    assert bn_calibration_of(SimpleNamespace(sen_bn_batches=0, seed=None), cfg) is None
+    unseeded = bn_calibration_of(SimpleNamespace(sen_bn_batches=1, seed=None), cfg)
+    seeded = bn_calibration_of(SimpleNamespace(sen_bn_batches=1, seed=0), cfg)
+    assert unseeded.facts == seeded.facts == {"batches": 1, "batch_size": cfg.batch_size,
+                                              "seed": 0}
+    np.testing.assert_array_equal(unseeded.batches[0].numpy(), seeded.batches[0].numpy())

@@ -99,14 +99,17 @@ def measure_sensitivity(o, cfg, model, analysis, val_dataset):
 
 def bn_calibration_of(o, cfg):
     """--sen_bn_batches: the training batches the sensitivity points' batch norms are
-    recalibrated on (the config's batch size and training transforms, --seed), or None."""
+    recalibrated on (the config's batch size and training transforms, --seed or 0), or None."""
     if not o.sen_bn_batches:
         return None
     if cfg.train_dataset is None:
         raise UserError(f"--sen_bn_batches recalibrates on training images, but {cfg.path} has "
                         "no train_dataset")
+    # the same images on every rank and on a resume, also without --seed: the points of one
+    # sensitivity file must be measured alike
+    seed = 0 if o.seed is None else o.seed
     calibration = sensitivity.Calibration(cfg.train_dataset, o.sen_bn_batches, cfg.batch_size,
-                                          o.seed)
+                                          seed)
     logger.info(f"sensitivity: batch norms recalibrated on {o.sen_bn_batches} training batches "
                 f"of {cfg.batch_size} for every point (--sen_bn_batches)")
     return calibration

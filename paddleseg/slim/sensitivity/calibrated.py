@@ -23,12 +23,13 @@ from .protocol import Evaluator
 
 
 class Calibration:
-    """The batches statistics are estimated on, and the facts that name them."""
+    """The batches statistics are estimated on, and the facts that name them (``seed``: an
+    int, so that the same facts always mean the same images)."""
 
     def __init__(self, dataset, num_batches, batch_size, seed):
         self.batches = calibration_batches(dataset, num_batches, batch_size, seed)
         self.facts = {"batches": int(num_batches), "batch_size": int(batch_size),
-                      "seed": None if seed is None else int(seed)}
+                      "seed": int(seed)}
 
 
 class CalibratedEvaluator(Evaluator):
