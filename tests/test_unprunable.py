@@ -66,8 +66,12 @@ def test_a_target_beyond_the_unprunable_share_fails_with_it(tmp_path, capsys):
     target = LatencyTarget(model, groups, backend, 8, 0.6, str(tmp_path / "work"),
                            str(tmp_path / "t2.json"), 3)
     share, floor = target.unprunable["share"], target.unprunable["floor"]
-    # what no pruning removes includes the tail outside every group
-    assert floor >= share - 0.05, target.unprunable
+    # what no pruning removes includes the tail outside every group (over 90% of the measured
+    # time). The floor is the fitted table's prediction with every group at one channel; on this
+    # toy, whose convs take microseconds, a loaded machine (the other test worker) moves it by
+    # tens of points (0.79 to 1.0 seen, share 0.99), so the test asks for most of the time, not
+    # for the share to within a few points
+    assert share > 0.9 and floor >= 0.5, target.unprunable
     with pytest.raises(BeyondPruning) as e:
         target.aimed_reduction(1 - floor + 0.01, (0.3, 0.6), allow_lower=False)
     message = str(e.value)
