@@ -222,6 +222,19 @@ def test_bn_study_scores_every_row_both_ways_and_keeps_the_scores(pruned_row, tm
         run_bn_study(work, results, md, "--batches", "3")
 
 
+def test_bn_study_words_the_pair_from_its_seed_counts():
+    """A pair whose rows were retrained over different numbers of seeds says so (the latency
+    row over 3 seeds, its FLOPs-target allocation once), instead of '1 seed each'."""
+    three = [0.40, 0.41, 0.39]
+    assert bn_calibration.seed_counts({}, 0.3) == "1 seed each"
+    assert bn_calibration.seed_counts({("latency", 0.3): three}, 0.3) == "3 seeds against 1"
+    assert bn_calibration.seed_counts({("latency_equal_loss", 0.3): three}, 0.3) == \
+        "1 seed against 3"
+    both = {("latency", 0.3): three, ("latency_equal_loss", 0.3): three}
+    assert bn_calibration.seed_counts(both, 0.3) == "3 seeds each"
+    assert bn_calibration.seed_counts(both, 0.5) == "1 seed each"
+
+
 def test_bn_study_refuses_a_report_this_code_does_not_reproduce(pruned_row, tmp_path,
                                                                monkeypatch):
     from paddleseg.utils.errors import UserError

@@ -139,6 +139,15 @@ def spearman(xs, ys):
     return float(spearmanr(xs, ys).statistic)
 
 
+def seed_counts(seeded, ratio):
+    """'1 seed each', or '3 seeds against 1': the retrainings behind the two allocations' rows at
+    one latency target (a row without seeds has its own single retraining)."""
+    counts = [len(seeded.get((kind, ratio), ())) or 1 for kind in LATENCY_ALLOCATIONS]
+    if counts[0] == counts[1]:
+        return f"{counts[0]} seed{'s' if counts[0] > 1 else ''} each"
+    return f"{counts[0]} seed{'s' if counts[0] > 1 else ''} against {counts[1]}"
+
+
 def pair_lines(results, model_name, entry, found):
     """One line per latency target that has both allocations: which one each score prefers,
     and which one retraining kept more mIoU in (beyond the noise where both have seeds)."""
@@ -158,7 +167,7 @@ def pair_lines(results, model_name, entry, found):
                                                          seeded[(other, ratio)])
             verdict = bench_accuracy.verdict(diff, noise, beyond)
         else:
-            beyond, verdict = False, f"{retrained:+.1f} (1 seed each: noise unknown)"
+            beyond, verdict = False, f"{retrained:+.1f} ({seed_counts(seeded, ratio)}: noise unknown)"
 
         def prefers(score):
             gap = 100 * (a["scores"][score] - b["scores"][score])
