@@ -139,6 +139,18 @@ def test_another_allocation_reruns_the_row_s_command_and_is_retrained_per_seed(
     monkeypatch.setattr(retrain_seeds, "retrain_once", ran)
     assert run(work, results, md, "--seeds", "0", "1", "--allocations", "balanced") == 0
     assert md.read_text() == text
+    # only the latency row beside the variant (the equal-loss control's retrainings saved):
+    # the variant is compared with the latency row alone, from the same cached results
+    assert run(work, results, md, "--seeds", "0", "1", "--allocations", "balanced",
+               "--rows", "latency") == 0
+    alone = md.read_text()
+    assert "FLOPs-target allocation |" not in alone and "equal-loss" not in alone
+    assert "Rows retrained: latency." in alone
+    assert "The balanced allocation minus the latency target (loss_per_ms), per seed:" in alone
+    assert alone.split("| latency target 0.3, balanced allocation |")[1].split("\n")[0] == \
+        text.split("| latency target 0.3, balanced allocation |")[1].split("\n")[0]
+    with pytest.raises(UserError, match="keep latency among --rows"):
+        run(work, results, md, "--allocations", "balanced", "--rows", "latency_equal_loss")
 
 
 def test_a_flops_row_has_no_speedup_of_its_own(tmp_path):

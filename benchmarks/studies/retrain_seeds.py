@@ -64,8 +64,15 @@ def parse_args(argv):
     p.add_argument("--sen_bn_batches", type=int, default=0,
                    help="also prune the latency row with prune.py --sen_bn_batches K (points "
                         "scored with batch norms recalibrated) and retrain it the same way")
+    p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
+                   help="the benchmark's rows to retrain (default both; the variants are "
+                        "compared with each of them that is retrained)")
     p.add_argument("--debug", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if (args.allocations or args.sen_bn_batches) and ROWS[0] not in args.rows:
+        raise UserError(f"--rows {' '.join(args.rows)}: the variants are the {ROWS[0]} row's "
+                        f"command run again; keep {ROWS[0]} among --rows")
+    return args
 
 
 def result_key(report_bytes, seed, threads):
@@ -233,28 +240,33 @@ def measured_speedup(path):
 
 def model_lines(model, entry, rows, runs, reports):
     """``rows``: {kind: the benchmark's row, or {"label": ..., "text": ...} for a variant}."""
-    seeds = " | ".join(f"seed {r['seed']}" for r in runs[ROWS[0]])
+    first = next(iter(runs.values()))
+    seeds = " | ".join(f"seed {r['seed']}" for r in first)
     lines = [f"## {model}", "",
              f"| Row | Speedup (benchmark) | Speedup (prune.py) | The row's mIoU (benchmark) | "
              f"{seeds} | mean ± sd (min-max) |",
-             "|---|---:|---:|---:|" + "---:|" * len(runs[ROWS[0]]) + "---|"]
+             "|---|---:|---:|---:|" + "---:|" * len(first) + "---|"]
     for kind, row in rows.items():
         bench = (bench_report.fmt_speedup(row), f"{row['miou']:.4f}") if kind in ROWS else \
             ("not a row", "not a row")
         lines.append(f"| {row['label']} | {bench[0]} | {measured_speedup(reports[kind])} | "
                      f"{bench[1]} | " + " | ".join(f"{r['miou']:.4f}" for r in runs[kind])
                      + " | " + spread_text([r["miou"] for r in runs[kind]]) + " |")
+    retrained = [k for k in ROWS if k in runs]
     same = [abs(r["miou"] - rows[k]["miou"]) < 1e-6
-            for k in ROWS for r in runs[k] if r["seed"] == entry["args"]["seed"]]
-    lines += ["", per_seed_gaps("Latency target minus equal-loss control", runs, *ROWS)
-              + " The benchmark's seed repeated here gives the row's mIoU again: "
-              + f"{'yes' if same and all(same) else 'no'}."]
+            for k in retrained for r in runs[k] if r["seed"] == entry["args"]["seed"]]
+    repeats = (" The benchmark's seed repeated here gives the row's mIoU again: "
+               f"{'yes' if same and all(same) else 'no'}.")
+    lines += ["", (per_seed_gaps("Latency target minus equal-loss control", runs, *ROWS)
+                   if len(retrained) == 2 else f"Rows retrained: {', '.join(retrained)}.")
+              + repeats]
+    against = {ROWS[1]: "minus equal-loss control",
+               ROWS[0]: f"minus the latency target ({LATENCY_ALLOCATIONS[ROWS[0]]})"}
     for kind in rows:
         if kind not in ROWS:
-            lines += ["", per_seed_gaps(f"{rows[kind]['text']} minus equal-loss control", runs,
-                                        kind, ROWS[1]) + " "
-                      + per_seed_gaps(f"Minus the latency target ({LATENCY_ALLOCATIONS[ROWS[0]]})",
-                                      runs, kind, ROWS[0])
+            gaps = [per_seed_gaps(f"{rows[kind]['text']} {against[other]}", runs, kind, other)
+                    for other in (ROWS[1], ROWS[0]) if other in runs]
+            lines += ["", " ".join(gaps)
                       + f" Its seed {entry['args']['seed']} is its prune.py run's own retraining."]
     return lines + [""]
 
@@ -271,7 +283,7 @@ def main(argv):
         if verdict is None or (args.models and model not in args.models) or \
                 (not args.models and verdict[3]):
             continue
-        rows = {r["row"]: r for r in entry["rows"] if r["row"] in ROWS}
+        rows = {r["row"]: r for r in entry["rows"] if r["row"] in args.rows}
         reports = {kind: step_file(args.work_dir, model, "prune", row["step_key"], "out",
                                    "report.json") for kind, row in rows.items()}
         for variant in variants_of(args):
