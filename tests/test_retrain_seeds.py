@@ -100,6 +100,35 @@ def test_rows_are_retrained_per_seed_the_row_s_seed_repeats_it_and_results_are_k
         run(work, results, md, "--seeds", "2")
 
 
+def test_the_rows_are_those_at_the_asked_latency_target(pruned_row, tmp_path, monkeypatch):
+    """A model with latency rows at 0.3 and 0.5: the goal's 0.3 by default, --ratio 0.5 the
+    other; a ratio without a latency row is refused in one line."""
+    from paddleseg.utils.errors import UserError
+    work, results = pruned_row
+    table = json.loads((results / "results.json").read_text())
+    rows = table["models"]["BiSeNetV2"]["rows"]
+    rows.append({**rows[0], "ratio": 0.5, "label": "latency target 0.5", "step_key": "b" * 64})
+    other = tmp_path / "results"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps(table))
+    used = []
+
+    def measured(args, model, entry, kind, path):
+        used.append((kind, os.path.basename(os.path.dirname(os.path.dirname(path)))))
+        return [{"seed": 0, "miou": 0.5}]
+    monkeypatch.setattr(retrain_seeds, "measure", measured)
+    md = tmp_path / "seeds.md"
+    assert run(work, other, md, "--seeds", "0") == 0
+    assert used == [("latency", "prune-" + "a" * 12), ("latency_equal_loss", "prune-" + "b" * 12)]
+    assert "| latency target 0.3 |" in md.read_text()
+    used.clear()
+    assert run(work, other, md, "--seeds", "0", "--ratio", "0.5", "--rows", "latency") == 0
+    assert used == [("latency", "prune-" + "b" * 12)]
+    assert "| latency target 0.5 |" in md.read_text() and "target 0.3" not in md.read_text()
+    with pytest.raises(UserError, match="no latency row at --ratio 0.4"):
+        run(work, other, md, "--ratio", "0.4")
+
+
 def test_a_report_this_code_does_not_reproduce_is_refused(pruned_row, tmp_path):
     from paddleseg.utils.errors import UserError
     work, results = pruned_row
@@ -287,7 +316,9 @@ def test_the_recalibrated_variant_reruns_the_row_with_its_own_sensitivity_file(t
     value = lambda flag: cmd[cmd.index(flag) + 1]   # noqa: E731
     assert value("--sen_bn_batches") == "4"
     folder = os.path.dirname(value("--save_dir"))
-    assert value("--sen_file") == os.path.join(folder, "sensitivity.json") != "shared.json"
+    # one file per model and variant, whatever the target: prune.py's fingerprint check refuses
+    # it where it was measured otherwise
+    assert value("--sen_file") == os.path.join(os.path.dirname(folder), "bn4-sensitivity.json")
     assert os.path.basename(folder).startswith("bn4-")
     # flags go before --opts, which takes the rest of the line
     assert cmd.index("--sen_bn_batches") < cmd.index("--opts") and cmd[-1] == \

@@ -4,6 +4,10 @@ with other seeds, from the same pruned model. Writes docs/retrain_seeds.md.
 
     python benchmarks/studies/retrain_seeds.py --work_dir WORK_DIR --seeds 0 1 2   # the misses
     python benchmarks/studies/retrain_seeds.py --work_dir WORK_DIR --models UNet --seeds 0 1 2
+    python benchmarks/studies/retrain_seeds.py --work_dir WORK_DIR --models UNet --ratio 0.5 \
+        --rows latency --sen_bn_batches 4 --out docs/sen_bn_batches.md
+
+The rows are those at latency target ``--ratio`` (0.3, the goal's, by default).
 
 Each row's pruned model is rebuilt from its report.json: the same checkpoint, the same plan (its
 ``layer_ratios``) and criterion; its mIoU right after pruning must equal the row's (else the code
@@ -19,7 +23,8 @@ with ``--latency_allocation balanced`` (same checkpoint, sensitivities, latency 
 seed; kept under ``retrain_seeds/`` keyed by the command and the code), its own retraining as the
 run's seed and the other seeds retrained as above: whether another allocation keeps more mIoU
 than the benchmark's at the same target, beyond retraining noise. ``--sen_bn_batches K`` adds
-the same command run with ``--sen_bn_batches K`` (its own sensitivity file, beside it: the points
+the same command run with ``--sen_bn_batches K`` (its own sensitivity file, one per model that
+the rows at every target share: the points
 are scored with batch norms recalibrated, so the allocation and the plan change), retrained the
 same way. Speed for every row is then also given as prune.py measured it (its own timing of the
 exports in turn, after retraining), the one figure all rows have.
@@ -37,6 +42,7 @@ BENCHMARKS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # prun
 ROOT = os.path.dirname(BENCHMARKS)
 sys.path[:0] = [BENCHMARKS, ROOT]
 
+import bench_accuracy  # noqa: E402
 import bench_cache  # noqa: E402
 import bench_recovery  # noqa: E402
 import bench_report  # noqa: E402
@@ -64,6 +70,8 @@ def parse_args(argv):
     p.add_argument("--sen_bn_batches", type=int, default=0,
                    help="also prune the latency row with prune.py --sen_bn_batches K (points "
                         "scored with batch norms recalibrated) and retrain it the same way")
+    p.add_argument("--ratio", type=float, default=0.3,
+                   help="the latency target whose rows are retrained (the goal's: 0.3)")
     p.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
                    help="the benchmark's rows to retrain (default both; the variants are "
                         "compared with each of them that is retrained)")
@@ -173,7 +181,7 @@ def variant_report(args, model, row, variant):
     for flag, value in zip(variant.flags[::2], variant.flags[1::2]):
         cmd = with_flag(cmd, flag, value)
     if variant.own_sensitivity:
-        cmd = with_flag(cmd, "--sen_file", os.path.join(folder, "sensitivity.json"))
+        cmd = with_flag(cmd, "--sen_file", variant_sensitivity(args, model, variant))
     cmd = with_flag(cmd, "--save_dir", os.path.join(folder, "out"))
     logger.info(f"{model}: pruning with {' '.join(variant.flags)}: {shlex.join(cmd)}")
     # prune.py's own progress (sensitivity, search rounds, retraining ETA) shows as it runs
@@ -181,6 +189,14 @@ def variant_report(args, model, row, variant):
         raise UserError(f"the {variant.label}'s prune.py run for {model} failed (its output is "
                         "above)")
     return report
+
+
+def variant_sensitivity(args, model, variant):
+    """The variant's own sensitivity file, one per model and variant: its points do not depend
+    on the target, so the rows at every latency target share it. prune.py refuses a file
+    measured otherwise (another checkpoint, grid or setting: its fingerprint), naming the
+    difference, so a stale file is never reused silently."""
+    return os.path.join(args.work_dir, model, "retrain_seeds", f"{variant.name}-sensitivity.json")
 
 
 def measure(args, model, entry, kind, path):
@@ -279,11 +295,14 @@ def main(argv):
              "from its report.json, retrained as prune.py does with each seed and evaluated on the "
              "full val split (rows: benchmarks/RESULTS.md).", ""]
     for model, entry in results["models"].items():
-        verdict = bench_report.latency_goal(entry)
-        if verdict is None or (args.models and model not in args.models) or \
-                (not args.models and verdict[3]):
+        verdict = bench_report.latency_goal(entry, args.ratio)
+        if (model not in args.models) if args.models else (verdict is None or verdict[3]):
             continue
-        rows = {r["row"]: r for r in entry["rows"] if r["row"] in args.rows}
+        rows = {kind: row for kind in args.rows
+                if (row := bench_accuracy.find_row(entry, kind, args.ratio))}
+        if ROWS[0] in args.rows and ROWS[0] not in rows:
+            raise UserError(f"{model} has no latency row at --ratio {args.ratio:g} that ran; "
+                            "pick a ratio of its latency rows (benchmarks/RESULTS.md)")
         reports = {kind: step_file(args.work_dir, model, "prune", row["step_key"], "out",
                                    "report.json") for kind, row in rows.items()}
         for variant in variants_of(args):
