@@ -142,10 +142,9 @@ def spearman(xs, ys):
 def seed_counts(seeded, ratio):
     """'1 seed each', or '3 seeds against 1': the retrainings behind the two allocations' rows at
     one latency target (a row without seeds has its own single retraining)."""
-    counts = [len(seeded.get((kind, ratio), ())) or 1 for kind in LATENCY_ALLOCATIONS]
-    if counts[0] == counts[1]:
-        return f"{counts[0]} seed{'s' if counts[0] > 1 else ''} each"
-    return f"{counts[0]} seed{'s' if counts[0] > 1 else ''} against {counts[1]}"
+    own, other = (len(seeded.get((kind, ratio), ())) or 1 for kind in LATENCY_ALLOCATIONS)
+    seeds = f"{own} seed{'s' if own > 1 else ''}"
+    return f"{seeds} each" if own == other else f"{seeds} against {other}"
 
 
 def pair_lines(results, model_name, entry, found):
@@ -167,7 +166,8 @@ def pair_lines(results, model_name, entry, found):
                                                          seeded[(other, ratio)])
             verdict = bench_accuracy.verdict(diff, noise, beyond)
         else:
-            beyond, verdict = False, f"{retrained:+.1f} ({seed_counts(seeded, ratio)}: noise unknown)"
+            beyond = False
+            verdict = f"{retrained:+.1f} ({seed_counts(seeded, ratio)}: noise unknown)"
 
         def prefers(score):
             gap = 100 * (a["scores"][score] - b["scores"][score])
