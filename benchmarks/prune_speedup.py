@@ -664,7 +664,7 @@ class ModelRun:
         return self.steps.run("recovery", material, compute)["result"]
 
     def recovery_material(self, row, recipe, seed, control=False):
-        flags = bench_recipes.RECIPES[recipe][1]
+        flags = bench_recipes.recipe_flags(recipe, self.retraining_iters)
         if control:
             flags = bench_recovery.control_flags(flags)
         threads = self.args.recovery_threads or self.args.train_threads
@@ -774,7 +774,9 @@ def recovery_entry(name, args, argv):
         raise BenchmarkError(f"{name}'s latency row failed: {row['result']['error']}")
     report = bench_report.read_json(os.path.join(ROOT, os.path.dirname(row["result"]["model"]),
                                                  "report.json"))
-    control_of = {recipe: " ".join(bench_recovery.control_flags(bench_recipes.RECIPES[recipe][1]))
+    flags_of = {recipe: bench_recipes.recipe_flags(recipe, run.retraining_iters)
+                for recipe in args.recipes}
+    control_of = {recipe: " ".join(bench_recovery.control_flags(flags_of[recipe]))
                   or "config schedule" for recipe in args.recipes}
     firsts = {key: recipe for recipe, key in reversed(list(control_of.items()))}
     # --frontier_seeds: the other pruned rows retrained as they are (plain) with every seed
@@ -795,7 +797,7 @@ def recovery_entry(name, args, argv):
         done = dict(zip(tasks, pool.map(unit, tasks)))
     recipes, controls = {}, {}
     for recipe in args.recipes:
-        label, flags = bench_recipes.RECIPES[recipe]
+        label, flags = bench_recipes.RECIPES[recipe][0], flags_of[recipe]
         controls.setdefault(control_of[recipe], {
             "flags": bench_recovery.control_flags(flags),
             "mious": [done[("recipe", firsts[control_of[recipe]], seed, True)]["miou"]

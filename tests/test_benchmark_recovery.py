@@ -26,12 +26,13 @@ def test_a_control_keeps_the_schedule_but_not_what_needs_a_pruned_model():
              "--prune_steps", "2", "--finetune_lr_scale", "0.2"]
     assert bench_recovery.control_flags(flags) == ["--retrain_schedule", "finetune",
                                                    "--finetune_lr_scale", "0.2"]
-    for name, (_, recipe_flags) in bench_recipes.RECIPES.items():
-        # every recipe parses as prune.py's flags
+    for name in bench_recipes.RECIPES:
+        # every recipe parses as prune.py's flags, its length a multiple of the row's
         o = bench_recovery.recipe_options(
             {"config": "configs/camvid/fastscnn_camvid_256x192.yml", "pruning_ratio": 0.3,
-             "retraining_iters": 4, "criterion": "fpgm"}, recipe_flags, 1, "/tmp/x")
-        assert o.seed == 1 and o.retraining_iters == 4, name
+             "retraining_iters": 4, "criterion": "fpgm"},
+            bench_recipes.recipe_flags(name, 4), 1, "/tmp/x")
+        assert o.seed == 1 and o.retraining_iters == (16 if name == "long" else 4), name
 
 
 def test_a_difference_counts_only_beyond_two_standard_errors():
@@ -141,6 +142,34 @@ def test_the_recovery_goals_judge_the_best_recipe_against_the_filed_loss():
     assert bench_accuracy.recovery_goal("Other", results)["recovered_half"]
     entry["recipes"]["finetune"].update(mious=[0.36, 0.37, 0.38])
     assert not bench_accuracy.recovery_goal("Other", results)["recovered_half"]
+
+
+def test_a_longer_retraining_is_reported_apart_from_the_goal_and_the_defaults():
+    # 4x the row's 150 iterations, against its control fine-tuned as long: within 1 point,
+    # and better than every recipe at the row's length, yet neither the goal's best recipe nor
+    # a candidate default (its length is the user's --retraining_iters)
+    assert bench_recipes.recipe_flags("long", 150) == ["--retraining_iters", "600"]
+    assert bench_recipes.RECIPES["long"][1] == ["--retraining_iters", "4x"]   # not rewritten
+    entry = recovery_entry([0.32, 0.33, 0.34], [0.43, 0.44, 0.45],
+                           [0.36, 0.37, 0.38], [0.44, 0.445, 0.45])
+    entry["recipes"]["long"] = {"label": "4x retraining iterations",
+                                "flags": ["--retraining_iters", "600"],
+                                "control": "--retraining_iters 600", "mious": [0.44, 0.45, 0.46],
+                                "seconds_per_iter": [1.0] * 3}
+    entry["controls"]["--retraining_iters 600"] = {"flags": ["--retraining_iters", "600"],
+                                                   "mious": [0.435, 0.44, 0.445]}
+    results = {"models": {"FastSCNN": {"rows": [headline_row("latency", 0.3, 1.44, -11.0)]}},
+               "recovery": {"FastSCNN": entry}}
+    assert bench_accuracy.recipe_iters(entry, "long") == 600
+    assert bench_accuracy.recipe_iters(entry, "finetune") == 150
+    assert bench_accuracy.recovery_goal("FastSCNN", results)["best"] == "finetune"
+    assert not any("4x retraining" in line for line in bench_accuracy.defaults_lines(results))
+    text = "\n".join(bench_accuracy.goal_lines(results))
+    assert "| FastSCNN | 4x retraining iterations | 600 (150) | +1.0 ± 1.3: within the noise " \
+        "| met |" in text
+    # without a longer recipe the section is left out
+    del entry["recipes"]["long"]
+    assert "Retrained longer" not in "\n".join(bench_accuracy.goal_lines(results))
 
 
 def test_a_recipe_becomes_the_default_only_with_wins_on_four_models():
