@@ -118,6 +118,26 @@ def row_delta(results, model, row):
     return row["miou_delta_points"], None, 1
 
 
+def seed_counts_text(own, other):
+    """'1 seed each', or '3 seeds against 1': the retrainings behind two rows."""
+    seeds = f"{own} seed{'s' if own > 1 else ''}"
+    return f"{seeds} each" if own == other else f"{seeds} against {other}"
+
+
+def row_gap(results, model, row, other):
+    """``row``'s mIoU change minus ``other``'s (two headline rows of ``model``), in points:
+    (difference, noise bound or None, beyond it?, the seed counts in words). Their seed means,
+    judged against the noise, where the recovery phase retrained both over seeds; else each
+    row's own change as row_delta has it (a seed mean or one retraining), its noise unknown."""
+    seeded = seed_mious(results, model)[1]
+    mious = [seeded.get((r["row"], r["ratio"])) or [] for r in (row, other)]
+    counts = seed_counts_text(*(len(m) or 1 for m in mious))
+    if all(len(m) > 1 for m in mious):
+        return (*compare(*mious), counts)
+    diff = row_delta(results, model, row)[0] - row_delta(results, model, other)[0]
+    return diff, None, False, counts
+
+
 # ---------------------------------------------------------------- the recovery section
 
 

@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.join(ROOT, "benchmarks", "studies"))
 sys.path.insert(0, os.path.join(ROOT, "slim", "prune"))
 import bench_report  # noqa: E402
 import bn_calibration  # noqa: E402
+import bn_scores  # noqa: E402
 import retrain_seeds  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
@@ -257,23 +258,36 @@ def test_bn_study_scores_every_row_both_ways_and_keeps_the_scores(pruned_row, tm
     # again: nothing is scored; other batches are scored, not taken from these files
     def scored(*args):
         raise RuntimeError("scored")
-    monkeypatch.setattr(bn_calibration, "scores", scored)
+    monkeypatch.setattr(bn_scores, "scores", scored)
     assert run_bn_study(work, results, md, "--batches", "2") == 0 and md.read_text() == text
     with pytest.raises(RuntimeError, match="scored"):
         run_bn_study(work, results, md, "--batches", "3")
 
 
-def test_bn_study_words_the_pair_from_its_seed_counts():
+def test_two_rows_are_compared_over_the_seeds_each_has():
     """A pair whose rows were retrained over different numbers of seeds says so (the latency
-    row over 3 seeds, its FLOPs-target allocation once), instead of '1 seed each'."""
-    three = [0.40, 0.41, 0.39]
-    assert bn_calibration.seed_counts({}, 0.3) == "1 seed each"
-    assert bn_calibration.seed_counts({("latency", 0.3): three}, 0.3) == "3 seeds against 1"
-    assert bn_calibration.seed_counts({("latency_equal_loss", 0.3): three}, 0.3) == \
-        "1 seed against 3"
-    both = {("latency", 0.3): three, ("latency_equal_loss", 0.3): three}
-    assert bn_calibration.seed_counts(both, 0.3) == "3 seeds each"
-    assert bn_calibration.seed_counts(both, 0.5) == "1 seed each"
+    row over 3 seeds, its FLOPs-target allocation once), instead of '1 seed each'; seed means
+    are judged against the noise only where both rows have them."""
+    import bench_accuracy
+    assert bench_accuracy.seed_counts_text(1, 1) == "1 seed each"
+    assert bench_accuracy.seed_counts_text(3, 1) == "3 seeds against 1"
+    assert bench_accuracy.seed_counts_text(1, 3) == "1 seed against 3"
+    assert bench_accuracy.seed_counts_text(3, 3) == "3 seeds each"
+    rows = [{"row": "latency", "ratio": 0.3, "miou": 0.30, "status": "ok"},
+            {"row": "latency_equal_loss", "ratio": 0.3, "miou": 0.35, "status": "ok"}]
+    recovery = {"ratio": 0.3, "row_step_key": "k" * 64,
+                "controls": {"config schedule": {"mious": [0.40, 0.40, 0.40]}},
+                "recipes": {"plain": {"mious": [0.36, 0.37, 0.38]}}, "rows": []}
+    results = {"models": {"M": {"rows": [dict(r, step_key="k" * 64 if r["row"] == "latency"
+                                               else "x" * 64) for r in rows]}},
+               "recovery": {"M": recovery}}
+    diff, noise, beyond, counts = bench_accuracy.row_gap(results, "M", *rows)
+    # the latency row's seed mean (0.37) against the other's one retraining (0.35)
+    assert diff == pytest.approx(2.0) and noise is None and not beyond
+    assert counts == "3 seeds against 1"
+    recovery["rows"] = [{"kind": "latency_equal_loss", "ratio": 0.3, "mious": [0.30, 0.31, 0.32]}]
+    diff, noise, beyond, counts = bench_accuracy.row_gap(results, "M", *rows)
+    assert diff == pytest.approx(6.0) and noise > 0 and beyond and counts == "3 seeds each"
 
 
 def test_bn_study_refuses_a_report_this_code_does_not_reproduce(pruned_row, tmp_path,

@@ -26,30 +26,28 @@ recovery phase retrained the row over seeds):
 Rows differ in speed as well as allocation, so the correlation over all of a model's rows mixes
 "how much was cut" with "how well it was chosen"; the pairs at one target isolate the second,
 which is the choice an allocation makes. Each score is cached under ``WORK_DIR/MODEL/
-bn_calibration/``, keyed by the report's bytes, the batches, the seed and the code.
+bn_calibration/``, keyed by the report's bytes, the batches, the seed and the code that
+scores (bn_scores.py, the engine): a change in how this file words the doc keeps the scores.
 """
 import argparse
-import hashlib
 import json
 import os
 import sys
-import time
 
 BENCHMARKS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(BENCHMARKS)
-sys.path[:0] = [BENCHMARKS, ROOT]
+sys.path[:0] = [os.path.dirname(os.path.abspath(__file__)), BENCHMARKS, ROOT]
 
 import bench_accuracy  # noqa: E402
-import bench_cache  # noqa: E402
 import bench_report  # noqa: E402
+import bn_scores  # noqa: E402
 from paddleseg.utils import cli, logger  # noqa: E402
 from paddleseg.utils.errors import UserError  # noqa: E402
 from paddleseg.utils.fileio import write_json, write_text  # noqa: E402
-from prune_speedup import LATENCY_ALLOCATIONS, build_config, generated_by, step_file  # noqa: E402
+from prune_speedup import LATENCY_ALLOCATIONS, generated_by, step_file  # noqa: E402
 
 PRUNED_ROWS = ("flops", "latency", "latency_equal_loss", "latency_budget")
 SAME_PRUNED_MIOU = 1e-6
-SOURCES = ("paddleseg/slim/bn_calibration.py", "benchmarks/studies/bn_calibration.py")
 
 
 def parse_args(argv):
@@ -66,42 +64,6 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def score_key(report_bytes, args):
-    return bench_cache.digest({
-        "report": hashlib.sha256(report_bytes).hexdigest(), "batches": args.batches,
-        "seed": args.seed,
-        "code": bench_cache.code_version(bench_cache.PRUNE_SOURCES + SOURCES)})[:12]
-
-
-def rebuilt(report, entry, pruned=True):
-    """(the model of ``report`` right after pruning, or its unpruned checkpoint where not
-    ``pruned``; the config)."""
-    from paddleseg.core.model_loader import build_and_load
-    from paddleseg.slim import build_groups, prune_model
-    cfg = build_config(report["config"], argparse.Namespace(dataset_root=entry["data"]["root"]))
-    model = build_and_load(cfg, os.path.join(ROOT, report["model_path"]))
-    model.eval()
-    if pruned:
-        shape = [1] + list(cfg.val_dataset[0]["img"].shape)
-        prune_model(model, build_groups(model, shape), report["layer_ratios"], report["criterion"])
-    return model, cfg
-
-
-def scores(model, cfg, args):
-    """{plain, recalibrated}: full-val mIoU of ``model`` as it is and with its batch norms
-    recalibrated on training batches."""
-    from paddleseg.slim.bn_calibration import calibration_batches, recalibrated_batchnorm
-    from paddleseg.slim.retrain import miou
-    val = cfg.val_dataset
-    start = time.time()
-    plain = miou(model, val)
-    batches = calibration_batches(cfg.train_dataset, args.batches, cfg.batch_size, args.seed)
-    with recalibrated_batchnorm(model, batches):
-        recalibrated = miou(model, val)
-    return {"plain": plain, "recalibrated": recalibrated,
-            "seconds": round(time.time() - start, 1)}
-
-
 def row_report(args, model_name, row):
     """(the bytes of a row's report.json, the report)."""
     path = step_file(args.work_dir, model_name, "prune", row["step_key"], "out", "report.json")
@@ -115,13 +77,13 @@ def row_scores(args, model_name, entry, row, pruned=True):
     ``pruned``: of the unpruned checkpoint it was pruned from."""
     raw, report = row_report(args, model_name, row)
     name = f"{row['row']}-{row['ratio']}" if pruned else "unpruned"
-    key = score_key(raw if pruned else report["model_path"].encode(), args)
+    key = bn_scores.score_key(raw if pruned else report["model_path"].encode(), args)
     cached = os.path.join(args.work_dir, model_name, "bn_calibration", f"{name}-{key}.json")
     if os.path.isfile(cached):
         with open(cached, encoding="utf-8") as f:
             return json.load(f)
     logger.info(f"{model_name} {row['label'] if pruned else 'unpruned'}: scoring")
-    found = scores(*rebuilt(report, entry, pruned), args)
+    found = bn_scores.scores(*bn_scores.rebuilt(report, entry, pruned), args)
     if pruned and abs(found["plain"] - report["miou_pruned"]) > SAME_PRUNED_MIOU:
         raise UserError(f"{model_name} {row['label']}: the rebuilt pruned model's mIoU is "
                         f"{found['plain']:.6f}, the report's {report['miou_pruned']:.6f}: this "
@@ -139,18 +101,9 @@ def spearman(xs, ys):
     return float(spearmanr(xs, ys).statistic)
 
 
-def seed_counts(seeded, ratio):
-    """'1 seed each', or '3 seeds against 1': the retrainings behind the two allocations' rows at
-    one latency target (a row without seeds has its own single retraining)."""
-    own, other = (len(seeded.get((kind, ratio), ())) or 1 for kind in LATENCY_ALLOCATIONS)
-    seeds = f"{own} seed{'s' if own > 1 else ''}"
-    return f"{seeds} each" if own == other else f"{seeds} against {other}"
-
-
 def pair_lines(results, model_name, entry, found):
     """One line per latency target that has both allocations: which one each score prefers,
     and which one retraining kept more mIoU in (beyond the noise where both have seeds)."""
-    seeded = bench_accuracy.seed_mious(results, model_name)[1]
     lines = []
     own, other = LATENCY_ALLOCATIONS   # the row kinds: the target's own allocation, FLOPs-target
     for ratio in sorted({r["ratio"] for r in found if r["row"] == own}):
@@ -159,15 +112,9 @@ def pair_lines(results, model_name, entry, found):
         if None in rows.values():
             continue
         a, b = rows[own], rows[other]
-        retrained = bench_accuracy.row_delta(results, model_name, a)[0] - \
-            bench_accuracy.row_delta(results, model_name, b)[0]
-        if (own, ratio) in seeded and (other, ratio) in seeded:
-            diff, noise, beyond = bench_accuracy.compare(seeded[(own, ratio)],
-                                                         seeded[(other, ratio)])
-            verdict = bench_accuracy.verdict(diff, noise, beyond)
-        else:
-            beyond = False
-            verdict = f"{retrained:+.1f} ({seed_counts(seeded, ratio)}: noise unknown)"
+        retrained, noise, beyond, counts = bench_accuracy.row_gap(results, model_name, a, b)
+        verdict = (bench_accuracy.verdict(retrained, noise, beyond) if noise is not None
+                   else f"{retrained:+.1f} ({counts}: noise unknown)")
 
         def prefers(score):
             gap = 100 * (a["scores"][score] - b["scores"][score])
