@@ -83,6 +83,58 @@ def test_a_budget_no_step_meets_chooses_nothing():
     assert chosen is None and asked == [0.1] and not records[0]["accepted"]
 
 
+def run_search_seeded(max_drop, second_mious, records=None, mious=MIOUS):
+    """The search with a second seed: ``second_mious`` {cut: the retry's mIoU}."""
+    asked, retried = [], []
+
+    def evaluate(k, cut):
+        asked.append(cut)
+        return {"miou": mious[cut]}
+
+    def second_seed(record):
+        retried.append(record["cut"])
+        return second_mious[record["cut"]]
+    chosen, out = search(sorted(mious), REFERENCE, evaluate, max_drop, list(records or []),
+                         lambda r: None, second_seed)
+    return chosen, out, asked, retried
+
+
+def test_a_step_refused_within_the_noise_gets_a_second_seed():
+    # budget 1.75: cut 0.4 loses 2.0 (+0.2 noise) where cut 0.3 lost 0.8: refused by more than
+    # the noise (2.0 - 0.2 > 1.75): no retry
+    chosen, records, _, retried = run_search_seeded(1.75, {0.4: 0.5})
+    assert chosen == 2 and retried == [] and records[3]["mious"] == [0.48]
+    # budget 1.9: 2.0 - 0.2 noise is within it, so the refusal may be bad luck: the same plan
+    # retrained with the next seed; the mean (0.4875: 1.25 lost) plus the two-seed noise
+    # (0.2 x sqrt(2/3)) is within the budget: accepted, and the search goes on to cut 0.5
+    # (3.0 lost, beyond the noise: refused without a retry)
+    chosen, records, asked, retried = run_search_seeded(1.9, {0.4: 0.495})
+    assert retried == [0.4] and asked == [0.1, 0.2, 0.3, 0.4, 0.5] and chosen == 3
+    step = records[3]
+    assert step["mious"] == [0.48, 0.495] and step["miou"] == pytest.approx(0.4875)
+    assert step["drop_points"] == pytest.approx(1.25) and step["accepted"]
+    assert step["noise_points"] == pytest.approx(0.2 * (2 / 3) ** 0.5, abs=1e-4)
+    assert records[4]["mious"] == [0.47] and not records[4]["accepted"]
+
+
+def test_a_second_seed_that_confirms_the_loss_refuses_the_step():
+    chosen, records, _, retried = run_search_seeded(1.9, {0.4: 0.478})
+    assert retried == [0.4] and chosen == 2
+    assert records[3]["drop_points"] == pytest.approx(2.1) and not records[3]["accepted"]
+    assert "mean of 2 seeds" in budget.why_stopped(records, chosen, REFERENCE, 1.9, 5)
+
+
+def test_a_search_killed_before_its_second_seed_resumes_to_it():
+    # killed after step 4's first seed was saved: the resumed run retrains only its second seed
+    killed = run_search(1.9)[1]   # no second seed: step 4 refused after its first
+    assert killed[3]["mious"] == [0.48] and not killed[3]["accepted"]
+    chosen, records, asked, retried = run_search_seeded(1.9, {0.4: 0.495}, records=killed)
+    assert retried == [0.4] and asked == [0.5] and chosen == 3
+    fresh = run_search_seeded(1.9, {0.4: 0.495})[1]
+    assert [r["accepted"] for r in records] == [r["accepted"] for r in fresh]
+    assert records[3]["mious"] == fresh[3]["mious"]
+
+
 # --- prune.py end to end -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def config(tiny_optic_root, tmp_path_factory):
@@ -163,6 +215,39 @@ def test_the_budget_search_keeps_the_last_step_within_the_budget(budget_run):
     assert not (out / "budget_search").exists()
     assert sorted(os.listdir(out)) == [
         "export", "model.pdparams", "report.json", "report.md", "sensitivity.png"]
+
+
+def test_prune_py_retrains_a_step_refused_within_the_noise_with_the_next_seed(
+        config, tmp_path, monkeypatch):
+    # the reference's two seeds score 0.50 and 0.49 (noise 1 point); each step's first
+    # retraining scores 1.5 points below the reference mean, its second 0.5 above it at cut 0.2
+    # and again 1.5 below at 0.4. Budget 2: both refused by their first seed within the noise;
+    # with the second, 0.2 is accepted (0.5 + 0.82 noise) and 0.4 refused (1.5 + 0.82)
+    calls = {}
+
+    def fake(model, dataset, max_images=None):
+        flops = count_flops(model, (1, 3, 64, 64))
+        calls.setdefault("full", flops)
+        cut = round(1 - flops / calls["full"], 1)
+        calls[cut] = calls.get(cut, 0) + 1
+        if cut == 0:
+            return 0.50 if calls[cut] == 1 else 0.49
+        return 0.480 if cut > 0.3 or calls[cut] == 1 else 0.500
+    monkeypatch.setattr(budget, "miou", fake)
+    out = tmp_path / "out"
+    proc = run_cli(PRUNE, *argv(config, out, 2.0))
+    assert proc.returncode == 0, failure(proc)
+    log = proc.stdout + proc.stderr
+    assert log.count("refused within the noise: the same plan is retrained") == 2
+    b = json.loads((out / "report.json").read_text())["budget"]
+    assert b["reference"]["noise_points"] == pytest.approx(1.0)
+    assert [s["mious"] for s in b["steps"]] == [pytest.approx([0.48, 0.50]),
+                                                pytest.approx([0.48, 0.48])]
+    assert [s["accepted"] for s in b["steps"]] == [True, False] and b["chosen_cut"] == 0.2
+    assert "mean of 2 seeds" in b["why"]
+    assert "0.4900 (mean of 2 seeds)" in (out / "report.md").read_text()
+    # the final model is the step's first seed's (the one a final retraining repeats)
+    assert b["final_model"].startswith("the chosen step's retrained model")
 
 
 def test_the_chosen_step_s_model_is_what_the_final_retraining_makes(config, tmp_path,

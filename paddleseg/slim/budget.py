@@ -15,11 +15,18 @@ model's, found by pruning in steps of the target (measured latency, or FLOPs).
 - **Step k**: the unpruned model pruned at candidate k, fine-tuned ``--budget_iters`` iterations
   with the run's recipe (seed S), evaluated on the val split. It is accepted when its drop plus
   the noise stays within D: a step that meets the budget only within noise is refused, so no
-  step is accepted by luck. The search stops at the first refused step; the last accepted one
-  is the answer, which the run then prunes and retrains in full (``--retraining_iters``).
+  step is accepted by luck.
+- **Refused within the noise**: a step whose drop exceeds D by less than the noise may have lost
+  by bad luck, so the same plan is fine-tuned again with seed S+1 and the mean of the two
+  decides, against the noise of a two-seed mean (the margin shrinks as the standard error does:
+  sqrt((1/2 + 1/2) / (1 + 1/2)) of the one-seed noise). One unlucky retraining no longer ends
+  the search; a step is still accepted only beyond the noise.
+- The search stops at the first refused step; the last accepted one is the answer, which the
+  run then prunes and retrains in full (``--retraining_iters``).
   When that retraining would repeat the chosen step's exactly (``--budget_iters`` equal to
   ``--retraining_iters``, the default, and one prune step: same plan, seed, recipe and
-  iterations), the step's retrained weights are kept and become the final model instead.
+  iterations), the step's retrained weights (seed S's) are kept and become the final model
+  instead.
 - A budget no step meets is one error line; the unpruned model stays the answer.
 - After each step its record (plan, measured cut, mIoU, verdict) is written to
   ``save_dir/budget_search/state.json``, and the last accepted step's weights beside it
@@ -71,6 +78,29 @@ def accepted(drop_points, noise_points, max_drop):
     return drop_points + noise_points <= max_drop + 1e-9
 
 
+def margin(noise_points, seeds):
+    """The noise a step's drop is judged with when it is the mean of ``seeds`` retrainings:
+    ``noise_points`` (two reference seeds' difference) for one, shrunk as the standard error of
+    (step mean - reference mean) does, sqrt(1/seeds + 1/2), for more."""
+    return noise_points * math.sqrt((1 / seeds + 1 / 2) / (1 + 1 / 2))
+
+
+def judge(record, reference, max_drop):
+    """Set the record's drop (its seeds' mean against the reference), noise and verdict."""
+    mious = record.setdefault("mious", [record["miou"]])
+    record["miou"] = sum(mious) / len(mious)
+    drop = round(100 * (reference["mean"] - record["miou"]), 4)
+    noise = round(margin(reference["noise_points"], len(mious)), 4)
+    record.update(drop_points=drop, noise_points=noise, accepted=accepted(drop, noise, max_drop))
+    record["second_seed_due"] = second_seed_due(record, max_drop)
+
+
+def second_seed_due(record, max_drop):
+    """A one-seed step refused by less than its noise: it may have lost by bad luck."""
+    return (not record["accepted"] and len(record.get("mious", [record["miou"]])) == 1
+            and record["drop_points"] - record.get("noise_points", 0.0) <= max_drop + 1e-9)
+
+
 def step_facts(record):
     """A step's model in words: its FLOPs cut and, under the latency target, the closing loop's
     measured latency cut and speedup (records of an older run may lack them)."""
@@ -81,34 +111,45 @@ def step_facts(record):
     return "; ".join(facts) or "no facts recorded"
 
 
-def search(cuts, reference, evaluate_step, max_drop, records, save):
+def search(cuts, reference, evaluate_step, max_drop, records, save, second_seed=None):
     """(index of the chosen step or None, every step's record): the steps of ``cuts`` in order,
     ``records`` (of an earlier, killed run) reused, ``evaluate_step(k, cut)`` giving the others'
-    {miou, ...}; ``save(records)`` after each. Stops after the first refused step."""
+    {miou, ...}; ``save(records)`` after each. A step refused within the noise is retrained
+    once more with ``second_seed(record)`` (its mIoU) where given. Stops after the first
+    refused step."""
     chosen, start, resumed = None, time.time(), len(records)
     for k, cut in enumerate(cuts):
         if k < len(records):
             record = records[k]
         else:
             record = dict(evaluate_step(k, cut), step=k + 1, cut=cut)
-            drop = round(100 * (reference["mean"] - record["miou"]), 4)
-            record.update(drop_points=drop,
-                          accepted=accepted(drop, reference["noise_points"], max_drop))
+            judge(record, reference, max_drop)
             records.append(record)
             save(records)
             done = len(records)   # the steps evaluated here took the time since the start
             eta = (time.time() - start) / (done - resumed) * (len(cuts) - done)
-            logger.info(f"budget search: step {k + 1} of {len(cuts)}: cut {cut:g} "
-                        f"({step_facts(record)}), mIoU "
-                        f"{record['miou']:.4f}, {abs(drop):.1f} points "
-                        f"{'below' if drop >= 0 else 'above'} the reference "
-                        f"(noise {reference['noise_points']:.1f}, budget {max_drop:g}): "
-                        f"{'accepted' if record['accepted'] else 'refused'}; at most "
-                        f"{len(cuts) - done} steps left, ETA {format_seconds(eta)}")
+            log_step(record, len(cuts), max_drop,
+                     f"at most {len(cuts) - done} steps left, ETA {format_seconds(eta)}")
+        if second_seed and second_seed_due(record, max_drop):
+            logger.info(f"budget search: step {k + 1} was refused within the noise: the same "
+                        "plan is retrained with the next seed and the mean of the two decides")
+            record["mious"].append(second_seed(record))
+            judge(record, reference, max_drop)
+            save(records)
+            log_step(record, len(cuts), max_drop, "2 seeds")
         if not record["accepted"]:
             break
         chosen = k
     return chosen, records
+
+
+def log_step(record, total, max_drop, tail):
+    drop = record["drop_points"]
+    logger.info(f"budget search: step {record['step']} of {total}: cut {record['cut']:g} "
+                f"({step_facts(record)}), mIoU {record['miou']:.4f}, {abs(drop):.1f} points "
+                f"{'below' if drop >= 0 else 'above'} the reference "
+                f"(noise {record['noise_points']:.1f}, budget {max_drop:g}): "
+                f"{'accepted' if record['accepted'] else 'refused'}; {tail}")
 
 
 def fingerprint(o, setup, cuts):
@@ -149,11 +190,14 @@ class BudgetState:
         return state.get("reference"), list(state.get("steps", []))
 
     def save(self, reference, steps):
-        """The state, then only the last accepted step's weights stay (a refused step's model
-        is never the answer)."""
+        """The state, then only the weights of the last accepted step, and of a last step still
+        due its second seed (which may accept it), stay: a refused step's model is never the
+        answer."""
         write_json(self.path, {"fingerprint": self.key, "reference": reference, "steps": steps})
-        accepted_step = last_accepted(steps)
-        keep_only_step(self.folder, None if accepted_step is None else f"step_{accepted_step}")
+        kept = [last_accepted(steps)]
+        if steps and steps[-1].get("second_seed_due"):
+            kept.append(steps[-1]["step"])
+        keep_only_step(self.folder, *(f"step_{step}" for step in kept if step is not None))
 
 
 class BudgetSearch:
@@ -217,6 +261,12 @@ class BudgetSearch:
             return record
         return step
 
+    def second_seed(self, record):
+        """The mIoU of the step's own plan fine-tuned again with the next seed (its weights
+        are not kept: the first seed's are the ones a final retraining repeats)."""
+        options = self._step_options(seed=(self.o.seed or 0) + 1)
+        return self._fine_tuned(options, record["plan"])[0]
+
     def run(self, sensitivities, ceiling):
         """The chosen Allocation (the target restored to it), the report's ``budget``, and the
         chosen step's retrained weights where they are the final model's (else None)."""
@@ -238,9 +288,11 @@ class BudgetSearch:
                     f"{', '.join(f'{m:.4f}' for m in reference['mious'])}; noise "
                     f"{reference['noise_points']:.1f} points)")
         chosen, records = search(cuts, reference, self.evaluate_step(sensitivities, state),
-                                 o.max_miou_drop, records, lambda r: state.save(reference, r))
+                                 o.max_miou_drop, records, lambda r: state.save(reference, r),
+                                 self.second_seed)
         budget = {"max_miou_drop": o.max_miou_drop, "reference": reference,
-                  "steps": [{k: v for k, v in r.items() if k != "target_state"} for r in records],
+                  "steps": [{k: v for k, v in r.items()
+                            if k not in ("target_state", "second_seed_due")} for r in records],
                   "chosen_cut": None if chosen is None else cuts[chosen],
                   "why": why_stopped(records, chosen, reference, o.max_miou_drop, len(cuts))}
         logger.info(f"budget search: {budget['why']}")
@@ -258,8 +310,10 @@ class BudgetSearch:
 
 def why_stopped(records, chosen, reference, max_drop, total):
     last = records[-1]
-    verdict = (f"{last['drop_points']:.1f} points lost + {reference['noise_points']:.1f} noise "
-               f"> {max_drop:g}")
+    seeds = len(last.get("mious", [None]))
+    verdict = (f"{last['drop_points']:.1f} points lost + "
+               f"{last.get('noise_points', reference['noise_points']):.1f} noise > {max_drop:g}"
+               + (f"; mean of {seeds} seeds" if seeds > 1 else ""))
     if chosen is None:
         return f"the smallest cut, {last['cut']:g}, is refused ({verdict})"
     if chosen == len(records) - 1:
@@ -267,4 +321,3 @@ def why_stopped(records, chosen, reference, max_drop, total):
                 f"({total} steps) kept the budget")
     return (f"cut {records[chosen]['cut']:g} chosen: the next, {last['cut']:g}, was refused "
             f"({verdict})")
-

@@ -68,6 +68,12 @@ def measured_text(step):
     return "-" if cut is None else f"{cut:.1%} ({step['speedup']:.2f}x)"
 
 
+def seeds_text(step):
+    """A step's mIoU: its one retraining's, or the mean of the seeds that decided it."""
+    mious = step.get("mious") or [step["miou"]]
+    return f"{step['miou']:.4f}" + (f" (mean of {len(mious)} seeds)" if len(mious) > 1 else "")
+
+
 def budget_lines(budget):
     """The --max_miou_drop search: the reference, every step and why it stopped."""
     if not budget:
@@ -80,7 +86,7 @@ def budget_lines(budget):
              "", "| step | cut | FLOPs cut | measured latency cut (speedup) | mIoU after its "
              "retraining | points below the reference | verdict |", "|-|-|-|-|-|-|-|"]
     lines += [f"| {s['step']} | {s['cut']:g} | {percent(s.get('flops_reduction'))} | "
-              f"{measured_text(s)} | {s['miou']:.4f} | {s['drop_points']:+.1f} | "
+              f"{measured_text(s)} | {seeds_text(s)} | {s['drop_points']:+.1f} | "
               f"{'accepted' if s['accepted'] else 'refused'} |" for s in budget["steps"]]
     if budget.get("final_model"):   # older reports lack it
         lines += ["", f"The final model: {budget['final_model']}."]

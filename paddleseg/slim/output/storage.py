@@ -49,9 +49,9 @@ def load_pruned(model, path):
     return load_checkpoint(model, path)
 
 
-def keep_only_step(folder, keep):
-    """Remove ``folder``'s ``step_N`` folders except ``keep`` (a folder name, or None for
-    none): a killed run's state names the one it resumes from."""
+def keep_only_step(folder, *keep):
+    """Remove ``folder``'s ``step_N`` folders except those named in ``keep`` (none: all): a
+    killed run's state names the ones it resumes from."""
     for name in os.listdir(folder):
-        if name.startswith("step_") and name != keep:
+        if name.startswith("step_") and name not in keep:
             shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
