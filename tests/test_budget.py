@@ -135,6 +135,15 @@ def test_a_search_killed_before_its_second_seed_resumes_to_it():
     assert records[3]["mious"] == fresh[3]["mious"]
 
 
+def test_an_older_run_s_record_without_seeds_resumes():
+    # a state written before steps carried their seeds' mIoUs and noise
+    killed = run_search(2.05)[1]
+    old = [{k: v for k, v in r.items() if k not in ("mious", "noise_points", "second_seed_due")}
+           for r in killed]
+    chosen, records, asked, retried = run_search_seeded(2.05, {0.4: 0.495}, records=old)
+    assert retried == [0.4] and records[3]["mious"] == [0.48, 0.495] and chosen == 3
+
+
 # --- prune.py end to end -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def config(tiny_optic_root, tmp_path_factory):

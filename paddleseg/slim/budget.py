@@ -133,7 +133,7 @@ def search(cuts, reference, evaluate_step, max_drop, records, save, second_seed=
         if second_seed and second_seed_due(record, max_drop):
             logger.info(f"budget search: step {k + 1} was refused within the noise: the same "
                         "plan is retrained with the next seed and the mean of the two decides")
-            record["mious"].append(second_seed(record))
+            record.setdefault("mious", [record["miou"]]).append(second_seed(record))
             judge(record, reference, max_drop)
             save(records)
             log_step(record, len(cuts), max_drop, "2 seeds")
