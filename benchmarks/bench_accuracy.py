@@ -479,8 +479,9 @@ def longer_lines(results):
     long: whether the loss is the pruning's or the short retraining's."""
     lines = []
     for model, entry in (results.get("recovery") or {}).items():
+        same_length = equal_length_recipes(entry)
         for name in entry["recipes"]:
-            if name in equal_length_recipes(entry):
+            if name in same_length:
                 continue
             recipe = entry["recipes"][name]
             control = entry["controls"][recipe["control"]]["mious"]

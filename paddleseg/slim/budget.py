@@ -92,7 +92,6 @@ def judge(record, reference, max_drop):
     drop = round(100 * (reference["mean"] - record["miou"]), 4)
     noise = round(margin(reference["noise_points"], len(mious)), 4)
     record.update(drop_points=drop, noise_points=noise, accepted=accepted(drop, noise, max_drop))
-    record["second_seed_due"] = second_seed_due(record, max_drop)
 
 
 def second_seed_due(record, max_drop):
@@ -170,12 +169,14 @@ def last_accepted(records):
 
 class BudgetState:
     """``save_dir/budget_search/``: ``state.json`` (the reference and the finished steps) and
-    ``step_N/model.pdparams``, the retrained model of the last accepted step N where kept."""
+    ``step_N/model.pdparams``, the retrained model of the last accepted step N where kept;
+    ``max_drop``: the budget, which says whether the last step is still due its second seed."""
 
-    def __init__(self, save_dir, key):
+    def __init__(self, save_dir, key, max_drop):
         self.folder = os.path.join(save_dir, BUDGET_DIR)
         self.path = os.path.join(self.folder, STEPS_STATE)
         self.key = key
+        self.max_drop = max_drop
 
     def step_folder(self, step):
         return os.path.join(self.folder, f"step_{step}")
@@ -195,7 +196,7 @@ class BudgetState:
         answer."""
         write_json(self.path, {"fingerprint": self.key, "reference": reference, "steps": steps})
         kept = [last_accepted(steps)]
-        if steps and steps[-1].get("second_seed_due"):
+        if steps and second_seed_due(steps[-1], self.max_drop):
             kept.append(steps[-1]["step"])
         keep_only_step(self.folder, *(f"step_{step}" for step in kept if step is not None))
 
@@ -272,7 +273,7 @@ class BudgetSearch:
         chosen step's retrained weights where they are the final model's (else None)."""
         o = self.o
         cuts = candidate_cuts(ceiling, o.budget_step)
-        state = BudgetState(o.save_dir, fingerprint(o, self.setup, cuts))
+        state = BudgetState(o.save_dir, fingerprint(o, self.setup, cuts), o.max_miou_drop)
         reference, records = state.load()
         logger.info(f"budget search: at most {len(cuts)} steps ({', '.join(map(str, cuts))}) of "
                     f"{o.target} cut, each a retraining of {self.iters} iterations, after 2 "
@@ -291,8 +292,7 @@ class BudgetSearch:
                                  o.max_miou_drop, records, lambda r: state.save(reference, r),
                                  self.second_seed)
         budget = {"max_miou_drop": o.max_miou_drop, "reference": reference,
-                  "steps": [{k: v for k, v in r.items()
-                            if k not in ("target_state", "second_seed_due")} for r in records],
+                  "steps": [{k: v for k, v in r.items() if k != "target_state"} for r in records],
                   "chosen_cut": None if chosen is None else cuts[chosen],
                   "why": why_stopped(records, chosen, reference, o.max_miou_drop, len(cuts))}
         logger.info(f"budget search: {budget['why']}")
