@@ -13,6 +13,7 @@ from paddleseg.utils.errors import UserError
 from paddleseg.utils.fileio import atomic_path, write_json, write_text
 
 import bench_accuracy
+import bench_goals
 from bench_accuracy import cell
 
 RESULTS, MARKDOWN, PLOT = "results.json", "RESULTS.md", "speedup.png"
@@ -380,7 +381,7 @@ def paddleslim_table(results):
 
 
 # the latency-targeted pruning issue's goal at --target latency --pruning_ratio 0.3
-GOAL_SPEEDUP = bench_accuracy.GOAL_SPEEDUP
+GOAL_SPEEDUP = bench_goals.GOAL_SPEEDUP
 
 
 def latency_goal(entry, ratio=0.3):
@@ -471,7 +472,7 @@ def render_results(results):
     lines += paddleslim_table(results)
     lines += ["", "## Accuracy recovery: retraining recipes over seeds", ""]
     lines += bench_accuracy.recovery_lines(results)
-    lines += ["", "## The accuracy goals", ""] + bench_accuracy.goal_lines(results)
+    lines += ["", "## The accuracy goals", ""] + bench_goals.goal_lines(results)
     lines += ["", "## GPU", ""] + gpu_lines(results)
     lines += ["", "## Commands", ""]
     for model, e in results["models"].items():

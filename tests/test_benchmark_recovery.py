@@ -12,6 +12,7 @@ from conftest import ROOT, write_optic_config
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, os.path.join(ROOT, "slim", "prune"))
 import bench_accuracy  # noqa: E402
+import bench_goals  # noqa: E402
 import bench_recipes  # noqa: E402
 import bench_recovery  # noqa: E402
 import bench_report  # noqa: E402
@@ -114,34 +115,34 @@ def test_the_recovery_goals_judge_the_best_recipe_against_the_filed_loss():
     results = {"models": {"FastSCNN": {"rows": [headline_row("latency", 0.3, 1.44, -11.0)]},
                           "UNet": {"rows": []}},
                "recovery": {"FastSCNN": entry}}
-    goal = bench_accuracy.recovery_goal("FastSCNN", results)
+    goal = bench_goals.recovery_goal("FastSCNN", results)
     assert goal["best"] == "finetune" and goal["speedup"] == 1.44
     assert goal["default"] == pytest.approx(-11.0) and goal["best_delta"] == pytest.approx(-0.5)
     assert goal["within"] and goal["recovered_half"] and goal["cost_ok"]
     assert not goal["under_speed"]
-    assert bench_accuracy.recovery_goal("UNet", results) is None
+    assert bench_goals.recovery_goal("UNet", results) is None
     # a recipe that only wins back 4 of 11 points recovers less than half, and 1.6x costs too much
     entry["recipes"]["finetune"].update(mious=[0.36, 0.37, 0.38], seconds_per_iter=[1.6] * 3)
-    goal = bench_accuracy.recovery_goal("FastSCNN", results)
+    goal = bench_goals.recovery_goal("FastSCNN", results)
     assert goal["default"] > goal["best_delta"] - 100 and not goal["within"]
     assert not goal["recovered_half"] and not goal["cost_ok"]
-    text = "\n".join(bench_accuracy.goal_lines(results))
+    text = "\n".join(bench_goals.goal_lines(results))
     assert "| FastSCNN | 1.44x | -11.0 | finetune schedule |" in text
     assert "| UNet | - | not measured |" in text
     # a row slower than the goal's 1.38x is flagged beside its verdicts
     results["models"]["FastSCNN"]["rows"][0]["speedup"] = 1.37
     assert "| FastSCNN | 1.37x (under 1.38x) | -11.0 | finetune schedule | -7.5 | " \
         "missed (at 1.37x) | missed (at 1.37x) (-11.2 -> -5.6) |" in \
-        "\n".join(bench_accuracy.goal_lines(results))
+        "\n".join(bench_goals.goal_lines(results))
     # half of the filed loss, not of today's default: -4.0 where the issue said -11.2 is met
     entry["recipes"]["finetune"].update(mious=[0.39, 0.40, 0.41])
-    assert bench_accuracy.recovery_goal("FastSCNN", results)["recovered_half"]
+    assert bench_goals.recovery_goal("FastSCNN", results)["recovered_half"]
     # a model the issue did not name is judged against its default retraining's loss (-11)
     results["models"]["Other"] = results["models"].pop("FastSCNN")
     results["recovery"]["Other"] = results["recovery"].pop("FastSCNN")
-    assert bench_accuracy.recovery_goal("Other", results)["recovered_half"]
+    assert bench_goals.recovery_goal("Other", results)["recovered_half"]
     entry["recipes"]["finetune"].update(mious=[0.36, 0.37, 0.38])
-    assert not bench_accuracy.recovery_goal("Other", results)["recovered_half"]
+    assert not bench_goals.recovery_goal("Other", results)["recovered_half"]
 
 
 def test_a_longer_retraining_is_reported_apart_from_the_goal_and_the_defaults():
@@ -160,16 +161,16 @@ def test_a_longer_retraining_is_reported_apart_from_the_goal_and_the_defaults():
                                                    "mious": [0.435, 0.44, 0.445]}
     results = {"models": {"FastSCNN": {"rows": [headline_row("latency", 0.3, 1.44, -11.0)]}},
                "recovery": {"FastSCNN": entry}}
-    assert bench_accuracy.recipe_iters(entry, "long") == 600
-    assert bench_accuracy.recipe_iters(entry, "finetune") == 150
-    assert bench_accuracy.recovery_goal("FastSCNN", results)["best"] == "finetune"
-    assert not any("4x retraining" in line for line in bench_accuracy.defaults_lines(results))
-    text = "\n".join(bench_accuracy.goal_lines(results))
+    assert bench_goals.recipe_iters(entry, "long") == 600
+    assert bench_goals.recipe_iters(entry, "finetune") == 150
+    assert bench_goals.recovery_goal("FastSCNN", results)["best"] == "finetune"
+    assert not any("4x retraining" in line for line in bench_goals.defaults_lines(results))
+    text = "\n".join(bench_goals.goal_lines(results))
     assert "| FastSCNN | 4x retraining iterations | 600 (150) | +1.0 ± 1.3: within the noise " \
         "| met |" in text
     # without a longer recipe the section is left out
     del entry["recipes"]["long"]
-    assert "Retrained longer" not in "\n".join(bench_accuracy.goal_lines(results))
+    assert "Retrained longer" not in "\n".join(bench_goals.goal_lines(results))
 
 
 def test_a_recipe_becomes_the_default_only_with_wins_on_four_models():
@@ -182,11 +183,11 @@ def test_a_recipe_becomes_the_default_only_with_wins_on_four_models():
                "recovery": {"BiSeNetV2": wins, "FastSCNN": noise}}
 
     def finetune_line():
-        return next(line for line in bench_accuracy.defaults_lines(results)
+        return next(line for line in bench_goals.defaults_lines(results)
                     if line.startswith("| finetune schedule"))
-    assert bench_accuracy.recipe_outcome(wins, "finetune") == ("wins", pytest.approx(11.0))
-    assert bench_accuracy.recipe_outcome(noise, "finetune")[0] == "noise"
-    assert bench_accuracy.recipe_outcome(wins, "distill") is None
+    assert bench_goals.recipe_outcome(wins, "finetune") == ("wins", pytest.approx(11.0))
+    assert bench_goals.recipe_outcome(noise, "finetune")[0] == "noise"
+    assert bench_goals.recipe_outcome(wins, "distill") is None
     # 1 win of 2 measured: 3 more needed, 3 models to come
     assert finetune_line() == ("| finetune schedule | +11.0 (wins) | - | +0.0 (noise) | - | - | 1 "
                                "| 1.20x | open: 3 more win(s) needed, 3 model(s) not measured |")
@@ -194,17 +195,17 @@ def test_a_recipe_becomes_the_default_only_with_wins_on_four_models():
     assert finetune_line().endswith("| 1 | 1.20x | no: it cannot win on 4 models any more |")
     results["recovery"] = {m: wins for m in models[:4]}
     assert finetune_line().endswith("| 4 | 1.20x | yes |")
-    assert "A recipe becomes prune.py's default" in "\n".join(bench_accuracy.goal_lines(results))
+    assert "A recipe becomes prune.py's default" in "\n".join(bench_goals.goal_lines(results))
 
 
 def test_the_frontier_dominates_a_point_it_passes_above_or_outruns():
     curve = [(1.2, -1.0), (1.5, -3.0), (1.8, -6.0)]
-    assert bench_accuracy.frontier_beats(curve, (1.35, -2.5))   # -2.0 at 1.35x
-    assert not bench_accuracy.frontier_beats(curve, (1.35, -1.5))
-    assert bench_accuracy.frontier_beats(curve, (1.0, -4.0))    # 1.2x at -1.0 outruns it
-    assert not bench_accuracy.frontier_beats(curve, (1.0, 0.5))
-    assert bench_accuracy.frontier_beats(curve, (2.0, -9.0)) is None  # beyond the curve
-    assert bench_accuracy.frontier_beats([], (1.0, -1.0)) is None
+    assert bench_goals.frontier_beats(curve, (1.35, -2.5))   # -2.0 at 1.35x
+    assert not bench_goals.frontier_beats(curve, (1.35, -1.5))
+    assert bench_goals.frontier_beats(curve, (1.0, -4.0))    # 1.2x at -1.0 outruns it
+    assert not bench_goals.frontier_beats(curve, (1.0, 0.5))
+    assert bench_goals.frontier_beats(curve, (2.0, -9.0)) is None  # beyond the curve
+    assert bench_goals.frontier_beats([], (1.0, -1.0)) is None
 
 
 def test_the_budget_goals_read_the_budget_rows_and_the_deepest_latency_row():
@@ -219,7 +220,7 @@ def test_the_budget_goals_read_the_budget_rows_and_the_deepest_latency_row():
             headline_row("paddleslim", 0.3, 1.1, -4.0)]}
     results = {"models": {"FastSCNN": model(1.3, -0.8, 1.7, -2.0, 1.72),
                           "UNet": model(1.6, -1.4, 2.0, -4.0, 3.0)}}
-    text = "\n".join(bench_accuracy.budget_goal_lines(results))
+    text = "\n".join(bench_goals.budget_goal_lines(results))
     assert "| FastSCNN | 0.2 | 1.30x | -0.8 (1 seed) | met | cut 0.3 refused |" in text
     assert "| UNet | 0.2 | 1.60x | -1.4 (1 seed) | missed |" in text
     assert "Median speedup over the 2 measured model(s): 1.45x" in text
@@ -231,7 +232,7 @@ def test_the_budget_goals_read_the_budget_rows_and_the_deepest_latency_row():
     deep = next(r for r in results["models"]["UNet"]["rows"] if r["ratio"] == 0.5)
     deep.update(status="failed", error="target latency reduction 0.500 is above the 0.442")
     assert "| - | - | failed: target latency reduction 0.500 is above the 0.442 |" in \
-        "\n".join(bench_accuracy.budget_goal_lines(results))
+        "\n".join(bench_goals.budget_goal_lines(results))
     deep.update(status="ok")
     # a budget no cut meets: the unpruned model is the answer (1.00x, counted in the median);
     # another failure is shown as one
@@ -239,26 +240,26 @@ def test_the_budget_goals_read_the_budget_rows_and_the_deepest_latency_row():
     budget_row.update(status="failed", error="--max_miou_drop 1: the smallest cut, 0.1, is "
                       "refused (5.0 points lost + 1.6 noise > 1); the unpruned model stays the "
                       "answer")
-    text = "\n".join(bench_accuracy.budget_goal_lines(results))
+    text = "\n".join(bench_goals.budget_goal_lines(results))
     assert "| UNet | none | 1.00x | +0.0 | met (unpruned) | --max_miou_drop 1: the smallest" in text
     assert "Median speedup over the 2 measured model(s): 1.15x" in text
     budget_row.update(error="killed")
     assert "| UNet | - | - | - | failed: killed | |" in \
-        "\n".join(bench_accuracy.budget_goal_lines(results))
+        "\n".join(bench_goals.budget_goal_lines(results))
     assert text.count("met (2 latency row(s))") == 2   # 1.4x at -2 beats PaddleSlim's 1.1x at -4
     # a PaddleSlim row slower than the unpruned network is beaten by not pruning (the control)
     for entry in results["models"].values():
         entry["rows"] = [r for r in entry["rows"] if r["row"] in ("control", "paddleslim")]
         entry["rows"][-1].update(speedup=0.97, miou_delta_points=-3.7)
-    assert "met (0 latency row(s))" in "\n".join(bench_accuracy.budget_goal_lines(results))
+    assert "met (0 latency row(s))" in "\n".join(bench_goals.budget_goal_lines(results))
     # a PaddleSlim that failed is said to have failed, one its time limit stopped not to finish
     slim_rows = [entry["rows"][-1] for entry in results["models"].values()]
     slim_rows[0].update(status="failed", error="ValueError: (InvalidArgument) channels")
     slim_rows[1].update(status="failed", error="stopped after 3600 s (--paddleslim_timeout)")
-    text = "\n".join(bench_accuracy.budget_goal_lines(results))
+    text = "\n".join(bench_goals.budget_goal_lines(results))
     assert "| PaddleSlim failed |" in text and "| PaddleSlim did not finish |" in text
     slim_rows[0].update(status="ok", speedup=None)   # made by --phase prepare, not yet timed
-    assert "| PaddleSlim not timed |" in "\n".join(bench_accuracy.budget_goal_lines(results))
+    assert "| PaddleSlim not timed |" in "\n".join(bench_goals.budget_goal_lines(results))
 
 
 def test_rows_retrained_over_seeds_are_judged_by_their_means_against_the_control_s():
@@ -283,7 +284,7 @@ def test_rows_retrained_over_seeds_are_judged_by_their_means_against_the_control
     assert bench_accuracy.row_delta(results, "FastSCNN", by["control"])[0] == 0.0
     # without a recovery entry the headline table's own change stands
     assert bench_accuracy.row_delta({"models": {}}, "FastSCNN", by["flops"])[0] == -1.0
-    text = "\n".join(bench_accuracy.budget_goal_lines(results))
+    text = "\n".join(bench_goals.budget_goal_lines(results))
     assert "| FastSCNN | - | 1.20x | -0.5 ± 0.5 (3 seeds) | met |" in text
     section = "\n".join(bench_accuracy.recovery_lines(results))
     assert "| budget | 0.4350 ± 0.0050 (n=3) | 0.4400 ± 0.0100 (n=3) | -0.5 ±" in section
@@ -320,14 +321,14 @@ def test_seeds_of_another_row_stay_out_of_the_headline_table(match):
     results = {"models": {"FastSCNN": headline}, "recovery": {"FastSCNN": entry}}
     assert bench_accuracy.retrains_headline(results, "FastSCNN")
     assert bench_accuracy.row_delta(results, "FastSCNN", rows[1])[2] == 3
-    assert bench_accuracy.recovery_goal("FastSCNN", results)["speedup"] == 1.60
+    assert bench_goals.recovery_goal("FastSCNN", results)["speedup"] == 1.60
     if match == "git":
         headline["git"] = "def+dirty"
     else:
         rows[1]["step_key"] = "y" * 64
     assert not bench_accuracy.retrains_headline(results, "FastSCNN")
     assert bench_accuracy.row_delta(results, "FastSCNN", rows[1]) == (-9.0, None, 1)
-    assert bench_accuracy.recovery_goal("FastSCNN", results)["speedup"] == 1.44
+    assert bench_goals.recovery_goal("FastSCNN", results)["speedup"] == 1.44
     assert "is not the headline table's latency target 0.3 row of FastSCNN" in \
         "\n".join(bench_accuracy.recovery_lines(results))
 
