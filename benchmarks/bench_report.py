@@ -406,6 +406,21 @@ def kept_cell(results, model, lat, ctl):
     return f"{word} ({bench_accuracy.verdict(diff, noise, beyond)}; {counts})"
 
 
+def trial_cell(results, model, lat, ctl):
+    """What ``prune.py --trial_allocations loss_per_ms equal_loss`` keeps: the allocation whose
+    one retraining (seed 0, the rows' iterations: the two rows' own mIoU) scores higher; and
+    whether the rows' seed means, where both were retrained over seeds, prefer it beyond the
+    noise ("right"), the other beyond it ("wrong"), or neither."""
+    keeps_latency = lat["miou"] >= ctl["miou"]   # a tie keeps the first named
+    kept = "loss_per_ms" if keeps_latency else "equal_loss"
+    diff, noise, beyond, _ = bench_accuracy.row_gap(results, model, lat, ctl)
+    if noise is None:
+        return f"{kept} (seed means not measured)"
+    if not beyond:
+        return f"{kept} (either: the seed means are within the noise)"
+    return f"{kept} ({'right' if (diff > 0) == keeps_latency else 'wrong'} by the seed means)"
+
+
 def goal_lines(results):
     lines = [f"At `--target latency --pruning_ratio 0.3` the goal is a measured speedup >= "
              f"{GOAL_SPEEDUP}x and, at an equal measured speedup, at least the mIoU of the "
@@ -414,18 +429,23 @@ def goal_lines(results):
              "closing loop, so the two rows land at about the same speedup. \"mIoU kept\" "
              "compares the two rows' seed means where the recovery phase retrained both over "
              "seeds (`--frontier_seeds`), else each row's own (its seed mean or its one "
-             "retraining), and says which.", "",
+             "retraining), and says which. The mIoU columns are each row's one retraining by "
+             "prune.py (seed 0), which is what `--trial_allocations loss_per_ms equal_loss` "
+             "retrains before it keeps the higher: the last column says which it keeps and "
+             "whether the seed means agree.", "",
              "| Model | Latency target: speedup | mIoU | FLOPs-target allocation: speedup | mIoU "
-             "| Speedup >= 1.38x | mIoU kept |", "|---|---:|---:|---:|---:|---|---|"]
+             "| Speedup >= 1.38x | mIoU kept | `--trial_allocations` keeps |",
+             "|---|---:|---:|---:|---:|---|---|---|"]
     for model, e in results["models"].items():
         verdict = latency_goal(e)
         if verdict is None:
-            lines.append(f"| {model} | - | - | - | - | not measured | not measured |")
+            lines.append(f"| {model} | - | - | - | - | not measured | not measured | |")
             continue
         lat, ctl, fast, _ = verdict
         lines.append(f"| {model} | {fmt_speedup(lat)} | {lat['miou']:.4f} | {fmt_speedup(ctl)} | "
                      f"{ctl['miou']:.4f} | {'met' if fast else 'missed'} | "
-                     f"{kept_cell(results, model, lat, ctl)} |")
+                     f"{kept_cell(results, model, lat, ctl)} | "
+                     f"{trial_cell(results, model, lat, ctl)} |")
     return lines
 
 

@@ -11,6 +11,7 @@ import paddle
 import pytest
 
 import paddleseg.slim.budget as budget
+import paddleseg.slim.candidates as candidates
 from conftest import run_cli, write_optic_config
 from paddleseg.cvlibs import Config
 from paddleseg.slim import count_flops
@@ -180,7 +181,7 @@ def control_miou(monkeypatch):
         cut = 1 - flops / full["flops"]
         asked.append(round(cut, 2))
         return 0.5 - 0.05 * cut
-    monkeypatch.setattr(budget, "miou", fake)
+    monkeypatch.setattr(candidates, "miou", fake)
     return asked
 
 
@@ -242,7 +243,7 @@ def test_prune_py_retrains_a_step_refused_within_the_noise_with_the_next_seed(
         if cut == 0:
             return 0.50 if calls[cut] == 1 else 0.49
         return 0.480 if cut > 0.3 or calls[cut] == 1 else 0.500
-    monkeypatch.setattr(budget, "miou", fake)
+    monkeypatch.setattr(candidates, "miou", fake)
     out = tmp_path / "out"
     proc = run_cli(PRUNE, *argv(config, out, 2.0))
     assert proc.returncode == 0, failure(proc)
@@ -296,19 +297,19 @@ def test_a_ceiling_beyond_what_pruning_reaches_caps_the_search(config, tmp_path,
 def test_a_killed_search_resumes_after_its_last_step(config, tmp_path, budget_run,
                                                       controlled_miou, monkeypatch):
     straight = budget_run[1]
-    real = budget.miou
+    real = candidates.miou
 
     def killed_at_step_2(model, dataset, max_images=None):
         if len(controlled_miou) == 3:  # two references and step 1 done
             raise KeyboardInterrupt()
         return real(model, dataset, max_images)
     controlled_miou.clear()
-    monkeypatch.setattr(budget, "miou", killed_at_step_2)
+    monkeypatch.setattr(candidates, "miou", killed_at_step_2)
     out = tmp_path / "resumed"
     assert run_cli(PRUNE, *argv(config, out, 1.5)).returncode != 0
     assert (out / "budget_search" / "state.json").is_file()
 
-    monkeypatch.setattr(budget, "miou", real)
+    monkeypatch.setattr(candidates, "miou", real)
     controlled_miou.clear()
     proc = run_cli(PRUNE, *argv(config, out, 1.5))
     assert proc.returncode == 0, failure(proc)

@@ -38,21 +38,16 @@ The search runs in one process (a ``paddle.distributed.launch`` job is refused).
 import dataclasses
 import math
 import os
-import shutil
 import time
 
-from ..core.model_loader import build_and_load
 from ..utils import logger
 from ..utils.errors import UserError
-from ..utils.fileio import write_json
 from ..utils.progress import format_seconds
-from . import build_groups, prune_model
-from .flops import count_flops_params
+from .candidates import (RETRAINING_OPTIONS, SearchFolder, final_model_text, final_weights,
+                         fine_tuned, keeps_final_weights, plan_record, step_facts,
+                         without_state)
 from .options import options_fingerprint
-from .output.publish import BUDGET_DIR, STEPS_STATE
-from .output.storage import PARAMS_FILE, keep_only_step, read_state, save_pruned
-from .retrain import miou, retrain
-from .distill import teacher_of
+from .output.publish import BUDGET_DIR
 
 
 class NoCutWithinBudget(UserError):
@@ -100,16 +95,6 @@ def second_seed_due(record, max_drop):
             and record["drop_points"] - record.get("noise_points", 0.0) <= max_drop + 1e-9)
 
 
-def step_facts(record):
-    """A step's model in words: its FLOPs cut and, under the latency target, the closing loop's
-    measured latency cut and speedup (records of an older run may lack them)."""
-    facts = [f"FLOPs -{record['flops_reduction']:.1%}"] if "flops_reduction" in record else []
-    if record.get("measured_latency_reduction") is not None:
-        facts.append(f"latency measured -{record['measured_latency_reduction']:.1%}, "
-                     f"{record['speedup']:.2f}x")
-    return "; ".join(facts) or "no facts recorded"
-
-
 def search(cuts, reference, evaluate_step, max_drop, records, save, second_seed=None):
     """(index of the chosen step or None, every step's record): the steps of ``cuts`` in order,
     ``records`` (of an earlier, killed run) reused, ``evaluate_step(k, cut)`` giving the others'
@@ -154,10 +139,7 @@ def log_step(record, total, max_drop, tail):
 def fingerprint(o, setup, cuts):
     """What decides the search's steps: a resumed run must agree on all of it."""
     return options_fingerprint(
-        o, ("target", "criterion", "max_miou_drop", "budget_iters", "retraining_iters",
-            "batch_size", "learning_rate", "seed", "distill", "distill_weight",
-            "distill_temperature", "retrain_schedule", "finetune_lr_scale", "channel_step",
-            "latency_allocation", "latency_shape", "sen_ratios", "opts"),
+        o, RETRAINING_OPTIONS + ("max_miou_drop", "budget_iters", "latency_allocation"),
         setup=setup, cuts=cuts)
 
 
@@ -168,37 +150,36 @@ def last_accepted(records):
 
 
 class BudgetState:
-    """``save_dir/budget_search/``: ``state.json`` (the reference and the finished steps) and
-    ``step_N/model.pdparams``, the retrained model of the last accepted step N where kept;
-    ``max_drop``: the budget, which says whether the last step is still due its second seed."""
+    """``save_dir/budget_search/`` (a :class:`~paddleseg.slim.candidates.SearchFolder`): the
+    reference and the finished steps, and the retrained model of the last accepted step N
+    where kept; ``max_drop``: the budget, which says whether the last step is still due its
+    second seed."""
 
     def __init__(self, save_dir, key, max_drop):
-        self.folder = os.path.join(save_dir, BUDGET_DIR)
-        self.path = os.path.join(self.folder, STEPS_STATE)
-        self.key = key
+        self.store = SearchFolder(save_dir, BUDGET_DIR, key,
+                                  f"{os.path.join(save_dir, BUDGET_DIR)} holds the budget search "
+                                  "of a run with other options or weights: the search starts "
+                                  "over")
         self.max_drop = max_drop
 
     def step_folder(self, step):
-        return os.path.join(self.folder, f"step_{step}")
+        return self.store.step_folder(step)
 
     def weights(self, step):
-        return os.path.join(self.step_folder(step), PARAMS_FILE)
+        return self.store.weights(step)
 
     def load(self):
-        state = read_state(self.path, self.key,
-                           f"{self.path} holds the budget search of a run with other options or "
-                           "weights: the search starts over") or {}
+        state = self.store.read()
         return state.get("reference"), list(state.get("steps", []))
 
     def save(self, reference, steps):
         """The state, then only the weights of the last accepted step, and of a last step still
         due its second seed (which may accept it), stay: a refused step's model is never the
         answer."""
-        write_json(self.path, {"fingerprint": self.key, "reference": reference, "steps": steps})
         kept = [last_accepted(steps)]
         if steps and second_seed_due(steps[-1], self.max_drop):
             kept.append(steps[-1]["step"])
-        keep_only_step(self.folder, *(f"step_{step}" for step in kept if step is not None))
+        self.store.write({"reference": reference, "steps": steps}, kept)
 
 
 class BudgetSearch:
@@ -212,8 +193,7 @@ class BudgetSearch:
         self.setup = setup
         # a step retrained exactly as the final model would be: its weights are the final ones
         # (without --model_path each fresh model has its own random initial weights)
-        self.keeps_weights = (self.iters == o.retraining_iters and o.prune_steps == 1
-                              and o.model_path is not None)
+        self.keeps_weights = keeps_final_weights(o, self.iters)
 
     def _step_options(self, **changes):
         return dataclasses.replace(self.o, retraining_iters=self.iters, prune_steps=1, **changes)
@@ -221,20 +201,8 @@ class BudgetSearch:
     def _fine_tuned(self, options, plan=None, keep_in=None):
         """(mIoU, FLOPs cut) of a fresh unpruned model (pruned to ``plan``) after the step's
         fine-tuning; the retrained model is saved in the folder ``keep_in`` if given."""
-        cfg = options.build_config()
-        model = build_and_load(cfg, self.o.model_path)
-        model.eval()
-        teacher = teacher_of(options, model)
-        flops_cut = 0.0
-        if plan:
-            flops_before = count_flops_params(model, self.shape)[0]
-            prune_model(model, build_groups(model, self.shape), plan, options.criterion)
-            flops_cut = 1 - count_flops_params(model, self.shape)[0] / flops_before
-        retrain(options, cfg, model, self.work_dir, teacher)
-        shutil.rmtree(self.work_dir, ignore_errors=True)   # scratch checkpoints, in the stage
-        if keep_in:
-            save_pruned(model, keep_in)
-        return miou(model, self.val_dataset), round(flops_cut, 4)
+        return fine_tuned(options, self.o.model_path, self.shape, self.val_dataset,
+                          self.work_dir, plan, keep_in)
 
     def reference(self):
         seed = self.o.seed or 0
@@ -249,17 +217,10 @@ class BudgetSearch:
     def evaluate_step(self, sensitivities, state):
         def step(k, cut):
             alloc = self.target.allocate(sensitivities, cut, allow_lower=True)
-            snapshot = self.target.snapshot(alloc)
+            planned = plan_record(self.target, alloc)
             keep_in = state.step_folder(k + 1) if self.keeps_weights else None
             step_miou, flops_cut = self._fine_tuned(self._step_options(), alloc.plan, keep_in)
-            record = {"miou": step_miou, "flops_reduction": flops_cut,
-                      "plan": {gid: float(r) for gid, r in alloc.plan.items()},
-                      "target_state": snapshot}
-            measured = snapshot.get("verdict", {}).get("search_measured_reduction")
-            if measured is not None:   # the latency target's closing loop timed this step
-                record.update(measured_latency_reduction=measured,
-                              speedup=round(1 / max(1e-9, 1 - measured), 3))
-            return record
+            return {"miou": step_miou, "flops_reduction": flops_cut, **planned}
         return step
 
     def second_seed(self, record):
@@ -292,7 +253,7 @@ class BudgetSearch:
                                  o.max_miou_drop, records, lambda r: state.save(reference, r),
                                  self.second_seed)
         budget = {"max_miou_drop": o.max_miou_drop, "reference": reference,
-                  "steps": [{k: v for k, v in r.items() if k != "target_state"} for r in records],
+                  "steps": without_state(records),
                   "chosen_cut": None if chosen is None else cuts[chosen],
                   "why": why_stopped(records, chosen, reference, o.max_miou_drop, len(cuts))}
         logger.info(f"budget search: {budget['why']}")
@@ -300,11 +261,9 @@ class BudgetSearch:
             raise NoCutWithinBudget(f"--max_miou_drop {o.max_miou_drop:g}: {budget['why']}; the "
                                     "unpruned model stays the answer")
         alloc = self.target.restore(records[chosen]["target_state"])
-        weights = state.weights(records[chosen]["step"])
-        weights = weights if self.keeps_weights and os.path.isfile(weights) else None
-        budget["final_model"] = ("the chosen step's retrained model (the same plan, seed, recipe "
-                                 "and iterations as a final retraining)" if weights else
-                                 f"the chosen cut retrained {o.retraining_iters} iterations")
+        weights = final_weights(state, records[chosen]["step"], self.keeps_weights)
+        budget["final_model"] = final_model_text(weights, "chosen step" if weights else
+                                                 "chosen cut", o.retraining_iters)
         return alloc, budget, weights
 
 

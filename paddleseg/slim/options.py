@@ -49,6 +49,8 @@ class PruneOptions:
     max_miou_drop: float = None        # accuracy budget in mIoU points (None: prune to the ratio)
     budget_step: float = 0.1           # the budget search's step of target cut
     budget_iters: int = None           # its retraining per step (None: retraining_iters)
+    trial_allocations: tuple = None    # latency allocations retrained and compared (None: one)
+    trial_iters: int = None            # its retraining per candidate (None: retraining_iters)
     device: str = "cpu"                # where everything runs, latency measured included
     cpu_threads: int = None            # threads per process (None: every core, shared by ranks)
     opts: tuple = None                 # --opts KEY=VALUE overrides of the config
@@ -61,7 +63,7 @@ class PruneOptions:
         method = given.get("method") or "native"
         given["criterion"] = given.get("criterion") or ("l1" if method == "paddleslim" else "fpgm")
         given["sen_ratios"] = tuple(given.get("sen_ratios") or DEFAULT_RATIOS)
-        for name in ("latency_shape", "opts"):
+        for name in ("latency_shape", "opts", "trial_allocations"):
             if given.get(name) is not None:
                 given[name] = tuple(given[name])
         return cls(**given)
@@ -126,6 +128,7 @@ def check_recipe(o):
         raise UserError(f"--prune_steps {o.prune_steps} retrains after every step: give at least "
                         f"as many --retraining_iters (got {o.retraining_iters})")
     check_budget(o)
+    check_trial(o)
     if o.finetune_lr_scale is not None:
         if not o.finetune_lr_scale > 0:
             raise UserError(f"--finetune_lr_scale must be > 0, got {o.finetune_lr_scale}")
@@ -152,6 +155,36 @@ def check_budget(o):
         raise UserError(f"--budget_iters must be >= 1, got {o.budget_iters}")
     if world_size() > 1:
         raise UserError("--max_miou_drop searches in one process; start it without "
+                        "paddle.distributed.launch")
+
+
+def check_trial(o):
+    """--trial_allocations and --trial_iters: known names, at least two, and nothing they
+    cannot combine with."""
+    from ..utils.distributed import world_size
+    from .latency.allocate import ALLOCATIONS
+    if o.trial_allocations is None:
+        if o.trial_iters is not None:
+            raise UserError("--trial_iters needs --trial_allocations")
+        return
+    unknown = [name for name in o.trial_allocations if name not in ALLOCATIONS]
+    if unknown:
+        raise UserError(f"--trial_allocations: unknown allocation {unknown[0]!r}; choose among "
+                        f"{', '.join(ALLOCATIONS)}")
+    names = o.trial_allocations
+    if len(names) < 2 or len(set(names)) < len(names):
+        raise UserError("--trial_allocations needs two or more different allocations, got "
+                        f"{' '.join(o.trial_allocations)}")
+    if o.latency_allocation is not None:
+        raise UserError("--latency_allocation names one allocation and --trial_allocations "
+                        "several to choose from: give one of the two")
+    if o.max_miou_drop is not None:
+        raise UserError("--trial_allocations does not combine with --max_miou_drop (the budget "
+                        "search allocates each of its cuts with --latency_allocation)")
+    if o.trial_iters is not None and o.trial_iters < 1:
+        raise UserError(f"--trial_iters must be >= 1, got {o.trial_iters}")
+    if world_size() > 1:
+        raise UserError("--trial_allocations runs in one process; start it without "
                         "paddle.distributed.launch")
 
 

@@ -34,6 +34,7 @@ from .output.report import plot_sensitivity, render_markdown
 from .output.storage import load_pruned, save_pruned
 from .retrain import miou, recipe, retrain
 from .steps import StepCheckpoints, prune_in_steps
+from .trial import AllocationTrial
 from .steps import fingerprint as steps_fingerprint
 from .targets import check_target_options, target_class
 
@@ -151,16 +152,17 @@ def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, t
     (scratch checkpoints in ``work_dir``, removed after), at once or in --prune_steps steps
     (:mod:`paddleseg.slim.steps`); ``evaluate()`` is the mIoU right after pruning (of the last
     step). ``retrained``: the weights file of this very retraining, made earlier (the budget
-    search's chosen step), loaded instead. Returns (that mIoU, the steps' records or None)."""
+    search's chosen step, the allocation trial's winner), loaded instead. Returns (that mIoU,
+    the steps' records or None)."""
     if o.prune_steps == 1:
         with Phase(timings, "pruning"):
             prune_model(model, analysis, plan, o.criterion)
             pruned_miou = evaluate()
         with Phase(timings, "retraining"):
             if retrained:
-                logger.info(f"retraining: the budget search's chosen step was this retraining "
-                            f"(same plan, seed, recipe and iterations): its model is loaded "
-                            f"from {retrained}")
+                logger.info(f"retraining: the {search_of(o)} was this retraining (same "
+                            f"plan, seed, recipe and iterations): its model is loaded from "
+                            f"{retrained}")
                 load_pruned(model, retrained)
             else:
                 retrain(o, cfg, model, work_dir, teacher)
@@ -178,6 +180,34 @@ def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, t
         pruned_miou = records[-1]["miou_pruned"]
     shutil.rmtree(work_dir, ignore_errors=True)
     return pruned_miou, records
+
+
+def search_of(o):
+    """The search that judged candidates by retraining them in this run."""
+    return ("budget search's chosen step" if o.max_miou_drop is not None else
+            "allocation trial's winner")
+
+
+def choose_allocation(o, cfg, target, shape, val_dataset, stage, sens, aim, timings):
+    """(the allocation, the report's ``budget``, its ``allocation_trial``, the weights file of
+    the chosen candidate's retraining where it is the final model's, else None): allocated
+    once, or chosen among retrained candidates by the --max_miou_drop search or the
+    --trial_allocations trial."""
+    setup = setup_facts(cfg, o.model_path, None)
+    if o.max_miou_drop is not None:
+        with Phase(timings, "budget search"):
+            search = BudgetSearch(o, target, shape, val_dataset, os.path.join(stage, "budget"),
+                                  setup)
+            alloc, budget, retrained = search.run(sens, aim)
+        return alloc, budget, None, retrained
+    if o.trial_allocations:
+        with Phase(timings, "allocation trial"):
+            trial = AllocationTrial(o, target, shape, val_dataset, os.path.join(stage, "trial"),
+                                    setup)
+            alloc, record, retrained = trial.run(sens, aim)
+        return alloc, None, record, retrained
+    with Phase(timings, "pruning"):
+        return target.allocate(sens, aim, o.allow_lower_target), None, None, None
 
 
 def run(o):
@@ -224,15 +254,8 @@ def _run(o, cfg, t, stage):
     eval_num = o.sen_eval_num or len(val_dataset)
     with Phase(t, "sensitivity analysis"):
         sens, evaluator_facts = measure_sensitivity(o, cfg, model, analysis, val_dataset)
-    budget = retrained = None
-    if o.max_miou_drop is None:
-        with Phase(t, "pruning"):
-            alloc = target.allocate(sens, aim, o.allow_lower_target)
-    else:
-        with Phase(t, "budget search"):
-            search = BudgetSearch(o, target, shape, val_dataset, os.path.join(stage, "budget"),
-                                  setup_facts(cfg, o.model_path, None))
-            alloc, budget, retrained = search.run(sens, aim)
+    alloc, budget, trial, retrained = choose_allocation(o, cfg, target, shape, val_dataset,
+                                                        stage, sens, aim, t)
     pruned_miou, steps = prune_and_retrain(
         o, cfg, model, analysis, share_plan(alloc.plan), shape, os.path.join(stage, "retrain"), t,
         teacher, evaluate=lambda: miou(model, val_dataset), retrained=retrained)
@@ -261,6 +284,7 @@ def _run(o, cfg, t, stage):
         "sen_bn_calibration": evaluator_facts.get("bn_calibration"),
         "sen_ratios": list(o.sen_ratios), "coverage": analysis.coverage,
         "budget": budget,
+        "allocation_trial": trial,
         "layer_ratios": {gid: round(r, 4) for gid, r in sorted(alloc.plan.items())},
         "seconds": t,
     }

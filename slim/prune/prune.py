@@ -109,6 +109,18 @@ def build_parser():
                               "alone) or equal_loss (the --target flops allocation, every group "
                               "pruned to one sensitivity loss, scaled to the latency target: a "
                               "control for comparisons)" + LATENCY_ONLY)
+    latency.add_argument("--trial_allocations", nargs="+", choices=list(ALLOCATORS),
+                         default=None, metavar="ALLOCATION",
+                         help="allocate the latency cut with each of these (for instance "
+                              "loss_per_ms equal_loss: which keeps more accuracy depends on the "
+                              "model), retrain each --trial_iters with --seed and keep the one "
+                              "with the highest val mIoU; each costs a closing loop and a "
+                              "retraining, and the winner's is the final model when "
+                              "--trial_iters is --retraining_iters" + LATENCY_ONLY)
+    latency.add_argument("--trial_iters", type=int, default=None,
+                         help="retraining iterations of each --trial_allocations candidate "
+                              "(default: --retraining_iters; fewer is faster, then the winner "
+                              "is retrained in full)" + LATENCY_ONLY)
     latency.add_argument("--latency_samples", type=int, default=8,
                          help="sample plans a new latency table measures (more: slower, closer "
                               "fit)" + LATENCY_ONLY)
@@ -221,7 +233,8 @@ NATIVE_ONLY = ("sen_ratios", "sen_evaluator", "sen_bn_batches", "allow_lower_tar
                "min_coverage", "channel_step", "target", "latency_shape", "latency_table",
                "latency_samples", "latency_allocation",
                "distill", "distill_weight", "distill_temperature", "retrain_schedule",
-               "finetune_lr_scale", "prune_steps", "max_miou_drop", "budget_step", "budget_iters")
+               "finetune_lr_scale", "prune_steps", "max_miou_drop", "budget_step", "budget_iters",
+               "trial_allocations", "trial_iters")
 
 
 if __name__ == "__main__":

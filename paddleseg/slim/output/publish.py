@@ -31,6 +31,7 @@ EXPORT_DIR = "export"
 STEPS_DIR = "prune_steps"  # --prune_steps: the finished steps' models, for a killed run to resume
 STEPS_STATE = "state.json"  # in STEPS_DIR, beside step_N/ folders
 BUDGET_DIR = "budget_search"  # --max_miou_drop: the finished steps' records (its STEPS_STATE)
+TRIAL_DIR = "allocation_trial"  # --trial_allocations: the finished candidates' records
 DEFAULT_SEN_FILE = "sensitivity.json"
 LEGACY_SEN_FILE = "sen.pickle"  # the default before sensitivity.json
 STAGING, ASIDE = ".staging", ".old"
@@ -85,8 +86,8 @@ def _is_previous_export(folder):
 
 
 def _is_previous_steps(folder):
-    """A killed --prune_steps or --max_miou_drop run's folder: its state file and step_N/
-    folders only."""
+    """A killed --prune_steps, --max_miou_drop or --trial_allocations run's folder: its state
+    file and step_N/ folders only."""
     if not os.path.isdir(folder) or os.path.islink(folder):
         return False
     return all(name == STEPS_STATE or _is_temporary(name)
@@ -109,7 +110,7 @@ def check_save_dir(save_dir, sen_file=None):
     own = set(PUBLISHED_FILES) | sensitivity_names(save_dir, sen_file)
     foreign = [name for name in foreign_entries(save_dir, own) if not _is_temporary(name)
                and not (name == EXPORT_DIR and _is_previous_export(os.path.join(save_dir, name)))
-               and not (name in (STEPS_DIR, BUDGET_DIR)
+               and not (name in (STEPS_DIR, BUDGET_DIR, TRIAL_DIR)
                         and _is_previous_steps(os.path.join(save_dir, name)))]
     if foreign:
         listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")

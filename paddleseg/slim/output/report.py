@@ -93,6 +93,21 @@ def budget_lines(budget):
     return lines + [""]
 
 
+def trial_lines(trial):
+    """The --trial_allocations trial: every candidate and why the winner won."""
+    if not trial:
+        return []
+    lines = [f"Allocation trial: each allocation of the latency cut retrained {trial['iters']} "
+             f"iterations with the run's seed. {trial['why'][0].upper()}{trial['why'][1:]}.", "",
+             "| candidate | allocation | FLOPs cut | measured latency cut (speedup) | mIoU after "
+             "its retraining |", "|-|-|-|-|-|"]
+    for c in trial["candidates"]:
+        result = (f"{percent(c.get('flops_reduction'))} | {measured_text(c)} | {c['miou']:.4f}"
+                  if c.get("miou") is not None else f"- | - | failed: {c['error']}")
+        lines.append(f"| {c['candidate']} | {c['allocation']} | {result} |")
+    return lines + ["", f"The final model: {trial['final_model']}.", ""]
+
+
 def render_markdown(r):
     cov = r["coverage"]
     lines = [
@@ -119,7 +134,7 @@ def render_markdown(r):
         f"| after {r['retraining_iters']} retraining iterations | {r['miou_retrained']:.4f} |",
         "",
     ] + recipe_lines(r.get("retraining_recipe")) + step_lines(r.get("prune_steps")) \
-      + budget_lines(r.get("budget")) + [
+      + budget_lines(r.get("budget")) + trial_lines(r.get("allocation_trial")) + [
         f"Coverage: {cov['prunable_convs']} of {cov['convs']} convs prunable, "
         f"{cov['flops_coverage']:.1%} of conv FLOPs in prunable groups"
         + (f"; {describe_op_freezes(cov)}." if cov.get("frozen_by_ops") else "."),

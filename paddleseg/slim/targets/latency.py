@@ -143,7 +143,8 @@ class LatencyTarget:
     unprunable = None   # {share, frozen, other} of the measured time, when the backend profiles
     # (--cpu_threads is not among them: it also sets the threads every CPU phase of a run uses)
     only_flags = (("latency_shape", "--latency_shape"), ("latency_table", "--latency_table"),
-                  ("latency_allocation", "--latency_allocation"))
+                  ("latency_allocation", "--latency_allocation"),
+                  ("trial_allocations", "--trial_allocations"))
 
     def __init__(self, model, groups, backend, channel_step, max_ratio, work_dir,
                  table_path=None, samples=DEFAULT_SAMPLES, allocation=None):
@@ -205,6 +206,11 @@ class LatencyTarget:
                         f"faster (the table's prediction with every group pruned to one "
                         f"channel); {unprunable_text(target.unprunable)}")
         return target
+
+    def use_allocation(self, name):
+        """Share the cut by the allocation ``name`` from now on (--trial_allocations tries
+        several on one table)."""
+        self.allocation, self.allocator = name, allocator(name)
 
     def reachable(self, o):
         return self.aimed_reduction(o.pruning_ratio, o.sen_ratios, o.allow_lower_target)
