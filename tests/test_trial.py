@@ -127,22 +127,20 @@ def weights_file(bisenet_config, tmp_path_factory):
 
 def trial_argv(config, weights_path, save_dir, seg_home):
     return prune_args(config, save_dir, "--target", "latency", "--latency_shape", 1, 3, 64, 64,
-                      "--cpu_threads", 1, "--latency_samples", 4, "--allow_lower_target",
+                      "--cpu_threads", 1, "--latency_samples", 3, "--allow_lower_target",
                       "--model_path", weights_path, "--seed", 0,
                       "--trial_allocations", "loss_per_ms", "equal_loss")
 
 
-def controlled(monkeypatch, scores, killed_at=None):
-    """Each candidate's mIoU from ``scores`` in turn; KeyboardInterrupt at call ``killed_at``.
-    The closing loop times coarsely: what it measures does not decide these tests."""
+def controlled(monkeypatch, scores):
+    """Each candidate's mIoU from ``scores`` in turn; the closing loop times coarsely (what it
+    measures does not decide these tests)."""
     monkeypatch.setattr(measure, "CUT_PRECISION", 1.0)
     monkeypatch.setattr(measure, "MIN_PAIRED_ROUNDS", 5)
     calls = []
 
     def fake(model, dataset, max_images=None):
         calls.append(len(calls))
-        if killed_at is not None and len(calls) == killed_at:
-            raise KeyboardInterrupt()
         return scores[len(calls) - 1]
     monkeypatch.setattr(candidates, "miou", fake)
     return calls
@@ -152,13 +150,22 @@ def test_a_killed_trial_resumes_and_keeps_the_winner_s_retrained_model(
         bisenet_config, weights_file, tmp_path, monkeypatch):
     env = {"SEG_HOME": str(tmp_path / "seg_home")}   # its latency table, reused on the resume
     out, kept = tmp_path / "out", tmp_path / "kept"
-    # equal_loss (candidate 2) scores higher; the run is killed retraining it
-    controlled(monkeypatch, [0.40, 0.45], killed_at=2)
+    # equal_loss (candidate 2) scores higher; the run is killed as it starts on candidate 2
+    from paddleseg.slim.targets.latency import LatencyTarget
+    real_use = LatencyTarget.use_allocation
+
+    def killed_at_candidate_2(self, name):
+        if name == "equal_loss":
+            raise KeyboardInterrupt()
+        real_use(self, name)
+    controlled(monkeypatch, [0.40])
+    monkeypatch.setattr(LatencyTarget, "use_allocation", killed_at_candidate_2)
     assert run_prune(*trial_argv(bisenet_config, weights_file, out, env), env=env).returncode != 0
     state = json.loads((out / "allocation_trial" / "state.json").read_text())
     assert [c["allocation"] for c in state["candidates"]] == ["loss_per_ms"]
     assert os.listdir(out / "allocation_trial" / "step_1")   # the best model so far
 
+    monkeypatch.setattr(LatencyTarget, "use_allocation", real_use)
     calls = controlled(monkeypatch, [0.45])
     real_save = candidates.save_pruned
 
