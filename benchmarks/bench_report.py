@@ -395,25 +395,27 @@ def latency_goal(entry, ratio=0.3):
     return lat, ctl, lat["speedup"] >= GOAL_SPEEDUP, lat["miou"] >= ctl["miou"]
 
 
-def kept_cell(results, model, lat, ctl):
-    """The goal's "mIoU kept" verdict on the two rows' mIoU changes: their seed means, judged
-    against the noise, where the recovery phase retrained both over seeds (a shortfall inside
-    the noise is not called a miss); else as they were measured, labelled with their seeds."""
-    diff, noise, beyond, counts = bench_accuracy.row_gap(results, model, lat, ctl)
+def kept_cell(gap):
+    """The goal's "mIoU kept" verdict on the two rows' mIoU changes (``gap``: their
+    bench_accuracy.row_gap): their seed means, judged against the noise, where the recovery
+    phase retrained both over seeds (a shortfall inside the noise is not called a miss); else
+    as they were measured, labelled with their seeds."""
+    diff, noise, beyond, counts = gap
     if noise is None:
         return f"{'met' if diff >= 0 else 'missed'} ({fmt_points(diff)}; {counts})"
     word = "met" if diff >= 0 else ("missed" if beyond else "within the noise")
     return f"{word} ({bench_accuracy.verdict(diff, noise, beyond)}; {counts})"
 
 
-def trial_cell(results, model, lat, ctl):
+def trial_cell(lat, ctl, gap):
     """What ``prune.py --trial_allocations loss_per_ms equal_loss`` keeps: the allocation whose
     one retraining (seed 0, the rows' iterations: the two rows' own mIoU) scores higher; and
-    whether the rows' seed means, where both were retrained over seeds, prefer it beyond the
-    noise ("right"), the other beyond it ("wrong"), or neither."""
+    whether the rows' seed means (``gap``: their bench_accuracy.row_gap), where both were
+    retrained over seeds, prefer it beyond the noise ("right"), the other beyond it ("wrong"),
+    or neither."""
     keeps_latency = lat["miou"] >= ctl["miou"]   # a tie keeps the first named
     kept = "loss_per_ms" if keeps_latency else "equal_loss"
-    diff, noise, beyond, _ = bench_accuracy.row_gap(results, model, lat, ctl)
+    diff, noise, beyond, _ = gap
     if noise is None:
         return f"{kept} (seed means not measured)"
     if not beyond:
@@ -442,10 +444,10 @@ def goal_lines(results):
             lines.append(f"| {model} | - | - | - | - | not measured | not measured | |")
             continue
         lat, ctl, fast, _ = verdict
+        gap = bench_accuracy.row_gap(results, model, lat, ctl)
         lines.append(f"| {model} | {fmt_speedup(lat)} | {lat['miou']:.4f} | {fmt_speedup(ctl)} | "
                      f"{ctl['miou']:.4f} | {'met' if fast else 'missed'} | "
-                     f"{kept_cell(results, model, lat, ctl)} | "
-                     f"{trial_cell(results, model, lat, ctl)} |")
+                     f"{kept_cell(gap)} | {trial_cell(lat, ctl, gap)} |")
     return lines
 
 

@@ -293,6 +293,7 @@ def test_two_rows_are_compared_over_the_seeds_each_has():
 def test_the_latency_goal_says_which_allocation_a_trial_keeps_and_if_the_seeds_agree():
     """--trial_allocations keeps the row whose own retraining (seed 0) scored higher; the seed
     means, where both rows have them, say whether that was right, wrong or a coin toss."""
+    import bench_accuracy
     import bench_report
     lat = {"row": "latency", "ratio": 0.3, "miou": 0.30, "status": "ok", "step_key": "k" * 64}
     ctl = {"row": "latency_equal_loss", "ratio": 0.3, "miou": 0.35, "status": "ok"}
@@ -300,15 +301,16 @@ def test_the_latency_goal_says_which_allocation_a_trial_keeps_and_if_the_seeds_a
                 "controls": {"config schedule": {"mious": [0.40, 0.40, 0.40]}},
                 "recipes": {"plain": {"mious": [0.36, 0.37, 0.38]}}, "rows": []}
     results = {"models": {"M": {"rows": [lat, ctl]}}, "recovery": {"M": recovery}}
-    assert bench_report.trial_cell(results, "M", lat, ctl) == \
-        "equal_loss (seed means not measured)"
+
+    def trial_cell():
+        return bench_report.trial_cell(lat, ctl, bench_accuracy.row_gap(results, "M", lat, ctl))
+    assert trial_cell() == "equal_loss (seed means not measured)"
     recovery["rows"] = [{"kind": "latency_equal_loss", "ratio": 0.3, "mious": [0.30, 0.31, 0.32]}]
-    assert bench_report.trial_cell(results, "M", lat, ctl) == "equal_loss (wrong by the seed means)"
+    assert trial_cell() == "equal_loss (wrong by the seed means)"
     lat["miou"] = 0.36   # its own retraining now scores higher: the trial keeps loss_per_ms
-    assert bench_report.trial_cell(results, "M", lat, ctl) == \
-        "loss_per_ms (right by the seed means)"
+    assert trial_cell() == "loss_per_ms (right by the seed means)"
     recovery["rows"][0]["mious"] = [0.36, 0.38, 0.37]
-    assert bench_report.trial_cell(results, "M", lat, ctl) == \
+    assert trial_cell() == \
         "loss_per_ms (either: the seed means are within the noise)"
 
 

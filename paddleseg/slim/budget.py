@@ -149,27 +149,19 @@ def last_accepted(records):
     return steps[-1] if steps else None
 
 
-class BudgetState:
-    """``save_dir/budget_search/`` (a :class:`~paddleseg.slim.candidates.SearchFolder`): the
-    reference and the finished steps, and the retrained model of the last accepted step N
-    where kept; ``max_drop``: the budget, which says whether the last step is still due its
-    second seed."""
+class BudgetState(SearchFolder):
+    """``save_dir/budget_search/``: the reference and the finished steps, and the retrained
+    model of the last accepted step N where kept; ``max_drop``: the budget, which says whether
+    the last step is still due its second seed."""
 
     def __init__(self, save_dir, key, max_drop):
-        self.store = SearchFolder(save_dir, BUDGET_DIR, key,
-                                  f"{os.path.join(save_dir, BUDGET_DIR)} holds the budget search "
-                                  "of a run with other options or weights: the search starts "
-                                  "over")
+        super().__init__(save_dir, BUDGET_DIR, key,
+                         f"{os.path.join(save_dir, BUDGET_DIR)} holds the budget search of a run "
+                         "with other options or weights: the search starts over")
         self.max_drop = max_drop
 
-    def step_folder(self, step):
-        return self.store.step_folder(step)
-
-    def weights(self, step):
-        return self.store.weights(step)
-
     def load(self):
-        state = self.store.read()
+        state = self.read()
         return state.get("reference"), list(state.get("steps", []))
 
     def save(self, reference, steps):
@@ -179,7 +171,7 @@ class BudgetState:
         kept = [last_accepted(steps)]
         if steps and second_seed_due(steps[-1], self.max_drop):
             kept.append(steps[-1]["step"])
-        self.store.write({"reference": reference, "steps": steps}, kept)
+        self.write({"reference": reference, "steps": steps}, kept)
 
 
 class BudgetSearch:
@@ -262,8 +254,8 @@ class BudgetSearch:
                                     "unpruned model stays the answer")
         alloc = self.target.restore(records[chosen]["target_state"])
         weights = final_weights(state, records[chosen]["step"], self.keeps_weights)
-        budget["final_model"] = final_model_text(weights, "chosen step" if weights else
-                                                 "chosen cut", o.retraining_iters)
+        budget["final_model"] = final_model_text(weights, "chosen step", "chosen cut",
+                                                 o.retraining_iters)
         return alloc, budget, weights
 
 

@@ -43,13 +43,13 @@ def final_weights(folder, step, keeps_weights):
     return weights if keeps_weights and os.path.isfile(weights) else None
 
 
-def final_model_text(weights, chosen, retraining_iters):
-    """report.json's words for the final model: the ``chosen`` candidate's kept one, or it
-    retrained in full."""
+def final_model_text(weights, kept, retrained, retraining_iters):
+    """report.json's words for the final model: the ``kept`` candidate's own retrained model
+    where ``weights`` holds it, else the ``retrained`` one retrained in full."""
     if weights:
-        return (f"the {chosen}'s retrained model (the same plan, seed, recipe and iterations as "
-                "a final retraining)")
-    return f"the {chosen} retrained {retraining_iters} iterations"
+        return (f"the {kept}'s retrained model (the same plan, seed, recipe and iterations as a "
+                "final retraining)")
+    return f"the {retrained} retrained {retraining_iters} iterations"
 
 
 def fine_tuned(options, model_path, shape, val_dataset, work_dir, plan=None, keep_in=None):

@@ -152,5 +152,5 @@ class AllocationTrial:
         self.target.use_allocation(trial["chosen"])
         alloc = self.target.restore(records[chosen]["target_state"])
         weights = final_weights(folder, records[chosen]["candidate"], self.keeps_weights)
-        trial["final_model"] = final_model_text(weights, "winner", o.retraining_iters)
+        trial["final_model"] = final_model_text(weights, "winner", "winner", o.retraining_iters)
         return alloc, trial, weights
