@@ -21,6 +21,7 @@ from ..core.train import set_seed
 from ..models.layers.layer_libs import plain_batchnorm
 from ..utils import distributed, logger
 from ..utils.errors import UserError
+from ..utils.checkpoint import checkpoint_iteration, load_model_weights
 from ..utils.fileio import write_json, write_text
 from ..utils.progress import Phase, format_seconds
 from . import build_groups, prune_model
@@ -32,6 +33,7 @@ from .options import check_common, setup_facts
 from .output.publish import staged_run
 from .output.report import plot_sensitivity, render_markdown
 from .output.storage import load_pruned, save_pruned
+from .resume import KilledRunState, checkpoint_interval
 from .retrain import miou, recipe, retrain
 from .steps import StepCheckpoints, prune_in_steps
 from .trial import AllocationTrial
@@ -147,13 +149,14 @@ def _run_other_rank(o, cfg):
 
 
 def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, teacher, evaluate,
-                      retrained=None):
+                      retrained=None, kept=None):
     """Prune ``model`` (traced at ``shape`` into ``analysis``) to ``plan`` and retrain it
     (scratch checkpoints in ``work_dir``, removed after), at once or in --prune_steps steps
     (:mod:`paddleseg.slim.steps`); ``evaluate()`` is the mIoU right after pruning (of the last
     step). ``retrained``: the weights file of this very retraining, made earlier (the budget
-    search's chosen step, the allocation trial's winner), loaded instead. Returns (that mIoU,
-    the steps' records or None)."""
+    search's chosen step, the allocation trial's winner), loaded instead. ``kept``: the
+    :class:`~paddleseg.slim.resume.KilledRunState` whose checkpoints a one-step retraining
+    keeps and resumes from. Returns (that mIoU, the steps' records or None)."""
     if o.prune_steps == 1:
         with Phase(timings, "pruning"):
             prune_model(model, analysis, plan, o.criterion)
@@ -165,7 +168,7 @@ def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, t
                             f"{retrained}")
                 load_pruned(model, retrained)
             else:
-                retrain(o, cfg, model, work_dir, teacher)
+                retrain_resumably(o, cfg, model, plan, work_dir, teacher, kept)
         records = None
     else:
         def retrain_step(step_options, step):
@@ -182,17 +185,38 @@ def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, t
     return pruned_miou, records
 
 
+def retrain_resumably(o, cfg, model, plan, work_dir, teacher, kept):
+    """The final one-step retraining, checkpointed in ``kept``'s folder where it keeps them
+    (one process) and continued from the last checkpoint a killed run left for this plan."""
+    folder, checkpoint = kept.retraining(plan) if kept else (None, None)
+    if folder is None:
+        retrain(o, cfg, model, work_dir, teacher)
+        return
+    done = checkpoint_iteration(checkpoint) if checkpoint else 0
+    if checkpoint and done >= o.retraining_iters:   # killed after it: its model is the last one
+        logger.info(f"retraining: finished by the killed run; its model is loaded from "
+                    f"{checkpoint}")
+        load_model_weights(model, checkpoint)
+        return
+    if checkpoint:
+        logger.info(f"retraining: resumed from the killed run's checkpoint at iteration {done} "
+                    f"of {o.retraining_iters} ({checkpoint})")
+    retrain(o, cfg, model, folder, teacher, resume_model=checkpoint,
+            save_interval=checkpoint_interval(o.retraining_iters))
+
+
 def search_of(o):
     """The search that judged candidates by retraining them in this run."""
     return ("budget search's chosen step" if o.max_miou_drop is not None else
             "allocation trial's winner")
 
 
-def choose_allocation(o, cfg, target, shape, val_dataset, stage, sens, aim, timings):
+def choose_allocation(o, cfg, target, shape, val_dataset, stage, sens, aim, timings, kept):
     """(the allocation, the report's ``budget``, its ``allocation_trial``, the weights file of
     the chosen candidate's retraining where it is the final model's, else None): allocated
-    once, or chosen among retrained candidates by the --max_miou_drop search or the
-    --trial_allocations trial."""
+    once (or restored from ``kept``, a killed run's state), or chosen among retrained
+    candidates by the --max_miou_drop search or the --trial_allocations trial (which resume
+    from their own state)."""
     setup = setup_facts(cfg, o.model_path, None)
     if o.max_miou_drop is not None:
         with Phase(timings, "budget search"):
@@ -207,7 +231,11 @@ def choose_allocation(o, cfg, target, shape, val_dataset, stage, sens, aim, timi
             alloc, record, retrained = trial.run(sens, aim)
         return alloc, None, record, retrained
     with Phase(timings, "pruning"):
-        return target.allocate(sens, aim, o.allow_lower_target), None, None, None
+        alloc = kept.restored_allocation(target)
+        if alloc is None:
+            alloc = target.allocate(sens, aim, o.allow_lower_target)
+            kept.keep_allocation(target, alloc)
+        return alloc, None, None, None
 
 
 def run(o):
@@ -254,11 +282,12 @@ def _run(o, cfg, t, stage):
     eval_num = o.sen_eval_num or len(val_dataset)
     with Phase(t, "sensitivity analysis"):
         sens, evaluator_facts = measure_sensitivity(o, cfg, model, analysis, val_dataset)
+    kept = KilledRunState(o, setup_facts(cfg, o.model_path, None), sens)
     alloc, budget, trial, retrained = choose_allocation(o, cfg, target, shape, val_dataset,
-                                                        stage, sens, aim, t)
+                                                        stage, sens, aim, t, kept)
     pruned_miou, steps = prune_and_retrain(
         o, cfg, model, analysis, share_plan(alloc.plan), shape, os.path.join(stage, "retrain"), t,
-        teacher, evaluate=lambda: miou(model, val_dataset), retrained=retrained)
+        teacher, evaluate=lambda: miou(model, val_dataset), retrained=retrained, kept=kept)
     del teacher
     flops1, params1 = count_flops_params(model, shape)
     logger.info(f"FLOPs {flops0 / 1e9:.3f}G -> {flops1 / 1e9:.3f}G ({1 - flops1 / flops0:.1%} fewer), "
@@ -285,6 +314,8 @@ def _run(o, cfg, t, stage):
         "sen_ratios": list(o.sen_ratios), "coverage": analysis.coverage,
         "budget": budget,
         "allocation_trial": trial,
+        # what this run took over from a killed one (its timings cover this run only)
+        "resumed": kept.resumed or None,
         "layer_ratios": {gid: round(r, 4) for gid, r in sorted(alloc.plan.items())},
         "seconds": t,
     }

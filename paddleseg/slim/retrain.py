@@ -61,12 +61,13 @@ def recipe(o, cfg):
     return r
 
 
-def retrain(o, cfg, model, work_dir, teacher=None):
+def retrain(o, cfg, model, work_dir, teacher=None, resume_model=None, save_interval=None):
     """Fine-tune with the config's optimizer and loss (``cfg`` from
     :meth:`~paddleseg.slim.options.PruneOptions.build_config`, which has put
     --retraining_iters, --batch_size and --learning_rate into it), the --retrain_schedule and,
     with --distill, the ``teacher`` (:func:`paddleseg.slim.distill.make_teacher` of the
-    unpruned model)."""
+    unpruned model). Checkpoints go to ``work_dir`` every ``save_interval`` iterations (default:
+    at the end only); ``resume_model``: one of them, to continue from."""
     if o.retraining_iters == 0:
         return
     extra_loss = None
@@ -79,7 +80,8 @@ def retrain(o, cfg, model, work_dir, teacher=None):
         extra_loss = Distillation(teacher, o.distill, o.distill_weight, o.distill_temperature)
     optimizer = cfg.build_optimizer(model, build_schedule(o, cfg))
     train(model, cfg.train_dataset, optimizer=optimizer, save_dir=work_dir,
-          iters=o.retraining_iters, batch_size=cfg.batch_size, save_interval=o.retraining_iters,
+          iters=o.retraining_iters, batch_size=cfg.batch_size, resume_model=resume_model,
+          save_interval=save_interval or o.retraining_iters,
           log_iters=max(1, min(10, o.retraining_iters)), num_workers=o.num_workers,
           losses=cfg.loss, keep_checkpoint_max=1, seed=o.seed, extra_loss=extra_loss)
 

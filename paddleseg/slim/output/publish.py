@@ -32,6 +32,8 @@ STEPS_DIR = "prune_steps"  # --prune_steps: the finished steps' models, for a ki
 STEPS_STATE = "state.json"  # in STEPS_DIR, beside step_N/ folders
 BUDGET_DIR = "budget_search"  # --max_miou_drop: the finished steps' records (its STEPS_STATE)
 TRIAL_DIR = "allocation_trial"  # --trial_allocations: the finished candidates' records
+RESUME_DIR = "resume"  # the allocation and the final retraining's checkpoints of a killed run
+RETRAINING_CHECKPOINTS = "retraining"  # in RESUME_DIR: its iter_N checkpoint
 DEFAULT_SEN_FILE = "sensitivity.json"
 LEGACY_SEN_FILE = "sen.pickle"  # the default before sensitivity.json
 STAGING, ASIDE = ".staging", ".old"
@@ -86,11 +88,12 @@ def _is_previous_export(folder):
 
 
 def _is_previous_steps(folder):
-    """A killed --prune_steps, --max_miou_drop or --trial_allocations run's folder: its state
-    file and step_N/ folders only."""
+    """A killed run's resumable state (--prune_steps, --max_miou_drop, --trial_allocations, or
+    the allocation and retraining of any run): its state file, step_N/ folders and retraining
+    checkpoints only."""
     if not os.path.isdir(folder) or os.path.islink(folder):
         return False
-    return all(name == STEPS_STATE or _is_temporary(name)
+    return all(name in (STEPS_STATE, RETRAINING_CHECKPOINTS) or _is_temporary(name)
                or (name.startswith("step_") and name[len("step_"):].isdigit())
                for name in os.listdir(folder))
 
@@ -110,7 +113,7 @@ def check_save_dir(save_dir, sen_file=None):
     own = set(PUBLISHED_FILES) | sensitivity_names(save_dir, sen_file)
     foreign = [name for name in foreign_entries(save_dir, own) if not _is_temporary(name)
                and not (name == EXPORT_DIR and _is_previous_export(os.path.join(save_dir, name)))
-               and not (name in (STEPS_DIR, BUDGET_DIR, TRIAL_DIR)
+               and not (name in (STEPS_DIR, BUDGET_DIR, TRIAL_DIR, RESUME_DIR)
                         and _is_previous_steps(os.path.join(save_dir, name)))]
     if foreign:
         listed = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")

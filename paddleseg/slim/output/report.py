@@ -108,6 +108,17 @@ def trial_lines(trial):
     return lines + ["", f"The final model: {trial['final_model']}.", ""]
 
 
+def resumed_lines(resumed):
+    """What the run took over from a killed one (its phases' seconds are this run's only)."""
+    if not resumed:
+        return []
+    taken = (["the allocation"] if resumed.get("allocation") else []) + (
+        [f"the retraining at iteration {resumed['retraining_from_iter']}"]
+        if resumed.get("retraining_from_iter") is not None else [])
+    return [f"Resumed from a killed run: {' and '.join(taken)} (the seconds below are this "
+            "run's only).", ""]
+
+
 def render_markdown(r):
     cov = r["coverage"]
     lines = [
@@ -139,6 +150,7 @@ def render_markdown(r):
         f"{cov['flops_coverage']:.1%} of conv FLOPs in prunable groups"
         + (f"; {describe_op_freezes(cov)}." if cov.get("frozen_by_ops") else "."),
         "",
+    ] + resumed_lines(r.get("resumed")) + [
         "| phase | seconds |",
         "|-|-|",
     ]
