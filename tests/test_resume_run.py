@@ -70,9 +70,9 @@ def assert_same_weights(got_dir, want_dir):
         np.testing.assert_allclose(got[key], want[key], rtol=0, atol=1e-6, err_msg=key)
 
 
-def test_a_run_killed_in_its_retraining_resumes_there_to_the_same_weights(fastscnn, straight,
-                                                                          tmp_path,
-                                                                          monkeypatch):
+def test_a_killed_run_resumes_its_retraining_then_keeps_it_to_the_same_weights(
+        fastscnn, straight, tmp_path, monkeypatch):
+    import paddleseg.core.export as export
     out = tmp_path / "out"
     seen = iterations_run(monkeypatch, kill_at=3)
     assert run_cli(PRUNE, *argv(fastscnn, out)).returncode != 0
@@ -81,41 +81,35 @@ def test_a_run_killed_in_its_retraining_resumes_there_to_the_same_weights(fastsc
     assert os.listdir(out / RESUME_DIR / RETRAINING_CHECKPOINTS) == ["iter_2"]
     assert not (out / "report.json").exists()
 
-    seen = iterations_run(monkeypatch)
-    proc = run_cli(PRUNE, *argv(fastscnn, out))
-    assert proc.returncode == 0, failure(proc)
-    log = proc.stdout + proc.stderr
-    assert seen == [3, 4]   # iterations 1-2 are not run again
-    assert "allocation: restored from the killed run's state" in log
-    assert "retraining: resumed from the killed run's checkpoint at iteration 2 of 4" in log
-    assert_same_weights(out, straight)
-    report = json.loads((out / "report.json").read_text())
-    assert report["resumed"] == {"allocation": True, "retraining_from_iter": 2}
-    assert report["layer_ratios"] == json.loads((straight / "report.json").read_text())[
-        "layer_ratios"]
-    assert json.loads((straight / "report.json").read_text())["resumed"] is None
-    assert "Resumed from a killed run: the allocation and the retraining at iteration 2 (the " \
-        "seconds below are this run's only)." in (out / "report.md").read_text()
-    assert "Resumed" not in (straight / "report.md").read_text()
-    assert not (out / RESUME_DIR).exists()   # gone with the run's success
-
-
-def test_a_run_killed_after_its_retraining_keeps_the_retrained_model(fastscnn, straight,
-                                                                     tmp_path, monkeypatch):
-    import paddleseg.core.export as export
-    out = tmp_path / "out"
+    # resumed, and killed again after its retraining (in the export)
     real_export = export.export_model
 
     def killed(*args, **kwargs):
         raise Killed()
     monkeypatch.setattr(export, "export_model", killed)
-    assert run_cli(PRUNE, *argv(fastscnn, out)).returncode != 0
+    seen = iterations_run(monkeypatch)
+    proc = run_cli(PRUNE, *argv(fastscnn, out))
+    assert proc.returncode != 0
+    log = proc.stdout + proc.stderr
+    assert seen == [3, 4]   # iterations 1-2 are not run again
+    assert "allocation: restored from the killed run's state" in log
+    assert "retraining: resumed from the killed run's checkpoint at iteration 2 of 4" in log
+
     monkeypatch.setattr(export, "export_model", real_export)
     seen = iterations_run(monkeypatch)
     proc = run_cli(PRUNE, *argv(fastscnn, out))
     assert proc.returncode == 0, failure(proc)
     assert seen == [] and "retraining: finished by the killed run" in proc.stdout + proc.stderr
     assert_same_weights(out, straight)
+    report = json.loads((out / "report.json").read_text())
+    assert report["resumed"] == {"allocation": True, "retraining_from_iter": 4}
+    assert report["layer_ratios"] == json.loads((straight / "report.json").read_text())[
+        "layer_ratios"]
+    assert json.loads((straight / "report.json").read_text())["resumed"] is None
+    assert "Resumed from a killed run: the allocation and the retraining at iteration 4 (the " \
+        "seconds below are this run's only)." in (out / "report.md").read_text()
+    assert "Resumed" not in (straight / "report.md").read_text()
+    assert not (out / RESUME_DIR).exists()   # gone with the run's success
 
 
 # --- the state -----------------------------------------------------------------------------
