@@ -129,9 +129,12 @@ class Steps:
     def folder(self, kind, key):
         return os.path.join(self.root, f"{kind}-{key[:12]}")
 
-    def run(self, kind, material, fn):
+    def run(self, kind, material, fn, resumable=False):
         """The record of step ``kind`` for ``material``: reused when done with the same key,
-        else ``fn(folder)`` is run, which returns (result dict, commands list)."""
+        else ``fn(folder)`` is run, which returns (result dict, commands list). A folder that
+        a killed run left (no record) is started over, unless the step is ``resumable``: its
+        command continues from what the folder holds (the key says it was made with the same
+        inputs), as a killed retraining continues from its last checkpoint."""
         material = dict(material, kind=kind)
         key = digest(material)
         folder = self.folder(kind, key)
@@ -143,9 +146,11 @@ class Steps:
         if not self.compute:
             raise StepNotPrepared(f"the {kind} step for these arguments ({key[:12]}) has not run; "
                                   "run --phase prepare (or all) with the same arguments first")
-        if os.path.isdir(folder):  # a run killed before its record: the folder is ours, start over
+        if os.path.isdir(folder) and resumable:
+            logger.info(f"resuming {kind} step {shown(folder)}: a killed run left it")
+        elif os.path.isdir(folder):  # a run killed before its record: ours, start over
             shutil.rmtree(folder)
-        os.makedirs(folder)
+        os.makedirs(folder, exist_ok=True)
         start = time.time()
         result, commands = fn(folder)
         record = {"kind": kind, "key": key, "material": material, "result": result,

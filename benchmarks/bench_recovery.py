@@ -65,13 +65,17 @@ def recipe_options(report, flags, seed, save_dir, dataset_root=None):
 
 def retrain_unit(report, flags, seed, save_dir, dataset_root=None, control=False):
     """{miou, seconds_per_iter, ...}: the report's unpruned checkpoint pruned to its plan (not
-    for ``control``) and retrained with ``flags`` and ``seed``, evaluated on the full val split."""
+    for ``control``) and retrained with ``flags`` and ``seed``, evaluated on the full val split.
+    A unit killed in its retraining and run again with the same ``save_dir`` continues from the
+    last of its checkpoints there (a stepwise one after its last finished step), to the same
+    model; its time per iteration is then over the iterations this run made."""
     from paddleseg.core.model_loader import build_and_load
     from paddleseg.slim import build_groups
     from paddleseg.slim.flops import count_flops_params
     from paddleseg.slim.distill import teacher_of
-    from paddleseg.slim.pipeline import prune_and_retrain
-    from paddleseg.slim.retrain import miou, retrain
+    from paddleseg.slim.pipeline import prune_and_retrain, retrain_resumably
+    from paddleseg.slim.resume import CheckpointFolder
+    from paddleseg.slim.retrain import miou
     from paddleseg.utils.errors import UserError
     o = recipe_options(report, control_flags(flags) if control else flags, seed, save_dir,
                        dataset_root)
@@ -81,22 +85,28 @@ def retrain_unit(report, flags, seed, save_dir, dataset_root=None, control=False
     val = cfg.val_dataset
     shape = [1] + list(val[0]["img"].shape)
     start, result = time.time(), {"seed": seed, "flags": list(flags), "control": control}
+    work_dir = os.path.join(save_dir, "retrain")
+    checkpoints = CheckpointFolder(work_dir)
     if control:
-        retrain(o, cfg, model, os.path.join(save_dir, "retrain"), None)
+        retrain_resumably(o, cfg, model, {}, work_dir, None, checkpoints)
     else:
         teacher = teacher_of(o, model)  # before pruning
         pruned, steps = prune_and_retrain(o, cfg, model, build_groups(model, shape),
-                                          report["layer_ratios"], shape,
-                                          os.path.join(save_dir, "retrain"), {}, teacher,
-                                          evaluate=lambda: miou(model, val))
+                                          report["layer_ratios"], shape, work_dir, {}, teacher,
+                                          evaluate=lambda: miou(model, val),
+                                          kept=checkpoints)
         flops = count_flops_params(model, report["input_shape"])[0]
         if flops != report["flops_after"]:
             raise UserError(f"the rebuilt model has {flops} FLOPs, the row's {report['flops_after']}:"
                             " this code prunes differently from the code that made the row")
         result.update(miou_pruned=pruned, steps=steps)
     seconds = time.time() - start
+    done_before = checkpoints.resumed.get("retraining_from_iter", 0)
+    made = o.retraining_iters - done_before   # the iterations this run made
     result.update(miou=miou(model, val), seconds=round(seconds, 1),
-                  seconds_per_iter=round(seconds / max(1, o.retraining_iters), 3))
+                  seconds_per_iter=round(seconds / made, 3) if made > 0 else None)
+    if done_before:
+        result["resumed_from_iter"] = done_before
     return result
 
 

@@ -30,7 +30,10 @@ RESULTS.md), not into the headline rows.
 
 Every step is cached under ``--work_dir`` keyed by a hash of all that affects it (see
 bench_cache.py), so an interrupted run continues and a run with other arguments or other code
-never reuses a result. When a model is done, its entry (with this command and all arguments) is
+never reuses a result. A step killed midway continues too where its command can: the training
+at its last checkpoint (``--resume_model``), a prune.py row and a recovery unit from what they
+left (the allocation, the retraining's checkpoints), each to the result of an uninterrupted run;
+a resumed step's time sums the runs its log holds. When a model is done, its entry (with this command and all arguments) is
 merged into ``results.json``, and RESULTS.md, speedup.png and the generated blocks of README.md
 and docs/prune.md are rebuilt from results.json alone (``--phase report`` does only that).
 Relative paths in the arguments are taken from the repository root, wherever it runs from.
@@ -55,6 +58,7 @@ ROOT = os.path.dirname(HERE)
 sys.path[:0] = [HERE, ROOT]
 
 import paddleseg  # noqa: E402  (import order: cv2 before paddle)
+from paddleseg.slim.resume import last_checkpoint  # noqa: E402
 from paddleseg.utils import cli, logger  # noqa: E402
 from paddleseg.utils.errors import UserError  # noqa: E402
 
@@ -241,8 +245,9 @@ def stop_commands_on_sigterm():
     signal.signal(signal.SIGTERM, stop)
 
 
-def run_command(argv, log_path, threads, timeout=None):
-    """Run ``python argv`` from the repository root, teeing its output to ``log_path``.
+def run_command(argv, log_path, threads, timeout=None, append=False):
+    """Run ``python argv`` from the repository root, teeing its output to ``log_path`` (after
+    what it holds with ``append``: a resumed step's log keeps the killed run's part).
 
     Returns (exit code, the last ``error:`` line or None, seconds); exit code None: timed out.
     """
@@ -262,7 +267,9 @@ def run_command(argv, log_path, threads, timeout=None):
         timer.start()
     error = None
     try:
-        with open(log_path, "w", encoding="utf-8") as log:
+        with open(log_path, "a" if append else "w", encoding="utf-8") as log:
+            if append:   # where this run's part starts (attempts_seconds)
+                log.write(f"{RUN_STARTED} {time.strftime(LOG_TIME)}\n")
             for line in proc.stdout:
                 log.write(line)
                 sys.stdout.write("    " + line)
@@ -277,6 +284,29 @@ def run_command(argv, log_path, threads, timeout=None):
             proc.wait()
         RUNNING.discard(proc)
     return (None if timed_out.is_set() else code), error, round(time.time() - start, 1)
+
+
+RUN_STARTED, LOG_TIME = "=== run started", "%Y-%m-%d %H:%M:%S"
+LOGGED_TIME = re.compile(r"\s*(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) ")
+
+
+def attempts_seconds(log_path):
+    """The seconds of every run a resumed step's log holds (each from its start line to its
+    last timestamped line, a killed run's included), summed: the step's time as if it had
+    run once, less the moments between a kill and the restart."""
+    total, start, last = 0.0, None, None
+    with open(log_path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            stamp = (line[len(RUN_STARTED):].strip() if line.startswith(RUN_STARTED) else
+                     (LOGGED_TIME.match(line) or [None, None])[1])
+            if stamp is None:
+                continue
+            moment = time.mktime(time.strptime(stamp, LOG_TIME))
+            if line.startswith(RUN_STARTED):
+                total += (last - start) if start is not None else 0.0
+                start = moment
+            last = moment
+    return round(total + ((last - start) if start is not None else 0.0), 1)
 
 
 def prune_cli_options():
@@ -506,10 +536,16 @@ class ModelRun:
                     "--seed", str(a.seed), "--save_interval", str(self.eval_every()),
                     "--keep_checkpoint_max", str(a.eval_points + 1), "--log_iters", "10",
                     "--save_dir", rel(out), "--opts", *data_opts(a.dataset_root)]
-            code, error, seconds = run_command(argv, os.path.join(folder, "train.log"),
-                                               a.train_threads)
+            # a killed training continues at its last checkpoint: the same run (exact resume)
+            last = last_checkpoint(out) if os.path.isdir(out) else None
+            log = os.path.join(folder, "train.log")
+            code, error, seconds = run_command(
+                argv + (["--resume_model", rel(last)] if last else []), log, a.train_threads,
+                append=True)
             if code != 0:
                 raise BenchmarkError(f"training {self.name} failed: {error or f'exit {code}'}")
+            if last:
+                seconds = attempts_seconds(log)
             curve = []
             for it in checkpoint_iters(out):
                 ckpt = os.path.join(out, f"iter_{it}")
@@ -520,10 +556,12 @@ class ModelRun:
             result = {"checkpoint": rel(os.path.join(out, f"iter_{self.train_iters}",
                                                      "model.pdparams")),
                       "curve": curve, "seconds": seconds,
-                      "seconds_per_iter": seconds_per_iter(os.path.join(folder, "train.log"),
-                                                           seconds, self.train_iters)}
+                      "seconds_per_iter": seconds_per_iter(log, seconds, self.train_iters)}
+            if last:
+                result["resumed_from_iter"] = int(os.path.basename(last)[len("iter_"):])
             return result, [command_text(argv)]
-        self.train_record = self.steps.run("train", self.train_material(), compute)
+        self.train_record = self.steps.run("train", self.train_material(), compute,
+                                           resumable=True)
         return self.train_record
 
     @property
@@ -594,7 +632,8 @@ class ModelRun:
                 "--criterion", a.criterion, "--sen_file", rel(self.sensitivity_file()),
                 "--sen_eval_num", str(a.sen_eval_num), "--sen_ratios", *map(str, a.sen_ratios),
                 "--channel_step", str(a.channel_step), "--seed", str(a.seed), *extra]
-        return self._pruning_step("prune", self.prune_material(target, ratio), argv, None)
+        return self._pruning_step("prune", self.prune_material(target, ratio), argv, None,
+                                  resumable=True)
 
     def paddleslim(self, ratio):
         a = self.args
@@ -606,12 +645,17 @@ class ModelRun:
         return self._pruning_step("paddleslim", self.paddleslim_material(ratio), argv,
                                   a.paddleslim_timeout)
 
-    def _pruning_step(self, kind, material, argv, timeout):
+    def _pruning_step(self, kind, material, argv, timeout, resumable=False):
         def compute(folder):
             out = os.path.join(folder, "out")
             full = [*argv, "--save_dir", rel(out), "--opts", *data_opts(self.args.dataset_root)]
             log = os.path.join(folder, f"{kind}.log")
-            code, error, seconds = run_command(full, log, self.args.train_threads, timeout)
+            # prune.py resumes a killed run of the same command from what it left in out/
+            resumed = resumable and os.path.isfile(log)
+            code, error, seconds = run_command(full, log, self.args.train_threads, timeout,
+                                               append=resumable)
+            if resumed:
+                seconds = attempts_seconds(log)
             if code is None:
                 return {"error": f"stopped after {timeout} s (--paddleslim_timeout); "
                                  f"{last_progress(log)}", "seconds": seconds}, [command_text(full)]
@@ -624,7 +668,7 @@ class ModelRun:
                     "model": rel(os.path.join(out, "model.pdparams")),
                     "export": rel(os.path.join(out, "export")), "seconds": seconds}, \
                 [command_text(full)]
-        return self.steps.run(kind, material, compute)
+        return self.steps.run(kind, material, compute, resumable=resumable)
 
     def count(self, record):
         """GFLOPs and params of a pruned row's model at the latency input shape (its own
@@ -656,12 +700,13 @@ class ModelRun:
                     rel(os.path.join(folder, "out")), "--dataset_root", a.dataset_root,
                     *(["--control"] if control else []), "--", *flags]
             code, error, seconds = run_command(argv, os.path.join(folder, "recovery.log"),
-                                               threads)
+                                               threads, append=True)
             if code != 0:
                 raise BenchmarkError(f"{command_text(argv)} failed: {error or f'exit {code}'}")
             shutil.rmtree(os.path.join(folder, "out"), ignore_errors=True)
             return bench_report.read_json(out), [command_text(argv)]
-        return self.steps.run("recovery", material, compute)["result"]
+        # a unit killed in its retraining (an ended session) continues from its checkpoints
+        return self.steps.run("recovery", material, compute, resumable=True)["result"]
 
     def recovery_material(self, row, recipe, seed, control=False):
         flags = bench_recipes.recipe_flags(recipe, self.retraining_iters)
@@ -805,7 +850,9 @@ def recovery_entry(name, args, argv):
         units = [done[("recipe", recipe, seed, False)] for seed in args.seeds]
         recipes[recipe] = {"label": label, "flags": flags, "control": control_of[recipe],
                            "mious": [u["miou"] for u in units],
-                           "seconds_per_iter": [u["seconds_per_iter"] for u in units]}
+                           # a unit whose whole retraining a killed run made measured none
+                           "seconds_per_iter": [u["seconds_per_iter"] for u in units
+                                                if u["seconds_per_iter"] is not None]}
     latency = report.get("latency") or {}
     speedup = (f"{latency['measured_ms_before'] / latency['measured_ms_after']:.2f}x"
                if latency.get("measured_ms_after") else "not timed")

@@ -54,6 +54,19 @@ def test_a_step_killed_before_its_record_is_redone_from_scratch(tmp_path):
     assert record["result"] == {"files": []}
 
 
+def test_a_resumable_step_killed_before_its_record_continues_from_its_folder(tmp_path, capsys):
+    steps = bench_cache.Steps(str(tmp_path))
+    material = {"iters": 1}
+    folder = steps.folder("recovery", bench_cache.digest(dict(material, kind="recovery")))
+    os.makedirs(os.path.join(folder, "out", "retrain", "iter_2"))
+    record = steps.run("recovery", material, lambda d: ({"files": sorted(os.listdir(d))}, []),
+                       resumable=True)
+    assert record["result"] == {"files": ["out"]}   # what the killed run left, for its command
+    assert "resuming recovery step" in capsys.readouterr().out
+    # once recorded, it is reused like any other step
+    assert steps.run("recovery", material, lambda d: 1 / 0, resumable=True) == record
+
+
 def test_latency_phase_never_computes(tmp_path):
     steps = bench_cache.Steps(str(tmp_path), compute=False)
     with pytest.raises(bench_cache.StepNotPrepared, match="--phase prepare"):
@@ -289,6 +302,85 @@ def test_sensitivity_scaling_compares_the_files_of_equal_thread_counts():
     assert sensitivity_scaling.same_files(broken) == (False, False)
 
 
+def test_a_resumed_step_s_time_sums_the_runs_its_log_holds(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text("old line, written before the run-start marks\n")
+    assert prune_speedup.run_command(["-c", "print('one')"], str(log), 1, append=True)[0] == 0
+    assert prune_speedup.run_command(["-c", "print('two')"], str(log), 1, append=True)[0] == 0
+    lines = log.read_text().splitlines()
+    assert lines[0].startswith("old line") and lines[2::2] == ["one", "two"]
+    assert [ln.split()[:3] for ln in lines[1::2]] == [["===", "run", "started"]] * 2
+    log.write_text("=== run started 2026-12-07 10:00:00\n2026-12-07 10:00:05 [INFO] a\n"
+                   "a warning\n2026-12-07 10:10:00 [INFO] killed here\n"
+                   "=== run started 2026-12-07 10:30:00\n    2026-12-07 10:35:00 [INFO] end\n")
+    assert prune_speedup.attempts_seconds(str(log)) == 900.0   # 10 + 5 minutes
+
+
+def test_a_killed_training_step_resumes_at_its_last_checkpoint(fake_camvid, tmp_path,
+                                                               monkeypatch):
+    args = prune_speedup.parse_args(["--models", "FastSCNN", "--dataset_root", fake_camvid,
+                                     "--out_dir", "elsewhere", "--train_iters", "8",
+                                     "--work_dir", str(tmp_path / "work")])
+    run = prune_speedup.ModelRun("FastSCNN", args)
+    commands = []
+
+    def fake_train(argv, log_path, threads, timeout=None, append=False):
+        commands.append(argv)
+        out = argv[argv.index("--save_dir") + 1]
+        with open(log_path, "a") as log:
+            log.write("=== run started 2026-12-07 10:00:00\n")
+        for it in (4, 8) if len(commands) == 2 else (4,):
+            os.makedirs(os.path.join(out, f"iter_{it}"), exist_ok=True)
+        if len(commands) == 1:
+            raise KeyboardInterrupt()   # killed after its checkpoint at iteration 4
+        with open(log_path, "a") as log:
+            log.write("2026-12-07 10:01:00 [INFO] [TRAIN] iter 8/8, batch_cost 1.0s\n")
+        return 0, None, 99.0   # this run's own wall time
+    monkeypatch.setattr(prune_speedup, "run_command", fake_train)
+    monkeypatch.setattr(prune_speedup, "evaluate_checkpoint", lambda cfg, path: 0.5)
+    with pytest.raises(KeyboardInterrupt):
+        run.train()
+    record = run.train()
+    assert "--resume_model" not in commands[0]
+    assert commands[1][commands[1].index("--resume_model") + 1].endswith("iter_4")
+    assert record["result"]["resumed_from_iter"] == 4
+    assert record["result"]["curve"] == [[4, 0.5], [8, 0.5]]
+    assert record["commands"] == [prune_speedup.command_text(commands[0])]   # as a user runs it
+    assert record["result"]["seconds"] == 60.0   # the log's runs: the killed one logged no time
+
+
+def test_a_killed_pruning_step_runs_the_same_prune_py_command_again(fake_camvid, tmp_path,
+                                                                       monkeypatch):
+    # prune.py resumes a killed run of the same command itself (its sensitivity file, the
+    # allocation and the retraining's checkpoints in its save_dir): the folder is kept for it
+    args = prune_speedup.parse_args(["--models", "FastSCNN", "--dataset_root", fake_camvid,
+                                     "--out_dir", "elsewhere", "--work_dir",
+                                     str(tmp_path / "work")])
+    run = prune_speedup.ModelRun("FastSCNN", args)
+    run.train_record = {"key": "t" * 64, "result": {"checkpoint": "ckpt.pdparams"}}
+    commands = []
+
+    def fake_prune(argv, log_path, threads, timeout=None, append=False):
+        commands.append((argv, append))
+        out = argv[argv.index("--save_dir") + 1]
+        os.makedirs(os.path.join(out, "resume"), exist_ok=True)
+        with open(log_path, "a") as log:
+            log.write(f"=== run started 2026-12-07 10:00:00\n2026-12-07 10:0{len(commands)}:00 "
+                      "[INFO] pruning\n")
+        if len(commands) == 1:
+            raise KeyboardInterrupt()
+        assert os.listdir(out) == ["resume"]   # what the killed run left is there for it
+        with open(os.path.join(out, "report.json"), "w") as f:
+            f.write('{"model_name": "FastSCNN", "flops_reduction": 0.3}')
+        return 0, None, 99.0
+    monkeypatch.setattr(prune_speedup, "run_command", fake_prune)
+    with pytest.raises(KeyboardInterrupt):
+        run.prune("flops", 0.3)
+    record = run.prune("flops", 0.3)
+    assert commands[0] == commands[1] and commands[0][1] is True
+    assert record["result"]["seconds"] == 180.0   # 1 minute, then 2
+
+
 def test_a_budget_row_runs_prune_py_with_the_budget_up_to_the_ceiling(fake_camvid, monkeypatch):
     args = prune_speedup.parse_args(["--models", "FastSCNN", "--dataset_root", fake_camvid,
                                      "--out_dir", "elsewhere", "--budget_drops", "1.0",
@@ -297,7 +389,7 @@ def test_a_budget_row_runs_prune_py_with_the_budget_up_to_the_ceiling(fake_camvi
     run.train_record = {"key": "t" * 64, "result": {"checkpoint": "ckpt.pdparams"}}
     seen = {}
     monkeypatch.setattr(prune_speedup.ModelRun, "_pruning_step",
-                        lambda self, kind, material, argv, timeout: seen.update(argv=argv))
+                        lambda self, kind, material, argv, timeout, **kw: seen.update(argv=argv))
     run.prune(prune_speedup.BUDGET, 1.0)
     argv = seen["argv"]
     assert argv[argv.index("--pruning_ratio") + 1] == "0.45"

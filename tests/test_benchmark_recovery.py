@@ -1,6 +1,7 @@
 """benchmarks/bench_recovery.py (``prune_speedup.py --phase recovery``): a row's pruned model
 rebuilt from its report and retrained with a recipe and a seed (the row's own recipe and seed
 repeat it), the controls, the noise verdicts, and the results.json entry and RESULTS.md section."""
+import importlib
 import json
 import os
 import sys
@@ -448,6 +449,29 @@ def test_the_row_s_recipe_and_seed_repeat_the_row(row_report, tmp_path):
     assert result["miou_pruned"] == pytest.approx(row_report["miou_pruned"], abs=1e-9)
     assert result["miou"] == pytest.approx(row_report["miou_retrained"], abs=1e-9)
     assert result["seconds_per_iter"] > 0 and result["steps"] is None
+
+
+@pytest.mark.parametrize("control", [False, True])
+def test_a_unit_killed_in_its_retraining_resumes_to_the_same_result(row_report, tmp_path,
+                                                                    monkeypatch, control):
+    core_train = importlib.import_module("paddleseg.core.train")
+    real_step = core_train.seed_step
+    straight = bench_recovery.retrain_unit(row_report, [], 0, str(tmp_path / "a"),
+                                           control=control)
+
+    def killed_at_2(seed, it):
+        if it == 2:
+            raise KeyboardInterrupt()
+        return real_step(seed, it)
+    monkeypatch.setattr(core_train, "seed_step", killed_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        bench_recovery.retrain_unit(row_report, [], 0, str(tmp_path / "b"), control=control)
+    assert os.listdir(tmp_path / "b" / "retrain") == ["iter_1"]
+    monkeypatch.setattr(core_train, "seed_step", real_step)
+    resumed = bench_recovery.retrain_unit(row_report, [], 0, str(tmp_path / "b"),
+                                          control=control)
+    assert resumed["miou"] == straight["miou"] and resumed["resumed_from_iter"] == 1
+    assert "resumed_from_iter" not in straight and resumed["seconds_per_iter"] > 0
 
 
 def test_a_stepwise_recipe_and_a_control_run_from_the_report(row_report, tmp_path):

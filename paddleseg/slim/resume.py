@@ -58,6 +58,22 @@ def last_checkpoint(folder):
     return max(found)[1] if found else None
 
 
+class CheckpointFolder:
+    """The checkpoints of one retraining in ``folder``, whose owner keys it by everything that
+    decides the retraining (a benchmark unit's step folder): its last one is resumed."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        self.resumed = {}
+
+    def retraining(self, plan=None):
+        """(``folder``, the checkpoint to resume from or None)."""
+        checkpoint = last_checkpoint(self.folder)
+        if checkpoint:
+            self.resumed["retraining_from_iter"] = int(os.path.basename(checkpoint)[5:])
+        return self.folder, checkpoint
+
+
 class KilledRunState(SearchFolder):
     """``save_dir/resume/``: ``state.json`` (the target's snapshot of the allocation, the plan
     retrained) and ``retraining/iter_N``, the final retraining's last checkpoint."""
@@ -97,10 +113,10 @@ class KilledRunState(SearchFolder):
             self.state = dict(self.state, plan=plan_key(plan))
             self._save()
             return self.checkpoints, None
-        checkpoint = last_checkpoint(self.checkpoints)
-        if checkpoint:
-            self.resumed["retraining_from_iter"] = int(os.path.basename(checkpoint)[5:])
-        return self.checkpoints, checkpoint
+        folder = CheckpointFolder(self.checkpoints)
+        found = folder.retraining()
+        self.resumed.update(folder.resumed)
+        return found
 
     def _save(self):
         self.write(self.state, keep_steps=[])
