@@ -132,8 +132,13 @@ def options(fastscnn, save_dir, **kw):
 
 def test_the_state_serves_the_same_command_and_the_checkpoints_their_plan(fastscnn, tmp_path,
                                                                          capsys):
-    setup, sens = {"weights": "w"}, {"g1": {"0.3": 0.1}}
-    first = KilledRunState(options(fastscnn, tmp_path), setup, sens)
+    def state(sens=None, config_edit=None, **kw):
+        o = options(fastscnn, tmp_path, **kw)
+        cfg = o.build_config()
+        if config_edit:
+            config_edit(cfg.dic)
+        return KilledRunState(o, cfg, sens or {"g1": {"0.3": 0.1}})
+    first = state()
     target = FakeTarget()
     assert first.restored_allocation(target) is None
     first.keep_allocation(target, {"g1": 0.25})
@@ -142,15 +147,16 @@ def test_the_state_serves_the_same_command_and_the_checkpoints_their_plan(fastsc
     os.makedirs(os.path.join(folder, "iter_2"))
     os.makedirs(os.path.join(folder, "iter_10"))
 
-    again = KilledRunState(options(fastscnn, tmp_path), setup, sens)
+    again = state()
     assert again.restored_allocation(target) == {"g1": 0.25}
     assert again.retraining({"g1": 0.25}) == (folder, os.path.join(folder, "iter_10"))
     assert again.resumed == {"allocation": True, "retraining_from_iter": 10}
     # another plan (a budget search's or trial's choice): its checkpoints start afresh
     assert again.retraining({"g1": 0.5}) == (folder, None) and not os.path.exists(folder)
 
-    for other in (KilledRunState(options(fastscnn, tmp_path, seed=1), setup, sens),
-                  KilledRunState(options(fastscnn, tmp_path), setup, {"g1": {"0.3": 0.2}})):
+    # another seed, other sensitivities, or a config edited in what only the retraining reads
+    for other in (state(seed=1), state(sens={"g1": {"0.3": 0.2}}),
+                  state(config_edit=lambda dic: dic["optimizer"].update(momentum=0.5))):
         assert other.restored_allocation(FakeTarget()) is None and other.resumed == {}
     assert "holds what a killed run with other options or weights left" in capsys.readouterr().out
 

@@ -282,7 +282,7 @@ def _run(o, cfg, t, stage):
     eval_num = o.sen_eval_num or len(val_dataset)
     with Phase(t, "sensitivity analysis"):
         sens, evaluator_facts = measure_sensitivity(o, cfg, model, analysis, val_dataset)
-    kept = KilledRunState(o, setup_facts(cfg, o.model_path, None), sens)
+    kept = KilledRunState(o, cfg, sens)
     alloc, budget, trial, retrained = choose_allocation(o, cfg, target, shape, val_dataset,
                                                         stage, sens, aim, t, kept)
     pruned_miou, steps = prune_and_retrain(

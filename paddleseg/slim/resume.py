@@ -26,7 +26,7 @@ import shutil
 from ..utils import logger
 from ..utils.distributed import world_size
 from .candidates import RETRAINING_OPTIONS, SearchFolder
-from .options import options_fingerprint
+from .options import options_fingerprint, setup_facts
 from .output.publish import RESUME_DIR, RETRAINING_CHECKPOINTS
 
 # what decides the allocation beside RETRAINING_OPTIONS (the sensitivities are keyed apart)
@@ -41,8 +41,8 @@ def checkpoint_interval(iters):
     return max(1, math.ceil(iters / CHECKPOINTS_PER_RETRAINING))
 
 
-def sensitivity_digest(sensitivities):
-    text = json.dumps(sensitivities, sort_keys=True, default=str)
+def json_digest(obj):
+    text = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -78,9 +78,13 @@ class KilledRunState(SearchFolder):
     """``save_dir/resume/``: ``state.json`` (the target's snapshot of the allocation, the plan
     retrained) and ``retraining/iter_N``, the final retraining's last checkpoint."""
 
-    def __init__(self, o, setup, sensitivities):
-        key = options_fingerprint(o, RETRAINING_OPTIONS + ALLOCATION_OPTIONS, setup=setup,
-                                  sensitivities=sensitivity_digest(sensitivities))
+    def __init__(self, o, cfg, sensitivities):
+        # the whole config: its training data, optimizer, schedule and loss decide the
+        # retraining, not only the model and val set that the analyses' setup names
+        key = options_fingerprint(o, RETRAINING_OPTIONS + ALLOCATION_OPTIONS,
+                                  setup=setup_facts(cfg, o.model_path, None),
+                                  config=json_digest(cfg.dic),
+                                  sensitivities=json_digest(sensitivities))
         super().__init__(o.save_dir, RESUME_DIR, key,
                          f"{os.path.join(o.save_dir, RESUME_DIR)} holds what a killed run with "
                          "other options or weights left: this run starts over")
