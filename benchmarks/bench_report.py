@@ -195,6 +195,35 @@ def dropped_measurements(old, new):
     return recipes + rows
 
 
+def merge_from(out_dir, other_file, names, parts):
+    """Put the ``parts`` ("models": the headline entry, "recovery": the recovery phase's) of
+    the models ``names`` from ``other_file`` (another run's results.json, as a worktree at
+    other code writes it) into out_dir/results.json, each entry with the command, code and
+    date it was made by. A part the other file lacks is an error; a recovery entry made on
+    another row than the headline's is merged with a warning (RESULTS.md then says so)."""
+    check_results_file(other_file)
+    if not os.path.exists(other_file):
+        raise ResultsError(f"--merge_from {other_file} not found")
+    other = read_json(other_file)
+    for name in names:
+        for part in parts:
+            entry = (other.get(part) or {}).get(name)
+            if entry is None:
+                raise ResultsError(f"--merge_from {other_file} has no {part} entry for {name}")
+            if part == "models":
+                merge_model(out_dir, name, entry)
+            else:
+                merge_recovery(out_dir, name, entry)
+            logger.info(f"results.json: {name}'s {part} entry from {other_file} (made by "
+                        f"code {entry.get('git')} on {entry.get('date', 'its day')})")
+        data = load_results(out_dir)
+        recovery, model = (data.get("recovery") or {}).get(name), data["models"].get(name)
+        if recovery and model and recovery["row_step_key"] not in {
+                row.get("step_key") for row in model["rows"]}:
+            logger.warning(f"results.json: {name}'s recovery entry retrained another row than "
+                           "its headline rows (other code or arguments); RESULTS.md says so")
+
+
 def merge_gpu(out_dir, gpu_file):
     path = os.path.join(out_dir, RESULTS)
     data = load_results(out_dir)

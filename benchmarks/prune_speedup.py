@@ -5,6 +5,8 @@
     python benchmarks/prune_speedup.py --models UNet --phase latency   # time it (quiet machine)
     python benchmarks/prune_speedup.py --phase report            # RESULTS.md etc. from results.json
     python benchmarks/prune_speedup.py --models FastSCNN --phase recovery   # recipes x seeds
+    python benchmarks/prune_speedup.py --phase report --merge_from ../wt/benchmarks/results.json \
+        --models HarDNet --merge_parts recovery    # a model's entry measured in a worktree
 
 Per model (``configs/camvid/``; its resolution, batch and iterations are the training budget):
 
@@ -93,7 +95,8 @@ class BenchmarkError(UserError):
 
 def parse_args(argv):
     p = cli.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=None, choices=list(MODELS),
+                   help="default: all")
     p.add_argument("--phase", choices=["all", "prepare", "latency", "report", "recovery"],
                    default="all",
                    help="prepare: train/prune/export only; latency: time prepared steps and "
@@ -169,6 +172,12 @@ def parse_args(argv):
     p.add_argument("--gpu_results", default=None,
                    help="with --phase report: merge this table of benchmarks/gpu_latency.py "
                         "into results.json first")
+    p.add_argument("--merge_from", default=None,
+                   help="with --phase report: first merge the entries of --models (named "
+                        "explicitly) from this other results.json (a run in a worktree)")
+    p.add_argument("--merge_parts", nargs="+", choices=["models", "recovery"],
+                   default=["models", "recovery"],
+                   help="with --merge_from: the headline entry, the recovery entry, or both")
     p.add_argument("--debug", action="store_true")
     args = p.parse_args(argv)
     check_args(args)
@@ -198,6 +207,12 @@ def check_args(args):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "retraining_iters" else 1):
             raise BenchmarkError(f"--{name} must be positive, got {value}")
+    if args.merge_from and (args.phase != "report" or args.models is None):
+        raise BenchmarkError("--merge_from goes with --phase report and the --models to merge "
+                             "named (the other file's other entries are older or another "
+                             "run's)")
+    if args.models is None:
+        args.models = list(MODELS)
     if args.docs is None:
         same = os.path.realpath(os.path.join(ROOT, args.out_dir)) == os.path.realpath(
             os.path.join(ROOT, DEFAULT_OUT))
@@ -942,6 +957,9 @@ def main(argv):
     args = parse_args(argv)
     out_dir = os.path.join(ROOT, args.out_dir)
     if args.phase == "report":
+        if args.merge_from:
+            bench_report.merge_from(out_dir, os.path.join(ROOT, args.merge_from), args.models,
+                                    args.merge_parts)
         bench_report.write_outputs(out_dir, [os.path.join(ROOT, d) for d in args.docs],
                                    args.gpu_results)
         return 0

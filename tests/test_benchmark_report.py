@@ -229,6 +229,42 @@ def test_merge_keeps_other_models_and_a_fixed_order(tmp_path):
     assert data["models"]["UNet"]["rows"][0]["latency"]["median_ms"] == 20.0
 
 
+def test_entries_merge_from_another_run_s_results_by_name_and_part(tmp_path, capsys):
+    main = make_workspace(str(tmp_path / "main"), tiny_results())
+    other = tiny_results()
+    other["models"]["FastSCNN"] = dict(_entry("FastSCNN", 60.0, 30.0), git="abc+dirty")
+    other["models"]["BiSeNetV2"] = _entry("BiSeNetV2", 999.0, 150.0)   # not to be merged
+    from test_benchmark_recovery import recovery_entry
+    other["recovery"] = {"FastSCNN": dict(recovery_entry([0.32, 0.33, 0.34], [0.43, 0.44, 0.45],
+                                                         [0.4] * 3, [0.44] * 3),
+                                          git="abc+dirty", date="2026-12-07")}
+    other_file = tmp_path / "other.json"
+    other_file.write_text(json.dumps(other))
+
+    # the recovery entry alone: the headline stays, and its row is not the headline's
+    prune_speedup.main(report_argv(main) + ["--merge_from", str(other_file), "--models",
+                                            "FastSCNN", "--merge_parts", "recovery"])
+    data = bench_report.read_json(os.path.join(main, "results.json"))
+    assert data["recovery"]["FastSCNN"]["git"] == "abc+dirty"
+    assert data["models"] == tiny_results()["models"]
+    log = capsys.readouterr().out
+    assert "FastSCNN's recovery entry from" in log and "made by code abc+dirty" in log
+    assert "retrained another row than its headline rows" in log
+    # both parts of the named model; the other model stays this file's
+    prune_speedup.main(report_argv(main) + ["--merge_from", str(other_file), "--models",
+                                            "FastSCNN"])
+    data = bench_report.read_json(os.path.join(main, "results.json"))
+    assert data["models"]["FastSCNN"]["git"] == "abc+dirty"
+    assert data["models"]["BiSeNetV2"] == tiny_results()["models"]["BiSeNetV2"]
+    assert "FastSCNN" in read_outputs(main)["RESULTS.md"].decode()
+
+    with pytest.raises(bench_report.ResultsError, match="has no recovery entry for BiSeNetV2"):
+        prune_speedup.main(report_argv(main) + ["--merge_from", str(other_file), "--models",
+                                                "BiSeNetV2", "--merge_parts", "recovery"])
+    with pytest.raises(prune_speedup.BenchmarkError, match="--models to merge named"):
+        prune_speedup.parse_args(report_argv(main) + ["--merge_from", str(other_file)])
+
+
 def test_committed_results_reproduce(tmp_path):
     """The committed RESULTS.md, speedup.png and doc blocks are what results.json gives."""
     results = os.path.join(ROOT, "benchmarks", "results.json")
