@@ -456,6 +456,8 @@ def test_a_unit_killed_in_its_retraining_resumes_to_the_same_result(row_report, 
                                                                     monkeypatch, control):
     core_train = importlib.import_module("paddleseg.core.train")
     real_step = core_train.seed_step
+    import paddleseg.slim.resume as resume
+    monkeypatch.setattr(resume, "MIN_CHECKPOINT_INTERVAL", 1)   # one per iteration of its 2
     straight = bench_recovery.retrain_unit(row_report, [], 0, str(tmp_path / "a"),
                                            control=control)
 

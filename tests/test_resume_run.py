@@ -41,12 +41,23 @@ def argv(fastscnn, save_dir, *extra):
             "--sen_evaluator", "dygraph", "--sen_file", sen_file, "--seed", "0", *extra]
 
 
+@pytest.fixture(autouse=True)
+def checkpoint_every_iteration(monkeypatch):
+    """The 4-iteration retrainings here keep a checkpoint after every iteration (a real one
+    keeps about ten)."""
+    import paddleseg.slim.resume as resume
+    monkeypatch.setattr(resume, "MIN_CHECKPOINT_INTERVAL", 1)
+
+
 @pytest.fixture(scope="module")
 def straight(fastscnn, tmp_path_factory):
-    """The output folder of the run uninterrupted."""
+    """The output folder of the run uninterrupted, which checkpoints its 4-iteration
+    retraining at the end only (the default for so short a one)."""
     out = tmp_path_factory.mktemp("straight") / "out"
     proc = run_cli(PRUNE, *argv(fastscnn, out))
     assert proc.returncode == 0, failure(proc)
+    saved = [line for line in proc.stdout.splitlines() if "saved checkpoint" in line]
+    assert len(saved) == 1 and saved[0].endswith(os.path.join("retraining", "iter_4")), saved
     return out
 
 
@@ -161,18 +172,17 @@ def test_the_state_serves_the_same_command_and_the_checkpoints_their_plan(fastsc
     assert "holds what a killed run with other options or weights left" in capsys.readouterr().out
 
 
-def test_the_retraining_keeps_about_ten_checkpoints():
-    assert [checkpoint_interval(n) for n in (1, 4, 10, 75, 300, 80000)] == [1, 1, 1, 8, 30, 8000]
+def test_the_retraining_keeps_about_ten_checkpoints(monkeypatch):
+    import paddleseg.slim.resume as resume
+    monkeypatch.setattr(resume, "MIN_CHECKPOINT_INTERVAL", 10)   # the default, not this file's
+    assert [checkpoint_interval(n) for n in (1, 4, 10, 75, 150, 300, 80000)] == \
+        [1, 4, 10, 10, 15, 30, 8000]
     assert last_checkpoint("/nonexistent") is None
 
 
-def test_the_checkpoints_do_not_change_the_retrained_model(fastscnn, straight, tmp_path,
-                                                         monkeypatch):
-    # one checkpoint at the end, as before the retraining kept any: the same weights
-    import paddleseg.slim.resume as resume
-    monkeypatch.setattr(resume, "CHECKPOINTS_PER_RETRAINING", 1)
+def test_the_checkpoints_do_not_change_the_retrained_model(fastscnn, straight, tmp_path):
+    # a checkpoint after every iteration, against one at the end: the same weights
     proc = run_cli(PRUNE, *argv(fastscnn, tmp_path / "out"))
     assert proc.returncode == 0, failure(proc)
-    saved = [line for line in proc.stdout.splitlines() if "saved checkpoint" in line]
-    assert len(saved) == 1 and saved[0].endswith(os.path.join("retraining", "iter_4")), saved
+    assert len([line for line in proc.stdout.splitlines() if "saved checkpoint" in line]) == 4
     assert_same_weights(tmp_path / "out", straight)

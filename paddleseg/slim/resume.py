@@ -32,13 +32,16 @@ from .output.publish import RESUME_DIR, RETRAINING_CHECKPOINTS
 # what decides the allocation beside RETRAINING_OPTIONS (the sensitivities are keyed apart)
 ALLOCATION_OPTIONS = ("pruning_ratio", "allow_lower_target", "min_coverage", "latency_table",
                       "latency_allocation", "latency_samples", "cpu_threads", "prune_steps")
-# checkpoints per retraining: a kill loses at most a tenth of it, for a few seconds of saving
-CHECKPOINTS_PER_RETRAINING = 10
+# checkpoints per retraining: a kill loses at most a tenth of it, for a few seconds of saving;
+# but not more often than every MIN_CHECKPOINT_INTERVAL iterations (a short retraining, which a
+# kill costs little, keeps its last one only: each save writes the model and the optimizer)
+CHECKPOINTS_PER_RETRAINING, MIN_CHECKPOINT_INTERVAL = 10, 10
 
 
 def checkpoint_interval(iters):
     """Iterations between the final retraining's checkpoints."""
-    return max(1, math.ceil(iters / CHECKPOINTS_PER_RETRAINING))
+    return max(min(MIN_CHECKPOINT_INTERVAL, iters), math.ceil(iters / CHECKPOINTS_PER_RETRAINING),
+               1)
 
 
 def json_digest(obj):
