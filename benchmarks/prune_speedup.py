@@ -551,14 +551,18 @@ class ModelRun:
                     "--seed", str(a.seed), "--save_interval", str(self.eval_every()),
                     "--keep_checkpoint_max", str(a.eval_points + 1), "--log_iters", "10",
                     "--save_dir", rel(out), "--opts", *data_opts(a.dataset_root)]
-            # a killed training continues at its last checkpoint: the same run (exact resume)
+            # a killed training continues at its last checkpoint: the same run (exact resume);
+            # one killed after its last iteration (in the evaluations below) is not run again
             last = last_checkpoint(out) if os.path.isdir(out) else None
+            done = int(os.path.basename(last)[len("iter_"):]) if last else 0
             log = os.path.join(folder, "train.log")
-            code, error, seconds = run_command(
-                argv + (["--resume_model", rel(last)] if last else []), log, a.train_threads,
-                append=True)
-            if code != 0:
-                raise BenchmarkError(f"training {self.name} failed: {error or f'exit {code}'}")
+            if done < self.train_iters:
+                code, error, seconds = run_command(
+                    argv + (["--resume_model", rel(last)] if last else []), log,
+                    a.train_threads, append=True)
+                if code != 0:
+                    raise BenchmarkError(f"training {self.name} failed: "
+                                         f"{error or f'exit {code}'}")
             if last:
                 seconds = attempts_seconds(log)
             curve = []
@@ -566,14 +570,14 @@ class ModelRun:
                 ckpt = os.path.join(out, f"iter_{it}")
                 curve.append([it, round(evaluate_checkpoint(self.cfg, ckpt), 6)])
                 logger.info(f"{self.name}: val mIoU {curve[-1][1]:.4f} at iteration {it}")
-                if it != self.train_iters:   # only the last one is used further
-                    shutil.rmtree(ckpt)
+            for it, _ in curve[:-1]:   # only the last one is used further (removed once the
+                shutil.rmtree(os.path.join(out, f"iter_{it}"))   # curve is whole: a resume's)
             result = {"checkpoint": rel(os.path.join(out, f"iter_{self.train_iters}",
                                                      "model.pdparams")),
                       "curve": curve, "seconds": seconds,
                       "seconds_per_iter": seconds_per_iter(log, seconds, self.train_iters)}
             if last:
-                result["resumed_from_iter"] = int(os.path.basename(last)[len("iter_"):])
+                result["resumed_from_iter"] = done
             return result, [command_text(argv)]
         self.train_record = self.steps.run("train", self.train_material(), compute,
                                            resumable=True)

@@ -347,6 +347,13 @@ def test_a_killed_training_step_resumes_at_its_last_checkpoint(fake_camvid, tmp_
     assert record["result"]["curve"] == [[4, 0.5], [8, 0.5]]
     assert record["commands"] == [prune_speedup.command_text(commands[0])]   # as a user runs it
     assert record["result"]["seconds"] == 60.0   # the log's runs: the killed one logged no time
+    assert os.listdir(os.path.join(run.steps.folder("train", record["key"]), "out")) == ["iter_8"]
+
+    # killed after its last iteration, in the curve's evaluations: not trained again
+    os.remove(os.path.join(run.steps.folder("train", record["key"]), bench_cache.RECORD))
+    record = run.train()
+    assert len(commands) == 2 and record["result"]["resumed_from_iter"] == 8
+    assert record["result"]["curve"] == [[8, 0.5]]   # what the killed run had left
 
 
 def test_a_killed_pruning_step_runs_the_same_prune_py_command_again(fake_camvid, tmp_path,
