@@ -282,7 +282,8 @@ def run_command(argv, log_path, threads, timeout=None, append=False):
         timer.start()
     error = None
     try:
-        with open(log_path, "a" if append else "w", encoding="utf-8") as log:
+        # line-buffered: a killed run's log keeps every line it printed (attempts_seconds)
+        with open(log_path, "a" if append else "w", encoding="utf-8", buffering=1) as log:
             if append:   # where this run's part starts (attempts_seconds)
                 log.write(f"{RUN_STARTED} {time.strftime(LOG_TIME)}\n")
             for line in proc.stdout:

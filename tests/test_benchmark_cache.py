@@ -309,6 +309,17 @@ def test_a_resumed_step_s_time_sums_the_runs_its_log_holds(tmp_path):
     assert prune_speedup.run_command(["-c", "print('two')"], str(log), 1, append=True)[0] == 0
     lines = log.read_text().splitlines()
     assert lines[0].startswith("old line") and lines[2::2] == ["one", "two"]
+    # every line is in the file as soon as it is printed: a killed run's log keeps it
+    proc = subprocess.Popen([sys.executable, "-c", (
+        "import sys; sys.path[:0] = {path!r}; import prune_speedup; prune_speedup.run_command("
+        "['-c', 'import time; print(\"line\", flush=True); time.sleep(60)'], {log!r}, 1, "
+        "append=True)").format(path=[os.path.join(ROOT, "benchmarks"), ROOT], log=str(log))])
+    deadline = time.time() + 60
+    while "line" not in log.read_text().splitlines()[-1] and time.time() < deadline:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    assert log.read_text().splitlines()[-1] == "line"
     assert [ln.split()[:3] for ln in lines[1::2]] == [["===", "run", "started"]] * 2
     log.write_text("=== run started 2026-12-07 10:00:00\n2026-12-07 10:00:05 [INFO] a\n"
                    "a warning\n2026-12-07 10:10:00 [INFO] killed here\n"
