@@ -61,6 +61,7 @@ sys.path[:0] = [HERE, ROOT]
 
 import paddleseg  # noqa: E402  (import order: cv2 before paddle)
 from paddleseg.slim.resume import last_checkpoint  # noqa: E402
+from paddleseg.utils.checkpoint import checkpoint_iteration  # noqa: E402
 from paddleseg.utils import cli, logger  # noqa: E402
 from paddleseg.utils.errors import UserError  # noqa: E402
 
@@ -310,19 +311,20 @@ def attempts_seconds(log_path):
     """The seconds of every run a resumed step's log holds (each from its start line to its
     last timestamped line, a killed run's included), summed: the step's time as if it had
     run once, less the moments between a kill and the restart."""
+    def moment(stamp):
+        return time.mktime(time.strptime(stamp, LOG_TIME))
     total, start, last = 0.0, None, None
     with open(log_path, encoding="utf-8", errors="replace") as f:
         for line in f:
-            stamp = (line[len(RUN_STARTED):].strip() if line.startswith(RUN_STARTED) else
-                     (LOGGED_TIME.match(line) or [None, None])[1])
-            if stamp is None:
-                continue
-            moment = time.mktime(time.strptime(stamp, LOG_TIME))
             if line.startswith(RUN_STARTED):
-                total += (last - start) if start is not None else 0.0
-                start = moment
-            last = moment
-    return round(total + ((last - start) if start is not None else 0.0), 1)
+                if start is not None:
+                    total += last - start
+                start = last = moment(line[len(RUN_STARTED):].strip())
+                continue
+            logged = LOGGED_TIME.match(line)
+            if logged and start is not None:   # lines before the first run's mark: no run
+                last = moment(logged[1])
+    return round(total + (last - start if start is not None else 0.0), 1)
 
 
 def prune_cli_options():
@@ -554,8 +556,8 @@ class ModelRun:
                     "--save_dir", rel(out), "--opts", *data_opts(a.dataset_root)]
             # a killed training continues at its last checkpoint: the same run (exact resume);
             # one killed after its last iteration (in the evaluations below) is not run again
-            last = last_checkpoint(out) if os.path.isdir(out) else None
-            done = int(os.path.basename(last)[len("iter_"):]) if last else 0
+            last = last_checkpoint(out)
+            done = checkpoint_iteration(last) if last else 0
             log = os.path.join(folder, "train.log")
             if done < self.train_iters:
                 code, error, seconds = run_command(

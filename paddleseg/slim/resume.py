@@ -24,6 +24,7 @@ import os
 import shutil
 
 from ..utils import logger
+from ..utils.checkpoint import checkpoint_iteration
 from ..utils.distributed import world_size
 from .candidates import RETRAINING_OPTIONS, SearchFolder
 from .options import options_fingerprint, setup_facts
@@ -55,10 +56,10 @@ def plan_key(plan):
 
 def last_checkpoint(folder):
     """The ``iter_N`` checkpoint with the highest N in ``folder`` (train() writes each whole or
-    not at all), or None."""
-    found = [(int(os.path.basename(p)[5:]), p) for p in glob.glob(os.path.join(folder, "iter_*"))
-             if os.path.basename(p)[5:].isdigit() and os.path.isdir(p)]
-    return max(found)[1] if found else None
+    not at all), or None (also where ``folder`` is missing)."""
+    found = [p for p in glob.glob(os.path.join(folder, "iter_*"))
+             if os.path.basename(p)[len("iter_"):].isdigit() and os.path.isdir(p)]
+    return max(found, key=checkpoint_iteration) if found else None
 
 
 class CheckpointFolder:
@@ -73,7 +74,7 @@ class CheckpointFolder:
         """(``folder``, the checkpoint to resume from or None)."""
         checkpoint = last_checkpoint(self.folder)
         if checkpoint:
-            self.resumed["retraining_from_iter"] = int(os.path.basename(checkpoint)[5:])
+            self.resumed["retraining_from_iter"] = checkpoint_iteration(checkpoint)
         return self.folder, checkpoint
 
 
