@@ -7,12 +7,13 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 
 import paddle
 import pytest
 
-from conftest import ROOT, write_tiny_config
+from conftest import ROOT, coarse_latency_checks, run_cli, write_tiny_config
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks", "studies"))
@@ -44,7 +45,9 @@ def pruned_row(tiny_optic_root, tmp_path_factory):
             "--retraining_iters", "3", "--sen_ratios", "0.3", "0.6", "--sen_eval_num", "1",
             "--seed", "0", "--cpu_threads", "1", "--save_dir", str(out),
             *latency_target_args(base)]
-    assert prune.main(argv) == 0
+    with pytest.MonkeyPatch.context() as patch:
+        coarse_latency_checks(patch)
+        assert prune.main(argv) == 0
     # the step record the benchmark writes: its command, as --allocations reruns it
     (out.parent / "step.json").write_text(json.dumps(
         {"commands": [shlex.join(["python", "slim/prune/prune.py", *argv])]}))
@@ -150,7 +153,17 @@ def test_another_allocation_reruns_the_row_s_command_and_is_retrained_per_seed(
     report = json.loads((work / "BiSeNetV2" / f"prune-{'a' * 12}" / "out" / "report.json")
                         .read_text())
     assert report["target"] == "latency"
+    ran_commands = []
+
+    def in_this_process(cmd, cwd):
+        # the study's prune.py command, run here (no interpreter start-up) with coarse timing
+        ran_commands.append(cmd)
+        assert cmd[:2] == [sys.executable, "slim/prune/prune.py"] and cwd == ROOT
+        return subprocess.CompletedProcess(cmd, run_cli(cmd[1], *cmd[2:]).returncode)
+    coarse_latency_checks(monkeypatch)
+    monkeypatch.setattr(retrain_seeds.subprocess, "run", in_this_process)
     assert run(work, results, md, "--seeds", "0", "1", "--allocations", "balanced") == 0
+    assert len(ran_commands) == 1
     text = md.read_text()
     assert "| latency target 0.3, balanced allocation | not a row |" in text
     assert "The balanced allocation minus equal-loss control, per seed:" in text

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import paddleseg.slim.candidates as candidates
-from paddleseg.slim.latency import measure
+from conftest import coarse_latency_checks
 from paddleseg.slim.output.report import trial_lines
 from paddleseg.slim.trial import best_candidate, run_trial, why_chosen
 from test_prune_steps import weights
@@ -135,8 +135,7 @@ def trial_argv(config, weights_path, save_dir, seg_home):
 def controlled(monkeypatch, scores):
     """Each candidate's mIoU from ``scores`` in turn; the closing loop times coarsely (what it
     measures does not decide these tests)."""
-    monkeypatch.setattr(measure, "CUT_PRECISION", 1.0)
-    monkeypatch.setattr(measure, "MIN_PAIRED_ROUNDS", 5)
+    coarse_latency_checks(monkeypatch)
     calls = []
 
     def fake(model, dataset, max_images=None):
