@@ -8,7 +8,7 @@ without metadata.
 import json
 import os
 
-from paddleseg.utils import logger
+from paddleseg.utils import generated_text, logger
 from paddleseg.utils.errors import UserError
 from paddleseg.utils.fileio import atomic_path, write_json, write_text
 
@@ -682,12 +682,11 @@ def plot_frontier(results, path):
 
 def replace_block(text, name, body, path):
     begin, end = BLOCK_BEGIN.format(name=name), BLOCK_END.format(name=name)
-    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+    try:
+        return generated_text.replace_block(text, begin, end, body)
+    except ValueError:
         raise ResultsError(f"{path} has no generated '{name}' block (one '{begin}' line, then "
-                           f"'{end}')")
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    return f"{head}{begin}\n{body}\n{end}{tail}"
+                           f"'{end}')") from None
 
 
 def update_docs(results, docs):
