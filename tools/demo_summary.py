@@ -76,11 +76,12 @@ def duration(seconds):
 
 def trained_iterations(train_dir):
     """The last iteration the demo's training saved (its iter_N folders)."""
-    steps = [int(name[len("iter_"):]) for name in os.listdir(train_dir)
-             if name.startswith("iter_") and name[len("iter_"):].isdigit()]
-    if not steps:
+    from paddleseg.slim.resume import last_checkpoint
+    from paddleseg.utils.checkpoint import checkpoint_iteration
+    last = last_checkpoint(train_dir)
+    if last is None:
         raise UserError(f"{train_dir} has no iter_N checkpoint: the demo's training did not run")
-    return max(steps)
+    return checkpoint_iteration(last)
 
 
 def data_facts(root):
