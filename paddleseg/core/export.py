@@ -19,7 +19,7 @@ import os
 
 import yaml
 
-from paddleseg.utils import logger
+from paddleseg.utils import dy2static_speedups, logger
 from paddleseg.utils.errors import UserError
 from paddleseg.utils.fileio import atomic_dir, check_replaceable_folder
 from paddleseg.utils.structure import pruned_info
@@ -156,6 +156,7 @@ def export_model(model, save_dir, input_shape=None, output_op="argmax", val_tran
         deploy["pruning"] = _plain(pruning)
     deploy.update(extra_deploy_info or {})
 
+    dy2static_speedups.install()
     was_training = model.training
     model.eval()
     try:

@@ -22,6 +22,7 @@ import paddle.nn as nn
 
 # The analysis reads Paddle 2.6's old-IR (ProgramDesc) op names and attributes ("conv2d",
 # "Filter", "padding_algorithm", ...); the version check is shared with the structure replay.
+from ..utils import dy2static_speedups
 from ..utils.structure import SUPPORTED_PADDLE, UnsupportedPaddle, check_paddle_version  # noqa: F401
 
 _SKIP_ATTRS = {"op_callstack", "op_namescope", "op_role", "op_role_var", "op_device",
@@ -157,6 +158,7 @@ def trace_program(model, input_shape, training=False, prefix=""):
     Returns (ops, shapes, inputs, outputs) with every non-parameter var name prefixed by
     ``prefix`` so that several traces can live side by side.
     """
+    dy2static_speedups.install()
     params = param_map(model)
     wrapper = _Wrapper(model)
     spec = [paddle.static.InputSpec(list(input_shape), "float32", name="x")]

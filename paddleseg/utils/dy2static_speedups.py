@@ -1,0 +1,111 @@
+"""Three costs Paddle 2.6's dy2static pays again on every trace, paid once.
+
+Every export (``paddle.jit.save``) and every channel analysis (``paddle.jit.to_static``) turns
+the model's Python into a static program. In Paddle 2.6 most of that time is bookkeeping that
+gives the same answer each time; a profile of this project's test suite put it at about a third
+of the suite's time. :func:`install` replaces three pieces with equivalents that remember:
+
+- **Layer forwards are converted once per function, not once per layer instance per trace.**
+  ``FunctionCache`` keys its cache weakly by the callable it is given; for a layer that is a bound
+  method, made anew at every attribute access, so the entry is dropped as soon as it is stored and
+  every sublayer's ``forward`` is parsed, rewritten, written to a temporary file and imported
+  again on every trace. The converted function is a plain function of ``self`` (the caller binds
+  it), so it is cached under the method's function.
+- **The builtin-function check is a set lookup.** ``is_unsupported`` rebuilds a list of every
+  callable in the builtin-like modules (thousands) and scans it for each call it converts.
+- **The caller of a broadcast tensor operation is found without reading source files.** For an
+  operand whose batch is dynamic, Paddle's ``+ - * /`` call ``inspect.stack()`` to name the line in
+  a DeprecationWarning; that reads the source context of every frame on the stack. The shim gives
+  the same (frame, file, line) of the caller.
+
+The programs built are the same with and without them (tests/test_dy2static_speedups.py).
+They apply to Paddle 2.6 only (the version this project pins and checks); on any other version
+:func:`install` leaves Paddle as it is.
+"""
+import inspect
+import sys
+
+import paddle
+
+_saved = {}
+
+
+def _paddle_2_6():
+    return paddle.__version__.split(".")[:2] == ["2", "6"]
+
+
+def _convert_with_cache(self, func):
+    """``FunctionCache.convert_with_cache``, keyed by a bound method's function (see the module
+    doc): two instances of a layer class share one converted ``forward``."""
+    key = getattr(func, "__func__", func)
+    static_func = self._converted_static_func_caches.get(key)
+    if static_func is None:
+        static_func = self._convert(func)
+        self._converted_static_func_caches[key] = static_func
+    return static_func
+
+
+def _set_lookup_is_unsupported(convert_call_func):
+    """Paddle 2.6's ``is_unsupported`` with its builtin scan as a set lookup (same answers)."""
+    from paddle.nn import Sequential
+    builtins = {}
+
+    def is_unsupported(func):
+        # the builtin-like modules can grow (add_ignore_module): rebuild when their list does
+        modules = tuple(convert_call_func.BUILTIN_LIKELY_MODULES)
+        if builtins.get("modules") != modules:
+            functions = [fn for module in modules
+                         for fn in convert_call_func.get_module_functions(module)]
+            builtins.update(modules=modules, functions=functions,   # kept alive: ids stay valid
+                            ids={id(fn) for fn in functions})
+        if id(func) in builtins["ids"]:
+            return True
+        if type(func) is Sequential:   # a Paddle layer whose forward is converted
+            return False
+        return bool(convert_call_func.is_paddle_func(func))
+    return is_unsupported
+
+
+class _CallerOnlyInspect:
+    """``inspect`` for Paddle's math_op_patch: ``stack()[1]`` is the caller's (frame, filename,
+    lineno), what it reads to name the line of its warning; everything else is ``inspect``'s."""
+
+    def __getattr__(self, name):
+        return getattr(inspect, name)
+
+    @staticmethod
+    def stack(context=1):
+        caller = sys._getframe(2)   # 0: this, 1: the operator's __impl__, 2: the line using it
+        here = sys._getframe(1)
+        return [(here, here.f_code.co_filename, here.f_lineno),
+                (caller, caller.f_code.co_filename, caller.f_lineno)]
+
+
+def install():
+    """Put the three speed-ups in place (see the module doc); idempotent. Returns whether they
+    are in place (False on a Paddle other than 2.6)."""
+    if _saved:
+        return True
+    if not _paddle_2_6():
+        return False
+    from paddle.base.layers import math_op_patch
+    from paddle.jit.dy2static import convert_call_func, program_translator
+    _saved.update(convert_with_cache=program_translator.FunctionCache.convert_with_cache,
+                  is_unsupported=convert_call_func.is_unsupported,
+                  inspect=math_op_patch.inspect)
+    program_translator.FunctionCache.convert_with_cache = _convert_with_cache
+    convert_call_func.is_unsupported = _set_lookup_is_unsupported(convert_call_func)
+    math_op_patch.inspect = _CallerOnlyInspect()
+    return True
+
+
+def uninstall():
+    """Paddle's own functions back (for comparing the two in tests)."""
+    if not _saved:
+        return
+    from paddle.base.layers import math_op_patch
+    from paddle.jit.dy2static import convert_call_func, program_translator
+    program_translator.FunctionCache.convert_with_cache = _saved["convert_with_cache"]
+    convert_call_func.is_unsupported = _saved["is_unsupported"]
+    math_op_patch.inspect = _saved["inspect"]
+    _saved.clear()

@@ -1,0 +1,104 @@
+"""paddleseg.utils.dy2static_speedups: Paddle 2.6's dy2static with its repeated bookkeeping done
+once gives the same programs, the same answers and the same warning, and converts each layer
+forward once however many instances and traces there are."""
+import warnings
+
+import paddle
+import pytest
+
+from paddleseg.slim.graph import trace_program
+from paddleseg.utils import dy2static_speedups
+from test_models import build
+
+pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
+
+
+@pytest.fixture
+def without_speedups():
+    """Paddle's own functions for the test, the speed-ups back afterwards (other tests and the
+    code under test install them)."""
+    dy2static_speedups.uninstall()
+    yield
+    dy2static_speedups.install()
+
+
+def op_list(ops):
+    return [(op.type, sorted((k, repr(v)) for k, v in op.attrs.items())) for op in ops]
+
+
+def test_the_traced_program_is_the_same_with_and_without(without_speedups):
+    paddle.seed(0)
+    model = build("BiSeNetV2", 2)
+    plain = trace_program(model, (1, 3, 64, 64))
+    assert dy2static_speedups.install()
+    faster = trace_program(model, (1, 3, 64, 64))
+    assert op_list(faster[0]) == op_list(plain[0]) and len(plain[0]) > 100
+    assert faster[1] == plain[1]   # every variable's shape, by name
+
+
+def test_each_layer_forward_is_converted_once_across_instances_and_traces(monkeypatch):
+    from paddle.jit.dy2static import program_translator
+    assert dy2static_speedups.install()
+    converted = []
+    real_convert = program_translator.FunctionCache._convert
+
+    def counted(self, func):
+        converted.append(getattr(func, "__func__", func))
+        return real_convert(self, func)
+    monkeypatch.setattr(program_translator.FunctionCache, "_convert", counted)
+    for seed in (0, 1):   # two instances, each traced twice
+        paddle.seed(seed)
+        model = build("FastSCNN", 2)
+        for _ in range(2):
+            trace_program(model, (1, 3, 64, 64))
+    assert len(converted) == len(set(converted)), "a forward was converted twice"
+
+
+def test_the_builtin_check_answers_as_paddle_s(without_speedups):
+    import math
+
+    import numpy as np
+    from paddle.jit.dy2static import convert_call_func
+
+    def user_function(x):
+        return x
+    samples = [len, math.sqrt, np.mean, paddle.concat, paddle.nn.functional.relu, user_function,
+               paddle.nn.Sequential(paddle.nn.ReLU()), paddle.nn.Conv2D(1, 1, 1), print]
+    paddles = [convert_call_func.is_unsupported(f) for f in samples]
+    assert dy2static_speedups.install()
+    assert [convert_call_func.is_unsupported(f) for f in samples] == paddles
+    assert paddles[:3] == [True] * 3 and paddles[5] is False   # not all one answer
+
+
+def broadcast_warning():
+    """The DeprecationWarning Paddle gives for ``x * y`` with a dynamic batch in a static program,
+    and the line of the expression."""
+    import inspect
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    paddle.enable_static()
+    try:
+        with paddle.static.program_guard(main, startup), warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            x = paddle.static.data("x", [-1, 3], "float32")
+            y = paddle.static.data("y", [-1, 3], "float32")
+            line = inspect.currentframe().f_lineno + 1
+            x * y
+    finally:
+        paddle.disable_static()
+    messages = [str(w.message) for w in seen if issubclass(w.category, DeprecationWarning)]
+    return messages, line
+
+
+def test_the_broadcast_warning_names_the_same_line(without_speedups):
+    plain, line = broadcast_warning()
+    assert dy2static_speedups.install()
+    faster, _ = broadcast_warning()
+    assert faster == plain and faster[0].startswith(f"{__file__}:{line}\n"), faster
+
+
+def test_another_paddle_is_left_as_it_is(without_speedups, monkeypatch):
+    from paddle.jit.dy2static import convert_call_func
+    own = convert_call_func.is_unsupported
+    monkeypatch.setattr(paddle, "__version__", "3.0.0")
+    assert dy2static_speedups.install() is False
+    assert convert_call_func.is_unsupported is own
