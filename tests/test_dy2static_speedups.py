@@ -13,25 +13,21 @@ from test_models import build
 pytestmark = pytest.mark.filterwarnings("ignore:When training, we now always track")
 
 
-@pytest.fixture
-def without_speedups():
-    """Paddle's own functions for the test, the speed-ups back afterwards (other tests and the
-    code under test install them)."""
-    dy2static_speedups.uninstall()
-    yield
-    dy2static_speedups.install()
-
-
 def op_list(ops):
     return [(op.type, sorted((k, repr(v)) for k, v in op.attrs.items())) for op in ops]
 
 
-def test_the_traced_program_is_the_same_with_and_without(without_speedups):
+def test_the_traced_program_is_the_same_with_and_without():
+    from paddle.jit.dy2static import program_translator
     paddle.seed(0)
     model = build("BiSeNetV2", 2)
-    plain = trace_program(model, (1, 3, 64, 64))
-    assert dy2static_speedups.install()
+    with dy2static_speedups.paddles_own():
+        plain = trace_program(model, (1, 3, 64, 64))   # its install() does nothing here
+        assert program_translator.FunctionCache.convert_with_cache.__module__ == \
+            program_translator.__name__
     faster = trace_program(model, (1, 3, 64, 64))
+    assert program_translator.FunctionCache.convert_with_cache.__module__ == \
+        dy2static_speedups.__name__
     assert op_list(faster[0]) == op_list(plain[0]) and len(plain[0]) > 100
     assert faster[1] == plain[1]   # every variable's shape, by name
 
@@ -54,7 +50,7 @@ def test_each_layer_forward_is_converted_once_across_instances_and_traces(monkey
     assert len(converted) == len(set(converted)), "a forward was converted twice"
 
 
-def test_the_builtin_check_answers_as_paddle_s(without_speedups):
+def test_the_builtin_check_answers_as_paddle_s():
     import math
 
     import numpy as np
@@ -64,7 +60,8 @@ def test_the_builtin_check_answers_as_paddle_s(without_speedups):
         return x
     samples = [len, math.sqrt, np.mean, paddle.concat, paddle.nn.functional.relu, user_function,
                paddle.nn.Sequential(paddle.nn.ReLU()), paddle.nn.Conv2D(1, 1, 1), print]
-    paddles = [convert_call_func.is_unsupported(f) for f in samples]
+    with dy2static_speedups.paddles_own():
+        paddles = [convert_call_func.is_unsupported(f) for f in samples]
     assert dy2static_speedups.install()
     assert [convert_call_func.is_unsupported(f) for f in samples] == paddles
     assert paddles[:3] == [True] * 3 and paddles[5] is False   # not all one answer
@@ -89,16 +86,29 @@ def broadcast_warning():
     return messages, line
 
 
-def test_the_broadcast_warning_names_the_same_line(without_speedups):
-    plain, line = broadcast_warning()
+def test_the_broadcast_warning_names_the_same_line():
+    with dy2static_speedups.paddles_own():
+        plain, line = broadcast_warning()
     assert dy2static_speedups.install()
     faster, _ = broadcast_warning()
     assert faster == plain and faster[0].startswith(f"{__file__}:{line}\n"), faster
 
 
-def test_another_paddle_is_left_as_it_is(without_speedups, monkeypatch):
+def test_another_paddle_is_left_as_it_is(monkeypatch):
     from paddle.jit.dy2static import convert_call_func
+    dy2static_speedups.uninstall()
     own = convert_call_func.is_unsupported
     monkeypatch.setattr(paddle, "__version__", "3.0.0")
     assert dy2static_speedups.install() is False
     assert convert_call_func.is_unsupported is own
+
+
+def test_an_export_saves_the_same_parameters_with_and_without(tmp_path):
+    from paddleseg.core.export import PARAMS_FILE, export_model
+    paddle.seed(0)
+    model = build("FastSCNN", 2)
+    with dy2static_speedups.paddles_own():
+        export_model(model, str(tmp_path / "plain"), val_transforms_config=[])
+    export_model(model, str(tmp_path / "faster"), val_transforms_config=[])
+    plain = (tmp_path / "plain" / PARAMS_FILE).read_bytes()
+    assert (tmp_path / "faster" / PARAMS_FILE).read_bytes() == plain and len(plain) > 1e6
