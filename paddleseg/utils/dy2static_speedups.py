@@ -22,6 +22,11 @@ of the suite's time. :func:`install` replaces four pieces with equivalents that 
   once per parameter (an HRNet-W18 trace: 700 parameters x 1,200 ops).
 
 The programs built are the same with and without them (tests/test_dy2static_speedups.py).
+One side effect happens less often: each converted function's temporary module starts with
+``warnings.filterwarnings('ignore', category=DeprecationWarning)``, so Paddle re-silenced
+DeprecationWarnings on every trace. Converted once, it silences them once; the filter stays for
+the process as before, but a test runner that resets the filters per test now shows Paddle's
+own DeprecationWarnings from later traces.
 They apply to Paddle 2.6 only (the version this project pins and checks); on any other version
 :func:`install` leaves Paddle as it is.
 """
