@@ -1,6 +1,7 @@
 """paddleseg.utils.dy2static_speedups: Paddle 2.6's dy2static with its repeated bookkeeping done
 once gives the same programs, the same answers and the same warning, and converts each layer
 forward once however many instances and traces there are."""
+import contextlib
 import warnings
 
 import paddle
@@ -117,3 +118,27 @@ def test_an_export_saves_the_same_parameters_with_and_without(tmp_path):
     export_model(model, str(tmp_path / "faster"), val_transforms_config=[])
     plain = (tmp_path / "plain" / PARAMS_FILE).read_bytes()
     assert (tmp_path / "faster" / PARAMS_FILE).read_bytes() == plain and len(plain) > 1e6
+
+
+def op_callstacks():
+    """The call stack each op of a small static program recorded as it was created."""
+    main, startup = paddle.static.Program(), paddle.static.Program()
+    paddle.enable_static()
+    try:
+        with paddle.static.program_guard(main, startup):
+            x = paddle.static.data("x", [-1, 3], "float32")
+            paddle.nn.functional.relu(x * 2.0)
+    finally:
+        paddle.disable_static()
+    return [op.attr("op_callstack") for op in main.global_block().ops]
+
+
+def test_each_op_records_the_same_call_stack():
+    stacks = []
+    for paddles in (True, False):   # one call site for both, so the stacks can be equal
+        with dy2static_speedups.paddles_own() if paddles else contextlib.nullcontext():
+            assert dy2static_speedups.install() is not paddles
+            stacks.append(op_callstacks())
+    assert stacks[1] == stacks[0] and len(stacks[0]) == 2
+    assert any(__file__ in line and "relu" in text
+               for line, text in zip(stacks[0][1][::2], stacks[0][1][1::2]))

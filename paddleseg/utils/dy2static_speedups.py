@@ -1,9 +1,9 @@
-"""Four costs of Paddle 2.6's dy2static, paid once instead of again and again.
+"""Five costs of Paddle 2.6's static-program building, paid once instead of again and again.
 
 Every export (``paddle.jit.save``) and every channel analysis (``paddle.jit.to_static``) turns
 the model's Python into a static program. In Paddle 2.6 most of that time is bookkeeping that
 gives the same answer each time; a profile of this project's test suite put it at about a third
-of the suite's time. :func:`install` replaces four pieces with equivalents that remember:
+of the suite's time. :func:`install` replaces five pieces with equivalents that remember:
 
 - **Layer forwards are converted once per function, not once per layer instance per trace.**
   ``FunctionCache`` keys its cache weakly by the callable it is given; for a layer that is a bound
@@ -20,6 +20,11 @@ of the suite's time. :func:`install` replaces four pieces with equivalents that 
 - **The parameters a traced program uses are found in one pass over its ops.** The partial
   program keeps the parameters some op reads or writes by scanning every op's argument names
   once per parameter (an HRNet-W18 trace: 700 parameters x 1,200 ops).
+- **The Python call stack each op records is read without checking every file again.** Every op
+  created stores the stack that created it (``op_callstack``: Paddle prints it when the op
+  fails, and dy2static maps it back to the model's source). ``traceback.extract_stack`` stats
+  every file on the stack again for each op; the stand-in reads the same lines from the line
+  cache.
 
 The programs built are the same with and without them (tests/test_dy2static_speedups.py).
 One side effect happens less often: each converted function's temporary module starts with
@@ -32,7 +37,9 @@ They apply to Paddle 2.6 only (the version this project pins and checks); on any
 """
 import contextlib
 import inspect
+import linecache
 import sys
+import traceback
 
 import paddle
 
@@ -102,16 +109,43 @@ class _CallerOnlyInspect:
                 (caller, caller.f_code.co_filename, caller.f_lineno)]
 
 
+class _CachedLinesTraceback:
+    """``traceback`` for Paddle's framework module: ``extract_stack()`` gives the same
+    (filename, lineno, name, line) of each frame, outermost first, from the line cache without
+    ``linecache.checkcache``'s stat of every file on the stack; everything else is
+    ``traceback``'s."""
+
+    def __getattr__(self, name):
+        return getattr(traceback, name)
+
+    @staticmethod
+    def extract_stack(f=None, limit=None):
+        if limit is not None:   # Paddle passes none; keep the standard one's handling
+            return traceback.extract_stack(f or sys._getframe(1), limit)
+        frame = sys._getframe(1) if f is None else f
+        frames = []
+        while frame is not None:
+            code, lineno = frame.f_code, frame.f_lineno
+            line = None if lineno is None else \
+                linecache.getline(code.co_filename, lineno, frame.f_globals).strip()
+            frames.append((code.co_filename, lineno, code.co_name, line))
+            frame = frame.f_back
+        frames.reverse()
+        return frames
+
+
 def install():
-    """Put the four speed-ups in place (see the module doc); idempotent. Returns whether they
+    """Put the five speed-ups in place (see the module doc); idempotent. Returns whether they
     are in place (False on a Paddle other than 2.6)."""
     if _saved:
         return True
     if _blocked or not _paddle_2_6():
         return False
+    from paddle.base import framework
     from paddle.base.layers import math_op_patch
     from paddle.jit.dy2static import convert_call_func, partial_program, program_translator
-    _saved.update(convert_with_cache=program_translator.FunctionCache.convert_with_cache,
+    _saved.update(traceback=framework.traceback,
+                  convert_with_cache=program_translator.FunctionCache.convert_with_cache,
                   is_unsupported=convert_call_func.is_unsupported,
                   inspect=math_op_patch.inspect,
                   prune_unused_params=partial_program.PartialProgramLayer._prune_unused_params)
@@ -119,6 +153,7 @@ def install():
     convert_call_func.is_unsupported = _set_lookup_is_unsupported(convert_call_func)
     math_op_patch.inspect = _CallerOnlyInspect()
     partial_program.PartialProgramLayer._prune_unused_params = _prune_unused_params
+    framework.traceback = _CachedLinesTraceback()
     return True
 
 
@@ -138,8 +173,10 @@ def uninstall():
     """Paddle's own functions back."""
     if not _saved:
         return
+    from paddle.base import framework
     from paddle.base.layers import math_op_patch
     from paddle.jit.dy2static import convert_call_func, partial_program, program_translator
+    framework.traceback = _saved["traceback"]
     program_translator.FunctionCache.convert_with_cache = _saved["convert_with_cache"]
     partial_program.PartialProgramLayer._prune_unused_params = _saved["prune_unused_params"]
     convert_call_func.is_unsupported = _saved["is_unsupported"]
