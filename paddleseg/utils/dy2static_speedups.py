@@ -43,7 +43,7 @@ import traceback
 
 import paddle
 
-_saved = {}
+_saved = {}     # (owner, attribute): Paddle's own value, while ours is in place
 _blocked = []   # non-empty inside paddles_own()
 
 
@@ -65,17 +65,17 @@ def _convert_with_cache(self, func):
 def _set_lookup_is_unsupported(convert_call_func):
     """Paddle 2.6's ``is_unsupported`` with its builtin scan as a set lookup (same answers)."""
     from paddle.nn import Sequential
-    builtins = {}
+    known = {}
 
     def is_unsupported(func):
         # the builtin-like modules can grow (add_ignore_module): rebuild when their list does
         modules = tuple(convert_call_func.BUILTIN_LIKELY_MODULES)
-        if builtins.get("modules") != modules:
+        if known.get("modules") != modules:
             functions = [fn for module in modules
                          for fn in convert_call_func.get_module_functions(module)]
-            builtins.update(modules=modules, functions=functions,   # kept alive: ids stay valid
-                            ids={id(fn) for fn in functions})
-        if id(func) in builtins["ids"]:
+            known.update(modules=modules, functions=functions,   # kept alive: ids stay valid
+                         ids={id(fn) for fn in functions})
+        if id(func) in known["ids"]:
             return True
         if type(func) is Sequential:   # a Paddle layer whose forward is converted
             return False
@@ -134,6 +134,19 @@ class _CachedLinesTraceback:
         return frames
 
 
+def _replacements():
+    """(owner, attribute, Paddle 2.6's value there, ours) of each speed-up."""
+    from paddle.base import framework
+    from paddle.base.layers import math_op_patch
+    from paddle.jit.dy2static import convert_call_func, partial_program, program_translator
+    ours = [(program_translator.FunctionCache, "convert_with_cache", _convert_with_cache),
+            (convert_call_func, "is_unsupported", _set_lookup_is_unsupported(convert_call_func)),
+            (math_op_patch, "inspect", _CallerOnlyInspect()),
+            (partial_program.PartialProgramLayer, "_prune_unused_params", _prune_unused_params),
+            (framework, "traceback", _CachedLinesTraceback())]
+    return [(owner, name, getattr(owner, name), value) for owner, name, value in ours]
+
+
 def install():
     """Put the five speed-ups in place (see the module doc); idempotent. Returns whether they
     are in place (False on a Paddle other than 2.6)."""
@@ -141,19 +154,9 @@ def install():
         return True
     if _blocked or not _paddle_2_6():
         return False
-    from paddle.base import framework
-    from paddle.base.layers import math_op_patch
-    from paddle.jit.dy2static import convert_call_func, partial_program, program_translator
-    _saved.update(traceback=framework.traceback,
-                  convert_with_cache=program_translator.FunctionCache.convert_with_cache,
-                  is_unsupported=convert_call_func.is_unsupported,
-                  inspect=math_op_patch.inspect,
-                  prune_unused_params=partial_program.PartialProgramLayer._prune_unused_params)
-    program_translator.FunctionCache.convert_with_cache = _convert_with_cache
-    convert_call_func.is_unsupported = _set_lookup_is_unsupported(convert_call_func)
-    math_op_patch.inspect = _CallerOnlyInspect()
-    partial_program.PartialProgramLayer._prune_unused_params = _prune_unused_params
-    framework.traceback = _CachedLinesTraceback()
+    for owner, name, paddles, ours in _replacements():
+        _saved[(owner, name)] = paddles
+        setattr(owner, name, ours)
     return True
 
 
@@ -171,14 +174,6 @@ def paddles_own():
 
 def uninstall():
     """Paddle's own functions back."""
-    if not _saved:
-        return
-    from paddle.base import framework
-    from paddle.base.layers import math_op_patch
-    from paddle.jit.dy2static import convert_call_func, partial_program, program_translator
-    framework.traceback = _saved["traceback"]
-    program_translator.FunctionCache.convert_with_cache = _saved["convert_with_cache"]
-    partial_program.PartialProgramLayer._prune_unused_params = _saved["prune_unused_params"]
-    convert_call_func.is_unsupported = _saved["is_unsupported"]
-    math_op_patch.inspect = _saved["inspect"]
+    for (owner, name), paddles in _saved.items():
+        setattr(owner, name, paddles)
     _saved.clear()
