@@ -26,6 +26,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORD = "step.json"
 # fields that tell the rows of one kind of step apart (not the reason one was not reused)
 ROW_FIELDS = ("ratio", "target", "pruned")
+# fields that make a step another unit of the same kind, not an earlier version of it: a
+# recovery unit's seed, recipe flags, control flag and row (the other seeds of a recipe are not
+# explained as "made with other seed" each time a unit starts)
+IDENTITY_FIELDS = {"recovery": ("seed", "flags", "control", "row")}
 
 # the sources each kind of step runs; a change in any of them is a new code version
 TRAIN_SOURCES = ("train.py", "val.py", "paddleseg/__init__.py", "paddleseg/env.py",
@@ -163,7 +167,8 @@ class Steps:
             record = read_record(other)
             if record and record.get("key") != key and "material" in record:
                 diff = differences(record["material"], material)
-                if any(d.split(".")[0] in ROW_FIELDS for d in diff):
-                    continue    # another row, not an earlier version of this one
+                identity = ROW_FIELDS + IDENTITY_FIELDS.get(kind, ())
+                if any(d.split(".")[0] in identity for d in diff):
+                    continue    # another row or unit, not an earlier version of this one
                 logger.info(f"not reusing {shown(other)}: made with other "
                             f"{', '.join(diff[:6])}{' ...' if len(diff) > 6 else ''}")

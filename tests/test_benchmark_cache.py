@@ -67,6 +67,26 @@ def test_a_resumable_step_killed_before_its_record_continues_from_its_folder(tmp
     assert steps.run("recovery", material, lambda d: 1 / 0, resumable=True) == record
 
 
+def test_only_an_earlier_version_of_the_same_unit_is_explained(tmp_path, capsys):
+    """A new recovery unit is not compared with the other seeds and recipes (each start listed
+    all of them); a unit whose code changed still says why its old folder is not reused."""
+    steps = bench_cache.Steps(str(tmp_path))
+    unit = {"seed": 0, "flags": [], "control": False, "row": {"ratio": 0.3}, "code": "a"}
+    steps.run("recovery", unit, lambda d: ({}, []))
+    capsys.readouterr()
+    for other in ({"seed": 1}, {"flags": ["--distill", "channel"]}, {"control": True},
+                  {"row": {"ratio": 0.5}}):
+        steps.run("recovery", dict(unit, **other), lambda d: ({}, []))
+        assert "not reusing" not in capsys.readouterr().out, other
+    steps.run("recovery", dict(unit, code="b"), lambda d: ({}, []))
+    out = capsys.readouterr().out
+    assert out.count("not reusing") == 1 and "made with other code" in out
+    # a training step's seed is an argument like any other: an old one is explained
+    steps.run("train", {"seed": 0}, lambda d: ({}, []))
+    steps.run("train", {"seed": 1}, lambda d: ({}, []))
+    assert "made with other seed" in capsys.readouterr().out
+
+
 def test_latency_phase_never_computes(tmp_path):
     steps = bench_cache.Steps(str(tmp_path), compute=False)
     with pytest.raises(bench_cache.StepNotPrepared, match="--phase prepare"):
