@@ -8,7 +8,12 @@ the numbers are written must not throw the measured units away.
 import math
 import re
 
-NOISE_SE = 2.0   # a difference of means beyond 2 standard errors is called a difference
+from scipy import stats
+
+# a difference of means counts when it is outside the 95% interval of Welch's t-test: with three
+# seeds a side the t quantile (2.8 at 4 degrees of freedom, 4.3 at 2) is well above the normal
+# approximation's 2, which called too many 3-seed differences real
+CONFIDENCE = 0.95
 WITHIN_POINTS = 1.0   # the accuracy issue's goal: within 1 point of the control (bench_goals)
 
 
@@ -21,11 +26,23 @@ def mean_sd(values):
 
 def compare(a, b):
     """(difference of means in points, the noise bound in points, beyond it?) of two seed
-    lists: the bound is NOISE_SE standard errors of the difference."""
+    lists: the bound is the half-width of Welch's t interval of the difference (CONFIDENCE)."""
     (ma, sa), (mb, sb) = mean_sd(a), mean_sd(b)
-    noise = NOISE_SE * math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
     diff = 100 * (ma - mb)
-    return diff, 100 * noise, abs(ma - mb) > noise and len(a) > 1 and len(b) > 1
+    if len(a) < 2 or len(b) < 2:   # one seed has no spread to judge by
+        return diff, 0.0, False
+    noise = welch_half_width(sa ** 2 / len(a), sb ** 2 / len(b), len(a) - 1, len(b) - 1)
+    return diff, 100 * noise, abs(ma - mb) > noise
+
+
+def welch_half_width(var_a, var_b, dof_a, dof_b):
+    """Half-width of the CONFIDENCE interval of a difference of two means whose squared
+    standard errors are ``var_a`` and ``var_b`` (Welch-Satterthwaite degrees of freedom)."""
+    variance = var_a + var_b
+    if variance == 0:
+        return 0.0
+    dof = variance ** 2 / (var_a ** 2 / dof_a + var_b ** 2 / dof_b)
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, dof)) * math.sqrt(variance)
 
 
 def spread(values):
@@ -157,7 +174,7 @@ def model_lines(model, entry):
              f"Machine: {entry['machine']}; "
              f"`{entry['command']}` (code {entry['git']}, {entry['date']}).", "",
              "| Recipe | prune.py flags | mIoU mean ± sd | its control (same schedule) | "
-             "Δ vs control, points (± 2 SE) | Δ vs config schedule, points (± 2 SE) | "
+             "Δ vs control, points (± 95% CI) | Δ vs config schedule, points (± 95% CI) | "
              "retraining s/iter (× config) |",
              "|---|---|---|---|---|---|---|"]
     for name, r in recipes.items():
@@ -178,7 +195,7 @@ def model_lines(model, entry):
         lines += ["The frontier's other rows, each retrained as the headline table's (config "
                   "schedule) with the same seeds:", "",
                   "| Row | mIoU mean ± sd | control (config schedule) | Δ vs control, points "
-                  "(± 2 SE) |", "|---|---|---|---|"]
+                  "(± 95% CI) |", "|---|---|---|---|"]
         lines += [f"| {r['label']} | {spread(r['mious'])} | {spread(control)} | "
                   f"{verdict(*compare(r['mious'], control))} |" for r in entry["rows"]]
         lines.append("")
@@ -193,8 +210,9 @@ def recovery_lines(results):
     lines = ["Each recipe retrains the latency-target row's own pruned model (same plan, widths "
              "and speed), once per seed; its control fine-tunes the unpruned model as many "
              "iterations with the recipe's schedule and the same seeds. mIoU on the full val "
-             f"split. A difference counts only beyond {NOISE_SE:g} standard errors of the "
-             "difference of the means (sd of the seeds); inside that it is reported as noise.", ""]
+             f"split. A difference counts only outside the {CONFIDENCE:.0%} interval of Welch's "
+             "t-test on the seeds (± below: its half-width); inside it, it is reported as "
+             "noise.", ""]
     for model, entry in recovery.items():
         lines += model_lines(model, entry)
         if not retrains_headline(results, model):

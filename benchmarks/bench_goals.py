@@ -279,6 +279,6 @@ def longer_lines(results):
              f"of {len(within)} model(s) measured (the benchmark has {len(results['models'])}).")
     return ([f"Retrained longer than the row (not counted above: the goal compares recipes at "
              "the row's retraining iterations), each against its control fine-tuned as long:",
-             "", "| Model | Recipe | iterations (the row's) | Δ vs control, points (± 2 SE) | "
+             "", "| Model | Recipe | iterations (the row's) | Δ vs control, points (± 95% CI) | "
              f"within {WITHIN_POINTS:.1f} point | half of the filed loss recovered |",
              "|---|---|---:|---:|---|---|"] + lines + ["", count, ""])

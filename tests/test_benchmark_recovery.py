@@ -37,10 +37,17 @@ def test_a_control_keeps_the_schedule_but_not_what_needs_a_pruned_model():
         assert o.seed == 1 and o.retraining_iters == (16 if name == "long" else 4), name
 
 
-def test_a_difference_counts_only_beyond_two_standard_errors():
+def test_a_difference_counts_only_outside_welchs_95_percent_interval():
     diff, noise, beyond = bench_accuracy.compare([0.40, 0.41, 0.42], [0.30, 0.31, 0.32])
+    # equal sds, 3 seeds a side: 4 degrees of freedom, t(0.975, 4) = 2.7764
     assert diff == pytest.approx(10.0) and beyond
-    assert noise == pytest.approx(2 * (2 * 0.01 ** 2 / 3) ** 0.5 * 100)
+    assert noise == pytest.approx(2.7764 * (2 * 0.01 ** 2 / 3) ** 0.5 * 100, rel=1e-4)
+    # one side with no spread: the other side's 2 degrees of freedom, t(0.975, 2) = 4.3027
+    diff, noise, _ = bench_accuracy.compare([0.40, 0.41, 0.42], [0.30, 0.30, 0.30])
+    assert noise == pytest.approx(4.3027 * (0.01 ** 2 / 3) ** 0.5 * 100, rel=1e-4)
+    # 2 standard errors (the normal approximation) would call this one real; the t-test does not
+    diff, noise, beyond = bench_accuracy.compare([0.40, 0.42, 0.44], [0.36, 0.38, 0.40])
+    assert 2 * (2 * 0.02 ** 2 / 3) ** 0.5 * 100 < diff < noise and not beyond
     diff, noise, beyond = bench_accuracy.compare([0.40, 0.44, 0.36], [0.39, 0.43, 0.38])
     assert abs(diff) < noise and not beyond
     # one seed has no spread to judge by: never "beyond"
@@ -167,14 +174,14 @@ def test_a_longer_retraining_is_reported_apart_from_the_goal_and_the_defaults():
     assert bench_goals.recovery_goal("FastSCNN", results)["best"] == "finetune"
     assert not any("4x retraining" in line for line in bench_goals.defaults_lines(results))
     text = "\n".join(bench_goals.goal_lines(results))
-    assert "| FastSCNN | 4x retraining iterations | 600 (150) | +1.0 ± 1.3: within the noise " \
+    assert "| FastSCNN | 4x retraining iterations | 600 (150) | +1.0 ± 2.1: within the noise " \
         "| met | met (-11.2 -> -5.6) |" in text
     assert "Within 1.0 point when retrained longer: 1 of 1 model(s) measured (the benchmark " \
         "has 1)." in text
     # 5 points short of its control fine-tuned as long: neither goal met, and counted so
     entry["recipes"]["long"]["mious"] = [0.38, 0.39, 0.40]
     text = "\n".join(bench_goals.goal_lines(results))
-    assert "| -5.0 ± 1.3: beyond the noise | missed | met (-11.2 -> -5.6) |" in text
+    assert "| -5.0 ± 2.1: beyond the noise | missed | met (-11.2 -> -5.6) |" in text
     assert "retrained longer: 0 of 1 model(s)" in text
     entry["recipes"]["long"]["mious"] = [0.37, 0.38, 0.39]
     assert "| missed | missed (-11.2 -> -5.6) |" in "\n".join(bench_goals.goal_lines(results))
