@@ -85,7 +85,8 @@ def test_a_budget_no_step_meets_chooses_nothing():
 
 
 def run_search_seeded(max_drop, second_mious, records=None, mious=MIOUS):
-    """The search with a second seed: ``second_mious`` {cut: the retry's mIoU}."""
+    """The search with a second seed: ``second_mious`` {cut: the retry's mIoU}; a cut not in
+    it scores the same with both seeds."""
     asked, retried = [], []
 
     def evaluate(k, cut):
@@ -94,55 +95,87 @@ def run_search_seeded(max_drop, second_mious, records=None, mious=MIOUS):
 
     def second_seed(record):
         retried.append(record["cut"])
-        return second_mious[record["cut"]]
+        return second_mious.get(record["cut"], mious[record["cut"]])
     chosen, out = search(sorted(mious), REFERENCE, evaluate, max_drop, list(records or []),
                          lambda r: None, second_seed)
     return chosen, out, asked, retried
 
 
+def test_the_margin_takes_the_larger_noise_and_shrinks_with_seeds():
+    # one seed: the reference's noise; two seeds agreeing: sqrt(1/2 + 1/2) / sqrt(3/2) of it
+    assert budget.margin(0.2, 1) == pytest.approx(0.2)
+    assert budget.margin(0.2, 2, 0.0) == pytest.approx(0.2 * (2 / 3) ** 0.5)
+    # two seeds 1.5 points apart: their own noise, not the reference's 0.2, sets the margin
+    assert budget.margin(0.2, 2, 1.5) == pytest.approx(((1.5 ** 2 / 2 + 0.2 ** 2 / 2) / 1.5)
+                                                       ** 0.5)
+    assert budget.seeds_noise([0.48, 0.495]) == pytest.approx(1.5)
+    assert budget.seeds_noise([0.48]) is None
+
+
+def test_an_accepted_step_is_confirmed_by_a_second_seed():
+    # every accepted step is retrained with the next seed; cut 0.4 (2.0 lost, beyond the
+    # noise of a 1.75 budget) is refused by its first seed, without a retry
+    chosen, records, _, retried = run_search_seeded(1.75, {})
+    assert chosen == 2 and retried == [0.1, 0.2, 0.3] and records[3]["mious"] == [0.48]
+    assert [r["accepted"] for r in records] == [True, True, True, False]
+    assert records[2]["noise_points"] == pytest.approx(0.2 * (2 / 3) ** 0.5, abs=1e-4)
+
+
+def test_a_lucky_first_seed_is_not_accepted():
+    # budget 1: cut 0.3's first seed loses 0.8 (+0.2 noise: accepted); its second loses 2.2,
+    # so the mean, 1.5, refuses it and cut 0.2 is the answer
+    chosen, records, asked, retried = run_search_seeded(1.0, {0.3: 0.478})
+    assert chosen == 1 and asked == [0.1, 0.2, 0.3] and retried == [0.1, 0.2, 0.3]
+    assert records[2]["drop_points"] == pytest.approx(1.5) and not records[2]["accepted"]
+    # cut 0.1's seeds lose 0.1 and 1.3: the mean (0.7) plus the reference's two-seed margin
+    # (0.16) would pass, but the seeds' own spread (1.2 points) is the noise: refused
+    chosen, records, _, _ = run_search_seeded(1.0, {0.1: 0.487})
+    assert chosen is None and records[0]["drop_points"] == pytest.approx(0.7)
+    assert records[0]["noise_points"] == pytest.approx(((1.2 ** 2 / 2 + 0.02) / 1.5) ** 0.5,
+                                                       abs=1e-4)
+
+
 def test_a_step_refused_within_the_noise_gets_a_second_seed():
-    # budget 1.75: cut 0.4 loses 2.0 (+0.2 noise) where cut 0.3 lost 0.8: refused by more than
-    # the noise (2.0 - 0.2 > 1.75): no retry
-    chosen, records, _, retried = run_search_seeded(1.75, {0.4: 0.5})
-    assert chosen == 2 and retried == [] and records[3]["mious"] == [0.48]
-    # budget 1.9: 2.0 - 0.2 noise is within it, so the refusal may be bad luck: the same plan
-    # retrained with the next seed; the mean (0.4875: 1.25 lost) plus the two-seed noise
-    # (0.2 x sqrt(2/3)) is within the budget: accepted, and the search goes on to cut 0.5
-    # (3.0 lost, beyond the noise: refused without a retry)
-    chosen, records, asked, retried = run_search_seeded(1.9, {0.4: 0.495})
-    assert retried == [0.4] and asked == [0.1, 0.2, 0.3, 0.4, 0.5] and chosen == 3
+    # budget 2.1: cut 0.4's first seed loses 2.0 (+0.2 noise: refused, but within the noise);
+    # its second loses 1.0: the mean, 1.5, plus the margin of two seeds 1 point apart (0.59)
+    # is within the budget: accepted, and the search goes on to cut 0.5 (3.0 lost, beyond the
+    # noise: refused without a retry)
+    chosen, records, asked, retried = run_search_seeded(2.1, {0.4: 0.49})
+    assert retried == [0.1, 0.2, 0.3, 0.4] and asked == [0.1, 0.2, 0.3, 0.4, 0.5]
     step = records[3]
-    assert step["mious"] == [0.48, 0.495] and step["miou"] == pytest.approx(0.4875)
-    assert step["drop_points"] == pytest.approx(1.25) and step["accepted"]
-    assert step["noise_points"] == pytest.approx(0.2 * (2 / 3) ** 0.5, abs=1e-4)
+    assert chosen == 3 and step["mious"] == [0.48, 0.49] and step["miou"] == pytest.approx(0.485)
+    assert step["drop_points"] == pytest.approx(1.5) and step["accepted"]
+    assert step["noise_points"] == pytest.approx(((1.0 / 2 + 0.02) / 1.5) ** 0.5, abs=1e-4)
     assert records[4]["mious"] == [0.47] and not records[4]["accepted"]
 
 
 def test_a_second_seed_that_confirms_the_loss_refuses_the_step():
-    chosen, records, _, retried = run_search_seeded(1.9, {0.4: 0.478})
-    assert retried == [0.4] and chosen == 2
+    chosen, records, _, retried = run_search_seeded(2.1, {0.4: 0.478})
+    assert retried == [0.1, 0.2, 0.3, 0.4] and chosen == 2
     assert records[3]["drop_points"] == pytest.approx(2.1) and not records[3]["accepted"]
-    assert "mean of 2 seeds" in budget.why_stopped(records, chosen, REFERENCE, 1.9, 5)
+    assert "mean of 2 seeds" in budget.why_stopped(records, chosen, REFERENCE, 2.1, 5)
 
 
 def test_a_search_killed_before_its_second_seed_resumes_to_it():
     # killed after step 4's first seed was saved: the resumed run retrains only its second seed
-    killed = run_search(1.9)[1]   # no second seed: step 4 refused after its first
-    assert killed[3]["mious"] == [0.48] and not killed[3]["accepted"]
-    chosen, records, asked, retried = run_search_seeded(1.9, {0.4: 0.495}, records=killed)
+    fresh = run_search_seeded(2.1, {0.4: 0.49})[1]
+    first_seed_only = run_search(2.1)[1][3]   # no second seed: step 4 refused after its first
+    assert first_seed_only["mious"] == [0.48] and not first_seed_only["accepted"]
+    chosen, records, asked, retried = run_search_seeded(2.1, {0.4: 0.49},
+                                                        records=fresh[:3] + [first_seed_only])
     assert retried == [0.4] and asked == [0.5] and chosen == 3
-    fresh = run_search_seeded(1.9, {0.4: 0.495})[1]
-    assert [r["accepted"] for r in records] == [r["accepted"] for r in fresh]
-    assert records[3]["mious"] == fresh[3]["mious"]
+    assert records == fresh
 
 
 def test_an_older_run_s_record_without_seeds_resumes():
-    # a state written before steps carried their seeds' mIoUs and noise
-    killed = run_search(2.05)[1]
+    # a state written before steps carried their seeds' mIoUs and noise (and before accepted
+    # steps had a second seed): each step its seed cannot decide gets its second on resuming
+    killed = run_search(2.1)[1]
     old = [{k: v for k, v in r.items() if k not in ("mious", "noise_points")}
            for r in killed]
-    chosen, records, asked, retried = run_search_seeded(2.05, {0.4: 0.495}, records=old)
-    assert retried == [0.4] and records[3]["mious"] == [0.48, 0.495] and chosen == 3
+    chosen, records, asked, retried = run_search_seeded(2.1, {0.4: 0.49}, records=old)
+    assert retried == [0.1, 0.2, 0.3, 0.4] and records[3]["mious"] == [0.48, 0.49]
+    assert chosen == 3 and asked == [0.5]
 
 
 # --- prune.py end to end -------------------------------------------------------------------
@@ -208,6 +241,10 @@ def test_the_budget_search_keeps_the_last_step_within_the_budget(budget_run):
     assert b["chosen_cut"] == 0.2 and b["reference"]["noise_points"] == 0.0
     assert [s["accepted"] for s in b["steps"]] == [True, False]
     assert [s["drop_points"] for s in b["steps"]] == pytest.approx([1.0, 2.0], abs=0.2)
+    # the accepted step was confirmed by a second seed; the refused one (beyond the noise) not
+    assert "two where the first is accepted or refused within the noise" in log
+    assert "step 1 was accepted by one seed: the same plan is retrained" in log
+    assert [len(s["mious"]) for s in b["steps"]] == [2, 1]
     for step in b["steps"]:   # the log says a loss as one (a gain would read "above")
         assert f"{step['drop_points']:.1f} points below the reference" in log
     assert "the next, 0.4, was refused" in b["why"]
@@ -300,7 +337,7 @@ def test_a_killed_search_resumes_after_its_last_step(config, tmp_path, budget_ru
     real = candidates.miou
 
     def killed_at_step_2(model, dataset, max_images=None):
-        if len(controlled_miou) == 3:  # two references and step 1 done
+        if len(controlled_miou) == 4:  # two references and step 1's two seeds done
             raise KeyboardInterrupt()
         return real(model, dataset, max_images)
     controlled_miou.clear()
