@@ -400,7 +400,6 @@ def data_fingerprint(root):
 def majority_class_miou(cfg):
     """mIoU of predicting the training set's most frequent class everywhere on the val split:
     the floor a model that learned nothing reaches."""
-    import cv2
     import numpy as np
     from paddleseg.core import metrics as M
     n = cfg.num_classes
@@ -408,7 +407,7 @@ def majority_class_miou(cfg):
     def counts(dataset):
         total = np.zeros(n, np.int64)
         for _, label_path in dataset.file_list:
-            label = cv2.imread(label_path, cv2.IMREAD_UNCHANGED)
+            label = dataset.read_label(label_path)
             total += np.bincount(label[label < n].ravel(), minlength=n)[:n]
         return total
     majority = int(np.argmax(counts(cfg.train_dataset)))

@@ -184,6 +184,25 @@ def test_label_255_is_allowed_and_kept(tmp_path):
     assert set(np.unique(ds[0]["label"])) == {0, 1, 255}
 
 
+def test_a_palette_label_gives_its_indices_as_paddleseg_reads_it(tmp_path):
+    # PaddleSeg's pseudo-colour annotations: a "P" PNG whose pixels are class ids and whose
+    # palette only colours them (OpenCV would decode the colours: 3 channels)
+    from PIL import Image
+    pairs = make_pairs(tmp_path, n=1, values=(0, 1, 2))
+    img_path, label_path = pairs[0]
+    ids = cv2.imread(str(tmp_path / label_path), cv2.IMREAD_UNCHANGED)
+    ids[0, 0] = 255
+    palette = Image.fromarray(ids, mode="P")
+    palette.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [255, 255, 255] * 253)
+    palette.save(str(tmp_path / label_path))
+    assert cv2.imread(str(tmp_path / label_path), cv2.IMREAD_UNCHANGED).ndim == 3
+    write_list(tmp_path / "train.txt", pairs)
+    ds = Dataset(mode="val", dataset_root=str(tmp_path), transforms=[T.Normalize()],
+                 num_classes=3, train_path=str(tmp_path / "train.txt"),
+                 val_path=str(tmp_path / "train.txt"))
+    np.testing.assert_array_equal(ds[0]["label"], ids)
+
+
 def test_color_label_is_refused(tmp_path):
     root = str(tmp_path / "set")
     pairs = make_pairs(root, n=1)

@@ -77,6 +77,16 @@ def test_read_image_reads_a_name_that_is_not_utf8(odd_names):
         read_image(os.path.join(odd_names, "missing.png"), what="label")
 
 
+def test_read_label_reads_a_name_that_is_not_utf8(odd_names):
+    from paddleseg.utils import UserError
+    from paddleseg.utils.image_io import read_label
+    assert read_label(os.path.join(odd_names, BAD + ".jpg")).shape == (40, 30, 3)
+    with pytest.raises(UserError, match=r"cannot read label .*junkbad\\xff\.png: not an image"):
+        read_label(os.path.join(odd_names, "junk" + BAD + ".png"))
+    with pytest.raises(UserError, match=r"cannot read label .*missing\.png: No such file"):
+        read_label(os.path.join(odd_names, "missing.png"))
+
+
 def test_infer_on_a_folder_with_a_name_that_is_not_utf8(export_dir, odd_names, tmp_path):
     out = tmp_path / "result"
     proc = run_script("deploy/python/infer.py", "--config", export_dir,

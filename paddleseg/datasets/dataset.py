@@ -1,14 +1,13 @@
 """The generic list-file dataset every other dataset builds on."""
 import os
 
-import cv2
 import numpy as np
 import paddle
 
 from paddleseg.cvlibs import manager
 from paddleseg.transforms import Compose
 from paddleseg.utils.errors import UserError
-from paddleseg.utils.image_io import read_image, shown
+from paddleseg.utils.image_io import read_label
 
 IGNORE_INDEX = 255
 
@@ -103,8 +102,9 @@ class Dataset(paddle.io.Dataset):
         return msg
 
     def read_label(self, path):
+        """The label's class ids, read as PaddleSeg reads them (a palette PNG's indices)."""
         try:
-            label = read_image(path, cv2.IMREAD_UNCHANGED, what="label")
+            label = read_label(path)
         except UserError as e:
             raise DatasetError(str(e)) from None
         if label.ndim == 3:

@@ -1,9 +1,10 @@
 """Reading images and labels by any file name, and showing any file name.
 
 ``cv2.imread`` takes its path as UTF-8 text: a name that is not valid UTF-8 (Python hands it
-over with surrogate escapes, e.g. ``bad\\udcff.jpg``) crashes the process. Every image and label
-this package reads goes through :func:`read_image` instead, which reads the bytes with numpy
-(any name the file system holds) and decodes them with ``cv2.imdecode``.
+over with surrogate escapes, e.g. ``bad\\udcff.jpg``) crashes the process. Every image this
+package reads goes through :func:`read_image` instead, which reads the bytes with numpy (any name
+the file system holds) and decodes them with ``cv2.imdecode``; every label through
+:func:`read_label`, which opens the file in Python and decodes it with PIL, as PaddleSeg does.
 """
 import os
 
@@ -21,6 +22,24 @@ def shown(path):
     except UnicodeEncodeError:  # a lone surrogate no file name decodes to
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return raw.decode("utf-8", "backslashreplace")
+
+
+def read_label(path, what="label"):
+    """The array PaddleSeg reads from label ``path`` (PIL, as its Compose does): a palette
+    ("pseudo-colour") PNG gives its palette indices, which OpenCV would expand to colours; a
+    grayscale one its values. UserError naming the file when it cannot be read or decoded."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+    path = os.fsdecode(path)
+    try:
+        with open(path, "rb") as f, Image.open(f) as img:
+            return np.array(img)
+    except UnidentifiedImageError:
+        raise UserError(f"cannot read {what} {shown(path)}: not an image file PIL can decode")\
+            from None
+    except (OSError, SyntaxError, ValueError) as e:   # PIL's damaged-file errors included
+        raise UserError(f"cannot read {what} {shown(path)}: {getattr(e, 'strerror', None) or e}")\
+            from None
 
 
 def read_image(path, flags=None, what="image"):
