@@ -2,11 +2,11 @@ import glob
 import os
 
 from paddleseg.cvlibs import manager
-from .dataset import Dataset, DatasetError
+from .dataset import DatasetError, LayoutDataset
 
 
 @manager.DATASETS.add_component
-class Cityscapes(Dataset):
+class Cityscapes(LayoutDataset):
     """Cityscapes in its own layout: ``leftImg8bit/<mode>/<city>/*_leftImg8bit.png`` and
     ``gtFine/<mode>/<city>/*_gtFine_labelTrainIds.png`` (19 classes, 255 ignored).
 
@@ -32,10 +32,4 @@ class Cityscapes(Dataset):
             if not os.path.isfile(img):
                 raise DatasetError(f"label {label} has no image {img}")
             pairs.append((img, label))
-        # reuse the list-file machinery with an in-memory list
-        self._pairs = pairs
-        super().__init__(mode, dataset_root, transforms, self.NUM_CLASSES, edge=edge,
-                         **{f"{mode}_path": "<cityscapes>"})
-
-    def read_list_file(self, list_path, separator):
-        return self._pairs
+        super().__init__(mode, dataset_root, transforms, self.NUM_CLASSES, pairs, edge=edge)

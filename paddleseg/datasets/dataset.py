@@ -134,3 +134,17 @@ class Dataset(paddle.io.Dataset):
 
     def __len__(self):
         return len(self.file_list)
+
+
+class LayoutDataset(Dataset):
+    """A data set in its own folder layout, not list files: the subclass finds its (image,
+    label) ``pairs`` and hands them over; everything else is Dataset's."""
+
+    def __init__(self, mode, dataset_root, transforms, num_classes, pairs, edge=False):
+        self._pairs = pairs
+        mode = str(mode).lower()
+        split = {f"{mode}_path": "<layout>"} if mode in ("train", "val", "test") else {}
+        super().__init__(mode, dataset_root, transforms, num_classes, edge=edge, **split)
+
+    def read_list_file(self, list_path, separator):
+        return self._pairs

@@ -1,9 +1,9 @@
 import os
 
 from paddleseg.cvlibs import manager
-from paddleseg.utils import logger
-from paddleseg.utils.download import DownloadError, download_and_unpack, folder_holding
+from paddleseg.utils.download import folder_holding
 from .dataset import Dataset, DatasetError
+from .fetched import fetch
 
 URL = "https://paddleseg.bj.bcebos.com/dataset/optic_disc_seg.zip"
 # PaddleSeg publishes no digest for the zip, and none was found stated anywhere: until one is
@@ -18,16 +18,9 @@ GENERATOR_HINT = ("python tools/make_synthetic_optic_disc.py --save_dir {root} "
 def download_optic_disc(dataset_root, url=URL, sha256=None):
     """Fetch and unpack optic_disc_seg.zip so that ``dataset_root`` holds its contents, checking
     the archive's SHA-256 when one is known (``sha256``, $SEG_OPTIC_DISC_SHA256 or SHA256)."""
-    sha256 = sha256 or os.environ.get(SHA256_ENV) or SHA256
-    logger.info(f"downloading {url} to {dataset_root}")
-    try:
-        digest = download_and_unpack(url, dataset_root, sha256, pick=folder_holding("train_list.txt"))
-    except DownloadError as e:
-        raise DatasetError(f"dataset_root {dataset_root} is missing and {e}; offline, "
-                           + GENERATOR_HINT.format(root=dataset_root)) from None
-    if not sha256:
-        logger.info(f"{os.path.basename(url)} has SHA-256 {digest}, not checked (none is pinned); "
-                    f"{SHA256_ENV}={digest} makes later downloads require it")
+    fetch(url, dataset_root, sha256 or os.environ.get(SHA256_ENV) or SHA256, SHA256_ENV,
+          pick=folder_holding("train_list.txt"),
+          offline_hint=GENERATOR_HINT.format(root=dataset_root))
 
 
 @manager.DATASETS.add_component
