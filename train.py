@@ -78,7 +78,8 @@ def run_training(args):
           save_dir=args.save_dir, iters=cfg.iters, batch_size=cfg.batch_size,
           resume_model=args.resume_model, save_interval=args.save_interval, log_iters=args.log_iters,
           num_workers=args.num_workers, use_vdl=args.use_vdl, losses=cfg.loss,
-          keep_checkpoint_max=args.keep_checkpoint_max, seed=args.seed)
+          keep_checkpoint_max=args.keep_checkpoint_max, seed=args.seed,
+          test_config=cfg.test_config)
     return 0
 
 

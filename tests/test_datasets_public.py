@@ -4,6 +4,7 @@ the download of a missing root from a server on 127.0.0.1, and PaddleSeg's UNet 
 trained unchanged on a tiny DRIVE."""
 import io
 import os
+import re
 import zipfile
 
 import cv2
@@ -186,8 +187,8 @@ def test_pp_humanseg14k_reads_its_list_files(tmp_path):
 
 
 def test_paddleseg_s_unet_drive_config_trains_unchanged(tmp_path):
-    """configs/unet/unet_drive_128x128_40k.yml of release/2.6 (DRIVE, DiceLoss, 128x128 crops),
-    its data root and run length set on the command line only."""
+    """configs/unet/unet_drive_128x128_40k.yml of release/2.6 (DRIVE, DiceLoss, 128x128 crops,
+    test_config auc_roc), its data root and run length set on the command line only."""
     root = make_vessel_set(tmp_path / "DRIVE", num_train=2, num_val=1)
     config = os.path.join(CONFIGS, "unet", "unet_drive_128x128_40k.yml")
     out = tmp_path / "out"
@@ -198,3 +199,6 @@ def test_paddleseg_s_unet_drive_config_trains_unchanged(tmp_path):
     assert (out / "iter_2" / "model.pdparams").is_file()
     log = proc.stdout + proc.stderr
     assert "[EVAL]" in log and "mIoU" in log
+    # its test_config asks for the AUC-ROC, as PaddleSeg reports it for the vessel sets
+    assert "evaluating 1 images (AUC-ROC)" in log
+    assert re.search(r"AUC-ROC (0\.\d{4}|1\.0000)", log), log[-2000:]

@@ -19,6 +19,7 @@ from conftest import ROOT, run_cli, write_tiny_config
 from paddleseg.core import train
 from paddleseg.cvlibs import Config
 from paddleseg.utils.checkpoint import save_checkpoint
+from paddleseg.utils.errors import UserError
 
 TRAIN_LINE = re.compile(r"\[TRAIN\] iter (\d+)/(\d+), loss ([0-9.]+), lr ([0-9.]+)")
 
@@ -317,17 +318,23 @@ def test_train_and_evaluate_take_paddleseg_keywords_and_refuse_misspelt_ones(tmp
     # a PaddleSeg script's call runs; what this trainer does not implement is said, not ignored
     cfg, model, opt = build(noflip_config, seed=0, iters=1, batch_size=2)
     train(model, cfg.train_dataset, optimizer=opt, save_dir=str(tmp_path / "out"), iters=1,
-          batch_size=2, losses=cfg.loss, test_config={"is_slide": True}, precision="fp16",
+          batch_size=2, losses=cfg.loss, test_config={"auc_roc": True}, precision="fp16",
           amp_level="O2", profiler_options=None, to_static_training=False)
     log = capsys.readouterr().out
-    assert "train(): test_config={'is_slide': True} is not supported here and is ignored" in log
     assert "train(): precision='fp16' is not supported" in log
     assert "profiler_options" not in log and "to_static_training" not in log
+    assert "test_config" not in log   # implemented (core.infer.EvalOptions), unused without val
+    # with a val set the test_config is checked before training starts
+    with pytest.raises(UserError, match="is_slide needs crop_size"):
+        train(model, cfg.train_dataset, val_dataset=cfg.val_dataset, optimizer=opt,
+              save_dir=str(tmp_path / "out2"), iters=1, batch_size=2, losses=cfg.loss,
+              test_config={"is_slide": True})
     miou, *_ = evaluate(model, cfg.val_dataset, scales=1.0, flip_horizontal=True, is_slide=True,
-                        stride=(8, 8), crop_size=(32, 32), num_workers=2, print_detail=False)
+                        stride=(8, 8), crop_size=(32, 32), num_workers=2, print_detail=False,
+                        precision="fp16")
     assert 0.0 <= miou <= 1.0
     log = capsys.readouterr().out
-    assert "evaluate(): is_slide=True is not supported" in log and "flip_horizontal" not in log
+    assert "evaluate(): precision='fp16' is not supported" in log and "is_slide" not in log
 
 
 # -- atomic checkpoints ----------------------------------------------------------------------------

@@ -66,10 +66,41 @@ def summarize(intersect, pred_area, label_area):
             "class_recall": class_recall(intersect, label_area).tolist(), "class_Dice": dice.tolist()}
 
 
+def binary_auc(scores, positive):
+    """Area under the ROC curve of ``scores`` for the pixels where ``positive``: the chance that
+    a positive outscores a negative, ties counting half (the Mann-Whitney statistic, which is
+    the trapezoidal ROC area scikit-learn's roc_auc_score gives). None when either side is
+    empty."""
+    from scipy.stats import rankdata
+    positive = np.asarray(positive, bool)
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(scores)   # ties share their average rank
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def auc_roc(probs, labels, num_classes):
+    """PaddleSeg's AUC-ROC of softmax ``probs`` [P, C] for the ``labels`` [P] of P pixels: two
+    classes, class 1's probability; more, the mean over classes of one-vs-rest AUCs (as
+    roc_auc_score(multi_class="ovr")), over the classes the labels hold. None when the labels
+    hold a single class (no curve)."""
+    labels = np.asarray(labels)
+    if num_classes == 2:
+        return binary_auc(probs[:, 1], labels == 1)
+    aucs = [binary_auc(probs[:, c], labels == c) for c in range(num_classes)]
+    aucs = [a for a in aucs if a is not None]
+    return float(np.mean(aucs)) if aucs else None
+
+
 def format_table(metrics):
     """A plain-text table of the headline numbers and per-class IoU."""
     head = (f"mIoU {metrics['mIoU']:.4f}  Acc {metrics['Acc']:.4f}  "
             f"Kappa {metrics['Kappa']:.4f}  Dice {metrics['Dice']:.4f}")
+    if "AUC_ROC" in metrics:
+        auc = metrics["AUC_ROC"]
+        head += f"  AUC-ROC {'undefined (one class in the labels)' if auc is None else f'{auc:.4f}'}"
     rows = ["class  IoU     precision  recall  Dice"]
     for c, (iou, p, r, d) in enumerate(zip(metrics["class_IoU"], metrics["class_precision"],
                                            metrics["class_recall"], metrics["class_Dice"])):

@@ -6,6 +6,7 @@ evaluation is shared (each rank evaluates every N-th val image, the areas are su
 rank 0 alone logs and writes checkpoints; the logged loss is the mean over ranks.
 """
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -26,8 +27,9 @@ from paddleseg.utils.fileio import (check_folder_target, remove_stale_temporarie
                                     removed_if_left_empty, write_json)
 from paddleseg.utils.progress import format_seconds
 from . import metrics as M
+from .infer import EvalOptions
 from .train_data import ResumableBatches, fresh_seed, seed_step
-from .val import accumulate_areas, evaluate_metrics, warn_unsupported
+from .val import WHOLE_IMAGE, accumulate_areas, describe, evaluate_metrics, warn_unsupported
 
 
 def set_seed(seed):
@@ -182,9 +184,10 @@ def _data_parallel(model, data):
 def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="output", iters=10000,
           batch_size=2, resume_model=None, save_interval=1000, log_iters=10, num_workers=0,
           use_vdl=False, losses=None, keep_checkpoint_max=5,
+          test_config=None,
           # PaddleSeg's other keywords, accepted so that its scripts run; not implemented here, so
           # a value other than the default is reported (amp_level only matters with fp16)
-          test_config=None, precision="fp32", amp_level="O1", profiler_options=None,
+          precision="fp32", amp_level="O1", profiler_options=None,
           to_static_training=False,
           # this project's own
           seed=None, extra_files=None, eval_max_images=None, extra_loss=None):
@@ -200,14 +203,17 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
     ``extra_loss``: a callable ``(images, logits) -> loss tensor`` added to the config's losses
     every iteration (e.g. distillation from a teacher: :mod:`paddleseg.slim.distill`). It is not
     saved in checkpoints: a resumed run must be given the same one to repeat the uninterrupted
-    run.
+    run. ``test_config``: the evaluation options of PaddleSeg's config (aug_eval, is_slide,
+    auc_roc, ...; core.infer.EvalOptions) used at every evaluation.
     """
     del amp_level  # PaddleSeg's, accepted for compatibility: only used with precision fp16
     if optimizer is None or losses is None:
         raise ValueError("train() needs an optimizer and a losses dict")
-    warn_unsupported("train()", test_config=(test_config or None, None), precision=(precision, "fp32"),
+    warn_unsupported("train()", precision=(precision, "fp32"),
                      profiler_options=(profiler_options, None),
                      to_static_training=(to_static_training, False))
+    eval_options = EvalOptions.from_config(test_config or {}) if val_dataset is not None \
+        else WHOLE_IMAGE
     start_iter = checkpoint_iteration(resume_model) if resume_model else 0
     if start_iter >= iters:
         raise UserError(f"{resume_model} is at iteration {start_iter}, the run ends at {iters}: "
@@ -290,7 +296,8 @@ def train(model, train_dataset, val_dataset=None, optimizer=None, save_dir="outp
                             saved.append(ckpt)
                         prune_old_checkpoints(saved, keep_checkpoint_max)
                     if val_dataset is not None:  # every rank evaluates its share
-                        best = _evaluate_and_keep_best(model, val_dataset, eval_max_images, save_dir,
+                        best = _evaluate_and_keep_best(model, val_dataset, eval_max_images,
+                                                       eval_options, save_dir,
                                                        it, best, extra_files, writer)
                     distributed.barrier()  # no rank runs ahead while rank 0 writes
                 tic = time.time()
@@ -315,17 +322,22 @@ class _Shard:
         return self.dataset[self.indices[i]]
 
 
-def evaluate_on_all_ranks(model, dataset, max_images=None):
+def evaluate_on_all_ranks(model, dataset, max_images=None, options=WHOLE_IMAGE):
     """``evaluate_metrics`` in a job of several ranks: rank r evaluates images r, r+N, ... and
     the per-class areas are summed, so the metrics are exactly those of one process evaluating
-    every image (as PaddleSeg evaluates while training data-parallel)."""
+    every image (as PaddleSeg evaluates while training data-parallel). The AUC-ROC ranks every
+    pixel's score at once: one process computes it (PaddleSeg's too), several leave it out."""
     if distributed.world_size() == 1:
-        return evaluate_metrics(model, dataset, max_images)
+        return evaluate_metrics(model, dataset, max_images, options=options)
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
-    logger.info(f"evaluating {n} images on {distributed.world_size()} ranks")
+    logger.info(f"evaluating {n} images on {distributed.world_size()} ranks"
+                + describe(dataclasses.replace(options, auc_roc=False)))
+    if options.auc_roc:
+        logger.warning("test_config auc_roc: the AUC-ROC is computed by one process only; "
+                       "evaluate with val.py for it")
     start = time.time()
     shard = _Shard(dataset, list(range(distributed.rank(), n, distributed.world_size())))
-    areas = accumulate_areas(model, shard)
+    areas = accumulate_areas(model, shard, options=dataclasses.replace(options, auc_roc=False))
     gathered = distributed.all_gather([a.tolist() for a in areas])
     result = M.summarize(*(np.sum([np.asarray(g[i], np.int64) for g in gathered], axis=0)
                            for i in range(3)))
@@ -334,10 +346,11 @@ def evaluate_on_all_ranks(model, dataset, max_images=None):
     return result
 
 
-def _evaluate_and_keep_best(model, val_dataset, max_images, save_dir, it, best, extra_files, writer):
+def _evaluate_and_keep_best(model, val_dataset, max_images, options, save_dir, it, best,
+                            extra_files, writer):
     """Evaluate at iteration ``it`` (all ranks); rank 0 writes best_model/ when the mIoU beats
     ``best`` (mIoU, iter)."""
-    result = evaluate_on_all_ranks(model, val_dataset, max_images)
+    result = evaluate_on_all_ranks(model, val_dataset, max_images, options)
     model.train()
     if result["mIoU"] > best[0]:
         best = (result["mIoU"], it)

@@ -299,6 +299,16 @@ class Config:
         return self.dic.get("batch_size", 1)
 
     @property
+    def test_config(self):
+        """The evaluation options (PaddleSeg's ``test_config``: aug_eval, is_slide, auc_roc,
+        ...), a copy; {} when the config has none."""
+        section = self.dic.get("test_config") or {}
+        if not isinstance(section, dict):
+            raise ConfigError(f"{self.source('test_config')}: test_config must be a mapping of "
+                              f"evaluation options, got {section!r}")
+        return dict(section)
+
+    @property
     def iters(self):
         if "iters" not in self.dic:
             raise ConfigError(f"{self.path}: no 'iters' in the config; add it or pass --iters")
