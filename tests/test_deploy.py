@@ -92,9 +92,14 @@ def test_infer_single_image_and_palette(exports, images, tmp_path, capsys):
                                     "--save_dir", str(tmp_path)], capsys)
     assert code == 0, err
     assert os.listdir(tmp_path) == ["b.png"]
-    cmap = infer.color_map()
-    assert cmap[0].tolist() == [0, 0, 0] and cmap[1].tolist() == [128, 0, 0]
+    # PaddleSeg's palette (its deploy infer.py's too): class 0 dark red, 256 distinct colours
+    from PIL import Image
+    from paddleseg.utils.visualize import color_map
+    cmap = color_map()
+    assert cmap[0].tolist() == [128, 0, 0] and cmap[1].tolist() == [0, 128, 0]
     assert len({tuple(c) for c in cmap}) == 256
+    with Image.open(tmp_path / "b.png") as png:
+        assert png.getpalette()[:6] == [128, 0, 0, 0, 128, 0]
 
 
 def test_benchmark_cli_prints_table_with_speedup_and_writes_reports(exports, tmp_path, capsys):

@@ -106,41 +106,6 @@ def check_save_dir(images, outputs, save_dir):
                         "prediction of this script; refusing to overwrite: choose another folder")
 
 
-def color_map(num=256):
-    """The PASCAL VOC palette (class 0 black): ``[num, 3]`` uint8 RGB."""
-    import numpy as np
-    cmap = np.zeros((num, 3), dtype=np.uint8)
-    for i in range(num):
-        c, rgb = i, [0, 0, 0]
-        for bit in range(7, -1, -1):
-            for ch in range(3):
-                rgb[ch] |= ((c >> ch) & 1) << bit
-            c >>= 3
-        cmap[i] = rgb
-    return cmap
-
-
-def save_pseudo_color(label, path, palette):
-    """Write an ``[H, W]`` label map as a palette PNG (values = class ids) tagged with
-    PNG_TAG, atomically."""
-    import numpy as np
-    from PIL import Image, PngImagePlugin
-    from paddleseg.utils.fileio import atomic_path
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    info = PngImagePlugin.PngInfo()
-    info.add_text(*PNG_TAG)
-    with atomic_path(path) as tmp:
-        if label.max(initial=0) > 255:  # more classes than a palette holds: 16-bit grey ids
-            img = Image.fromarray(label.astype(np.uint16))
-        else:
-            img = Image.fromarray(label.astype(np.uint8))
-            img.putpalette(palette.flatten().tolist())
-        try:
-            img.save(tmp, format="PNG", pnginfo=info)
-        except OSError as e:
-            raise paddleseg.utils.UserError(f"cannot write {path}: {e}") from None
-
-
 def restore_size(label, trans_info):
     """Undo, newest first, the resizes and paddings recorded by the transforms (nearest)."""
     import cv2
@@ -169,6 +134,7 @@ def main(argv):
     from paddleseg.cvlibs.config import build_component
     from paddleseg.transforms import Compose
     from paddleseg.utils import logger
+    from paddleseg.utils.visualize import color_map, save_pseudo_color
 
     deploy = load_deploy_config(args.config)
     images = list_images(args.image_path)
@@ -204,7 +170,7 @@ def main(argv):
             labels = out if out.ndim == 3 else out.argmax(axis=1)  # argmax export: [N, H, W]
             for j, i in enumerate(idx):
                 label = restore_size(labels[j].astype(np.int32), datas[i]["trans_info"])
-                save_pseudo_color(label, outputs[begin + i], palette)
+                save_pseudo_color(label, outputs[begin + i], palette, PNG_TAG)
             timer.add("postprocess", start)
     logger.info(f"{len(images)} prediction(s) saved under {args.save_dir}")
     if args.benchmark:
