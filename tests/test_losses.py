@@ -144,3 +144,44 @@ def test_mixed_ce_dice_matches_paddleseg():
     logit, label = _paddleseg_loss_inputs()
     mixed = MixedLoss([CrossEntropyLoss(), DiceLoss()], [0.8, 0.2])
     assert float(mixed(logit, label)) == pytest.approx(2.4417486, rel=1e-5)
+
+
+# -- SemanticConnectivityLoss (the _SCL configs) ------------------------------------------------
+
+def test_semantic_connectivity_loss_matches_paddleseg():
+    from paddleseg.models.losses import SemanticConnectivityLoss
+    logit, label = _paddleseg_loss_inputs()
+    # computed by PaddleSeg release/2.6's own class on these inputs
+    assert float(SemanticConnectivityLoss()(logit, label)) == pytest.approx(0.9469628, rel=1e-5)
+
+
+def test_semantic_connectivity_loss_by_hand():
+    from paddleseg.models.losses import SemanticConnectivityLoss
+    label = np.zeros((1, 6, 6), np.int64)
+    label[0, 1:3, 1:3] = 1
+    perfect = np.zeros((1, 2, 6, 6), np.float32)
+    perfect[0, 1][label[0] == 1] = 5
+    loss = SemanticConnectivityLoss()(paddle.to_tensor(perfect, stop_gradient=False),
+                                      paddle.to_tensor(label))
+    # class 1's component matched with IoU 1 (loss 0); class 0's predicted pixels weigh their
+    # class id, 0, so they never match (loss 1), as in PaddleSeg: (0 + 1) / 2
+    assert float(loss) == pytest.approx(0.5)
+    # the loss is of the argmax: no gradient reaches the logits (PaddleSeg's neither)
+    assert loss.stop_gradient
+    # class 1 missed altogether: its missed share (4 of 36 pixels) + 1; class 0 still 1
+    missed = SemanticConnectivityLoss()(paddle.zeros([1, 2, 6, 6]), paddle.to_tensor(label))
+    assert float(missed) == pytest.approx((1 + 4 / 36 + 1) / 2)
+
+
+def test_paddleseg_s_scl_config_builds_its_mixed_loss():
+    import os
+    from conftest import ROOT
+    from paddleseg.cvlibs import Config
+    config = os.path.join(ROOT, "tests", "data", "paddleseg_release26_configs", "fastscnn",
+                          "fastscnn_cityscapes_1024x1024_40k_SCL.yml")
+    losses = Config(config).loss
+    mixed = losses["types"][0]
+    assert [type(x).__name__ for x in mixed.losses] == ["CrossEntropyLoss",
+                                                        "SemanticConnectivityLoss"]
+    logit, label = _paddleseg_loss_inputs()
+    assert np.isfinite(float(mixed(logit, label)))

@@ -3,3 +3,4 @@ from .ohem_cross_entropy_loss import OhemCrossEntropyLoss
 from .dice_loss import DiceLoss
 from .bootstrapped_cross_entropy_loss import BootstrappedCrossEntropyLoss
 from .mixed_loss import MixedLoss
+from .semantic_connectivity_loss import SemanticConnectivityLoss
