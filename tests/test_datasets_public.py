@@ -1,10 +1,11 @@
 """The public data sets PaddleSeg release/2.6's configs for our models name: DRIVE, STARE, HRF and
 CHASE_DB1 (UNet), Pascal VOC 2012 and PP-HumanSeg14K (FCN), on tiny sets in their layouts;
-the download of a missing root from a server on 127.0.0.1, and PaddleSeg's UNet DRIVE config
-trained unchanged on a tiny DRIVE."""
+the download of a missing root from a server on 127.0.0.1, PaddleSeg's UNet DRIVE config trained
+unchanged on a tiny DRIVE, and tools/voc_augment.py (SBD's masks for VOC's trainaug)."""
 import io
 import os
 import re
+import shutil
 import zipfile
 
 import cv2
@@ -202,3 +203,70 @@ def test_paddleseg_s_unet_drive_config_trains_unchanged(tmp_path):
     # its test_config asks for the AUC-ROC, as PaddleSeg reports it for the vessel sets
     assert "evaluating 1 images (AUC-ROC)" in log
     assert re.search(r"AUC-ROC (0\.\d{4}|1\.0000)", log), log[-2000:]
+
+
+# --- tools/voc_augment.py: SBD's masks for trainaug ---------------------------------------------
+
+def make_sbd(root, train, val, size=(24, 32)):
+    """benchmark_RELEASE/dataset with train.txt, val.txt and a class mask (.mat) per image.
+    Returns {name: mask}."""
+    from scipy.io import savemat
+    cls_dir = os.path.join(root, "dataset", "cls")
+    os.makedirs(cls_dir)
+    masks = {}
+    for split, names in (("train", train), ("val", val)):
+        with open(os.path.join(root, "dataset", f"{split}.txt"), "w") as f:
+            f.write("".join(n + "\n" for n in names))
+        for name in names:
+            masks[name] = (np.arange(size[0] * size[1]).reshape(size) * len(name) % 21
+                           ).astype(np.uint8)
+            savemat(os.path.join(cls_dir, name + ".mat"),
+                    {"GTcls": {"Segmentation": masks[name], "Boundaries": np.zeros((1, 1))}})
+    return masks
+
+
+def test_voc_augment_adds_sbd_for_trainaug(tmp_path):
+    voc = tmp_path / "VOCdevkit"
+    make_voc(voc, {"train": ["a", "b"], "val": ["c"], "trainval": ["a", "b", "c"]},
+             aug=["sbd_1", "sbd_22"])   # the images of the aug set (aug.txt is remade below)
+    os.remove(voc / "VOC2012" / "ImageSets" / "Segmentation" / "aug.txt")
+    shutil.rmtree(voc / "VOC2012" / "SegmentationClassAug")
+    masks = make_sbd(tmp_path / "benchmark_RELEASE", train=["a", "sbd_1"], val=["sbd_22", "c"])
+    argv = ["--voc_path", voc, "--sbd_path", tmp_path / "benchmark_RELEASE", "--num_workers", "1"]
+    proc = run_cli("tools/voc_augment.py", *argv)
+    assert proc.returncode == 0, proc.stderr
+    aug_list = voc / "VOC2012" / "ImageSets" / "Segmentation" / "aug.txt"
+    assert aug_list.read_text() == "sbd_1\nsbd_22\n"   # SBD's, less VOC's trainval, sorted
+    for name, mask in masks.items():   # every SBD mask, as class ids
+        png = cv2.imread(str(voc / "VOC2012" / "SegmentationClassAug" / f"{name}.png"),
+                         cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(png, mask)
+    aug = PascalVOC(dataset_root=str(voc), transforms=[T.Normalize()], mode="trainaug")
+    assert len(aug) == 4
+    np.testing.assert_array_equal(aug[3]["label"], masks["sbd_22"])
+    # a killed run resumes: only the missing mask is converted again
+    os.remove(voc / "VOC2012" / "SegmentationClassAug" / "c.png")
+    proc = run_cli("tools/voc_augment.py", *argv)
+    assert proc.returncode == 0 and "4 SBD masks, 3 converted already" in proc.stdout + proc.stderr
+    # an aug.txt listing other images is not replaced
+    aug_list.write_text("mine\n")
+    proc = run_cli("tools/voc_augment.py", *argv)
+    assert proc.returncode == 2 and "lists other images; move it away" in proc.stderr
+    assert aug_list.read_text() == "mine\n"
+
+
+def test_voc_augment_downloads_sbd_once(server, seg_home, tmp_path):  # noqa: F811
+    import tarfile
+    voc = tmp_path / "VOCdevkit"
+    make_voc(voc, {"trainval": ["a"]})
+    make_sbd(tmp_path / "src" / "benchmark_RELEASE", train=["s1"], val=[])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(tmp_path / "src" / "benchmark_RELEASE", arcname="benchmark_RELEASE")
+    url = server.serve("/benchmark.tgz", buf.getvalue())
+    argv = ["--voc_path", voc, "--url", url, "--num_workers", "1"]
+    assert run_cli("tools/voc_augment.py", *argv).returncode == 0
+    assert (seg_home / "dataset" / "benchmark_RELEASE" / "dataset" / "cls" / "s1.mat").is_file()
+    os.remove(voc / "VOC2012" / "ImageSets" / "Segmentation" / "aug.txt")
+    assert run_cli("tools/voc_augment.py", *argv).returncode == 0
+    assert server.count("/benchmark.tgz") == 1

@@ -14,7 +14,7 @@ import paddle
 from paddleseg.utils import distributed, logger
 from paddleseg.utils.errors import UserError
 from paddleseg.utils.fileio import write_json
-from paddleseg.utils.image_io import read_image, shown
+from paddleseg.utils.image_io import read_image, shown, write_image
 from paddleseg.utils.progress import Progress
 from paddleseg.utils.visualize import overlay, save_pseudo_color
 from .infer import scores
@@ -120,15 +120,3 @@ def predict(model, transforms, images, save_dir, options, palette):
     logger.info(f"{len(mine)} image(s) predicted in {time.time() - start:.1f} s: "
                 f"{os.path.join(save_dir, PSEUDO_DIR)}, {os.path.join(save_dir, ADDED_DIR)}")
 
-
-def write_image(path, image):
-    """``cv2.imwrite`` by any file name, atomically (encoded by the path's extension)."""
-    import cv2
-    from paddleseg.utils.fileio import atomic_path
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    ok, encoded = cv2.imencode(os.path.splitext(path)[1] or ".png", image)
-    if not ok:
-        raise UserError(f"cannot encode {shown(path)}")
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(encoded.tobytes())

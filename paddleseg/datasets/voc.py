@@ -14,8 +14,8 @@ class PascalVOC(LayoutDataset):
     ``VOCdevkit`` folder): ``VOC2012/ImageSets/Segmentation/<split>.txt`` names the images,
     ``VOC2012/JPEGImages/<name>.jpg`` and ``VOC2012/SegmentationClass/<name>.png`` (palette PNGs).
 
-    ``mode``: train, trainval, val, or trainaug: train plus the SBD images PaddleSeg's
-    ``tools/voc_augment.py`` adds (``aug.txt`` beside the split files, labels in
+    ``mode``: train, trainval, val, or trainaug: train plus the SBD images
+    ``tools/voc_augment.py`` adds (as PaddleSeg's tool of that name does) (``aug.txt`` beside the split files, labels in
     ``SegmentationClassAug``). A missing root named VOCdevkit is filled from the 2 GB VOC tar.
     """
     NUM_CLASSES = 21
@@ -37,7 +37,7 @@ def voc_pairs(voc_dir, split):
     sets = os.path.join(voc_dir, "ImageSets", "Segmentation")
     if split == "trainaug" and not os.path.isfile(os.path.join(sets, "aug.txt")):
         raise DatasetError(f"PascalVOC mode trainaug needs {os.path.join(sets, 'aug.txt')} and "
-                           "VOC2012/SegmentationClassAug: run PaddleSeg's tools/voc_augment.py "
+                           "VOC2012/SegmentationClassAug: run tools/voc_augment.py "
                            "--voc_path on this VOCdevkit first, or use mode train")
     lists = [("train" if split == "trainaug" else split, "SegmentationClass")]
     if split == "trainaug":

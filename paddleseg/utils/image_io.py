@@ -59,3 +59,16 @@ def read_image(path, flags=None, what="image"):
         raise UserError(f"cannot read {what} {shown(path)}: not an image file OpenCV can decode")
     return img
 
+
+def write_image(path, image):
+    """Write ``image`` (as ``cv2.imwrite`` encodes it, by the path's extension) to ``path``, any
+    file name, atomically; UserError when it cannot be encoded."""
+    import cv2
+    from .fileio import atomic_path
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    ok, encoded = cv2.imencode(os.path.splitext(path)[1] or ".png", image)
+    if not ok:
+        raise UserError(f"cannot encode {shown(path)}")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(encoded.tobytes())
