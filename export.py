@@ -11,10 +11,32 @@ def parse_args(argv):
     p.add_argument("--save_dir", default="output/inference_model", help="where the exported model goes")
     p.add_argument("--input_shape", nargs="+", type=int, default=None, metavar="N C H W",
                    help="export with a fixed input shape, e.g. 1 3 512 1024 (default: any batch and size)")
-    p.add_argument("--output_op", choices=["argmax", "softmax", "none"], default="argmax",
-                   help="op appended to the logits: argmax (int32 labels), softmax or none")
+    p.add_argument("--output_op", choices=["argmax", "softmax", "none"], default=None,
+                   help="op appended to the logits: argmax (int32 labels, the default), softmax "
+                        "or none")
+    # PaddleSeg 2.6's way of saying the same (its later releases have --output_op)
+    p.add_argument("--without_argmax", action="store_true",
+                   help="PaddleSeg 2.6's: no argmax (--output_op none, or softmax with "
+                        "--with_softmax)")
+    p.add_argument("--with_softmax", action="store_true",
+                   help="PaddleSeg 2.6's: softmax on the logits (with --without_argmax: "
+                        "--output_op softmax; with the argmax the labels are the same)")
     cli.add_common_args(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.output_op = output_op(args)
+    return args
+
+
+def output_op(args):
+    """--output_op, or what PaddleSeg 2.6's two flags ask for; both ways at once must agree."""
+    from paddleseg.utils import UserError
+    if not (args.without_argmax or args.with_softmax):
+        return args.output_op or "argmax"
+    legacy = ("softmax" if args.with_softmax else "none") if args.without_argmax else "argmax"
+    if args.output_op not in (None, legacy):
+        raise UserError(f"--output_op {args.output_op} contradicts --without_argmax/--with_softmax "
+                        f"(which ask for {legacy}); give one of the two")
+    return legacy
 
 
 def main(argv):

@@ -25,6 +25,14 @@ def parse_args(argv):
     p.add_argument("--cpu_threads", type=int, default=None,
                    help="math threads per process on CPU (default: the machine's cores divided "
                         "by the ranks on it)")
+    # PaddleSeg's, so that its commands run: fp16 (AMP) and profiling are not implemented here,
+    # asking for them is reported and training goes on in fp32
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="PaddleSeg's AMP switch; fp16 is reported as not supported, fp32 is used")
+    p.add_argument("--amp_level", choices=["O1", "O2"], default="O1", help="with --precision fp16")
+    p.add_argument("--profiler_options", default=None, help="PaddleSeg's; reported, not used")
+    p.add_argument("--data_format", choices=["NCHW", "NHWC"], default="NCHW",
+                   help="PaddleSeg's; NHWC is for DeepLabV3P only, which is not among our models")
     cli.add_common_args(p)
     args = p.parse_args(argv)
     for name in ("save_interval", "iters", "batch_size", "log_iters"):
@@ -37,6 +45,9 @@ def parse_args(argv):
         raise paddleseg.utils.UserError("--num_workers and --keep_checkpoint_max must be >= 0")
     if args.learning_rate is not None and not args.learning_rate > 0:  # also refuses nan
         raise paddleseg.utils.UserError(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if args.data_format != "NCHW":
+        raise paddleseg.utils.UserError("--data_format NHWC is for PaddleSeg's DeepLabV3P only; "
+                                        "our models take NCHW")
     from paddleseg.utils.fileio import check_folder_target
     check_folder_target(args.save_dir)
     return args
@@ -79,7 +90,8 @@ def run_training(args):
           resume_model=args.resume_model, save_interval=args.save_interval, log_iters=args.log_iters,
           num_workers=args.num_workers, use_vdl=args.use_vdl, losses=cfg.loss,
           keep_checkpoint_max=args.keep_checkpoint_max, seed=args.seed,
-          test_config=cfg.test_config)
+          test_config=cfg.test_config, precision=args.precision, amp_level=args.amp_level,
+          profiler_options=args.profiler_options)
     return 0
 
 

@@ -77,6 +77,24 @@ def test_export_cli_writes_model_params_and_deploy_yaml(trained, capsys):
     assert deploy["output_op"] == "softmax" and deploy["input_shape"] == [1, 3, 64, 64]
 
 
+@pytest.mark.parametrize("flags,expected", [
+    ([], "argmax"), (["--output_op", "none"], "none"),
+    (["--without_argmax"], "none"), (["--without_argmax", "--with_softmax"], "softmax"),
+    (["--with_softmax"], "argmax"),   # PaddleSeg 2.6: argmax of the softmax, the same labels
+    (["--without_argmax", "--output_op", "none"], "none")])
+def test_paddleseg_2_6_s_export_flags_choose_the_output_op(flags, expected):
+    argv = ["--config", "c.yml", "--model_path", "m.pdparams", *flags]
+    assert export_cli.parse_args(argv).output_op == expected
+
+
+def test_contradicting_export_flags_are_one_line(trained, tmp_path, capsys):
+    code, _, err = run_cli(["--config", trained["config"], "--model_path", trained["model_path"],
+                            "--save_dir", str(tmp_path / "e"), "--without_argmax",
+                            "--output_op", "argmax"], capsys)
+    assert code == 2 and "contradicts --without_argmax/--with_softmax" in err
+    assert err.count("\n") == 1 and not (tmp_path / "e").exists()
+
+
 def test_exported_logits_match_dygraph(trained, tmp_path):
     model = trained["model"]
     export_model(model, str(tmp_path / "none"), output_op="none", val_transforms_config=VAL_TRANSFORMS)
