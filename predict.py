@@ -52,7 +52,7 @@ def main(argv):
     from paddleseg.core.export import check_transforms
     from paddleseg.core.infer import EvalOptions
     from paddleseg.core.model_loader import build_and_load
-    from paddleseg.core.predict import image_list, predict
+    from paddleseg.core.predict import image_list, predict_images
     from paddleseg.cvlibs import Config
     from paddleseg.transforms import Compose
     from paddleseg.utils.fileio import check_folder_target
@@ -67,7 +67,7 @@ def main(argv):
                                       where=f"{args.config}: test_config and the flags")
     transforms = Compose(check_transforms(cfg.val_dataset_config.get("transforms") or []))
     model = build_and_load(cfg, args.model_path)
-    predict(model, transforms, images, args.save_dir, options, palette)
+    predict_images(model, transforms, images, args.save_dir, options, palette)
     return 0
 
 

@@ -121,3 +121,26 @@ def test_predict_never_overwrites_what_it_did_not_write(tiny_config, weights, im
     assert sorted(json.loads(manifest.read_text())) == [
         "added_prediction/a.jpg", "added_prediction/sub/b.png",
         "pseudo_color_prediction/a.png", "pseudo_color_prediction/sub/b.png"]
+
+
+def test_paddleseg_s_predict_function(tiny_config, weights, images, tmp_path):
+    """``paddleseg.core.predict`` with PaddleSeg's signature, as its scripts call it."""
+    from paddleseg.core import predict as predict_fn
+    from paddleseg.core.export import check_transforms
+    from paddleseg.cvlibs import Config
+    from paddleseg.transforms import Compose
+    cfg = Config(tiny_config)
+    transforms = Compose(check_transforms(cfg.val_dataset_config["transforms"]))
+    paths = [str(images / "a.jpg"), str(images / "sub" / "b.png")]
+    predict_fn(cfg.build_model(), model_path=weights, transforms=transforms, image_list=paths,
+               image_dir=str(images), save_dir=str(tmp_path / "out"), aug_pred=True,
+               custom_color=[1, 2, 3])
+    with Image.open(tmp_path / "out" / "pseudo_color_prediction" / "sub" / "b.png") as png:
+        assert png.getpalette()[:3] == [1, 2, 3]
+    # the same labels as predict.py's with --aug_pred (its horizontal flip on by default)
+    proc = predict(tiny_config, weights, images, tmp_path / "cli", "--aug_pred")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("a.png", "sub/b.png"):
+        ours = np.asarray(Image.open(tmp_path / "out" / "pseudo_color_prediction" / name))
+        cli = np.asarray(Image.open(tmp_path / "cli" / "pseudo_color_prediction" / name))
+        np.testing.assert_array_equal(ours, cli)

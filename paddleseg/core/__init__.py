@@ -1,3 +1,4 @@
 from .train import train
 from .val import evaluate
+from .predict import predict
 from . import metrics

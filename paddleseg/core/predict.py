@@ -96,7 +96,27 @@ def read_manifest(path):
     return listed
 
 
-def predict(model, transforms, images, save_dir, options, palette):
+def predict(model, model_path, transforms, image_list, image_dir=None, save_dir="output",
+            aug_pred=False, scales=1.0, flip_horizontal=True, flip_vertical=False,
+            is_slide=False, stride=None, crop_size=None, custom_color=None):
+    """PaddleSeg's ``paddleseg.core.predict``: ``model_path``'s weights into ``model`` (a
+    pruned checkpoint shrinks it first), then every path of ``image_list`` predicted, named by
+    its path under ``image_dir`` (else its file name). Options as PaddleSeg's (note its
+    ``flip_horizontal`` default: on, with ``aug_pred``)."""
+    from paddleseg.utils.checkpoint import load_model_weights
+    from paddleseg.utils.visualize import color_map
+    from .infer import EvalOptions
+    load_model_weights(model, model_path)
+    options = EvalOptions.from_config(
+        dict(aug_eval=aug_pred, scales=scales, flip_horizontal=flip_horizontal,
+             flip_vertical=flip_vertical, is_slide=is_slide, stride=stride, crop_size=crop_size),
+        where="predict()")
+    images = [(path, os.path.relpath(path, image_dir) if image_dir else os.path.basename(path))
+              for path in image_list]
+    predict_images(model, transforms, images, save_dir, options, color_map(custom_color))
+
+
+def predict_images(model, transforms, images, save_dir, options, palette):
     """Predict every image of ``images`` (image_list's) with ``options`` (core.infer.EvalOptions:
     aug_eval, is_slide) and write its two outputs; with several ranks each takes its share."""
     outputs = output_paths(images, save_dir)
