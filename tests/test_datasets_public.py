@@ -270,3 +270,13 @@ def test_voc_augment_downloads_sbd_once(server, seg_home, tmp_path):  # noqa: F8
     os.remove(voc / "VOC2012" / "ImageSets" / "Segmentation" / "aug.txt")
     assert run_cli("tools/voc_augment.py", *argv).returncode == 0
     assert server.count("/benchmark.tgz") == 1
+
+
+def test_voc_augment_offline_is_one_line(seg_home, tmp_path):  # noqa: F811
+    voc = tmp_path / "VOCdevkit"
+    make_voc(voc, {"trainval": ["a"]})
+    url = f"http://127.0.0.1:{dead_port()}/benchmark.tgz"
+    proc = run_cli("tools/voc_augment.py", "--voc_path", voc, "--url", url)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "the SBD folder" in proc.stderr and "--sbd_path" in proc.stderr and url in proc.stderr
+    assert not (voc / "VOC2012" / "ImageSets" / "Segmentation" / "aug.txt").exists()

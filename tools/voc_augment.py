@@ -45,8 +45,9 @@ def sbd_folder(args):
     if not os.path.isdir(path):
         if args.sbd_path:
             raise UserError(f"--sbd_path not found: {path}")
-        fetch(args.url, path, offline_hint=f"download {args.url} elsewhere, unpack it and pass "
-                                           "--sbd_path benchmark_RELEASE")
+        fetch(args.url, path, what="the SBD folder",
+              offline_hint=f"download {args.url} elsewhere, unpack it and pass --sbd_path "
+                           "benchmark_RELEASE")
     if not os.path.isdir(os.path.join(path, "dataset", "cls")):
         raise UserError(f"{path} is not SBD's benchmark_RELEASE: it has no dataset/cls folder")
     return path

@@ -15,16 +15,18 @@ from paddleseg.utils.download import (DownloadError, download_and_unpack, folder
 from .dataset import Dataset, DatasetError
 
 
-def fetch(url, dest, sha256=None, sha256_env=None, pick=single_top_folder, offline_hint=None):
+def fetch(url, dest, sha256=None, sha256_env=None, pick=single_top_folder, offline_hint=None,
+          what="dataset_root"):
     """Unpack the archive at ``url`` so that the folder ``dest`` holds the set, checking its
     SHA-256 where one is known (``sha256``, else the environment variable ``sha256_env``);
-    DatasetError with the way out when it cannot be downloaded."""
+    DatasetError with the way out when it cannot be downloaded (``what``: the folder's name in
+    the message)."""
     sha256 = sha256 or (os.environ.get(sha256_env) if sha256_env else None)
     logger.info(f"downloading {url} to {dest}")
     try:
         digest = download_and_unpack(url, dest, sha256, pick=pick)
     except DownloadError as e:
-        raise DatasetError(f"dataset_root {dest} is missing and {e}; offline, "
+        raise DatasetError(f"{what} {dest} is missing and {e}; offline, "
                            + (offline_hint or f"download {url} elsewhere and unpack it there"))\
             from None
     if not sha256:
