@@ -111,6 +111,8 @@ def test_predict_never_overwrites_what_it_did_not_write(tiny_config, weights, im
     assert proc.returncode == 2 and "holds the input image" in proc.stderr
     proc = predict(tiny_config, weights, tmp_path / "nothing", tmp_path / "r")
     assert proc.returncode == 2 and "--image_path not found" in proc.stderr
+    proc = predict(tiny_config, weights, weights, tmp_path / "r")   # binary, not a list
+    assert proc.returncode == 2 and "nor a text file listing images" in proc.stderr
     manifest = out / ".predictions.json"
     manifest.write_text("{not json")
     (out / "added_prediction" / "a.jpg").unlink()

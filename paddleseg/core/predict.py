@@ -34,8 +34,13 @@ def image_list(image_path):
         if os.path.splitext(image_path)[1] in IMAGE_SUFFIXES:
             return [(image_path, os.path.basename(image_path))]
         folder = os.path.dirname(image_path)
-        with open(image_path, encoding="utf-8") as f:
-            names = [line.split()[0] for line in f if line.strip()]
+        try:
+            with open(image_path, encoding="utf-8") as f:
+                names = [line.split()[0] for line in f if line.strip()]
+        except UnicodeDecodeError:
+            raise UserError(f"--image_path {shown(image_path)} is neither an image "
+                            f"({', '.join(IMAGE_SUFFIXES)}) nor a text file listing images")\
+                from None
         found = [(os.path.join(folder, name), name) for name in names]
     elif os.path.isdir(image_path):
         found = []
