@@ -11,7 +11,7 @@ import os
 
 from paddleseg.utils import logger
 from paddleseg.utils.download import (DownloadError, download_and_unpack, folder_holding,
-                                      seg_home, single_top_folder)
+                                      paddleseg_cache_name, seg_home, single_top_folder)
 from .dataset import Dataset, DatasetError
 
 
@@ -35,14 +35,6 @@ def fetch(url, dest, sha256=None, sha256_env=None, pick=single_top_folder, offli
                        if sha256_env else ""))
 
 
-def archive_stem(url):
-    name = os.path.basename(url)
-    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
-        if name.endswith(suffix):
-            return name[:-len(suffix)]
-    return name
-
-
 def root_or_fetch(dataset_root, url, root_names, set_name, **fetch_options):
     """The folder of the set: ``dataset_root`` when it exists; fetched into it when it is
     missing and named for the set; fetched into ``$SEG_HOME/dataset/<archive name>`` (once)
@@ -51,13 +43,13 @@ def root_or_fetch(dataset_root, url, root_names, set_name, **fetch_options):
         if url is None:
             raise DatasetError(f"{set_name} needs dataset_root: PaddleSeg downloads no archive "
                                "of it")
-        dataset_root = os.path.join(seg_home(), "dataset", archive_stem(url))
+        dataset_root = os.path.join(seg_home(), "dataset", paddleseg_cache_name(url))
     if os.path.isdir(dataset_root):
         return dataset_root
     name = os.path.basename(os.path.normpath(dataset_root))
     if url is None:
         raise DatasetError(f"dataset_root not found: {dataset_root}")
-    if name.lower() not in {n.lower() for n in root_names} | {archive_stem(url).lower()}:
+    if name.lower() not in {n.lower() for n in root_names} | {paddleseg_cache_name(url).lower()}:
         raise DatasetError(f"dataset_root not found: {dataset_root} ({set_name} downloads only "
                            f"into a folder named {' or '.join(root_names)})")
     fetch(url, dataset_root, **fetch_options)
