@@ -17,6 +17,9 @@ RECIPES = {
                    ["--distill", "channel", "--distill_temperature", "4", "--distill_weight", "3"]),
     "steps": ("2 prune steps", ["--prune_steps", "2"]),
     "steps3": ("3 prune steps", ["--prune_steps", "3"]),
+    # the pruned model refitted by least squares to the unpruned one's conv outputs before
+    # retraining (paddleseg.slim.reconstruct)
+    "reconstruct": ("least-squares reconstruction", ["--reconstruct", "8"]),
     "combined": ("finetune + channel distillation + 2 steps",
                  ["--retrain_schedule", "finetune", "--distill", "channel", "--prune_steps", "2"]),
     # as long as the model was trained (the benchmark retrains a quarter of that): whether the

@@ -27,7 +27,7 @@ sys.path[:0] = [HERE, ROOT]
 
 # flags of a recipe that only a pruned model has a use for: its control goes without them
 PRUNED_ONLY = {"--distill": 1, "--distill_weight": 1, "--distill_temperature": 1,
-               "--prune_steps": 1}
+               "--prune_steps": 1, "--reconstruct": 1}
 
 
 def control_flags(flags):

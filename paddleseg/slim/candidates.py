@@ -13,8 +13,9 @@ import shutil
 
 from ..core.model_loader import build_and_load
 from ..utils.fileio import write_json
-from . import build_groups, prune_model
+from . import build_groups
 from .distill import teacher_of
+from .reconstruct import prune_for_retraining
 from .flops import count_flops_params
 from .output.publish import STEPS_STATE
 from .output.storage import PARAMS_FILE, keep_only_step, read_state, save_pruned
@@ -23,7 +24,7 @@ from .retrain import miou, retrain
 # the options that decide how a candidate is pruned and fine-tuned: a resumed search must agree
 # on all of them with the run that saved its state (each search adds its own)
 RETRAINING_OPTIONS = ("target", "criterion", "retraining_iters", "batch_size", "learning_rate",
-                      "seed", "distill", "distill_weight", "distill_temperature",
+                      "seed", "distill", "distill_weight", "distill_temperature", "reconstruct",
                       "retrain_schedule", "finetune_lr_scale", "channel_step", "latency_shape",
                       "sen_ratios", "opts")
 
@@ -64,7 +65,7 @@ def fine_tuned(options, model_path, shape, val_dataset, work_dir, plan=None, kee
     flops_cut = 0.0
     if plan:
         flops_before = count_flops_params(model, shape)[0]
-        prune_model(model, build_groups(model, shape), plan, options.criterion)
+        prune_for_retraining(options, cfg, model, build_groups(model, shape), plan, teacher)
         flops_cut = 1 - count_flops_params(model, shape)[0] / flops_before
     retrain(options, cfg, model, work_dir, teacher)
     shutil.rmtree(work_dir, ignore_errors=True)

@@ -61,9 +61,10 @@ def make_teacher(model):
 
 
 def teacher_of(o, model):
-    """With --distill (and retraining), the frozen copy of the unpruned ``model`` that teaches
-    the pruned one; else None."""
-    return make_teacher(model) if o.distill != "none" and o.retraining_iters > 0 else None
+    """With --distill (and retraining) or --reconstruct, the frozen copy of the unpruned
+    ``model`` that teaches the pruned one or that its convs are refitted to; else None."""
+    distills = o.distill != "none" and o.retraining_iters > 0
+    return make_teacher(model) if distills or o.reconstruct else None
 
 
 class Distillation:

@@ -46,6 +46,7 @@ class PruneOptions:
     retrain_schedule: str = "config"   # config: the config's lr_scheduler; finetune: warm-up+cosine
     finetune_lr_scale: float = None    # finetune peak = config rate times this (None: 0.1)
     prune_steps: int = 1               # prune-and-retrain steps that reach the plan
+    reconstruct: int = 0               # training batches the least-squares refit uses (0: none)
     max_miou_drop: float = None        # accuracy budget in mIoU points (None: prune to the ratio)
     budget_step: float = 0.1           # the budget search's step of target cut
     budget_iters: int = None           # its retraining per step (None: retraining_iters)
@@ -122,6 +123,12 @@ def check_recipe(o):
     if o.distill == "none" and (o.distill_weight, o.distill_temperature) != (1.0, 1.0):
         raise UserError("--distill_weight and --distill_temperature need --distill pixel or "
                         "channel (without it there is no distillation)")
+    if o.reconstruct < 0:
+        raise UserError(f"--reconstruct must be >= 0 (training batches; 0: no reconstruction), "
+                        f"got {o.reconstruct}")
+    if o.reconstruct and o.prune_steps > 1:
+        raise UserError("--reconstruct refits the convs after a one-step prune; it does not "
+                        "combine with --prune_steps (give one of the two)")
     if o.prune_steps < 1:
         raise UserError(f"--prune_steps must be >= 1, got {o.prune_steps}")
     if o.prune_steps > 1 and o.retraining_iters < o.prune_steps:

@@ -24,9 +24,10 @@ from ..utils.errors import UserError
 from ..utils.checkpoint import checkpoint_iteration, load_model_weights
 from ..utils.fileio import write_json, write_text
 from ..utils.progress import Phase, format_seconds
-from . import build_groups, prune_model
+from . import build_groups
 from . import sensitivity
 from .budget import BudgetSearch
+from .reconstruct import prune_for_retraining
 from .distill import teacher_of
 from .flops import count_flops_params
 from .options import check_common, setup_facts
@@ -159,7 +160,7 @@ def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, t
     keeps and resumes from. Returns (that mIoU, the steps' records or None)."""
     if o.prune_steps == 1:
         with Phase(timings, "pruning"):
-            prune_model(model, analysis, plan, o.criterion)
+            prune_for_retraining(o, cfg, model, analysis, plan, teacher)
             pruned_miou = evaluate()
         with Phase(timings, "retraining"):
             if retrained:

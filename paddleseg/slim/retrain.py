@@ -53,6 +53,8 @@ def build_schedule(o, cfg):
 def recipe(o, cfg):
     """What report.json records of how the pruned model was retrained."""
     r = {"schedule": o.retrain_schedule, "distill": o.distill, "prune_steps": o.prune_steps}
+    if o.reconstruct:
+        r["reconstruct_batches"] = o.reconstruct
     if o.retrain_schedule == "finetune":
         r.update(learning_rate=finetune_lr(o, cfg), warmup_iters=warmup_iters(o.retraining_iters),
                  finetune_lr_scale=None if o.learning_rate is not None else finetune_lr_scale(o))
@@ -71,7 +73,7 @@ def retrain(o, cfg, model, work_dir, teacher=None, resume_model=None, save_inter
     if o.retraining_iters == 0:
         return
     extra_loss = None
-    if (o.retrain_schedule, o.distill, o.prune_steps) != ("config", "none", 1):  # every rank says
+    if (o.retrain_schedule, o.distill, o.prune_steps, o.reconstruct) != ("config", "none", 1, 0):  # every rank says
         logger.info("retraining recipe: " + ", ".join(
             f"{k} {v}" for k, v in recipe(o, cfg).items() if v is not None), every_rank=True)
     if o.distill != "none":

@@ -153,6 +153,11 @@ def build_parser():
                                  "the retraining iterations shared equally (each step with the "
                                  "whole schedule); a killed run resumes after its last finished "
                                  "step" + NATIVE_ONLY_NOTE)
+    retraining.add_argument("--reconstruct", type=int, default=0, metavar="N",
+                            help="after pruning, refit every conv that lost input channels by "
+                                 "least squares, so that on N training batches it outputs what "
+                                 "the unpruned model's did (0: off; 8 is a good start); costs "
+                                 "about N forward passes per refitted conv" + NATIVE_ONLY_NOTE)
     retraining.add_argument("--num_workers", type=int, default=0, help="data-loading workers")
     retraining.add_argument("--seed", type=int, default=None, help="random seed")
     runtime = p.add_argument_group("runtime")
@@ -233,7 +238,7 @@ NATIVE_ONLY = ("sen_ratios", "sen_evaluator", "sen_bn_batches", "allow_lower_tar
                "min_coverage", "channel_step", "target", "latency_shape", "latency_table",
                "latency_samples", "latency_allocation",
                "distill", "distill_weight", "distill_temperature", "retrain_schedule",
-               "finetune_lr_scale", "prune_steps", "max_miou_drop", "budget_step", "budget_iters",
+               "finetune_lr_scale", "prune_steps", "reconstruct", "max_miou_drop", "budget_step", "budget_iters",
                "trial_allocations", "trial_iters")
 
 

@@ -42,8 +42,8 @@ def plot_sensitivity(sens, plan, path):
 
 def recipe_lines(recipe):
     """The retraining recipe, when it is not the default (the config's schedule, no teacher)."""
-    if not recipe or (recipe.get("schedule"), recipe.get("distill"),
-                      recipe.get("prune_steps", 1)) == ("config", "none", 1):
+    if not recipe or (recipe.get("schedule"), recipe.get("distill"), recipe.get("prune_steps", 1),
+                      recipe.get("reconstruct_batches", 0)) == ("config", "none", 1, 0):
         return []
     text = ", ".join(f"{k} {v}" for k, v in recipe.items() if v is not None)
     return [f"Retraining recipe: {text}.", ""]

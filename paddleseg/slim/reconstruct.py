@@ -1,0 +1,258 @@
+"""Least-squares reconstruction after pruning (``--reconstruct N``): every dense conv that lost
+input channels is refitted so that, on the pruned model's own features, it outputs what the
+unpruned model's conv output on its features.
+
+Why: removing a group's channels takes terms out of every sum its consumers compute, so a
+consumer's output drifts from what the layers after it (and its batch norm's running
+statistics) were trained on; after a latency-target cut the benchmark's pruned models score
+0.02-0.24 mIoU before retraining, against 0.37-0.44 unpruned, and a short retraining has to
+repair that drift before it can improve anything. The remaining input channels can absorb much
+of the loss: refit the consumer's weights by least squares against the unpruned output (the
+reconstruction step of He et al., ICCV 2017, and of ThiNet, Luo et al., ICCV 2017; the channel
+choice stays the criterion's). Done one conv at a time in forward order on the pruned model's
+features, each refit also absorbs the error the convs before it leave.
+
+How: ``N`` training batches (the config's batch size and training transforms, the run's seed).
+The unpruned copy runs once per batch and keeps, at a fixed random sample of output positions,
+what each consumer outputs (its kept output channels only). Then for each consumer, in the
+order the forward pass calls them, the pruned model runs up to that conv (a pre-hook stops the
+pass there) and its input patches at the same positions give the regression:
+``W = argmin ||patches @ W - unpruned output||^2`` with a small ridge, plus the bias where the
+conv has one. Depthwise convs (pruned with their producer, channel for channel), grouped convs,
+transposed convs and convs the eval forward pass does not call (training-only heads) are left as
+they are; the retraining repairs them.
+"""
+import time
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from paddle import nn
+
+from ..utils import logger
+from ..utils.errors import UserError
+from ..utils.progress import format_seconds
+from . import prune_model
+from .apply import choose_channels, layer_removals
+from .bn_calibration import calibration_batches
+from .dependency import IN, OUT
+
+# positions sampled per consumer, at least this many and at least 4 per unknown weight
+MIN_SAMPLES = 4096
+SAMPLES_PER_UNKNOWN = 4
+# ridge: this share of the mean diagonal of the normal matrix, so that a dead (all-zero) input
+# channel or a rank-deficient patch matrix gives small weights, not a singular solve
+RIDGE = 1e-3
+
+
+class _StopForward(Exception):
+    """Raised by a pre-hook to end a forward pass once it reaches the conv being refitted."""
+
+
+def refittable(layer):
+    """Whether least squares can refit ``layer``: a plain dense NCHW Conv2D with explicit
+    padding (the patch layout of its weight is then what ``F.unfold`` gives)."""
+    return (type(layer) is nn.Conv2D and layer._groups == 1 and layer._data_format == "NCHW"
+            and layer._padding_algorithm == "EXPLICIT" and len(layer._updated_padding) == 2)
+
+
+def consumers_to_refit(reference, groups, plan, criterion):
+    """{conv path: kept output channels (indices into the unpruned conv's)} of the convs that
+    ``plan`` takes input channels from and that :func:`refittable` accepts. The channels are
+    chosen on ``reference`` (the unpruned model) exactly as pruning chose them."""
+    layers = dict(reference.named_sublayers(include_self=True))
+    removals = layer_removals(groups, choose_channels(layers, groups, plan, criterion))
+    out = {}
+    for path, removed in removals.items():
+        layer = layers[path]
+        if removed[IN] is None or not refittable(layer):
+            continue
+        out[path] = np.setdiff1d(np.arange(layer._out_channels),
+                                 removed[OUT] if removed[OUT] is not None else [])
+    return out
+
+
+def forward_order(model, paths, batch):
+    """``paths`` in the order a forward pass of ``model`` first calls them, less those it never
+    calls or calls more than once (a shared conv has no single input to fit)."""
+    layers = dict(model.named_sublayers(include_self=True))
+    calls = {}
+
+    def counter(path):
+        def hook(layer, inputs):
+            calls[path] = calls.get(path, 0) + 1
+        return hook
+    hooks = [layers[p].register_forward_pre_hook(counter(p)) for p in paths]
+    try:
+        with paddle.no_grad():
+            model(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return [p for p in calls if calls[p] == 1]
+
+
+def _positions(rng, total, wanted):
+    """Sorted sample of ``wanted`` flat output positions out of ``total`` (all if fewer)."""
+    return np.arange(total) if wanted >= total else np.sort(rng.choice(total, wanted, False))
+
+
+def _output_rows(output, positions):
+    """[P, C] rows of an N C H W output at flat (n, h, w) ``positions``."""
+    n, c, h, w = output.shape
+    flat = output.transpose([0, 2, 3, 1]).reshape([n * h * w, c]).numpy()
+    return flat[positions]    # float32 while kept for every consumer: half the memory
+
+
+def _patch_rows(layer, inputs, positions):
+    """[P, C*kh*kw] input patches of ``layer`` at flat output ``positions`` (F.unfold's
+    channel-major layout, which is the weight's)."""
+    n = inputs.shape[0]
+    cols = F.unfold(inputs, layer._kernel_size, layer._stride, layer._updated_padding,
+                    layer._dilation)                      # N, C*kh*kw, L
+    flat = cols.transpose([0, 2, 1]).reshape([n * cols.shape[2], cols.shape[1]]).numpy()
+    return flat[positions].astype(np.float64)
+
+
+class _Targets:
+    """Per consumer: the sampled positions of each batch and the unpruned outputs there."""
+
+    def __init__(self, reference, kept_out, batches, seed):
+        layers = dict(reference.named_sublayers(include_self=True))
+        rng = np.random.default_rng(seed)
+        self.positions = {p: [] for p in kept_out}
+        self.outputs = {p: [] for p in kept_out}
+
+        def keeper(path):
+            layer = layers[path]
+            unknowns = layer._in_channels * int(np.prod(layer._kernel_size)) + 1
+            per_batch = -(-max(MIN_SAMPLES, SAMPLES_PER_UNKNOWN * unknowns) // len(batches))
+
+            def hook(layer, inputs, output):
+                n, _, h, w = output.shape
+                pos = _positions(rng, n * h * w, per_batch)
+                self.positions[path].append(pos)
+                self.outputs[path].append(_output_rows(output, pos)[:, kept_out[path]])
+            return hook
+        hooks = [layers[p].register_forward_post_hook(keeper(p)) for p in kept_out]
+        try:
+            with paddle.no_grad():
+                for batch in batches:
+                    reference(batch)
+        finally:
+            for h in hooks:
+                h.remove()
+
+
+def _solve(gram, cross):
+    ridge = RIDGE * max(float(np.mean(np.diag(gram))), 1e-12)
+    return np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), cross)
+
+
+def refit_conv(model, path, batches, positions, outputs):
+    """Refit the conv at ``path`` of ``model`` in place; returns (error before, error after):
+    the mean squared difference from the unpruned outputs over the sampled positions."""
+    layer = dict(model.named_sublayers(include_self=True))[path]
+    captured = []
+
+    def stop(layer, inputs):
+        captured.append(inputs[0])
+        raise _StopForward()
+    hook = layer.register_forward_pre_hook(stop)
+    has_bias = layer.bias is not None
+    weight = layer.weight.numpy()
+    current = weight.reshape([weight.shape[0], -1]).T.astype(np.float64)
+    if has_bias:
+        current = np.vstack([current, layer.bias.numpy()[None, :].astype(np.float64)])
+    gram = cross = None
+    count, before = 0, 0.0
+    try:
+        for batch, pos, target in zip(batches, positions, outputs):
+            captured.clear()
+            try:
+                with paddle.no_grad():
+                    model(batch)
+            except _StopForward:
+                pass
+            patches = _patch_rows(layer, captured[0], pos)
+            if has_bias:
+                patches = np.hstack([patches, np.ones((len(patches), 1))])
+            if gram is None:
+                gram, cross = np.zeros((patches.shape[1],) * 2), np.zeros((patches.shape[1],
+                                                                          target.shape[1]))
+            target = target.astype(np.float64)
+            gram += patches.T @ patches
+            cross += patches.T @ target
+            before += float(np.sum((patches @ current - target) ** 2))
+            count += target.size
+    finally:
+        hook.remove()
+    solved = _solve(gram, cross)
+    total_sq = sum(float(np.sum(np.square(target, dtype=np.float64))) for target in outputs)
+    # ||A W - Y||^2 from the normal equations' sums: no second pass over the batches
+    after = float(np.sum(solved * (gram @ solved)) - 2 * np.sum(solved * cross) + total_sq)
+    after = max(after, 0.0)
+    if after >= before:      # the ridge can make a near-exact fit no better: keep what it had
+        return before / count, before / count
+    n_weights = current.shape[0] - (1 if has_bias else 0)
+    layer.weight.set_value(solved[:n_weights].T.reshape(weight.shape).astype(weight.dtype))
+    if has_bias:
+        layer.bias.set_value(solved[n_weights].astype(layer.bias.numpy().dtype))
+    return before / count, after / count
+
+
+def reconstruct(model, reference, groups, plan, criterion, dataset, num_batches, batch_size,
+                seed=0):
+    """Refit, in forward order, every conv of the pruned ``model`` that ``plan`` took input
+    channels from (see the module's docstring); ``reference`` is the unpruned model it was
+    pruned from (same layer paths), ``groups`` the analysis the plan was pruned with. Returns
+    {"convs": refitted, "skipped": left as they are, "error_before"/"error_after": the summed
+    mean squared output errors, "seconds"}."""
+    start = time.time()
+    kept_out = consumers_to_refit(reference, groups, plan, criterion)
+    batches = calibration_batches(dataset, num_batches, batch_size, seed)
+    was_training, ref_training = model.training, reference.training
+    model.eval()
+    reference.eval()
+    try:
+        candidates = len(kept_out)
+        order = forward_order(model, list(kept_out), batches[0])
+        kept_out = {p: kept_out[p] for p in order}
+        targets = _Targets(reference, kept_out, batches, seed)
+        total_before = total_after = 0.0
+        for k, path in enumerate(order, 1):
+            before, after = refit_conv(model, path, batches, targets.positions[path],
+                                       targets.outputs[path])
+            total_before, total_after = total_before + before, total_after + after
+            if k == 1 or k == len(order) or k % 10 == 0:
+                elapsed = time.time() - start
+                logger.info(f"reconstruction: conv {k} of {len(order)} ({path}) output error "
+                            f"{before:.4g} -> {after:.4g}, ETA "
+                            f"{format_seconds(elapsed / k * (len(order) - k))}")
+    finally:
+        if was_training:
+            model.train()
+        if ref_training:
+            reference.train()
+    return {"convs": len(order), "not_called_once": candidates - len(order),
+            "batches": num_batches,
+            "error_before": round(total_before, 6), "error_after": round(total_after, 6),
+            "seconds": round(time.time() - start, 1)}
+
+
+def prune_for_retraining(o, cfg, model, analysis, plan, reference):
+    """Prune ``model`` to ``plan`` and, with --reconstruct, refit its consumers to
+    ``reference`` (the unpruned copy, :func:`paddleseg.slim.distill.teacher_of`); returns the
+    refit's record or None."""
+    prune_model(model, analysis, plan, o.criterion)
+    if not o.reconstruct:
+        return None
+    if cfg.train_dataset is None:
+        raise UserError(f"--reconstruct refits on training images, but {cfg.path} has no "
+                        "train_dataset")
+    record = reconstruct(model, reference, analysis.by_id(), plan, o.criterion, cfg.train_dataset,
+                         o.reconstruct, cfg.batch_size, 0 if o.seed is None else o.seed)
+    logger.info(f"reconstruction: {record['convs']} convs refitted on {o.reconstruct} training "
+                f"batches in {format_seconds(record['seconds'])}, summed output error "
+                f"{record['error_before']:.4g} -> {record['error_after']:.4g}")
+    return record

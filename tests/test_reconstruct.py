@@ -1,0 +1,152 @@
+"""--reconstruct: the least-squares refit of the convs that lost input channels
+(paddleseg.slim.reconstruct), on toy nets whose exact answer is known, and through prune.py."""
+import json
+
+import numpy as np
+import paddle
+import pytest
+
+from paddleseg.slim import build_groups, prune_model
+from paddleseg.slim.distill import make_teacher
+from paddleseg.slim.reconstruct import consumers_to_refit, forward_order, reconstruct
+from paddleseg.utils.errors import UserError
+from test_retrain_recipe import fcn_config, load_prune_cli, prune_argv  # noqa: F401
+
+
+class Linear(paddle.nn.Layer):
+    """conv1 -> conv2 (3x3, stride 2, no bias) -> bn -> relu -> head (1x1 with bias): no
+    non-linearity between conv1 and conv2, so a removed conv1 channel that is a multiple of a
+    kept one can be put back exactly by conv2's weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = paddle.nn.Conv2D(3, 8, 3, padding=1, bias_attr=False)
+        self.conv2 = paddle.nn.Conv2D(8, 6, 3, stride=2, padding=1, bias_attr=False)
+        self.bn = paddle.nn.BatchNorm2D(6)
+        self.head = paddle.nn.Conv2D(6, 2, 1)
+
+    def forward(self, x):
+        return [self.head(paddle.nn.functional.relu(self.bn(self.conv2(self.conv1(x)))))]
+
+
+def linear_net():
+    paddle.seed(0)
+    net = Linear()
+    w = net.conv1.weight.numpy()
+    # channels 4..7 are half of channels 0..3: L1 removes them first, and they are redundant
+    w[4:] = 0.5 * w[:4]
+    net.conv1.weight.set_value(w)
+    net.eval()
+    return net
+
+
+def images(n, seed):
+    rng = np.random.RandomState(seed)
+    return [{"img": rng.randn(3, 16, 16).astype("float32")} for _ in range(n)]
+
+
+def group_of(analysis, producer):
+    return next(g.id for g in analysis.groups if producer in g.producers)
+
+
+def output_error(model, reference, batch):
+    with paddle.no_grad():
+        return float(np.mean((model(batch)[0].numpy() - reference(batch)[0].numpy()) ** 2))
+
+
+def test_redundant_channels_removed_are_put_back_exactly():
+    model = linear_net()
+    reference = make_teacher(model)
+    analysis = build_groups(model, (1, 3, 16, 16))
+    plan = {group_of(analysis, "conv1"): 0.5}
+    assert set(consumers_to_refit(reference, analysis.by_id(), plan, "l1")) == {"conv2"}
+    prune_model(model, analysis, plan, "l1")
+    batch = paddle.to_tensor(np.stack([d["img"] for d in images(2, 7)]))
+    plain_error = output_error(model, reference, batch)
+    record = reconstruct(model, reference, analysis.by_id(), plan, "l1", images(8, 0), 4, 2)
+    assert record["convs"] == 1 and record["error_before"] > 0.01
+    assert record["error_after"] < 1e-4 * record["error_before"]
+    # on images it never saw, the pruned model now computes what the unpruned one does
+    assert output_error(model, reference, batch) < 1e-4 * plain_error
+    assert model.conv2.weight.shape == [6, 4, 3, 3]
+
+
+def test_the_refit_is_the_least_squares_solution_and_seeded():
+    """A head that lost channels whose loss cannot be undone: the refit is numpy's least
+    squares of the unpruned outputs on the pruned inputs (same sampled positions), and the
+    same seed gives the same weights."""
+    def pruned():
+        paddle.seed(1)
+        net = Linear()
+        net.eval()
+        analysis = build_groups(net, (1, 3, 16, 16))
+        plan = {group_of(analysis, "conv2"): 0.5}
+        reference = make_teacher(net)
+        prune_model(net, analysis, plan, "fpgm")
+        return net, reference, analysis, plan
+    data = images(6, 3)
+    net, reference, analysis, plan = pruned()
+    record = reconstruct(net, reference, analysis.by_id(), plan, "fpgm", data, 3, 2, seed=5)
+    assert record["convs"] == 1 and record["error_after"] < record["error_before"]
+    # the hand computation, on every position (16 x 8 x 8 = 1024 < MIN_SAMPLES: all are used)
+    net2, reference2, analysis2, _ = pruned()
+    from paddleseg.slim.bn_calibration import calibration_batches
+    feats, targets = [], []
+    for batch in calibration_batches(data, 3, 2, 5):
+        with paddle.no_grad():
+            kept = paddle.nn.functional.relu(net2.bn(net2.conv2(net2.conv1(batch))))
+            full = reference2.head(paddle.nn.functional.relu(
+                reference2.bn(reference2.conv2(reference2.conv1(batch)))))
+        feats.append(kept.numpy().transpose(0, 2, 3, 1).reshape(-1, 3))
+        targets.append(full.numpy().transpose(0, 2, 3, 1).reshape(-1, 2))
+    a = np.hstack([np.concatenate(feats), np.ones((len(np.concatenate(feats)), 1))])
+    solution = np.linalg.lstsq(a, np.concatenate(targets), rcond=None)[0]
+    np.testing.assert_allclose(net.head.weight.numpy().reshape(2, 3), solution[:3].T, atol=2e-3)
+    np.testing.assert_allclose(net.head.bias.numpy(), solution[3], atol=2e-3)
+    net3, reference3, analysis3, plan3 = pruned()
+    reconstruct(net3, reference3, analysis3.by_id(), plan3, "fpgm", data, 3, 2, seed=5)
+    np.testing.assert_array_equal(net3.head.weight.numpy(), net.head.weight.numpy())
+
+
+def test_forward_order_leaves_out_uncalled_and_shared_convs():
+    class Shared(paddle.nn.Layer):
+        def __init__(self):
+            super().__init__()
+            self.a = paddle.nn.Conv2D(3, 3, 1)
+            self.b = paddle.nn.Conv2D(3, 3, 1)
+            self.unused = paddle.nn.Conv2D(3, 3, 1)
+
+        def forward(self, x):
+            return self.b(self.a(self.a(x)))
+    net = Shared()
+    batch = paddle.ones([1, 3, 4, 4])
+    assert forward_order(net, ["unused", "b", "a"], batch) == ["b"]
+
+
+def test_prune_py_reconstructs_and_records_it(fcn_config, tmp_path, capsys):  # noqa: F811
+    save_dir = tmp_path / "out"
+    assert load_prune_cli().main(prune_argv(fcn_config, save_dir, "--reconstruct", "2",
+                                            "--seed", "0")) == 0
+    report = json.loads((save_dir / "report.json").read_text())
+    assert report["retraining_recipe"]["reconstruct_batches"] == 2
+    assert "reconstruct_batches 2" in (save_dir / "report.md").read_text()
+    assert report["params_after"] < report["params_before"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--reconstruct", "-1"], "--reconstruct must be >= 0"),
+    (["--reconstruct", "2", "--prune_steps", "2"], "does not combine with --prune_steps"),
+])
+def test_bad_reconstruct_flags_are_refused_before_any_work(extra, message, fcn_config,  # noqa: F811
+                                                           tmp_path):
+    with pytest.raises(UserError, match=message):
+        load_prune_cli().main(prune_argv(fcn_config, tmp_path / "out", *extra))
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_paddleslim_method_has_no_reconstruct(fcn_config, tmp_path):  # noqa: F811
+    with pytest.raises(UserError, match="PaddleSeg 2.6's method, which has no --reconstruct"):
+        load_prune_cli().main(["--config", fcn_config, "--pruning_ratio", "0.3",
+                               "--retraining_iters", "2", "--save_dir", str(tmp_path / "out"),
+                               "--method", "paddleslim", "--reconstruct", "2"])
+    assert not (tmp_path / "out").exists()
