@@ -54,7 +54,14 @@ def output_error(model, reference, batch):
         return float(np.mean((model(batch)[0].numpy() - reference(batch)[0].numpy()) ** 2))
 
 
-def test_redundant_channels_removed_are_put_back_exactly():
+@pytest.fixture
+def plain_least_squares(monkeypatch):
+    """The ridge made negligible: the refit is the exact least-squares solution."""
+    import paddleseg.slim.reconstruct as reconstruct_module
+    monkeypatch.setattr(reconstruct_module, "RIDGE", 1e-9)
+
+
+def test_redundant_channels_removed_are_put_back_exactly(plain_least_squares):
     model = linear_net()
     reference = make_teacher(model)
     analysis = build_groups(model, (1, 3, 16, 16))
@@ -71,7 +78,7 @@ def test_redundant_channels_removed_are_put_back_exactly():
     assert model.conv2.weight.shape == [6, 4, 3, 3]
 
 
-def test_the_refit_is_the_least_squares_solution_and_seeded():
+def test_the_refit_is_the_least_squares_solution_and_seeded(plain_least_squares):
     """A head that lost channels whose loss cannot be undone: the refit is numpy's least
     squares of the unpruned outputs on the pruned inputs (same sampled positions), and the
     same seed gives the same weights."""
@@ -106,6 +113,28 @@ def test_the_refit_is_the_least_squares_solution_and_seeded():
     net3, reference3, analysis3, plan3 = pruned()
     reconstruct(net3, reference3, analysis3.by_id(), plan3, "fpgm", data, 3, 2, seed=5)
     np.testing.assert_array_equal(net3.head.weight.numpy(), net.head.weight.numpy())
+
+
+def test_the_ridge_pulls_towards_the_pruned_weights(monkeypatch):
+    """A large ridge leaves the pruned weights almost as they are (not shrunk towards zero);
+    the default one still removes most of the redundant channels' error."""
+    import paddleseg.slim.reconstruct as reconstruct_module
+    results = {}
+    for ridge in (1e6, reconstruct_module.RIDGE):
+        monkeypatch.setattr(reconstruct_module, "RIDGE", ridge)
+        model = linear_net()
+        reference = make_teacher(model)
+        analysis = build_groups(model, (1, 3, 16, 16))
+        plan = {group_of(analysis, "conv1"): 0.5}
+        prune_model(model, analysis, plan, "l1")
+        pruned = model.conv2.weight.numpy()
+        record = reconstruct(model, reference, analysis.by_id(), plan, "l1", images(8, 0), 4, 2)
+        results[ridge] = (np.abs(model.conv2.weight.numpy() - pruned).max(), record)
+    change, record = results[1e6]
+    assert change < 1e-3 * np.abs(pruned).max()
+    assert record["error_after"] == pytest.approx(record["error_before"], rel=1e-3)
+    change, record = results[reconstruct_module.RIDGE]
+    assert record["error_after"] < 0.1 * record["error_before"]
 
 
 def test_forward_order_leaves_out_uncalled_and_shared_convs():
@@ -150,3 +179,20 @@ def test_the_paddleslim_method_has_no_reconstruct(fcn_config, tmp_path):  # noqa
                                "--retraining_iters", "2", "--save_dir", str(tmp_path / "out"),
                                "--method", "paddleslim", "--reconstruct", "2"])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("padding, stride, size", [("same", 2, (15, 17)), ("same", 1, (9, 8)),
+                                                   (1, 2, (15, 17)), (0, 1, (6, 7))])
+def test_patches_times_the_weight_are_the_conv_output(padding, stride, size):
+    """The regression's rows: F.unfold's patches with the padding the conv uses ("same"
+    included, odd sizes and strides where Paddle pads one more pixel at the end)."""
+    from paddleseg.slim.reconstruct import _output_rows, _patch_rows, refittable
+    paddle.seed(2)
+    conv = paddle.nn.Conv2D(3, 5, 3, stride=stride, padding=padding)
+    assert refittable(conv)
+    x = paddle.randn([2, 3, *size])
+    out = conv(x)
+    positions = np.arange(out.shape[0] * out.shape[2] * out.shape[3])
+    patches = _patch_rows(conv, x, positions)
+    predicted = patches @ conv.weight.numpy().reshape(5, -1).T + conv.bias.numpy()
+    np.testing.assert_allclose(predicted, _output_rows(out, positions), atol=1e-4)
