@@ -196,3 +196,32 @@ def test_patches_times_the_weight_are_the_conv_output(padding, stride, size):
     patches = _patch_rows(conv, x, positions)
     predicted = patches @ conv.weight.numpy().reshape(5, -1).T + conv.bias.numpy()
     np.testing.assert_allclose(predicted, _output_rows(out, positions), atol=1e-4)
+
+
+def test_the_budget_search_s_candidates_are_refitted_too(fcn_config, tmp_path,  # noqa: F811
+                                                         monkeypatch):
+    """A candidate that a search (--max_miou_drop, --trial_allocations) fine-tunes is pruned
+    the way the final model is: refitted with --reconstruct before its retraining."""
+    import paddleseg.slim.reconstruct as reconstruct_module
+    from paddleseg.slim.candidates import fine_tuned
+    from paddleseg.slim.options import PruneOptions
+    calls = []
+    real = reconstruct_module.reconstruct
+
+    def spy(model, reference, *args, **kwargs):
+        calls.append(sum(p.size for p in reference.parameters()) >
+                     sum(p.size for p in model.parameters()))
+        return real(model, reference, *args, **kwargs)
+    monkeypatch.setattr(reconstruct_module, "reconstruct", spy)
+    args = load_prune_cli().build_parser().parse_args(
+        prune_argv(fcn_config, tmp_path / "out", "--reconstruct", "1", "--seed", "0"))
+    options = PruneOptions.from_args(args)
+    cfg = options.build_config()
+    model_path = tmp_path / "model.pdparams"
+    paddle.save(cfg.model.state_dict(), str(model_path))
+    shape = [1] + list(cfg.val_dataset[0]["img"].shape)
+    analysis = build_groups(cfg.model, shape)
+    group = analysis.groups[len(analysis.groups) // 2].id
+    fine_tuned(options, str(model_path), shape, cfg.val_dataset, str(tmp_path / "work"),
+               plan={group: 0.5})
+    assert calls == [True]   # once, against the unpruned (larger) reference
