@@ -25,6 +25,8 @@ RECIPES = {
     # as long as the model was trained (the benchmark retrains a quarter of that): whether the
     # loss is the pruning's or the short retraining's. Its control fine-tunes as long.
     "long": ("4x retraining iterations", ["--retraining_iters", "4x"]),
+    "reconstruct_long": ("least-squares reconstruction, 4x retraining iterations",
+                         ["--reconstruct", "8", "--retraining_iters", "4x"]),
 }
 
 
