@@ -20,6 +20,8 @@ MAX_COST = 1.5   # ... at most 1.5x the default retraining's time per iteration
 # prune.py's message when --max_miou_drop finds no cut within the budget (budget.py)
 NO_CUT = "the unpruned model stays the answer"
 DEFAULT_WINS = 4   # a recipe becomes the default only where it wins on 4 of the 5 models
+# the benchmark's models (prune_speedup.MODELS): a study's results.json may hold fewer of them
+BENCHMARK_MODELS = 5
 GOAL_SPEEDUP = 1.38   # the speedup its rows must keep (latency target 0.3)
 BUDGET_MEDIAN_SPEEDUP = 1.5   # the budget issue: --max_miou_drop 1.0 rows' median speedup
 DEEP_RATIO, DEEP_SPEEDUP, DEEP_POINTS = 0.5, 1.9, 3.0   # ... and latency target 0.5's goal
@@ -188,6 +190,7 @@ def defaults_lines(results):
     """Which recipe may become prune.py's default: one that beats the config schedule beyond
     the noise, at equal retraining iterations, on at least DEFAULT_WINS models."""
     models = list(results["models"])
+    unlisted = max(BENCHMARK_MODELS - len(models), 0)   # not in this file: not measured
     recovery = results.get("recovery") or {}
     names = []
     for entry in recovery.values():
@@ -196,8 +199,9 @@ def defaults_lines(results):
         return []
     lines = [f"A recipe becomes prune.py's default only where it beats the config schedule beyond "
              f"the noise, at equal retraining iterations, on at least {DEFAULT_WINS} of the "
-             f"{len(models)} models (change against the config schedule over the same seeds, "
-             "points; cost: time per iteration against it, mean over the models measured):", "",
+             f"benchmark's {BENCHMARK_MODELS} models (change against the config schedule over "
+             "the same seeds, points; cost: time per iteration against it, mean over the models "
+             "measured):", "",
              "| Recipe | " + " | ".join(models) + " | wins | cost | default |",
              "|---|" + "---:|" * len(models) + "---:|---:|---|"]
     for name in names:
@@ -216,7 +220,7 @@ def defaults_lines(results):
                 costs.append(cost)
         cost_text = f"{statistics.mean(costs):.2f}x" if costs else "-"
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {wins} | {cost_text} | "
-                     f"{default_decision(wins, cells.count('-'))} |")
+                     f"{default_decision(wins, cells.count('-') + unlisted)} |")
     return lines + [""]
 
 
@@ -276,7 +280,7 @@ def longer_lines(results):
     if not lines:
         return []
     count = (f"Within {WITHIN_POINTS:.1f} point when retrained longer: {sum(within.values())} "
-             f"of {len(within)} model(s) measured (the benchmark has {len(results['models'])}).")
+             f"of {len(within)} model(s) measured (the benchmark has {BENCHMARK_MODELS}).")
     return ([f"Retrained longer than the row (not counted above: the goal compares recipes at "
              "the row's retraining iterations), each against its control fine-tuned as long:",
              "", "| Model | Recipe | iterations (the row's) | Δ vs control, points (± 95% CI) | "
