@@ -386,3 +386,15 @@ def test_latency_profiles_find_the_benchmark_checkpoints(tmp_path):
     found = latency_profiles.checkpoints(str(tmp_path), "BiSeNetV2", entry)
     assert [label for label, _ in found] == ["unpruned", "equal"]
     assert found[1][1] == str(prune / "model.pdparams")
+
+
+def test_a_study_s_results_md_names_its_own_folder():
+    """A study run with --out_dir benchmarks/studies/NAME says which file it was made from and
+    the command that remakes it; the benchmark's own says benchmarks/results.json."""
+    results = tiny_results()
+    study = bench_report.render_results(results, "benchmarks/studies/reconstruct")
+    assert ("`python benchmarks/prune_speedup.py --phase report --out_dir "
+            "benchmarks/studies/reconstruct` from `benchmarks/studies/reconstruct/results.json`"
+            in study)
+    own = bench_report.render_results(results)
+    assert "--phase report` from `benchmarks/results.json`" in own
