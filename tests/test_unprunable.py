@@ -70,8 +70,9 @@ def test_a_target_beyond_the_unprunable_share_fails_with_it(tmp_path, capsys):
     # time). The floor is the fitted table's prediction with every group at one channel; on this
     # toy, whose convs take microseconds, a loaded machine (the other test worker) moves it by
     # tens of points (0.79 to 1.0 seen, share 0.99), so the test asks for most of the time, not
-    # for the share to within a few points
-    assert share > 0.9 and floor >= 0.5, target.unprunable
+    # for the share to within a few points. 0.47 was seen with a third process on the two
+    # cores; a floor that ignored the tail (over 90% of the time) would be under 0.1
+    assert share > 0.9 and floor >= 0.3, target.unprunable
     with pytest.raises(BeyondPruning) as e:
         target.aimed_reduction(1 - floor + 0.01, (0.3, 0.6), allow_lower=False)
     message = str(e.value)
