@@ -228,8 +228,9 @@ def reconstruct(model, reference, groups, plan, criterion, dataset, num_batches,
     """Refit, in forward order, every conv of the pruned ``model`` that ``plan`` took input
     channels from (see the module's docstring); ``reference`` is the unpruned model it was
     pruned from (same layer paths), ``groups`` the analysis the plan was pruned with. Returns
-    {"convs": refitted, "skipped": left as they are, "error_before"/"error_after": the summed
-    mean squared output errors, "seconds"}."""
+    {"convs": refitted, "not_called_once": candidates the eval forward pass calls never or
+    more than once (left as they are), "batches", "error_before"/"error_after": the summed mean
+    squared output errors, "seconds"}."""
     start = time.time()
     kept_out = consumers_to_refit(reference, groups, plan, criterion)
     batches = calibration_batches(dataset, num_batches, batch_size, seed)
