@@ -15,6 +15,9 @@ from scipy import stats
 # approximation's 2, which called too many 3-seed differences real
 CONFIDENCE = 0.95
 WITHIN_POINTS = 1.0   # the accuracy issue's goal: within 1 point of the control (bench_goals)
+# the benchmark's models, in RESULTS.md's order (prune_speedup.MODELS); a study's results.json
+# may hold fewer of them
+MODEL_ORDER = ("BiSeNetV2", "FCN-HRNetW18", "FastSCNN", "HarDNet", "UNet")
 
 
 def mean_sd(values):

@@ -6,9 +6,9 @@ Pure functions of results.json, over bench_accuracy.py's seed statistics.
 """
 import statistics
 
-from bench_accuracy import (WITHIN_POINTS, cell, compare, delta_text, find_row, mean_sd, met,
-                            recipe_delta, retrains_headline, row_delta, time_limit_seconds,
-                            verdict)
+from bench_accuracy import (MODEL_ORDER, WITHIN_POINTS, cell, compare, delta_text, find_row,
+                            mean_sd, met, recipe_delta, retrains_headline, row_delta,
+                            time_limit_seconds, verdict)
 
 HALF = 0.5   # ... and at least half of the loss the issue was filed with recovered:
 # mIoU points against the control at latency target 0.3, from the accuracy issue's own table
@@ -20,8 +20,7 @@ MAX_COST = 1.5   # ... at most 1.5x the default retraining's time per iteration
 # prune.py's message when --max_miou_drop finds no cut within the budget (budget.py)
 NO_CUT = "the unpruned model stays the answer"
 DEFAULT_WINS = 4   # a recipe becomes the default only where it wins on 4 of the 5 models
-# the benchmark's models (prune_speedup.MODELS): a study's results.json may hold fewer of them
-BENCHMARK_MODELS = 5
+BENCHMARK_MODELS = len(MODEL_ORDER)
 GOAL_SPEEDUP = 1.38   # the speedup its rows must keep (latency target 0.3)
 BUDGET_MEDIAN_SPEEDUP = 1.5   # the budget issue: --max_miou_drop 1.0 rows' median speedup
 DEEP_RATIO, DEEP_SPEEDUP, DEEP_POINTS = 0.5, 1.9, 3.0   # ... and latency target 0.5's goal

@@ -18,9 +18,10 @@ what each consumer outputs (its kept output channels only). Then for each consum
 order the forward pass calls them, the pruned model runs up to that conv (a pre-hook stops the
 pass there) and its input patches at the same positions give the regression:
 ``W = argmin ||patches @ W - unpruned output||^2 + ridge ||W - pruned W||^2``, plus the bias
-where the conv has one (the ridge pulls towards the weights pruning left, see :data:`RIDGE`). Depthwise convs (pruned with their producer, channel for channel), grouped convs,
-transposed convs and convs the eval forward pass does not call (training-only heads) are left as
-they are; the retraining repairs them.
+where the conv has one (the ridge pulls towards the weights pruning left, see :data:`RIDGE`).
+Depthwise convs (pruned with their producer, channel for channel), grouped convs, transposed
+convs and convs the eval forward pass does not call (training-only heads) are left as they are;
+the retraining repairs them.
 """
 import time
 
@@ -133,34 +134,34 @@ def _patch_rows(layer, inputs, positions):
     return flat[positions].astype(np.float64)
 
 
-class _Targets:
-    """Per consumer: the sampled positions of each batch and the unpruned outputs there."""
+def unpruned_targets(reference, kept_out, batches, seed):
+    """({consumer: [sampled positions, per batch]}, {consumer: [the unpruned outputs there, its
+    kept channels only, per batch]}) from one forward pass of ``reference`` per batch."""
+    layers = dict(reference.named_sublayers(include_self=True))
+    rng = np.random.default_rng(seed)
+    positions = {p: [] for p in kept_out}
+    outputs = {p: [] for p in kept_out}
 
-    def __init__(self, reference, kept_out, batches, seed):
-        layers = dict(reference.named_sublayers(include_self=True))
-        rng = np.random.default_rng(seed)
-        self.positions = {p: [] for p in kept_out}
-        self.outputs = {p: [] for p in kept_out}
+    def keeper(path):
+        layer = layers[path]
+        unknowns = layer._in_channels * int(np.prod(layer._kernel_size)) + 1
+        per_batch = -(-max(MIN_SAMPLES, SAMPLES_PER_UNKNOWN * unknowns) // len(batches))
 
-        def keeper(path):
-            layer = layers[path]
-            unknowns = layer._in_channels * int(np.prod(layer._kernel_size)) + 1
-            per_batch = -(-max(MIN_SAMPLES, SAMPLES_PER_UNKNOWN * unknowns) // len(batches))
-
-            def hook(layer, inputs, output):
-                n, _, h, w = output.shape
-                pos = _positions(rng, n * h * w, per_batch)
-                self.positions[path].append(pos)
-                self.outputs[path].append(_output_rows(output, pos)[:, kept_out[path]])
-            return hook
-        hooks = [layers[p].register_forward_post_hook(keeper(p)) for p in kept_out]
-        try:
-            with paddle.no_grad():
-                for batch in batches:
-                    reference(batch)
-        finally:
-            for h in hooks:
-                h.remove()
+        def hook(layer, inputs, output):
+            n, _, h, w = output.shape
+            pos = _positions(rng, n * h * w, per_batch)
+            positions[path].append(pos)
+            outputs[path].append(_output_rows(output, pos)[:, kept_out[path]])
+        return hook
+    hooks = [layers[p].register_forward_post_hook(keeper(p)) for p in kept_out]
+    try:
+        with paddle.no_grad():
+            for batch in batches:
+                reference(batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return positions, outputs
 
 
 def _solve(gram, cross, current):
@@ -171,10 +172,9 @@ def _solve(gram, cross, current):
     return np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), cross + ridge * current)
 
 
-def refit_conv(model, path, batches, positions, outputs):
-    """Refit the conv at ``path`` of ``model`` in place; returns (error before, error after):
-    the mean squared difference from the unpruned outputs over the sampled positions."""
-    layer = dict(model.named_sublayers(include_self=True))[path]
+def refit_conv(model, layer, batches, positions, outputs):
+    """Refit ``layer``, a conv of ``model``, in place; returns (error before, error after): the
+    mean squared difference from the unpruned outputs over the sampled positions."""
     captured = []
 
     def stop(layer, inputs):
@@ -241,11 +241,12 @@ def reconstruct(model, reference, groups, plan, criterion, dataset, num_batches,
         candidates = len(kept_out)
         order = forward_order(model, list(kept_out), batches[0])
         kept_out = {p: kept_out[p] for p in order}
-        targets = _Targets(reference, kept_out, batches, seed)
+        positions, outputs = unpruned_targets(reference, kept_out, batches, seed)
+        layers = dict(model.named_sublayers(include_self=True))
         total_before = total_after = 0.0
         for k, path in enumerate(order, 1):
-            before, after = refit_conv(model, path, batches, targets.positions[path],
-                                       targets.outputs[path])
+            before, after = refit_conv(model, layers[path], batches, positions[path],
+                                       outputs[path])
             total_before, total_after = total_before + before, total_after + after
             if k == 1 or k == len(order) or k % 10 == 0:
                 elapsed = time.time() - start
