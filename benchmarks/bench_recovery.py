@@ -91,7 +91,7 @@ def retrain_unit(report, flags, seed, save_dir, dataset_root=None, control=False
         retrain_resumably(o, cfg, model, {}, work_dir, None, checkpoints)
     else:
         teacher = teacher_of(o, model)  # before pruning
-        pruned, steps = prune_and_retrain(o, cfg, model, build_groups(model, shape),
+        pruned, steps, refit = prune_and_retrain(o, cfg, model, build_groups(model, shape),
                                           report["layer_ratios"], shape, work_dir, {}, teacher,
                                           evaluate=lambda: miou(model, val),
                                           kept=checkpoints)
@@ -99,7 +99,7 @@ def retrain_unit(report, flags, seed, save_dir, dataset_root=None, control=False
         if flops != report["flops_after"]:
             raise UserError(f"the rebuilt model has {flops} FLOPs, the row's {report['flops_after']}:"
                             " this code prunes differently from the code that made the row")
-        result.update(miou_pruned=pruned, steps=steps)
+        result.update(miou_pruned=pruned, steps=steps, reconstruction=refit)
     seconds = time.time() - start
     done_before = checkpoints.resumed.get("retraining_from_iter", 0)
     made = o.retraining_iters - done_before   # the iterations this run made

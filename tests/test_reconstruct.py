@@ -159,6 +159,10 @@ def test_prune_py_reconstructs_and_records_it(fcn_config, tmp_path, capsys):  # 
     report = json.loads((save_dir / "report.json").read_text())
     assert report["retraining_recipe"]["reconstruct_batches"] == 2
     assert "reconstruct_batches 2" in (save_dir / "report.md").read_text()
+    refit = report["reconstruction"]
+    assert refit["batches"] == 2 and refit["convs"] + refit["kept"] >= 1
+    assert refit["error_after"] <= refit["error_before"]
+    assert f"{refit['convs']} convs refitted" in (save_dir / "report.md").read_text()
     assert report["params_after"] < report["params_before"]
 
 

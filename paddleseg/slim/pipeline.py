@@ -157,10 +157,12 @@ def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, t
     step). ``retrained``: the weights file of this very retraining, made earlier (the budget
     search's chosen step, the allocation trial's winner), loaded instead. ``kept``: the
     :class:`~paddleseg.slim.resume.KilledRunState` whose checkpoints a one-step retraining
-    keeps and resumes from. Returns (that mIoU, the steps' records or None)."""
+    keeps and resumes from. Returns (that mIoU, the steps' records or None, the --reconstruct
+    refit's record or None)."""
+    refit = None
     if o.prune_steps == 1:
         with Phase(timings, "pruning"):
-            prune_for_retraining(o, cfg, model, analysis, plan, teacher)
+            refit = prune_for_retraining(o, cfg, model, analysis, plan, teacher)
             pruned_miou = evaluate()
         with Phase(timings, "retraining"):
             if retrained:
@@ -183,7 +185,7 @@ def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, t
                                      retrain_step, evaluate, checkpoints)
         pruned_miou = records[-1]["miou_pruned"]
     shutil.rmtree(work_dir, ignore_errors=True)
-    return pruned_miou, records
+    return pruned_miou, records, refit
 
 
 def retrain_resumably(o, cfg, model, plan, work_dir, teacher, kept):
@@ -286,7 +288,7 @@ def _run(o, cfg, t, stage):
     kept = KilledRunState(o, cfg, sens)
     alloc, budget, trial, retrained = choose_allocation(o, cfg, target, shape, val_dataset,
                                                         stage, sens, aim, t, kept)
-    pruned_miou, steps = prune_and_retrain(
+    pruned_miou, steps, refit = prune_and_retrain(
         o, cfg, model, analysis, share_plan(alloc.plan), shape, os.path.join(stage, "retrain"), t,
         teacher, evaluate=lambda: miou(model, val_dataset), retrained=retrained, kept=kept)
     del teacher
@@ -308,6 +310,7 @@ def _run(o, cfg, t, stage):
         "miou_baseline": base_miou, "miou_pruned": pruned_miou, "miou_retrained": final["mIoU"],
         "retraining_iters": o.retraining_iters, "retraining_recipe": recipe(o, cfg),
         "prune_steps": steps or [],
+        "reconstruction": refit,
         "sen_eval_num": eval_num,
         "sen_engine": evaluator_facts["name"],
         "sen_predictor_groups": predictor_groups(evaluator_facts, len(analysis.groups)),

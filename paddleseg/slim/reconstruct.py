@@ -174,7 +174,8 @@ def _solve(gram, cross, current):
 
 def refit_conv(model, layer, batches, positions, outputs):
     """Refit ``layer``, a conv of ``model``, in place; returns (error before, error after): the
-    mean squared difference from the unpruned outputs over the sampled positions."""
+    mean squared difference from the unpruned outputs over the sampled positions (equal where
+    the fit would not lower it and the conv keeps the weights pruning left)."""
     captured = []
 
     def stop(layer, inputs):
@@ -228,9 +229,10 @@ def reconstruct(model, reference, groups, plan, criterion, dataset, num_batches,
     """Refit, in forward order, every conv of the pruned ``model`` that ``plan`` took input
     channels from (see the module's docstring); ``reference`` is the unpruned model it was
     pruned from (same layer paths), ``groups`` the analysis the plan was pruned with. Returns
-    {"convs": refitted, "not_called_once": candidates the eval forward pass calls never or
-    more than once (left as they are), "batches", "error_before"/"error_after": the summed mean
-    squared output errors, "seconds"}."""
+    {"convs": refitted, "kept": convs the fit would not improve (they keep the weights pruning
+    left), "not_called_once": candidates the eval forward pass calls never or more than once
+    (left as they are), "batches", "error_before"/"error_after": the summed mean squared output
+    errors, "seconds"}."""
     start = time.time()
     kept_out = consumers_to_refit(reference, groups, plan, criterion)
     batches = calibration_batches(dataset, num_batches, batch_size, seed)
@@ -244,10 +246,12 @@ def reconstruct(model, reference, groups, plan, criterion, dataset, num_batches,
         positions, outputs = unpruned_targets(reference, kept_out, batches, seed)
         layers = dict(model.named_sublayers(include_self=True))
         total_before = total_after = 0.0
+        unchanged = 0
         for k, path in enumerate(order, 1):
             before, after = refit_conv(model, layers[path], batches, positions[path],
                                        outputs[path])
             total_before, total_after = total_before + before, total_after + after
+            unchanged += after == before
             if k == 1 or k == len(order) or k % 10 == 0:
                 elapsed = time.time() - start
                 logger.info(f"reconstruction: conv {k} of {len(order)} ({path}) output error "
@@ -258,7 +262,8 @@ def reconstruct(model, reference, groups, plan, criterion, dataset, num_batches,
             model.train()
         if ref_training:
             reference.train()
-    return {"convs": len(order), "not_called_once": candidates - len(order),
+    return {"convs": len(order) - unchanged, "kept": unchanged,
+            "not_called_once": candidates - len(order),
             "batches": num_batches,
             "error_before": round(total_before, 6), "error_after": round(total_after, 6),
             "seconds": round(time.time() - start, 1)}
@@ -276,7 +281,8 @@ def prune_for_retraining(o, cfg, model, analysis, plan, reference):
                         "train_dataset")
     record = reconstruct(model, reference, analysis.by_id(), plan, o.criterion, cfg.train_dataset,
                          o.reconstruct, cfg.batch_size, 0 if o.seed is None else o.seed)
-    logger.info(f"reconstruction: {record['convs']} convs refitted on {o.reconstruct} training "
-                f"batches in {format_seconds(record['seconds'])}, summed output error "
+    kept = f" ({record['kept']} kept: the fit did not improve them)" if record["kept"] else ""
+    logger.info(f"reconstruction: {record['convs']} convs refitted{kept} on {o.reconstruct} "
+                f"training batches in {format_seconds(record['seconds'])}, summed output error "
                 f"{record['error_before']:.4g} -> {record['error_after']:.4g}")
     return record

@@ -49,6 +49,16 @@ def recipe_lines(recipe):
     return [f"Retraining recipe: {text}.", ""]
 
 
+def reconstruction_lines(refit):
+    """What the --reconstruct refit did (nothing without it)."""
+    if not refit:
+        return []
+    kept = f", {refit['kept']} kept as pruned (the fit did not improve them)" if refit["kept"] else ""
+    return [f"Least-squares reconstruction on {refit['batches']} training batches: "
+            f"{refit['convs']} convs refitted{kept}, summed output error "
+            f"{refit['error_before']:.4g} -> {refit['error_after']:.4g}.", ""]
+
+
 def step_lines(steps):
     """The table of a stepwise run's steps (none for a one-step run)."""
     if not steps:
@@ -144,8 +154,9 @@ def render_markdown(r):
         f"| right after pruning | {r['miou_pruned']:.4f} |",
         f"| after {r['retraining_iters']} retraining iterations | {r['miou_retrained']:.4f} |",
         "",
-    ] + recipe_lines(r.get("retraining_recipe")) + step_lines(r.get("prune_steps")) \
-      + budget_lines(r.get("budget")) + trial_lines(r.get("allocation_trial")) + [
+    ] + recipe_lines(r.get("retraining_recipe")) \
+        + reconstruction_lines(r.get("reconstruction")) + step_lines(r.get("prune_steps")) \
+        + budget_lines(r.get("budget")) + trial_lines(r.get("allocation_trial")) + [
         f"Coverage: {cov['prunable_convs']} of {cov['convs']} convs prunable, "
         f"{cov['flops_coverage']:.1%} of conv FLOPs in prunable groups"
         + (f"; {describe_op_freezes(cov)}." if cov.get("frozen_by_ops") else "."),
