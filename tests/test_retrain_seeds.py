@@ -374,3 +374,16 @@ def test_the_recalibrated_variant_reruns_the_row_with_its_own_sensitivity_file(t
     # flags go before --opts, which takes the rest of the line
     assert cmd.index("--sen_bn_batches") < cmd.index("--opts") and cmd[-1] == \
         "train_dataset.dataset_root=d"
+
+
+@pytest.mark.parametrize("recipe, expected", [
+    (None, ["--retrain_schedule", "config", "--reconstruct", "0"]),   # a row older than both
+    ({"schedule": "config", "distill": "none", "prune_steps": 1, "reconstruct_batches": 8},
+     ["--retrain_schedule", "config", "--reconstruct", "8"]),
+    ({"schedule": "config", "distill": "none", "prune_steps": 2},
+     ["--retrain_schedule", "config", "--prune_steps", "2", "--reconstruct", "0"]),
+])
+def test_a_row_is_retrained_with_its_own_recipe_refit_included(recipe, expected):
+    """The seeds retrain the row's model as the row did: with its refit, or explicitly
+    without one (whatever prune.py's default is now)."""
+    assert retrain_seeds.recipe_flags({"retraining_recipe": recipe}) == expected

@@ -108,7 +108,7 @@ def retrain_once(report, seed, threads, dataset_root, work):
 
 def recipe_flags(report):
     """prune.py's flags for the report's retraining recipe (``retraining_recipe``; rows made
-    before it existed used the config's schedule and no distillation)."""
+    before it existed used the config's schedule, no distillation and no refit)."""
     recipe = report.get("retraining_recipe") or {}
     flags = ["--retrain_schedule", recipe.get("schedule", "config")]
     if recipe.get("schedule") == "finetune":
@@ -119,7 +119,8 @@ def recipe_flags(report):
                   str(recipe["distill_temperature"])]
     if recipe.get("prune_steps", 1) != 1:
         flags += ["--prune_steps", str(recipe["prune_steps"])]
-    return flags
+    # the refit as the row had it: its batches, or none (rows made before it existed, or without)
+    return flags + ["--reconstruct", str(recipe.get("reconstruct_batches", 0))]
 
 
 def with_flag(argv, flag, value):
