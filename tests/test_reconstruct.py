@@ -166,6 +166,28 @@ def test_prune_py_reconstructs_and_records_it(fcn_config, tmp_path, capsys):  # 
     assert report["params_after"] < report["params_before"]
 
 
+def test_the_refit_does_not_depend_on_the_retraining_seed(fcn_config):  # noqa: F811
+    """The refit's sample is fixed: runs with other --seed values refit the same weights (the
+    benchmark's seeds retrain the row's very model)."""
+    from paddleseg.slim.options import PruneOptions
+    from paddleseg.slim.reconstruct import prune_for_retraining
+    weights = []
+    for seed in (0, 1):
+        o = PruneOptions(config=fcn_config, pruning_ratio=0.3, retraining_iters=0,
+                         reconstruct=2, seed=seed)
+        cfg = o.build_config()
+        paddle.seed(3)   # the same unpruned model both times
+        model = cfg.build_model()
+        model.eval()
+        analysis = build_groups(model, [1, 3, 64, 64])
+        plan = {g.id: 0.5 for g in analysis.groups}
+        record = prune_for_retraining(o, cfg, model, analysis, plan, make_teacher(model))
+        assert record["convs"] >= 1
+        weights.append({k: v.numpy() for k, v in model.state_dict().items()})
+    for name in weights[0]:
+        np.testing.assert_array_equal(weights[0][name], weights[1][name], err_msg=name)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--reconstruct", "-1"], "--reconstruct must be >= 0"),
     (["--reconstruct", "2", "--prune_steps", "2"], "does not combine with --prune_steps"),
