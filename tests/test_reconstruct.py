@@ -1,6 +1,7 @@
 """--reconstruct: the least-squares refit of the convs that lost input channels
 (paddleseg.slim.reconstruct), on toy nets whose exact answer is known, and through prune.py."""
 import json
+import os
 
 import numpy as np
 import paddle
@@ -10,6 +11,7 @@ from paddleseg.slim import build_groups, prune_model
 from paddleseg.slim.distill import make_teacher
 from paddleseg.slim.reconstruct import consumers_to_refit, forward_order, reconstruct
 from paddleseg.utils.errors import UserError
+from conftest import ROOT
 from test_retrain_recipe import fcn_config, load_prune_cli, prune_argv  # noqa: F401
 
 
@@ -251,3 +253,24 @@ def test_the_budget_search_s_candidates_are_refitted_too(fcn_config, tmp_path,  
     fine_tuned(options, str(model_path), shape, cfg.val_dataset, str(tmp_path / "work"),
                plan={group: 0.5})
     assert calls == [True]   # once, against the unpruned (larger) reference
+
+
+def test_the_bn_study_rebuilds_a_refitted_row_as_it_was(fcn_config, tiny_optic_root,  # noqa: F811
+                                                        tmp_path, monkeypatch):
+    """benchmarks/studies/bn_scores.rebuilt: a row made with the refit is rebuilt with it, to
+    the mIoU its report has right after pruning."""
+    from paddleseg.cvlibs import Config
+    from paddleseg.slim.retrain import miou
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks", "studies"))
+    import bn_scores
+    paddle.seed(4)
+    checkpoint = tmp_path / "model.pdparams"
+    paddle.save(Config(fcn_config).build_model().state_dict(), str(checkpoint))
+    save_dir = tmp_path / "out"
+    assert load_prune_cli().main(prune_argv(fcn_config, save_dir, "--reconstruct", "2",
+                                            "--retraining_iters", "0", "--model_path",
+                                            str(checkpoint))) == 0
+    report = json.loads((save_dir / "report.json").read_text())
+    assert report["reconstruction"]["convs"] >= 1
+    model, cfg = bn_scores.rebuilt(report, {"data": {"root": str(tiny_optic_root)}})
+    assert miou(model, cfg.val_dataset) == pytest.approx(report["miou_pruned"], abs=1e-6)

@@ -26,16 +26,24 @@ def score_key(report_bytes, args):
 
 
 def rebuilt(report, entry, pruned=True):
-    """(the model of ``report`` right after pruning, or its unpruned checkpoint where not
-    ``pruned``; the config)."""
+    """(the model of ``report`` right after pruning, its least-squares refit included where the
+    row had one, or its unpruned checkpoint where not ``pruned``; the config)."""
     from paddleseg.core.model_loader import build_and_load
-    from paddleseg.slim import build_groups, prune_model
+    from paddleseg.slim import build_groups
+    from paddleseg.slim.distill import make_teacher
+    from paddleseg.slim.options import PruneOptions
+    from paddleseg.slim.reconstruct import prune_for_retraining
     cfg = build_config(report["config"], argparse.Namespace(dataset_root=entry["data"]["root"]))
     model = build_and_load(cfg, os.path.join(ROOT, report["model_path"]))
     model.eval()
     if pruned:
         shape = [1] + list(cfg.val_dataset[0]["img"].shape)
-        prune_model(model, build_groups(model, shape), report["layer_ratios"], report["criterion"])
+        refit = (report.get("retraining_recipe") or {}).get("reconstruct_batches", 0)
+        options = PruneOptions(config=report["config"], pruning_ratio=report["pruning_ratio"],
+                               retraining_iters=0, criterion=report["criterion"],
+                               reconstruct=refit)
+        prune_for_retraining(options, cfg, model, build_groups(model, shape),
+                             report["layer_ratios"], make_teacher(model) if refit else None)
     return model, cfg
 
 
