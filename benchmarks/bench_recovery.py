@@ -90,11 +90,10 @@ def retrain_unit(report, flags, seed, save_dir, dataset_root=None, control=False
     if control:
         retrain_resumably(o, cfg, model, {}, work_dir, None, checkpoints)
     else:
-        teacher = teacher_of(o, model)  # before pruning
-        pruned, steps, refit = prune_and_retrain(o, cfg, model, build_groups(model, shape),
-                                          report["layer_ratios"], shape, work_dir, {}, teacher,
-                                          evaluate=lambda: miou(model, val),
-                                          kept=checkpoints)
+        pruned, steps, refit = prune_and_retrain(
+            o, cfg, model, build_groups(model, shape), report["layer_ratios"], shape, work_dir, {},
+            teacher_of(o, model),  # before pruning
+            evaluate=lambda: miou(model, val), kept=checkpoints)
         flops = count_flops_params(model, report["input_shape"])[0]
         if flops != report["flops_after"]:
             raise UserError(f"the rebuilt model has {flops} FLOPs, the row's {report['flops_after']}:"

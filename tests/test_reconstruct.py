@@ -154,10 +154,20 @@ def test_forward_order_leaves_out_uncalled_and_shared_convs():
     assert forward_order(net, ["unused", "b", "a"], batch) == ["b"]
 
 
-def test_prune_py_reconstructs_and_records_it(fcn_config, tmp_path, capsys):  # noqa: F811
+def test_prune_py_reconstructs_and_records_it(fcn_config, tmp_path, capsys,  # noqa: F811
+                                              monkeypatch):
+    import paddleseg.slim.pipeline as pipeline
+    teachers, real_retrain = [], pipeline.retrain
+
+    def spy(o, cfg, model, work_dir, teacher=None, **kwargs):
+        teachers.append(teacher)
+        return real_retrain(o, cfg, model, work_dir, teacher, **kwargs)
+    monkeypatch.setattr(pipeline, "retrain", spy)
     save_dir = tmp_path / "out"
     assert load_prune_cli().main(prune_argv(fcn_config, save_dir, "--reconstruct", "2",
                                             "--seed", "0")) == 0
+    # the unpruned copy was the refit's reference only: the retraining goes without it
+    assert teachers == [None]
     report = json.loads((save_dir / "report.json").read_text())
     assert report["retraining_recipe"]["reconstruct_batches"] == 2
     assert "reconstruct_batches 2" in (save_dir / "report.md").read_text()

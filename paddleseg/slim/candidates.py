@@ -14,7 +14,7 @@ import shutil
 from ..core.model_loader import build_and_load
 from ..utils.fileio import write_json
 from . import build_groups
-from .distill import teacher_of
+from .distill import retraining_teacher, teacher_of
 from .reconstruct import prune_for_retraining
 from .flops import count_flops_params
 from .output.publish import STEPS_STATE
@@ -67,6 +67,7 @@ def fine_tuned(options, model_path, shape, val_dataset, work_dir, plan=None, kee
         flops_before = count_flops_params(model, shape)[0]
         prune_for_retraining(options, cfg, model, build_groups(model, shape), plan, teacher)
         flops_cut = 1 - count_flops_params(model, shape)[0] / flops_before
+    teacher = retraining_teacher(options, teacher)   # the refit's reference is freed here
     retrain(options, cfg, model, work_dir, teacher)
     shutil.rmtree(work_dir, ignore_errors=True)
     if keep_in:

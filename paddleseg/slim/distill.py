@@ -67,6 +67,12 @@ def teacher_of(o, model):
     return make_teacher(model) if distills or o.reconstruct else None
 
 
+def retraining_teacher(o, teacher):
+    """What of :func:`teacher_of`'s copy the retraining needs after the refit: the teacher with
+    --distill, else nothing (drop it, so that the copy is freed)."""
+    return teacher if o.distill != "none" else None
+
+
 class Distillation:
     """``extra_loss`` for :func:`paddleseg.core.train.train`: ``weight`` times the ``kind``
     loss between the student's main logits and the teacher's on the same images."""

@@ -28,7 +28,7 @@ from . import build_groups
 from . import sensitivity
 from .budget import BudgetSearch
 from .reconstruct import prune_for_retraining
-from .distill import teacher_of
+from .distill import retraining_teacher, teacher_of
 from .flops import count_flops_params
 from .options import check_common, setup_facts
 from .output.publish import staged_run
@@ -136,16 +136,16 @@ def _run_other_rank(o, cfg):
     retraining together with rank 0. Nothing is written but their sensitivity part files."""
     model = build_and_load(cfg, o.model_path)
     model.eval()
-    teacher = teacher_of(o, model)
     val_dataset = cfg.val_dataset
     if val_dataset is None:
         raise UserError(f"{cfg.path} has no val_dataset; pruning needs one to measure mIoU")
     analysis = build_groups(model, sample_input_shape(val_dataset))
     analysis.require_coverage(o.min_coverage)
     measure_sensitivity(o, cfg, model, analysis, val_dataset)
-    # rank 0 alone writes in save_dir; each rank distills from its own teacher
+    # rank 0 alone writes in save_dir; each rank distills from (and refits to) its own teacher
     prune_and_retrain(o, cfg, model, analysis, share_plan(), sample_input_shape(val_dataset),
-                      os.path.join(o.save_dir, "retrain"), {}, teacher, evaluate=lambda: None)
+                      os.path.join(o.save_dir, "retrain"), {}, teacher_of(o, model),
+                      evaluate=lambda: None)
     return None
 
 
@@ -153,7 +153,9 @@ def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, t
                       retrained=None, kept=None):
     """Prune ``model`` (traced at ``shape`` into ``analysis``) to ``plan`` and retrain it
     (scratch checkpoints in ``work_dir``, removed after), at once or in --prune_steps steps
-    (:mod:`paddleseg.slim.steps`); ``evaluate()`` is the mIoU right after pruning (of the last
+    (:mod:`paddleseg.slim.steps`); ``teacher``: :func:`~paddleseg.slim.distill.teacher_of`
+    the model before pruning (released once neither the refit nor distillation needs it: pass it
+    without keeping a reference); ``evaluate()`` is the mIoU right after pruning (of the last
     step). ``retrained``: the weights file of this very retraining, made earlier (the budget
     search's chosen step, the allocation trial's winner), loaded instead. ``kept``: the
     :class:`~paddleseg.slim.resume.KilledRunState` whose checkpoints a one-step retraining
@@ -163,6 +165,7 @@ def prune_and_retrain(o, cfg, model, analysis, plan, shape, work_dir, timings, t
     if o.prune_steps == 1:
         with Phase(timings, "pruning"):
             refit = prune_for_retraining(o, cfg, model, analysis, plan, teacher)
+            teacher = retraining_teacher(o, teacher)
             pruned_miou = evaluate()
         with Phase(timings, "retraining"):
             if retrained:
@@ -260,7 +263,6 @@ def _run(o, cfg, t, stage):
         if val_dataset is None:
             raise UserError(f"{cfg.path} has no val_dataset; pruning needs one to measure mIoU")
         model.eval()
-        teacher = teacher_of(o, model)  # before pruning changes the model in place
         base_miou = miou(model, val_dataset)
         logger.info(f"baseline mIoU {base_miou:.4f}")
     shape = sample_input_shape(val_dataset)
@@ -288,10 +290,12 @@ def _run(o, cfg, t, stage):
     kept = KilledRunState(o, cfg, sens)
     alloc, budget, trial, retrained = choose_allocation(o, cfg, target, shape, val_dataset,
                                                         stage, sens, aim, t, kept)
+    # the teacher is copied before pruning changes the model in place (the sensitivity
+    # analysis left it as loaded), and handed over: prune_and_retrain drops what it no longer needs
     pruned_miou, steps, refit = prune_and_retrain(
         o, cfg, model, analysis, share_plan(alloc.plan), shape, os.path.join(stage, "retrain"), t,
-        teacher, evaluate=lambda: miou(model, val_dataset), retrained=retrained, kept=kept)
-    del teacher
+        teacher_of(o, model), evaluate=lambda: miou(model, val_dataset), retrained=retrained,
+        kept=kept)
     flops1, params1 = count_flops_params(model, shape)
     logger.info(f"FLOPs {flops0 / 1e9:.3f}G -> {flops1 / 1e9:.3f}G ({1 - flops1 / flops0:.1%} fewer), "
                 f"params {params0 / 1e6:.3f}M -> {params1 / 1e6:.3f}M, mIoU right after pruning "
