@@ -53,7 +53,8 @@ def reconstruction_lines(refit):
     """What the --reconstruct refit did (nothing without it)."""
     if not refit:
         return []
-    kept = f", {refit['kept']} kept as pruned (the fit did not improve them)" if refit["kept"] else ""
+    kept = (f", {refit['kept']} kept as pruned (the fit did not improve them)"
+            if refit["kept"] else "")
     return [f"Least-squares reconstruction on {refit['batches']} training batches: "
             f"{refit['convs']} convs refitted{kept}, summed output error "
             f"{refit['error_before']:.4g} -> {refit['error_after']:.4g}.", ""]
