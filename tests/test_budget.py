@@ -135,6 +135,24 @@ def test_a_lucky_first_seed_is_not_accepted():
                                                        abs=1e-4)
 
 
+def test_a_lucky_first_seed_does_not_cost_the_answer_its_weights(tmp_path):
+    """Cut 0.3 accepted by its first seed, refused by its second: cut 0.2's kept model (the
+    answer) must still be there, so that it becomes the final model without a retraining."""
+    state = budget.BudgetState(str(tmp_path), "key", 1.0)
+
+    def evaluate(k, cut):
+        os.makedirs(state.step_folder(k + 1))   # what the search keeps of each step
+        open(state.weights(k + 1), "w").close()
+        return {"miou": MIOUS[cut]}
+
+    chosen, records = search(sorted(MIOUS), REFERENCE, evaluate, 1.0, [],
+                             lambda r: state.save(REFERENCE, r),
+                             lambda record: {0.3: 0.478}.get(record["cut"], MIOUS[record["cut"]]))
+    assert chosen == 1 and not records[2]["accepted"]
+    assert sorted(os.listdir(state.folder)) == ["state.json", "step_2"]
+    assert candidates.final_weights(state, records[chosen]["step"], True) == state.weights(2)
+
+
 def test_a_step_refused_within_the_noise_gets_a_second_seed():
     # budget 2.1: cut 0.4's first seed loses 2.0 (+0.2 noise: refused, but within the noise);
     # its second loses 1.0: the mean, 1.5, plus the margin of two seeds 1 point apart (0.59)

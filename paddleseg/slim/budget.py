@@ -181,12 +181,13 @@ class BudgetState(SearchFolder):
         return state.get("reference"), list(state.get("steps", []))
 
     def save(self, reference, steps):
-        """The state, then only the weights of the last accepted step, and of a last step still
-        due its second seed (which may accept it), stay: a refused step's model is never the
-        answer."""
-        kept = [last_accepted(steps)]
-        if steps and second_seed_due(steps[-1], self.max_drop):
-            kept.append(steps[-1]["step"])
+        """The state, then only the weights of the last step accepted for good, and of a last
+        step still due its second seed (which may accept or refuse it), stay: a refused step's
+        model is never the answer. The step before a pending one is kept: its first seed alone
+        does not replace the answer (its second may refuse it)."""
+        pending = bool(steps) and second_seed_due(steps[-1], self.max_drop)
+        decided = steps[:-1] if pending else steps
+        kept = [last_accepted(decided)] + ([steps[-1]["step"]] if pending else [])
         self.write({"reference": reference, "steps": steps}, kept)
 
 
