@@ -286,8 +286,14 @@ def prune_for_retraining(o, cfg, model, analysis, plan, reference):
                         "train_dataset")
     record = reconstruct(model, reference, analysis.by_id(), plan, o.criterion, cfg.train_dataset,
                          o.reconstruct, cfg.batch_size, SAMPLE_SEED)
-    kept = f" ({record['kept']} kept: the fit did not improve them)" if record["kept"] else ""
-    logger.info(f"reconstruction: {record['convs']} convs refitted{kept} on {o.reconstruct} "
-                f"training batches in {format_seconds(record['seconds'])}, summed output error "
-                f"{record['error_before']:.4g} -> {record['error_after']:.4g}")
+    logger.info(f"reconstruction: {summary(record)} (in {format_seconds(record['seconds'])})")
     return record
+
+
+def summary(record):
+    """One sentence of what a refit did (:func:`reconstruct`'s record), for the log and
+    report.md."""
+    kept = (f", {record['kept']} kept as pruned (the fit did not improve them)"
+            if record["kept"] else "")
+    return (f"{record['convs']} convs refitted{kept} on {record['batches']} training batches, "
+            f"summed output error {record['error_before']:.4g} -> {record['error_after']:.4g}")

@@ -5,6 +5,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..dependency import describe_op_freezes  # noqa: E402
+from ..reconstruct import summary as refit_summary  # noqa: E402
 from ..targets import report_lines as target_report_lines  # noqa: E402
 
 TOP_LAYERS = 8  # labelled curves; the rest are drawn thin and grey
@@ -53,11 +54,7 @@ def reconstruction_lines(refit):
     """What the --reconstruct refit did (nothing without it)."""
     if not refit:
         return []
-    kept = (f", {refit['kept']} kept as pruned (the fit did not improve them)"
-            if refit["kept"] else "")
-    return [f"Least-squares reconstruction on {refit['batches']} training batches: "
-            f"{refit['convs']} convs refitted{kept}, summed output error "
-            f"{refit['error_before']:.4g} -> {refit['error_after']:.4g}.", ""]
+    return [f"Least-squares reconstruction: {refit_summary(refit)}.", ""]
 
 
 def step_lines(steps):
