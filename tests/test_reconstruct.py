@@ -219,21 +219,33 @@ def test_the_paddleslim_method_has_no_reconstruct(fcn_config, tmp_path):  # noqa
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("padding, stride, size", [("same", 2, (15, 17)), ("same", 1, (9, 8)),
-                                                   (1, 2, (15, 17)), (0, 1, (6, 7))])
-def test_patches_times_the_weight_are_the_conv_output(padding, stride, size):
-    """The regression's rows: F.unfold's patches with the padding the conv uses ("same"
-    included, odd sizes and strides where Paddle pads one more pixel at the end)."""
-    from paddleseg.slim.reconstruct import _output_rows, _patch_rows, refittable
+@pytest.mark.parametrize("padding, stride, dilation, size", [
+    ("same", 2, 1, (15, 17)), ("same", 1, 1, (9, 8)), (1, 2, 1, (15, 17)), (0, 1, 1, (6, 7)),
+    (2, 1, 2, (9, 10)), ("same", 2, 2, (11, 9))])
+def test_patches_times_the_weight_are_the_conv_output(padding, stride, dilation, size):
+    """The regression's rows: the input patches at the sampled positions, with the padding the
+    conv uses ("same" included, odd sizes and strides where Paddle pads one more pixel at the
+    end, and a dilation it ignores), are F.unfold's rows there, and times the weight give the
+    conv's output."""
+    from paddleseg.slim.reconstruct import (_output_rows, _patch_rows, refittable,
+                                            unfold_dilation, unfold_padding)
     paddle.seed(2)
-    conv = paddle.nn.Conv2D(3, 5, 3, stride=stride, padding=padding)
+    conv = paddle.nn.Conv2D(3, 5, 3, stride=stride, padding=padding, dilation=dilation)
     assert refittable(conv)
     x = paddle.randn([2, 3, *size])
     out = conv(x)
-    positions = np.arange(out.shape[0] * out.shape[2] * out.shape[3])
+    every = np.arange(out.shape[0] * out.shape[2] * out.shape[3])
+    positions = np.sort(np.random.RandomState(0).choice(every, len(every) // 2, replace=False))
     patches = _patch_rows(conv, x, positions)
+    unfolded = paddle.nn.functional.unfold(x, 3, stride, unfold_padding(conv, *size),
+                                           unfold_dilation(conv))
+    np.testing.assert_array_equal(
+        patches, unfolded.numpy().transpose(0, 2, 1).reshape(len(every), -1)[positions])
     predicted = patches @ conv.weight.numpy().reshape(5, -1).T + conv.bias.numpy()
     np.testing.assert_allclose(predicted, _output_rows(out, positions), atol=1e-4)
+    np.testing.assert_array_equal(
+        _output_rows(out, positions),
+        out.numpy().transpose(0, 2, 3, 1).reshape(len(every), 5)[positions])
 
 
 def test_the_budget_search_s_candidates_are_refitted_too(fcn_config, tmp_path,  # noqa: F811

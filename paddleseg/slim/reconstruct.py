@@ -17,7 +17,9 @@ fixed seed, :data:`SAMPLE_SEED`).
 The unpruned copy runs once per batch and keeps, at a fixed random sample of output positions,
 what each consumer outputs (its kept output channels only). Then for each consumer, in the
 order the forward pass calls them, the pruned model runs up to that conv (a pre-hook stops the
-pass there) and its input patches at the same positions give the regression:
+pass there; the conv outputs the previous refit left unchanged come from a
+:class:`~paddleseg.slim.conv_cache.ConvOutputCache`) and its input patches at the same
+positions give the regression:
 ``W = argmin ||patches @ W - unpruned output||^2 + ridge ||W - pruned W||^2``, plus the bias
 where the conv has one (the ridge pulls towards the weights pruning left, see :data:`RIDGE`).
 Depthwise convs (pruned with their producer, channel for channel), grouped convs, transposed
@@ -28,7 +30,6 @@ import time
 
 import numpy as np
 import paddle
-import paddle.nn.functional as F
 from paddle import nn
 
 from ..utils import logger
@@ -37,6 +38,7 @@ from ..utils.progress import format_seconds
 from . import prune_model
 from .apply import choose_channels, layer_removals
 from .bn_calibration import calibration_batches
+from .conv_cache import ConvOutputCache
 from .dependency import IN, OUT
 
 # positions sampled per consumer, at least this many and at least 4 per unknown weight
@@ -69,16 +71,21 @@ def refittable(layer):
 def unfold_padding(layer, height, width):
     """[top, left, bottom, right] padding of ``layer`` on a ``height`` x ``width`` input: its
     explicit padding, or what "same" pads (Paddle's rule: the output is ceil(input / stride),
-    the odd pixel of the padding at the bottom or right)."""
+    the odd pixel of the padding at the bottom or right, and the dilation ignored)."""
     if layer._padding_algorithm == "EXPLICIT":
         pad_h, pad_w = layer._updated_padding
         return [pad_h, pad_w, pad_h, pad_w]
     pads = []
-    for size, kernel, stride, dilation in zip((height, width), layer._kernel_size, layer._stride,
-                                              layer._dilation):
+    for size, kernel, stride in zip((height, width), layer._kernel_size, layer._stride):
         out = -(-size // stride)
-        pads.append(max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0))
+        pads.append(max((out - 1) * stride + kernel - size, 0))
     return [pads[0] // 2, pads[1] // 2, pads[0] - pads[0] // 2, pads[1] - pads[1] // 2]
+
+
+def unfold_dilation(layer):
+    """The dilation ``layer`` computes with: Paddle's "same" padding runs a dilated conv
+    undilated (phi's UpdatePaddingAndDilation)."""
+    return (1, 1) if layer._padding_algorithm == "SAME" else tuple(layer._dilation)
 
 
 def consumers_to_refit(reference, groups, plan, criterion):
@@ -125,18 +132,28 @@ def _positions(rng, total, wanted):
 def _output_rows(output, positions):
     """[P, C] rows of an N C H W output at flat (n, h, w) ``positions``."""
     n, c, h, w = output.shape
-    flat = output.transpose([0, 2, 3, 1]).reshape([n * h * w, c]).numpy()
-    return flat[positions]    # float32 while kept for every consumer: half the memory
+    images, rows, cols = np.unravel_index(positions, (n, h, w))
+    # float32 while kept for every consumer: half the memory
+    return output.numpy()[images, :, rows, cols]
 
 
 def _patch_rows(layer, inputs, positions):
-    """[P, C*kh*kw] input patches of ``layer`` at flat output ``positions`` (F.unfold's
-    channel-major layout, which is the weight's)."""
-    n = inputs.shape[0]
-    cols = F.unfold(inputs, layer._kernel_size, layer._stride,
-                    unfold_padding(layer, *inputs.shape[2:]), layer._dilation)  # N, C*kh*kw, L
-    flat = cols.transpose([0, 2, 1]).reshape([n * cols.shape[2], cols.shape[1]]).numpy()
-    return flat[positions].astype(np.float64)
+    """[P, C*kh*kw] input patches of ``layer`` at flat output ``positions``, in F.unfold's
+    channel-major layout (the weight's), gathered at those positions only: unfolding the whole
+    input first cost more than the sampled rows (HarDNet's decoder, 8 x 64 x 48 outputs)."""
+    top, left, bottom, right = unfold_padding(layer, *inputs.shape[2:])
+    padded = np.pad(inputs.numpy(), ((0, 0), (0, 0), (top, bottom), (left, right)))
+    (kernel_h, kernel_w), (stride_h, stride_w), (dilation_h, dilation_w) = (
+        layer._kernel_size, layer._stride, unfold_dilation(layer))
+    out_h = (padded.shape[2] - (kernel_h - 1) * dilation_h - 1) // stride_h + 1
+    out_w = (padded.shape[3] - (kernel_w - 1) * dilation_w - 1) // stride_w + 1
+    images, rows, cols = np.unravel_index(positions, (inputs.shape[0], out_h, out_w))
+    tops = rows[:, None] * stride_h + np.arange(kernel_h) * dilation_h       # P, kh
+    lefts = cols[:, None] * stride_w + np.arange(kernel_w) * dilation_w      # P, kw
+    channels = np.arange(inputs.shape[1])
+    patches = padded[images[:, None, None, None], channels[None, :, None, None],
+                     tops[:, None, :, None], lefts[:, None, None, :]]        # P, C, kh, kw
+    return patches.reshape(len(positions), -1).astype(np.float64)
 
 
 def unpruned_targets(reference, kept_out, batches, seed):
@@ -177,14 +194,16 @@ def _solve(gram, cross, current):
     return np.linalg.solve(gram + ridge * np.eye(gram.shape[0]), cross + ridge * current)
 
 
-def refit_conv(model, layer, batches, positions, outputs):
+def refit_conv(model, layer, batches, positions, outputs, cache):
     """Refit ``layer``, a conv of ``model``, in place; returns (error before, error after): the
     mean squared difference from the unpruned outputs over the sampled positions (equal where
-    the fit would not lower it and the conv keeps the weights pruning left)."""
+    the fit would not lower it and the conv keeps the weights pruning left). ``cache``, the
+    :class:`~paddleseg.slim.conv_cache.ConvOutputCache` installed on ``model``, answers the
+    conv calls before ``layer`` that the previous refit left unchanged."""
     captured = []
 
     def stop(layer, inputs):
-        captured.append(inputs[0])
+        captured.append((inputs[0], cache.calls))
         raise _StopForward()
     hook = layer.register_forward_pre_hook(stop)
     has_bias = layer.bias is not None
@@ -195,14 +214,15 @@ def refit_conv(model, layer, batches, positions, outputs):
     gram = cross = None
     count, before = 0, 0.0
     try:
-        for batch, pos, target in zip(batches, positions, outputs):
+        for index, (batch, pos, target) in enumerate(zip(batches, positions, outputs)):
             captured.clear()
+            cache.start_pass(index)
             try:
                 with paddle.no_grad():
                     model(batch)
             except _StopForward:
                 pass
-            patches = _patch_rows(layer, captured[0], pos)
+            patches = _patch_rows(layer, captured[0][0], pos)
             if has_bias:
                 patches = np.hstack([patches, np.ones((len(patches), 1))])
             if gram is None:
@@ -215,6 +235,8 @@ def refit_conv(model, layer, batches, positions, outputs):
             count += target.size
     finally:
         hook.remove()
+    # from here on, the calls from this conv's on may change; those before it cannot
+    cache.keep_calls_before(captured[0][1])
     solved = _solve(gram, cross, current)
     total_sq = sum(float(np.sum(np.square(target, dtype=np.float64))) for target in outputs)
     # ||A W - Y||^2 from the normal equations' sums: no second pass over the batches
@@ -252,16 +274,18 @@ def reconstruct(model, reference, groups, plan, criterion, dataset, num_batches,
         layers = dict(model.named_sublayers(include_self=True))
         total_before = total_after = 0.0
         unchanged = 0
-        for k, path in enumerate(order, 1):
-            before, after = refit_conv(model, layers[path], batches, positions[path],
-                                       outputs[path])
-            total_before, total_after = total_before + before, total_after + after
-            unchanged += after == before
-            if k == 1 or k == len(order) or k % 10 == 0:
-                elapsed = time.time() - start
-                logger.info(f"reconstruction: conv {k} of {len(order)} ({path}) output error "
-                            f"{before:.4g} -> {after:.4g}, ETA "
-                            f"{format_seconds(elapsed / k * (len(order) - k))}")
+        cache = ConvOutputCache(model)
+        with cache:
+            for k, path in enumerate(order, 1):
+                before, after = refit_conv(model, layers[path], batches, positions[path],
+                                           outputs[path], cache)
+                total_before, total_after = total_before + before, total_after + after
+                unchanged += after == before
+                if k == 1 or k == len(order) or k % 10 == 0:
+                    elapsed = time.time() - start
+                    logger.info(f"reconstruction: conv {k} of {len(order)} ({path}) output "
+                                f"error {before:.4g} -> {after:.4g}, ETA "
+                                f"{format_seconds(elapsed / k * (len(order) - k))}")
     finally:
         if was_training:
             model.train()
