@@ -13,10 +13,13 @@ the same call number, by the same layer, when nothing has written into it since.
 """
 from paddle import nn
 
-# what the kept outputs may take, in bytes, on the device they were computed on: HarDNet's
-# conv outputs for one training batch (8 x 3 x 192 x 256) are 260 MiB, so its 8 refit batches
-# fit; past the budget the passes compute what does not fit, as they did without a cache
-CACHE_BYTES = 2 << 30
+from .sensitivity.reuse import default_budget
+
+# what the kept outputs may take, in bytes, on the device they were computed on; None: the
+# sensitivity analysis's budget (a quarter of the memory, at most 4 GiB, 1 GiB on a GPU).
+# HarDNet's conv outputs for one training batch (8 x 3 x 192 x 256) are 260 MiB, so its 8 refit
+# batches fit; past the budget the passes compute what does not fit, as without a cache
+CACHE_BYTES = None
 
 
 class ConvOutputCache:
@@ -27,7 +30,9 @@ class ConvOutputCache:
     def __init__(self, model, budget_bytes=None):
         self.convs = [layer for layer in model.sublayers(include_self=True)
                       if isinstance(layer, (nn.Conv2D, nn.Conv2DTranspose))]
-        self.budget = CACHE_BYTES if budget_bytes is None else budget_bytes
+        if budget_bytes is None:
+            budget_bytes = default_budget() if CACHE_BYTES is None else CACHE_BYTES
+        self.budget = budget_bytes
         self.kept = {}       # (batch, call number) -> (layer, output, its in-place version)
         self.bytes = 0
         self.valid_calls = 0
