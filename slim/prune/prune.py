@@ -157,7 +157,8 @@ def build_parser():
                             help="after pruning, refit every conv that lost input channels by "
                                  "least squares, so that on N training batches it outputs what "
                                  "the unpruned model's did (0: off; 8 is a good start); costs "
-                                 "about N forward passes per refitted conv" + NATIVE_ONLY_NOTE)
+                                 "about 2N forward passes in all plus one least-squares solve "
+                                 "per refitted conv (docs/refit_speed.md)" + NATIVE_ONLY_NOTE)
     retraining.add_argument("--num_workers", type=int, default=0, help="data-loading workers")
     retraining.add_argument("--seed", type=int, default=None, help="random seed")
     runtime = p.add_argument_group("runtime")
