@@ -138,7 +138,7 @@ def main(argv=None):
     args = parse_args(argv)
     paddle.set_device("cpu")
     threads = distributed.set_cpu_threads(args.cpu_threads)
-    facts = (f"every group cut by {args.ratio}, {args.batches} refit batches, {threads} CPU "
+    facts = (f"Every group cut by {args.ratio}, {args.batches} refit batches, {threads} CPU "
              f"thread(s), {args.repeats} run(s) each way, load average "
              f"{os.getloadavg()[0]:.1f} at the start")
     print(facts + "\n" + TABLE_HEAD, flush=True)
