@@ -38,7 +38,7 @@ class ConvOutputCache:
         self.valid_calls = 0
         self.batch = None
         self.calls = 0       # conv calls made so far in the current pass
-        self.reused = 0      # calls answered from the cache (for tests and the log)
+        self.reused = 0      # calls answered from the cache (what the tests check)
 
     def __enter__(self):
         for layer in self.convs:

@@ -235,7 +235,7 @@ def refit_conv(model, layer, batches, positions, outputs, cache):
             count += target.size
     finally:
         hook.remove()
-    # from here on, the calls from this conv's on may change; those before it cannot
+    # this conv is about to change: later passes may reuse only the calls made before it
     cache.keep_calls_before(captured[0][1])
     solved = _solve(gram, cross, current)
     total_sq = sum(float(np.sum(np.square(target, dtype=np.float64))) for target in outputs)
