@@ -25,6 +25,10 @@ RECIPES = {
     # as long as the model was trained (the benchmark retrains a quarter of that): whether the
     # loss is the pruning's or the short retraining's. Its control fine-tunes as long.
     "long": ("4x retraining iterations", ["--retraining_iters", "4x"]),
+    # whether a gentler schedule keeps the refit's head start instead of restarting at the
+    # config's rate (its control: the unpruned model on the finetune schedule)
+    "reconstruct_finetune": ("least-squares reconstruction, finetune schedule",
+                             ["--reconstruct", "8", "--retrain_schedule", "finetune"]),
     "reconstruct_long": ("least-squares reconstruction, 4x retraining iterations",
                          ["--reconstruct", "8", "--retraining_iters", "4x"]),
 }
