@@ -67,6 +67,34 @@ def test_calls_before_the_boundary_are_answered_from_the_cache_and_equal():
     assert cache.kept == {} and cache.bytes == 0
 
 
+class WritesThroughAView(paddle.nn.Layer):
+    """conv -> an in-place write into a reshaped view of its output -> head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = paddle.nn.Conv2D(3, 4, 3, padding=1)
+        self.head = paddle.nn.Conv2D(4, 2, 1)
+
+    def forward(self, x):
+        a = self.conv(x)
+        a.reshape([-1]).scale_(0.5)      # the view shares a's memory and its version counter
+        return [self.head(a)]
+
+
+def test_an_output_written_through_a_view_is_not_reused():
+    paddle.seed(0)
+    net = WritesThroughAView()
+    net.eval()
+    x = batch(0)
+    plain = run(net, ConvOutputCache(net), 0, x)
+    with ConvOutputCache(net) as cache:
+        run(net, cache, 0, x)
+        cache.keep_calls_before(1)
+        again = run(net, cache, 0, x)
+        assert cache.reused == 0
+    np.testing.assert_array_equal(again, plain)
+
+
 def test_calls_from_the_boundary_on_are_computed_again():
     net = chain()
     x = batch(0)
