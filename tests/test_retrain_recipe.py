@@ -285,3 +285,26 @@ def test_two_ranks_each_distill_from_their_own_teacher(fcn_config, tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["retraining_recipe"]["distill"] == "channel"
     assert [s["retraining_iters"] for s in report["prune_steps"]] == [1, 1]
+
+
+def test_two_ranks_refit_as_one_process_does(fcn_config, tmp_path):
+    """paddle.distributed.launch, 2 CPU ranks, --reconstruct: the refit's batches are drawn with
+    a fixed seed from the whole training set (not a rank's shard), so rank 0 refits exactly as
+    a single process does, before the data-parallel retraining."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PADDLE_")}
+    flags = ["--reconstruct", "1", "--batch_size", "1", "--cpu_threads", "1", "--seed", "0"]
+    single = tmp_path / "single"
+    assert load_prune_cli().main(prune_argv(fcn_config, single, *flags)) == 0
+    log_dir = tmp_path / "log"
+    proc = subprocess.run(
+        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
+         str(log_dir), PRUNE, *prune_argv(fcn_config, tmp_path / "ranks", *flags)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    logs = [(log_dir / f"workerlog.{r}").read_text() for r in range(2)]
+    assert proc.returncode == 0, proc.stderr[-2000:] + logs[0][-2000:] + logs[1][-2000:]
+    assert "[rank 1] training on 2 ranks" in logs[1]
+    refits = [json.loads((folder / "report.json").read_text())["reconstruction"]
+              for folder in (single, tmp_path / "ranks")]
+    assert refits[0]["convs"] >= 1
+    for field in ("convs", "kept", "not_called_once", "batches", "error_before", "error_after"):
+        assert refits[1][field] == refits[0][field], field
