@@ -13,6 +13,7 @@ import paddle
 import pytest
 
 from conftest import ROOT, write_optic_config
+from test_distributed import failure, launch, worker_logs
 from paddleseg.core.train import train
 from paddleseg.models.losses import CrossEntropyLoss
 from paddleseg.slim.distill import Distillation, channel_kd_loss, make_teacher, pixel_kd_loss
@@ -266,17 +267,13 @@ def test_the_recipe_is_refused_with_the_paddleslim_method(flags, fcn_config, tmp
 def test_two_ranks_each_distill_from_their_own_teacher(fcn_config, tmp_path):
     """paddle.distributed.launch, 2 CPU ranks: every rank retrains with the recipe (its own
     teacher) in two pruning steps (--prune_steps), rank 0 reports it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PADDLE_")}
     log_dir = tmp_path / "log"
-    proc = subprocess.run(
-        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
-         str(log_dir), PRUNE, *prune_argv(fcn_config, tmp_path / "out", "--distill", "channel",
-                                          "--retrain_schedule", "finetune", "--batch_size", "1",
-                                          "--cpu_threads", "1", "--seed", "0",
-                                          "--prune_steps", "2")],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    logs = [(log_dir / f"workerlog.{r}").read_text() for r in range(2)]
-    assert proc.returncode == 0, proc.stderr[-2000:] + logs[0][-2000:] + logs[1][-2000:]
+    proc = launch(PRUNE, *prune_argv(fcn_config, tmp_path / "out", "--distill", "channel",
+                                     "--retrain_schedule", "finetune", "--batch_size", "1",
+                                     "--cpu_threads", "1", "--seed", "0", "--prune_steps", "2"),
+                  log_dir=log_dir, timeout=300)
+    assert proc.returncode == 0, failure(proc, log_dir)
+    logs = worker_logs(log_dir)
     for rank, log in enumerate(logs):
         assert f"[rank {rank}] retraining recipe: schedule finetune, distill channel" in log
         # one data-parallel retraining per step, on both ranks
@@ -291,18 +288,14 @@ def test_two_ranks_refit_as_one_process_does(fcn_config, tmp_path):
     """paddle.distributed.launch, 2 CPU ranks, --reconstruct: the refit's batches are drawn with
     a fixed seed from the whole training set (not a rank's shard), so rank 0 refits exactly as
     a single process does, before the data-parallel retraining."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PADDLE_")}
     flags = ["--reconstruct", "1", "--batch_size", "1", "--cpu_threads", "1", "--seed", "0"]
     single = tmp_path / "single"
     assert load_prune_cli().main(prune_argv(fcn_config, single, *flags)) == 0
     log_dir = tmp_path / "log"
-    proc = subprocess.run(
-        [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", "2", "--log_dir",
-         str(log_dir), PRUNE, *prune_argv(fcn_config, tmp_path / "ranks", *flags)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
-    logs = [(log_dir / f"workerlog.{r}").read_text() for r in range(2)]
-    assert proc.returncode == 0, proc.stderr[-2000:] + logs[0][-2000:] + logs[1][-2000:]
-    assert "[rank 1] training on 2 ranks" in logs[1]
+    proc = launch(PRUNE, *prune_argv(fcn_config, tmp_path / "ranks", *flags), log_dir=log_dir,
+                  timeout=300)
+    assert proc.returncode == 0, failure(proc, log_dir)
+    assert "[rank 1] training on 2 ranks" in worker_logs(log_dir)[1]
     refits = [json.loads((folder / "report.json").read_text())["reconstruction"]
               for folder in (single, tmp_path / "ranks")]
     assert refits[0]["convs"] >= 1
