@@ -131,7 +131,7 @@ def _positions(rng, total, wanted):
 
 def _output_rows(output, positions):
     """[P, C] rows of an N C H W output at flat (n, h, w) ``positions``."""
-    n, c, h, w = output.shape
+    n, _, h, w = output.shape
     images, rows, cols = np.unravel_index(positions, (n, h, w))
     # float32 while kept for every consumer: half the memory
     return output.numpy()[images, :, rows, cols]
@@ -274,8 +274,7 @@ def reconstruct(model, reference, groups, plan, criterion, dataset, num_batches,
         layers = dict(model.named_sublayers(include_self=True))
         total_before = total_after = 0.0
         unchanged = 0
-        cache = ConvOutputCache(model)
-        with cache:
+        with ConvOutputCache(model) as cache:
             for k, path in enumerate(order, 1):
                 before, after = refit_conv(model, layers[path], batches, positions[path],
                                            outputs[path], cache)
