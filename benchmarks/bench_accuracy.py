@@ -84,35 +84,63 @@ def retrains_headline(results, model):
     return code_of(entry.get("git")) == code_of(headline.get("git"))
 
 
+def row_recipe(entry):
+    """The recipe the recovery entry retrained the headline rows with over seeds
+    (``--row_recipe``; entries from before it: the config schedule, ``plain``)."""
+    return entry.get("row_recipe", "plain")
+
+
 def seed_mious(results, model):
-    """(the config-schedule control's seed mIoUs or None, {(row kind, ratio): seed mIoUs}) of
-    the headline rows the recovery phase retrained over seeds: the latency row with the config
-    schedule, and the ``--frontier_seeds`` rows. Empty where the recovery phase has not run or
-    retrained other rows than the headline table's (retrains_headline)."""
+    """(the seed mIoUs of the control the seeded rows are measured against, or None,
+    {(row kind, ratio): seed mIoUs}) of the headline rows the recovery phase retrained over
+    seeds with its row recipe (row_recipe): the latency row, and the ``--frontier_seeds`` rows;
+    the control is that recipe's (the unpruned model fine-tuned with its schedule). Empty where
+    the recovery phase has not run or retrained other rows than the headline table's
+    (retrains_headline)."""
     entry = (results.get("recovery") or {}).get(model)
-    if not entry or "plain" not in entry["recipes"] or not retrains_headline(results, model):
+    if (not entry or row_recipe(entry) not in entry["recipes"]
+            or not retrains_headline(results, model)):
         return None, {}
-    mious = {("latency", entry["ratio"]): entry["recipes"]["plain"]["mious"]}
+    recipe = entry["recipes"][row_recipe(entry)]
+    mious = {("latency", entry["ratio"]): recipe["mious"]}
     mious.update({(r["kind"], r["ratio"]): r["mious"] for r in entry.get("rows", [])})
-    return entry["controls"]["config schedule"]["mious"], mious
+    return entry["controls"][recipe["control"]]["mious"], mious
+
+
+def row_recipe_lines(results):
+    """A sentence naming the models whose rows' seeds are another recipe's than the config
+    schedule's (``--row_recipe``), or none."""
+    named = [f"{model}: {entry['recipes'][row_recipe(entry)]['label']}"
+             for model, entry in (results.get("recovery") or {}).items()
+             if row_recipe(entry) != "plain" and row_recipe(entry) in entry["recipes"]]
+    if not named:
+        return []
+    return ["Rows retrained over seeds with another recipe than the config schedule "
+            "(`--row_recipe`), each against the control fine-tuned with that recipe's schedule "
+            f"and the same seeds: {'; '.join(named)}."]
 
 
 def seed_deltas(results, model):
-    """(control mean or None, {(row kind, ratio): (mean mIoU change in points, its sd in points,
-    seeds)}) of the rows of seed_mious, against the seed mean of the config-schedule control."""
+    """(the config-schedule control's seed mean or None, {(row kind, ratio): (mean mIoU change
+    in points, its sd in points, seeds)}) of the rows of seed_mious, against the seed mean of
+    their control. The first is what a row retrained once (as the headline table's rows and
+    PaddleSlim's are: config schedule) is measured against."""
     control_mious, mious = seed_mious(results, model)
     if control_mious is None:
         return None, {}
+    config = results["recovery"][model]["controls"].get("config schedule")
     control = mean_sd(control_mious)[0]
-    return control, {key: (100 * (mean_sd(v)[0] - control), 100 * mean_sd(v)[1], len(v))
-                     for key, v in mious.items()}
+    return (mean_sd(config["mious"])[0] if config else None), {
+        key: (100 * (mean_sd(v)[0] - control), 100 * mean_sd(v)[1], len(v))
+        for key, v in mious.items()}
 
 
 def row_delta(results, model, row):
     """(mIoU change in points against the control, sd in points or None, seeds) of a headline
-    row: its seed mean where the recovery phase retrained it over seeds; else its one
-    retraining, against the control's seed mean where there is one (so that every point of a
-    model has the same baseline), else against the single-seed control."""
+    row: its seed mean where the recovery phase retrained it over seeds (against its recipe's
+    control); else its one retraining, against the config-schedule control's seed mean where
+    there is one (so that every point of a model has the same baseline), else against the
+    single-seed control."""
     control, seeded = seed_deltas(results, model)
     if row["row"] == "control":
         return 0.0, None, 1
@@ -194,13 +222,16 @@ def model_lines(model, entry):
     lines += ["", f"Within {WITHIN_POINTS:.1f} point of the control (3-seed means): "
               + (", ".join(within) if within else "no recipe") + ".", ""]
     if entry.get("rows"):
-        control = controls["config schedule"]["mious"]
-        lines += ["The frontier's other rows, each retrained as the headline table's (config "
-                  "schedule) with the same seeds:", "",
-                  "| Row | mIoU mean ± sd | control (config schedule) | Δ vs control, points "
-                  "(± 95% CI) |", "|---|---|---|---|"]
-        lines += [f"| {r['label']} | {spread(r['mious'])} | {spread(control)} | "
-                  f"{verdict(*compare(r['mious'], control))} |" for r in entry["rows"]]
+        name = row_recipe(entry)
+        label = recipes[name]["label"] if name in recipes else name
+        lines += [f"The frontier's other rows, retrained with the same seeds and the row recipe "
+                  f"(`--row_recipe {name}`: {label}), each against that recipe's control:", "",
+                  "| Row | mIoU mean ± sd | its control | Δ vs control, points (± 95% CI) |",
+                  "|---|---|---|---|"]
+        for r in entry["rows"]:
+            control = controls[r["control"]]["mious"]
+            lines.append(f"| {r['label']} | {spread(r['mious'])} | {spread(control)} | "
+                         f"{verdict(*compare(r['mious'], control))} |")
         lines.append("")
     return lines
 

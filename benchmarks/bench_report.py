@@ -85,7 +85,10 @@ def pruned_row(kind, ratio, record, counts):
     """(row, record) for a prune.py run (``record`` kept for its export); ``counts``: its
     FLOPs and params at the latency input shape."""
     res = record["result"]
-    row = dict(_common(kind, ratio, row_label(kind, ratio)), step_key=record["key"],
+    # a budget row searched with another recipe than the config schedule (--row_recipe)
+    recipe = ((record.get("material") or {}).get("budget") or {}).get("recipe")
+    label = row_label(kind, ratio) + (f", retrained with `{' '.join(recipe)}`" if recipe else "")
+    row = dict(_common(kind, ratio, label), step_key=record["key"],
                commands=record["commands"], wall_seconds=res.get("seconds"))
     if res.get("error"):
         row.update(status="failed", error=res["error"])
@@ -364,7 +367,7 @@ def setup_lines(results):
                  "own retraining (the one timed). "
                  "Step time: training (unpruned row), fine-tuning (control), the whole prune.py "
                  "run (pruned rows: sensitivity, pruning, retraining, export).")
-    return lines
+    return lines + bench_accuracy.row_recipe_lines(results)
 
 
 def training_table(results):

@@ -28,7 +28,14 @@ Per model (``configs/camvid/``; its resolution, batch and iterations are the tra
 ``--phase recovery`` (see bench_recovery.py): the latency-target row's pruned model retrained
 with each of ``--recipes`` and each of ``--seeds``, beside the control fine-tuned with each
 recipe's schedule and the same seeds; merged into results.json's ``recovery`` (its own section of
-RESULTS.md), not into the headline rows.
+RESULTS.md), not into the headline rows. With ``--frontier_seeds`` every other pruned row of the
+engine is retrained with the same seeds too, so that the headline table's changes are seed means.
+
+``--row_recipe NAME`` (default ``plain``, the config schedule) retrains the rows with another
+recipe wherever recipes are not what is compared: the budget rows' search and final retraining
+(prune.py gets the recipe's flags) and, in the recovery phase, the seeds of the latency row and
+of the ``--frontier_seeds`` rows, each against that recipe's control: the frontier and the
+budget with a model's best recipe.
 
 Every step is cached under ``--work_dir`` keyed by a hash of all that affects it (see
 bench_cache.py), so an interrupted run continues and a run with other arguments or other code
@@ -114,6 +121,13 @@ def parse_args(argv):
                         "other --latency_ratios, the equal-loss allocation's, --budget_drops) "
                         "with every seed: the headline table's, the frontier's and the goals' "
                         "means")
+    p.add_argument("--row_recipe", default="plain", choices=list(bench_recipes.RECIPES),
+                   help="the recipe the pruned rows are retrained with where it is not the "
+                        "recipes' comparison: the --budget_drops rows' search and final "
+                        "retraining (prune.py gets its flags), and with --phase recovery the "
+                        "seeds of the latency row and the --frontier_seeds rows, against its "
+                        "control (added to --recipes). Give it to both phases: the budget rows "
+                        "are made with it")
     p.add_argument("--recovery_jobs", type=int, default=1,
                    help="--phase recovery: units run at once (each its own process)")
     p.add_argument("--recovery_threads", type=int, default=None,
@@ -192,6 +206,8 @@ def check_args(args):
     if not 0 < args.budget_ceiling < 1 or not all(d > 0 for d in args.budget_drops):
         raise BenchmarkError(f"--budget_ceiling must lie in (0, 1) and --budget_drops be > 0, got "
                              f"{args.budget_ceiling} and {args.budget_drops}")
+    if args.row_recipe not in args.recipes:   # its seeds and control: the rows' baseline
+        args.recipes.append(args.row_recipe)
     if args.equal_loss_ratios is None:
         args.equal_loss_ratios = list(args.latency_ratios)
     stray = [r for r in args.equal_loss_ratios if r not in args.latency_ratios]
@@ -526,12 +542,18 @@ class ModelRun:
     def prune_material(self, target, ratio):
         latency = None if target == "flops" else dict(
             self.latency_setup(), allocation=LATENCY_ALLOCATIONS.get(target, "loss_per_ms"))
-        budget = ({"ceiling": self.args.budget_ceiling, "record": BUDGET_RECORD}
+        budget = ({"ceiling": self.args.budget_ceiling, "record": BUDGET_RECORD,
+                   # only with another recipe: the config schedule's rows keep their keys
+                   **({"recipe": self.row_recipe_flags()} if self.row_recipe_flags() else {})}
                   if target == BUDGET else None)
         return dict(self._analysis_material(bench_cache.PRUNE_SOURCES), target=target,
                     ratio=ratio, retraining_iters=self.retraining_iters,
                     channel_step=self.args.channel_step, latency=latency,
                     **({"budget": budget} if budget else {}))
+
+    def row_recipe_flags(self):
+        """prune.py's flags of --row_recipe (none for the config schedule)."""
+        return bench_recipes.recipe_flags(self.args.row_recipe, self.retraining_iters)
 
     def paddleslim_material(self, ratio):
         a = self.args
@@ -646,8 +668,9 @@ class ModelRun:
                   str(a.latency_samples), "--latency_table", rel(self.latency_table_file()),
                   "--latency_allocation", LATENCY_ALLOCATIONS.get(target, "loss_per_ms")])
         cut = ratio
-        if target == BUDGET:
-            cut, extra = a.budget_ceiling, extra + ["--max_miou_drop", str(ratio)]
+        if target == BUDGET:   # searched and retrained with the row recipe
+            cut = a.budget_ceiling
+            extra += ["--max_miou_drop", str(ratio), *self.row_recipe_flags()]
         argv = ["slim/prune/prune.py", "--config", self.cfg_path, "--model_path", self.checkpoint,
                 "--pruning_ratio", str(cut), "--retraining_iters", str(self.retraining_iters),
                 "--criterion", a.criterion, "--sen_file", rel(self.sensitivity_file()),
@@ -845,7 +868,7 @@ def recovery_entry(name, args, argv):
     control_of = {recipe: " ".join(bench_recovery.control_flags(flags_of[recipe]))
                   or "config schedule" for recipe in args.recipes}
     firsts = {key: recipe for recipe, key in reversed(list(control_of.items()))}
-    # --frontier_seeds: the other pruned rows retrained as they are (plain) with every seed
+    # --frontier_seeds: the other pruned rows retrained with the row recipe and every seed
     frontier = frontier_records(run, args) if args.frontier_seeds else []
     records = {(kind, ratio): record for kind, ratio, record in frontier}
     # (recipe, seed, control?) or (row kind, ratio, seed); one control per schedule (its first
@@ -857,7 +880,7 @@ def recovery_entry(name, args, argv):
 
     def unit(task):
         if task[0] == "row":
-            return run.recovery(records[task[1:3]], "plain", task[3])
+            return run.recovery(records[task[1:3]], args.row_recipe, task[3])
         return run.recovery(row, *task[1:])
     with concurrent.futures.ThreadPoolExecutor(args.recovery_jobs) as pool:
         done = dict(zip(tasks, pool.map(unit, tasks)))
@@ -882,12 +905,13 @@ def recovery_entry(name, args, argv):
             "speedup": speedup, "retraining_iters": run.retraining_iters, "seeds": args.seeds,
             "unit_threads": args.recovery_threads or args.train_threads,
             "units_at_once": args.recovery_jobs,
+            "row_recipe": args.row_recipe,
             "machine": machine(), "git": bench_cache.git_commit(),
             "date": datetime.date.today().isoformat(),
             "command": command_text(["benchmarks/prune_speedup.py", *argv]),
             "recipes": recipes, "controls": controls,
             "rows": [{"kind": kind, "ratio": ratio, "label": bench_report.row_label(kind, ratio),
-                      "control": "config schedule",
+                      "control": control_of[args.row_recipe],
                       "mious": [done[("row", kind, ratio, seed)]["miou"] for seed in args.seeds]}
                      for kind, ratio, _ in frontier]}
 

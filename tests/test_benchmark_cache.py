@@ -435,6 +435,40 @@ def test_a_budget_row_runs_prune_py_with_the_budget_up_to_the_ceiling(fake_camvi
     assert argv[argv.index("--target") + 1] == "latency"
     with pytest.raises(prune_speedup.BenchmarkError, match="--budget_drops"):
         prune_speedup.parse_args(["--budget_drops", "0"])
+    plain_key = run.prune_material(prune_speedup.BUDGET, 1.0)
+    assert "recipe" not in plain_key["budget"]   # the config schedule's rows keep their keys
+
+
+def test_a_row_recipe_searches_and_retrains_the_budget_rows_only(fake_camvid, monkeypatch):
+    """--row_recipe long: prune.py's budget run gets the recipe's flags (its length made the
+    row's multiple, after the row's own --retraining_iters: the last one counts), the step's key
+    and the row's label say so; the other rows are pruned as before (their keys unchanged)."""
+    common = ["--models", "FastSCNN", "--dataset_root", fake_camvid, "--out_dir", "elsewhere",
+              "--budget_drops", "1.0", "--retraining_iters", "10"]
+    runs = {}
+    for recipe in ("plain", "long"):
+        args = prune_speedup.parse_args(common + ["--row_recipe", recipe, "--recipes", "plain",
+                                                  "finetune"])
+        runs[recipe] = prune_speedup.ModelRun("FastSCNN", args)
+        runs[recipe].train_record = {"key": "t" * 64, "result": {"checkpoint": "c.pdparams"}}
+    # added to the recipes: its seeds and control are the rows' baseline
+    assert runs["long"].args.recipes == ["plain", "finetune", "long"]
+    seen = []
+    monkeypatch.setattr(prune_speedup.ModelRun, "_pruning_step",
+                        lambda self, kind, material, argv, timeout, **kw: seen.append(
+                            (material, argv)) or {"key": "p" * 64, "material": material,
+                                                  "commands": [], "result": {"error": "x"}})
+    for kind, ratio in (("latency", 0.3), (prune_speedup.BUDGET, 1.0)):
+        for recipe in ("plain", "long"):
+            runs[recipe].prune(kind, ratio)
+    (lat_plain, lat_argv), (lat_long, lat_long_argv), (plain, _), (budget, argv) = seen
+    assert lat_plain == lat_long and lat_argv == lat_long_argv
+    assert budget["budget"]["recipe"] == ["--retraining_iters", "40"] and plain != budget
+    assert argv[argv.index("--retraining_iters") + 1] == "10"
+    assert argv[len(argv) - 1 - argv[::-1].index("--retraining_iters") + 1] == "40"
+    record = {"key": "p" * 64, "material": budget, "commands": [], "result": {"error": "x"}}
+    row, _ = bench_report.pruned_row(prune_speedup.BUDGET, 1.0, record, None)
+    assert row["label"].endswith("retrained with `--retraining_iters 40`")
 
 
 def test_a_row_without_a_budget_keeps_no_budget_section():

@@ -329,6 +329,41 @@ def test_rows_retrained_over_seeds_are_judged_by_their_means_against_the_control
     assert "FastSCNN 1.10x at 30% fewer FLOPs, -3.0 mIoU points (1 seed)" in headline
 
 
+def test_rows_retrained_with_a_row_recipe_are_judged_against_its_control():
+    """--row_recipe finetune: the latency row's and the frontier rows' seeds are the recipe's,
+    each against the finetune control's mean; a row retrained once (config schedule) is still
+    measured against the config-schedule control's; RESULTS.md says which recipe."""
+    entry = recovery_entry([0.32, 0.33, 0.34], [0.43, 0.44, 0.45],
+                           [0.40, 0.41, 0.42], [0.45, 0.46, 0.47])
+    entry["row_recipe"] = "finetune"
+    entry["rows"] = [{"kind": "latency_budget", "ratio": 1.0, "label": "budget",
+                      "control": "--retrain_schedule finetune", "mious": [0.44, 0.45, 0.46]}]
+    rows = [headline_row("control", None, 1.0, 0.0, miou=0.42),
+            headline_row("latency", 0.3, 1.44, -9.0, miou=0.33),
+            headline_row("latency_budget", 1.0, 1.2, -3.0, miou=0.39),
+            headline_row("flops", 0.3, 1.1, -1.0, miou=0.41)]
+    results = {"models": {"FastSCNN": {"rows": rows}}, "recovery": {"FastSCNN": entry}}
+    by = {r["row"]: r for r in rows}
+    assert bench_accuracy.row_delta(results, "FastSCNN", by["latency"]) == \
+        pytest.approx((-5.0, 1.0, 3))   # 0.41 against the finetune control's 0.46
+    assert bench_accuracy.row_delta(results, "FastSCNN", by["latency_budget"])[0] == \
+        pytest.approx(-1.0)
+    assert bench_accuracy.row_delta(results, "FastSCNN", by["flops"])[0] == pytest.approx(-3.0)
+    # the recipes' comparison and goals are unchanged: the default is still the config schedule
+    assert bench_goals.recovery_goal("FastSCNN", results)["default"] == pytest.approx(-11.0)
+    assert bench_accuracy.row_recipe_lines(results) == [
+        "Rows retrained over seeds with another recipe than the config schedule (`--row_recipe`),"
+        " each against the control fine-tuned with that recipe's schedule and the same seeds: "
+        "FastSCNN: finetune schedule."]
+    section = "\n".join(bench_accuracy.recovery_lines(results))
+    assert "the row recipe (`--row_recipe finetune`: finetune schedule), each against" in section
+    assert "| budget | 0.4500 ± 0.0100 (n=3) | 0.4600 ± 0.0100 (n=3) | -1.0 ±" in section
+    # a row recipe the entry has no seeds of: no seeded rows (nothing to measure them against)
+    entry["row_recipe"] = "distill"
+    assert bench_accuracy.row_delta(results, "FastSCNN", by["latency"]) == (-9.0, None, 1)
+    assert bench_accuracy.row_recipe_lines(results) == []
+
+
 @pytest.mark.parametrize("match", ["row_step_key", "git"])
 def test_seeds_of_another_row_stay_out_of_the_headline_table(match):
     """A recovery run at other code may allocate another plan: its seeds are not put beside the
@@ -422,6 +457,18 @@ def test_phase_recovery_assembles_the_entry_and_merges_it_apart(tmp_path, monkey
         ("latency_budget1.0".ljust(20, "0"), "plain", 0, False),
         ("latency_budget1.0".ljust(20, "0"), "plain", 1, False)]
     assert "The frontier's other rows" in (out / "RESULTS.md").read_text()
+    assert entry["row_recipe"] == "plain"
+    assert {r["control"] for r in entry["rows"]} == {"config schedule"}
+
+    # --row_recipe finetune: the frontier rows' seeds are the recipe's, against its control
+    units.clear()
+    assert prune_speedup.main(argv + ["--frontier_seeds", "--budget_drops", "1.0",
+                                      "--row_recipe", "finetune"]) == 0
+    entry = json.loads((out / "results.json").read_text())["recovery"]["FastSCNN"]
+    assert entry["row_recipe"] == "finetune"
+    assert [r["control"] for r in entry["rows"]] == ["--retrain_schedule finetune"] * 3
+    assert sorted(u[1:] for u in units if u[0].startswith("flops")) == [
+        ("finetune", 0, False), ("finetune", 1, False)]
 
     # --equal_loss_ratios: the FLOPs-target allocation at the ratios named only (its other
     # ratios are neither pruned nor retrained)

@@ -353,7 +353,7 @@ def test_the_latency_goal_compares_seed_means_where_both_rows_have_them(lat_seed
                  1_000_000, 0.10, 70.0)])
     recovery = {"ratio": 0.3, "row_step_key": "0" * 64,
                 "controls": {"config schedule": {"mious": [0.41, 0.41, 0.41]}},
-                "recipes": {"plain": {"mious": lat_seeds}},
+                "recipes": {"plain": {"mious": lat_seeds, "control": "config schedule"}},
                 "rows": [{"kind": "latency_equal_loss", "ratio": 0.3, "mious": ctl_seeds}]}
     results = {"models": {"BiSeNetV2": entry}, "recovery": {"BiSeNetV2": recovery}}
     line = [x for x in bench_report.goal_lines(results) if x.startswith("| BiSeNetV2")][0]

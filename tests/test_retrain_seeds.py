@@ -290,7 +290,8 @@ def test_two_rows_are_compared_over_the_seeds_each_has():
             {"row": "latency_equal_loss", "ratio": 0.3, "miou": 0.35, "status": "ok"}]
     recovery = {"ratio": 0.3, "row_step_key": "k" * 64,
                 "controls": {"config schedule": {"mious": [0.40, 0.40, 0.40]}},
-                "recipes": {"plain": {"mious": [0.36, 0.37, 0.38]}}, "rows": []}
+                "recipes": {"plain": {"mious": [0.36, 0.37, 0.38], "control": "config schedule"}},
+                "rows": []}
     results = {"models": {"M": {"rows": [dict(r, step_key="k" * 64 if r["row"] == "latency"
                                                else "x" * 64) for r in rows]}},
                "recovery": {"M": recovery}}
@@ -312,7 +313,8 @@ def test_the_latency_goal_says_which_allocation_a_trial_keeps_and_if_the_seeds_a
     ctl = {"row": "latency_equal_loss", "ratio": 0.3, "miou": 0.35, "status": "ok"}
     recovery = {"ratio": 0.3, "row_step_key": "k" * 64,
                 "controls": {"config schedule": {"mious": [0.40, 0.40, 0.40]}},
-                "recipes": {"plain": {"mious": [0.36, 0.37, 0.38]}}, "rows": []}
+                "recipes": {"plain": {"mious": [0.36, 0.37, 0.38], "control": "config schedule"}},
+                "rows": []}
     results = {"models": {"M": {"rows": [lat, ctl]}}, "recovery": {"M": recovery}}
 
     def trial_cell():
