@@ -579,6 +579,7 @@ def render_headline(results):
         if rows:
             parts.append(f"{what[0].upper()}{what[1:]}: "
                          + "; ".join(_row_phrase(results, m, r) for m, r in rows) + ".")
+    parts += bench_accuracy.row_recipe_lines(results)
     missing = [m for m in MODEL_ORDER if m not in results["models"]]
     if missing:
         parts.append(f"Not yet measured: {', '.join(missing)}.")

@@ -355,6 +355,12 @@ def test_rows_retrained_with_a_row_recipe_are_judged_against_its_control():
         "Rows retrained over seeds with another recipe than the config schedule (`--row_recipe`),"
         " each against the control fine-tuned with that recipe's schedule and the same seeds: "
         "FastSCNN: finetune schedule."]
+    setup = {"backend": "b", "threads": 2, "input_shape": [1, 3, 8, 8]}
+    headline = bench_report.render_headline({**results, "models": {"FastSCNN": {
+        "rows": [dict(r, flops_cut=0.4) for r in rows], "latency_setup": setup}}})
+    assert "-5.0 ± 1.0 mIoU points (3 seeds)" in headline
+    assert headline.endswith("the same seeds: FastSCNN: finetune schedule. Not yet measured: "
+                             "BiSeNetV2, FCN-HRNetW18, HarDNet, UNet.")
     section = "\n".join(bench_accuracy.recovery_lines(results))
     assert "the row recipe (`--row_recipe finetune`: finetune schedule), each against" in section
     assert "| budget | 0.4500 ± 0.0100 (n=3) | 0.4600 ± 0.0100 (n=3) | -1.0 ±" in section
