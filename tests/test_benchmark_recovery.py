@@ -284,16 +284,22 @@ def test_the_budget_goals_read_the_budget_rows_and_the_deepest_latency_row():
     assert "| PaddleSlim not timed |" in "\n".join(bench_goals.budget_goal_lines(results))
 
 
+def seeded_headline(entry):
+    """FastSCNN's headline rows (control, latency 0.3, a budget row retrained over seeds in
+    ``entry``, a FLOPs row retrained once) and the results holding them and ``entry``."""
+    rows = [headline_row("control", None, 1.0, 0.0, miou=0.42),
+            headline_row("latency", 0.3, 1.44, -9.0, miou=0.33),
+            headline_row("latency_budget", 1.0, 1.2, -3.0, miou=0.39),
+            headline_row("flops", 0.3, 1.1, -1.0, miou=0.41)]
+    return rows, {"models": {"FastSCNN": {"rows": rows}}, "recovery": {"FastSCNN": entry}}
+
+
 def test_rows_retrained_over_seeds_are_judged_by_their_means_against_the_control_s():
     entry = recovery_entry([0.32, 0.33, 0.34], [0.43, 0.44, 0.45],
                            [0.435, 0.44, 0.445], [0.44, 0.445, 0.45])
     entry["rows"] = [{"kind": "latency_budget", "ratio": 1.0, "label": "budget",
                       "control": "config schedule", "mious": [0.43, 0.435, 0.44]}]
-    rows = [headline_row("control", None, 1.0, 0.0, miou=0.42),
-            headline_row("latency", 0.3, 1.44, -9.0, miou=0.33),
-            headline_row("latency_budget", 1.0, 1.2, -3.0, miou=0.39),
-            headline_row("flops", 0.3, 1.1, -1.0, miou=0.41)]
-    results = {"models": {"FastSCNN": {"rows": rows}}, "recovery": {"FastSCNN": entry}}
+    rows, results = seeded_headline(entry)
     by = {r["row"]: r for r in rows}
     # the latency row: the config-schedule recipe's mean (0.33) against the control's (0.44)
     delta, sd, seeds = bench_accuracy.row_delta(results, "FastSCNN", by["latency"])
@@ -338,11 +344,7 @@ def test_rows_retrained_with_a_row_recipe_are_judged_against_its_control():
     entry["row_recipe"] = "finetune"
     entry["rows"] = [{"kind": "latency_budget", "ratio": 1.0, "label": "budget",
                       "control": "--retrain_schedule finetune", "mious": [0.44, 0.45, 0.46]}]
-    rows = [headline_row("control", None, 1.0, 0.0, miou=0.42),
-            headline_row("latency", 0.3, 1.44, -9.0, miou=0.33),
-            headline_row("latency_budget", 1.0, 1.2, -3.0, miou=0.39),
-            headline_row("flops", 0.3, 1.1, -1.0, miou=0.41)]
-    results = {"models": {"FastSCNN": {"rows": rows}}, "recovery": {"FastSCNN": entry}}
+    rows, results = seeded_headline(entry)
     by = {r["row"]: r for r in rows}
     assert bench_accuracy.row_delta(results, "FastSCNN", by["latency"]) == \
         pytest.approx((-5.0, 1.0, 3))   # 0.41 against the finetune control's 0.46
