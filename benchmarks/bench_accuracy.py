@@ -219,7 +219,8 @@ def model_lines(model, entry):
                      f"{verdict(*compare(r['mious'], control))} | {vs_plain} | {cost_text} |")
     within = [recipes[n]["label"] for n in recipes
               if recipe_delta(entry, n)[0] >= -WITHIN_POINTS]
-    lines += ["", f"Within {WITHIN_POINTS:.1f} point of the control (3-seed means): "
+    lines += ["", f"Within {WITHIN_POINTS:.1f} point of the control ({len(entry['seeds'])}-seed "
+              "means): "
               + (", ".join(within) if within else "no recipe") + ".", ""]
     if entry.get("rows"):
         name = row_recipe(entry)
