@@ -15,9 +15,11 @@ model's, found by pruning in steps of the target (measured latency, or FLOPs).
 - **Step k**: the unpruned model pruned at candidate k, fine-tuned ``--budget_iters`` iterations
   with the run's recipe (seed S), evaluated on the val split. It is accepted when its drop plus
   the noise stays within D: a step that meets the budget only within noise is refused.
-- **A second seed** decides every step whose first cannot: one accepted, or one refused by less
-  than the noise (it may have lost by bad luck). The same plan is fine-tuned again with seed
-  S+1 and the mean of the two decides. A pruned model's retraining varies more between seeds
+- **A second seed** decides every step whose first cannot: one accepted, or one refused by its
+  noise alone, its drop within the budget (it may have lost by bad luck). The same plan is
+  fine-tuned again with seed S+1 and the mean of the two decides. A step whose one seed lost
+  more than the budget is refused at once: no second seed could make the two seeds' mean plus
+  their margin smaller than that drop. A pruned model's retraining varies more between seeds
   than the unpruned model's fine-tuning (BiSeNetV2 on CamVid, 3 seeds: sd 0.05 points for the
   control, 0.3 to 3.2 for its pruned rows), so the reference's noise alone would let a lucky
   first seed through: the two-seed margin takes the larger of the two noises, the step's own
@@ -105,15 +107,18 @@ def judge(record, reference, max_drop):
 
 def second_seed_due(record, max_drop):
     """A one-seed step its seed cannot decide: accepted (by luck, perhaps: a pruned model's
-    seeds vary more than the reference's), or refused by less than its noise."""
+    seeds vary more than the reference's), or refused by its noise alone (its drop within the
+    budget). One whose drop is over the budget stays refused whatever a second seed scores:
+    the two seeds' mean plus their margin is never below the first seed's drop (see
+    :func:`margin`: it is at least half the seeds' difference)."""
     return (len(record.get("mious", [record["miou"]])) == 1
-            and record["drop_points"] - record.get("noise_points", 0.0) <= max_drop + 1e-9)
+            and record["drop_points"] <= max_drop + 1e-9)
 
 
 def search(cuts, reference, evaluate_step, max_drop, records, save, second_seed=None):
     """(index of the chosen step or None, every step's record): the steps of ``cuts`` in order,
     ``records`` (of an earlier, killed run) reused, ``evaluate_step(k, cut)`` giving the others'
-    {miou, ...}; ``save(records)`` after each. A step refused within the noise is retrained
+    {miou, ...}; ``save(records)`` after each. A step refused for its noise alone is retrained
     once more with ``second_seed(record)`` (its mIoU) where given. Stops after the first
     refused step."""
     chosen, start, resumed = None, time.time(), len(records)
@@ -130,7 +135,7 @@ def search(cuts, reference, evaluate_step, max_drop, records, save, second_seed=
             log_step(record, len(cuts), max_drop,
                      f"at most {len(cuts) - done} steps left, ETA {format_seconds(eta)}")
         if second_seed and second_seed_due(record, max_drop):
-            why = "accepted by one seed" if record["accepted"] else "refused within the noise"
+            why = "accepted by one seed" if record["accepted"] else "refused for its noise alone"
             logger.info(f"budget search: step {k + 1} was {why}: the same plan is retrained "
                         "with the next seed and the mean of the two decides")
             record.setdefault("mious", [record["miou"]]).append(second_seed(record))
@@ -247,7 +252,7 @@ class BudgetSearch:
         reference, records = state.load()
         logger.info(f"budget search: at most {len(cuts)} steps ({', '.join(map(str, cuts))}) of "
                     f"{o.target} cut, each one retraining of {self.iters} iterations (two where "
-                    f"the first is accepted or refused within the noise), after 2 reference "
+                    f"the first is accepted or refused for its noise alone), after 2 reference "
                     f"fine-tunings; "
                     + ("the chosen step's model is the final one" if self.keeps_weights else
                        f"then the final retraining ({o.retraining_iters} iterations)")
