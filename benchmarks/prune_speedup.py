@@ -542,9 +542,10 @@ class ModelRun:
     def prune_material(self, target, ratio):
         latency = None if target == "flops" else dict(
             self.latency_setup(), allocation=LATENCY_ALLOCATIONS.get(target, "loss_per_ms"))
+        recipe = self.row_recipe_flags()
         budget = ({"ceiling": self.args.budget_ceiling, "record": BUDGET_RECORD,
                    # only with another recipe: the config schedule's rows keep their keys
-                   **({"recipe": self.row_recipe_flags()} if self.row_recipe_flags() else {})}
+                   **({"recipe": recipe} if recipe else {})}
                   if target == BUDGET else None)
         return dict(self._analysis_material(bench_cache.PRUNE_SOURCES), target=target,
                     ratio=ratio, retraining_iters=self.retraining_iters,
